@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up callbox on a fresh Debian machine: system packages (only those missing), a virtual
+# environment in .venv, and the package. Sourced by demo.sh and test.sh; safe to run again.
+# Usage: scripts/setup.sh [--test]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+APT_PACKAGES=(espeak-ng sip-tester baresip-core sox libsox-fmt-all ffmpeg)
+# python3-venv is only needed when this python cannot make a venv with pip by itself.
+python3 -c 'import ensurepip, venv' 2>/dev/null || APT_PACKAGES+=(python3-venv)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing system packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  python3 -m venv .venv
+fi
+extra=""
+[ "${1:-}" = "--test" ] && extra="[test]"
+echo "==> installing callbox${extra} into .venv"
+.venv/bin/pip install -q --disable-pip-version-check -e ".${extra}"

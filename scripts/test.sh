@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite (unit tests and real-peer tests with sipp and baresip).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh --test
+.venv/bin/ruff check src tests
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,138 @@
+"""`callbox call SIP_URI`: a command-line SIP caller built on the platform's own SIP and RTP.
+
+It streams a file or a media URL (`say:...`), sends RFC 4733 digits at given times, hangs up
+after N seconds (or when the other side does) and can save what it heard to a WAV file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from callbox.server.media.clock import MediaClock
+from callbox.server.media.playback import Playback
+from callbox.server.media.session import MediaSession
+from callbox.server.media.sources import render_media_url
+from callbox.server.sip.endpoint import CallFailed, SipEndpoint
+from callbox.server.sip.sdp import accept_answer, make_offer, parse_sdp
+
+log = logging.getLogger(__name__)
+
+DTMF_SPEC = re.compile(r"^([0-9A-D*#]+)@(\d+(?:\.\d+)?)$")
+
+
+@dataclass
+class CallResult:
+    status: int
+    reason: str
+    answered_seconds: float = 0.0
+    hung_up_by: str = ""  # "us" or "remote"
+    packets_sent: int = 0
+    packets_received: int = 0
+    digits_sent: list[str] = field(default_factory=list)
+    heard_seconds: float = 0.0
+
+
+def parse_dtmf_schedule(spec: str) -> list[tuple[str, float]]:
+    """'#@3.5' -> [('#', 3.5)]; '123@1,#@4' -> [('123', 1.0), ('#', 4.0)]."""
+    schedule = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        match = DTMF_SPEC.match(item)
+        if match is None:
+            raise ValueError(f"--dtmf items are DIGITS@SECONDS (digits 0-9 A-D * #), got {item!r}")
+        schedule.append((match.group(1), float(match.group(2))))
+    return sorted(schedule, key=lambda entry: entry[1])
+
+
+class WavTap:
+    """Streams one side of a call to a 16-bit 8 kHz mono WAV file as frames arrive."""
+
+    def __init__(self, path: Path) -> None:
+        self._wav = wave.open(str(path), "wb")  # noqa: SIM115 - closed in close()
+        self._wav.setnchannels(1)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(8000)
+        self.frames = 0
+
+    def __call__(self, speak: np.ndarray, listen: np.ndarray) -> None:
+        self._wav.writeframes(speak.astype("<i2", copy=False).tobytes())
+        self.frames += 1
+
+    def close(self) -> None:
+        self._wav.close()
+
+
+async def place_call(
+    uri: str,
+    *,
+    play: str | None = None,
+    dtmf: list[tuple[str, float]] | None = None,
+    hangup_after: float | None = None,
+    record_heard: Path | None = None,
+    local_host: str = "127.0.0.1",
+    from_user: str = "callbox",
+) -> CallResult:
+    endpoint = SipEndpoint(user_agent="callbox-call")
+    await endpoint.start(local_host, 0)
+    family = socket.AF_INET6 if ":" in local_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind((local_host, 0))
+    sock.setblocking(False)
+    media = MediaSession(sock, local_host)
+    clock = MediaClock()
+    offer = make_offer(local_host=local_host, local_port=media.local_port,
+                       session_id=int(time.time()), session_version=1)
+    tap: WavTap | None = None
+    try:
+        prompt = await render_media_url(play) if play else None
+        try:
+            leg = await endpoint.invite(uri, offer.serialize(), from_user=from_user)
+        except CallFailed as exc:
+            return CallResult(exc.status, exc.reason)
+        negotiated = accept_answer(offer, parse_sdp(leg.response.body))
+        media.configure(negotiated.remote_host, negotiated.remote_port, negotiated.payload_type,
+                        negotiated.dtmf_payload_type, negotiated.local_direction)
+        ended = asyncio.Event()
+        result = CallResult(leg.response.status, leg.response.reason)
+        leg.on_terminated = lambda why: ended.set()
+        if record_heard is not None:
+            tap = WavTap(record_heard)
+            media.taps.append(tap)
+        media.start()
+        clock.add(media)
+        clock.start()
+        answered_at = time.monotonic()
+        if prompt is not None:
+            media.play(Playback([prompt]))
+        loop = asyncio.get_running_loop()
+        for digits, at in dtmf or []:
+            def send(digits: str = digits) -> None:
+                media.send_dtmf(digits)
+                result.digits_sent.append(digits)
+            loop.call_later(at, send)
+        try:
+            await asyncio.wait_for(ended.wait(), timeout=hangup_after)
+            result.hung_up_by = "remote"
+        except TimeoutError:
+            result.hung_up_by = "us"
+            await leg.bye()
+        result.answered_seconds = time.monotonic() - answered_at
+        result.packets_sent = media.stats.packets_sent
+        result.packets_received = media.stats.packets_received
+        result.heard_seconds = tap.frames * 0.02 if tap else 0.0
+        return result
+    finally:
+        await clock.stop()
+        media.close()
+        sock.close()
+        if tap is not None:
+            tap.close()
+        endpoint.close()

@@ -1,0 +1,221 @@
+"""The platform: wires configuration, SIP, media, routes and the web side together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from callbox import __version__
+from callbox.server.call import Call
+from callbox.server.config import Config, Route, parse_host_port, parse_port_range
+from callbox.server.http.app import make_app
+from callbox.server.media.clock import MediaClock
+from callbox.server.media.ports import NoPortsAvailable, RtpPortPool
+from callbox.server.media.session import MediaSession
+from callbox.server.sip.endpoint import InboundInvite, SipEndpoint
+from callbox.server.sip.headers import NameAddr
+from callbox.server.sip.sdp import NoCommonCodec, SdpError, answer_offer, parse_sdp
+from callbox.server.swml import verbs as _verbs  # noqa: F401 - registers the verbs
+from callbox.server.swml.fetch import SwmlFetchError, fetch_swml
+from callbox.server.swml.runner import SwmlError, SwmlRunner, parse_document
+from callbox.server.tasks import spawn
+from callbox.server.tls import ensure_self_signed, server_context
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = "5"
+ERROR_PROMPT = "say:Sorry, this number is not available right now. Goodbye."
+
+
+@dataclass
+class Listening:
+    """Where the platform ended up listening (ports may be 0 = ephemeral in tests)."""
+
+    sip: tuple[str, int]
+    https: tuple[str, int]
+    plain: tuple[str, int] | None
+    cert: Path
+
+
+class Platform:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.calls: dict[str, Call] = {}
+        self.clock = MediaClock()
+        sip_host, _ = parse_host_port(config.sip.listen, "sip.listen")
+        self.advertised_host = config.sip.public_host or sip_host
+        first, last = parse_port_range(config.sip.rtp_ports)
+        self.ports = RtpPortPool(sip_host, first, last)
+        self.sip = SipEndpoint(advertised_host=self.advertised_host,
+                               user_agent=f"callbox/{__version__}")
+        self.sip.on_invite = self._on_invite
+        self._runners: list[web.AppRunner] = []
+        self.listening: Listening | None = None
+        self._sdp_version = secrets.randbelow(2**31)
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    async def start(self) -> Listening:
+        data_dir = self.config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.http.tls_cert:
+            cert, key = Path(self.config.http.tls_cert), Path(self.config.http.tls_key)
+        else:
+            cert, key = ensure_self_signed(data_dir / "tls")
+        self.clock.start()
+        sip_host, sip_port = parse_host_port(self.config.sip.listen, "sip.listen")
+        await self.sip.start(sip_host, sip_port)
+        app = make_app(self)
+        https = await self._serve(app, self.config.http.listen, server_context(cert, key))
+        plain = None
+        if self.config.http.plain_listen:
+            plain = await self._serve(app, self.config.http.plain_listen, None)
+        self.listening = Listening((self.sip.host, self.sip.port), https, plain, cert.resolve())
+        return self.listening
+
+    async def _serve(self, app: web.Application, listen: str, ssl_context) -> tuple[str, int]:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host, port = parse_host_port(listen, "http.listen")
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        await site.start()
+        self._runners.append(runner)
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        return host, sockets[0].getsockname()[1] if sockets else port
+
+    async def stop(self) -> None:
+        for call in list(self.calls.values()):
+            await call.hangup()
+        self.sip.close()
+        await self.clock.stop()
+        for runner in self._runners:
+            await runner.cleanup()
+
+    def banner(self) -> str:
+        assert self.listening is not None
+        sip, https, plain = self.listening.sip, self.listening.https, self.listening.plain
+        lines = [
+            f"callbox {__version__} is running",
+            f"  SIP       udp:{sip[0]}:{sip[1]}  (RTP ports {self.config.sip.rtp_ports})",
+            f"  HTTPS     https://{https[0]}:{https[1]}/  (RELAY: wss://{https[0]}:{https[1]}/)",
+            f"  TLS cert  {self.listening.cert}",
+            f"  data      {self.config.data_dir.resolve()}",
+        ]
+        if plain:
+            lines.insert(3, f"  HTTP      http://{plain[0]}:{plain[1]}/  (plain WS for local use)")
+        return "\n".join(lines)
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def _on_invite(self, invite: InboundInvite) -> None:
+        request = invite.request
+        user = _request_user(request.uri)
+        route = self.config.route_for(user)
+        if route is None:
+            log.info("no route for %r (call %s): 404", user, invite.call_id)
+            invite.reject(404)
+            return
+        if len(self.calls) >= self.config.sip.max_calls:
+            invite.reject(503, headers=[("Retry-After", RETRY_AFTER_SECONDS)])
+            return
+        if route.context:  # RELAY contexts arrive with issue 3/6
+            log.info("route %r: no RELAY client on context %r: 480", user, route.context)
+            invite.reject(480)
+            return
+        try:
+            offer = parse_sdp(request.body)
+        except SdpError as exc:
+            log.info("call %s: bad SDP: %s", invite.call_id, exc)
+            invite.reject(488 if request.body else 400, headers=[
+                ("Warning", f'399 callbox "{_quote(str(exc))}"')])
+            return
+        try:
+            sock = self.ports.open()
+        except NoPortsAvailable as exc:
+            log.warning("call %s: %s: 503", invite.call_id, exc)
+            invite.reject(503, headers=[("Retry-After", RETRY_AFTER_SECONDS)])
+            return
+        media = MediaSession(sock, self.advertised_host)
+        try:
+            answer, negotiated = answer_offer(
+                offer, local_host=self.advertised_host, local_port=media.local_port,
+                session_id=self._sdp_version, session_version=self._sdp_version,
+            )
+        except (NoCommonCodec, SdpError) as exc:
+            self.ports.release(sock)
+            log.info("call %s: %s: 488", invite.call_id, exc)
+            invite.reject(488, headers=[("Warning", f'304 callbox "{_quote(str(exc))}"')])
+            return
+        media.configure(negotiated.remote_host, negotiated.remote_port, negotiated.payload_type,
+                        negotiated.dtmf_payload_type, negotiated.local_direction)
+        from_addr = NameAddr.parse(request.headers.get("From") or "")
+        call = Call(
+            leg=invite, media=media, clock=self.clock, sdp_answer=answer.serialize(),
+            from_uri=str(from_addr.uri), to_uri=request.uri,
+            from_user=from_addr.uri.user or "", to_user=user, on_ended=self._on_call_ended,
+        )
+        invite.on_reoffer = lambda body: self._reoffer(call, body)
+        self.calls[call.id] = call
+        log.info("call %s from %s to %s (SIP %s)", call.id, call.from_user, user, invite.call_id)
+        call.ring()
+        spawn(self._run_route(call, route), name=f"route-{call.id}")
+
+    def _reoffer(self, call: Call, body: bytes) -> bytes | None:
+        """A re-INVITE (hold/resume, new address): same port, new direction."""
+        try:
+            offer = parse_sdp(body)
+            self._sdp_version += 1
+            answer, negotiated = answer_offer(
+                offer, local_host=self.advertised_host, local_port=call.media.local_port,
+                session_id=self._sdp_version, session_version=self._sdp_version,
+            )
+        except SdpError as exc:
+            log.info("call %s: re-INVITE rejected: %s", call.id, exc)
+            return None
+        call.media.configure(negotiated.remote_host, negotiated.remote_port,
+                             negotiated.payload_type, negotiated.dtmf_payload_type,
+                             negotiated.local_direction)
+        log.info("call %s: re-INVITE, now %s", call.id, negotiated.local_direction)
+        return answer.serialize()
+
+    def _on_call_ended(self, call: Call) -> None:
+        self.calls.pop(call.id, None)
+        self.ports.release(call.media.sock)
+
+    async def _run_route(self, call: Call, route: Route) -> None:
+        try:
+            if route.swml:
+                document = parse_document(route.swml)
+            else:
+                document = await fetch_swml(route.swml_url, call)
+        except (SwmlError, SwmlFetchError) as exc:
+            log.warning("call %s: route %r: %s", call.id, route.number, exc)
+            await self._fail_call(call)
+            return
+        await SwmlRunner(call, document).run()
+
+    async def _fail_call(self, call: Call) -> None:
+        """Tell the caller something went wrong, then hang up cleanly."""
+        try:
+            call.answer()
+            operation = await call.play([ERROR_PROMPT])
+            await asyncio.wait_for(operation.wait(), timeout=15)
+        except Exception:  # the error prompt is best effort; the hangup is not
+            log.debug("error prompt failed", exc_info=True)
+        await call.hangup("error")
+
+
+def _request_user(uri: str) -> str:
+    """The user part of the request-URI ("sip:prompt@host" -> "prompt")."""
+    rest = uri.split(":", 1)[1] if ":" in uri else uri
+    user, at, _ = rest.partition("@")
+    return user.split(";", 1)[0] if at else ""
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "").replace('"', "'")[:200]

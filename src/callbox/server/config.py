@@ -1,0 +1,250 @@
+"""The platform's configuration: a TOML file, overridden by CALLBOX_* variables and CLI flags.
+
+Every key is documented in the README. Precedence: CLI flag > environment > file > default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CALLBOX_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message says which and why."""
+
+
+@dataclass
+class SipConfig:
+    listen: str = "127.0.0.1:5060"
+    rtp_ports: str = "20000-20999"
+    # Address written into SDP and Contact; empty = the host of `listen`.
+    public_host: str = ""
+    # Over this many concurrent calls, new INVITEs get 503 with Retry-After.
+    max_calls: int = 1000
+
+
+@dataclass
+class HttpConfig:
+    listen: str = "127.0.0.1:8443"
+    tls_cert: str = ""
+    tls_key: str = ""
+    public_url: str = "https://127.0.0.1:8443"
+    # Optional plain-HTTP/WS listener for local clients; empty = none.
+    plain_listen: str = ""
+
+
+@dataclass
+class StorageConfig:
+    data_dir: str = "./callbox-data"
+
+
+@dataclass
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass
+class Project:
+    id: str
+    token: str
+    # Key for HMAC-SHA256 webhook signatures; empty = the token.
+    signing_key: str = ""
+
+
+@dataclass
+class Route:
+    """Where a call goes: `number` matches the request-URI user part ("*" = any)."""
+
+    number: str
+    swml: str = ""
+    swml_url: str = ""
+    context: str = ""
+    project: str = ""
+
+    def matches(self, user: str) -> bool:
+        return self.number == "*" or self.number == user
+
+
+@dataclass
+class Config:
+    sip: SipConfig = field(default_factory=SipConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    projects: list[Project] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.storage.data_dir)
+
+    def route_for(self, user: str) -> Route | None:
+        """First matching route wins."""
+        return next((r for r in self.routes if r.matches(user)), None)
+
+    def project(self, project_id: str) -> Project | None:
+        return next((p for p in self.projects if p.id == project_id), None)
+
+
+_SECTIONS: dict[str, type] = {
+    "sip": SipConfig,
+    "http": HttpConfig,
+    "storage": StorageConfig,
+    "log": LogConfig,
+}
+
+
+def parse_host_port(value: str, what: str) -> tuple[str, int]:
+    """'127.0.0.1:5060' -> ('127.0.0.1', 5060); '[::1]:5060' works too."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"{what} must be HOST:PORT, got {value!r}")
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"{what} port must be 0-65535, got {number}")
+    return host.strip("[]"), number
+
+
+def parse_port_range(value: str) -> tuple[int, int]:
+    """'20000-20999' -> (20000, 20999); at least two ports (RTP uses even ports)."""
+    low, sep, high = value.partition("-")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise ConfigError(f"sip.rtp_ports must be LOW-HIGH, got {value!r}")
+    first, last = int(low), int(high)
+    if not 1024 <= first < last <= 65535:
+        raise ConfigError(f"sip.rtp_ports must satisfy 1024 <= LOW < HIGH <= 65535, got {value!r}")
+    return first, last
+
+
+def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
+    name = f"{section}.{key}"
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            return value.lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if isinstance(default, int):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _apply(target: Any, section: str, values: Mapping[str, Any]) -> None:
+    known = {f.name: f for f in fields(target)}
+    for key, value in values.items():
+        if key not in known:
+            allowed = ", ".join(sorted(known))
+            raise ConfigError(f"unknown key [{section}] {key}; known keys: {allowed}")
+        setattr(target, key, _coerce(section, key, value, getattr(target, key)))
+
+
+def _table_list(raw: Any, name: str) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+        raise ConfigError(f"[[{name}]] must be an array of tables")
+    return raw
+
+
+def _project(raw: dict[str, Any]) -> Project:
+    try:
+        project = Project(**{k: str(v) for k, v in raw.items()})
+    except TypeError as exc:
+        raise ConfigError(f"[[projects]] needs id and token (and optionally signing_key): {exc}")
+    if not project.id or not project.token:
+        raise ConfigError("[[projects]] id and token must not be empty")
+    return project
+
+
+def _route(raw: dict[str, Any]) -> Route:
+    try:
+        route = Route(**{k: str(v) for k, v in raw.items()})
+    except TypeError as exc:
+        raise ConfigError(f"[[routes]] accepts number, swml, swml_url, context, project: {exc}")
+    targets = [t for t in (route.swml, route.swml_url, route.context) if t]
+    if len(targets) != 1:
+        raise ConfigError(
+            f"route {route.number!r} needs exactly one of swml, swml_url or context"
+        )
+    return route
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the Config: file, then CALLBOX_SECTION_KEY variables, then `overrides`.
+
+    `overrides` uses dotted keys ("sip.listen") with None meaning "not given".
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+    config = Config()
+    for key in raw:
+        if key not in _SECTIONS and key not in ("projects", "routes"):
+            raise ConfigError(f"unknown section [{key}] in {path}")
+    for section in _SECTIONS:
+        values = raw.get(section, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        _apply(getattr(config, section), section, values)
+    config.projects = [_project(p) for p in _table_list(raw.get("projects"), "projects")]
+    config.routes = [_route(r) for r in _table_list(raw.get("routes"), "routes")]
+
+    environ = os.environ if env is None else env
+    for section in _SECTIONS:
+        target = getattr(config, section)
+        prefix = f"{ENV_PREFIX}{section.upper()}_"
+        values = {
+            name[len(prefix):].lower(): value
+            for name, value in environ.items()
+            if name.startswith(prefix)
+        }
+        _apply(target, section, values)
+
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        _apply(getattr(config, section), section, {key: value})
+
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    parse_host_port(config.sip.listen, "sip.listen")
+    parse_port_range(config.sip.rtp_ports)
+    parse_host_port(config.http.listen, "http.listen")
+    if config.http.plain_listen:
+        parse_host_port(config.http.plain_listen, "http.plain_listen")
+    if bool(config.http.tls_cert) != bool(config.http.tls_key):
+        raise ConfigError("http.tls_cert and http.tls_key must be given together")
+    if config.log.level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(
+            f"log.level must be one of debug, info, warning, error, got {config.log.level!r}"
+        )
+    ids = [p.id for p in config.projects]
+    if len(ids) != len(set(ids)):
+        raise ConfigError("[[projects]] ids must be unique")
+    for route in config.routes:
+        if route.project and route.project not in ids:
+            raise ConfigError(f"route {route.number!r} names unknown project {route.project!r}")

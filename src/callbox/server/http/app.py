@@ -1,0 +1,32 @@
+"""The web side: one aiohttp Application, routes in one place, thin handlers.
+
+HTTPS (and WSS, RELAY at "/" from issue 3/6) on `[http] listen`; the REST API and recording
+downloads come with issue 2/6.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from callbox.server.app import Platform
+
+PLATFORM_KEY: web.AppKey[Platform] = web.AppKey("platform")
+
+
+async def health(request: web.Request) -> web.Response:
+    platform = request.app[PLATFORM_KEY]
+    return web.json_response({
+        "status": "healthy",
+        "calls": len(platform.calls),
+        "media_ticks": platform.clock.ticks,
+    })
+
+
+def make_app(platform: Platform) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+    app[PLATFORM_KEY] = platform
+    app.router.add_get("/health", health)
+    return app

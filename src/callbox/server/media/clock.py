@@ -1,0 +1,77 @@
+"""One media clock for the whole process.
+
+A single 20 ms tick sends, mixes and records every call's frame, instead of one timer per call.
+The schedule is absolute (start + n * 20 ms), so ticks do not drift; after a stall it catches up
+a few frames so that recordings keep real-time length, and beyond that it re-bases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+FRAME_SECONDS = 0.020
+MAX_CATCH_UP_FRAMES = 5
+
+log = logging.getLogger(__name__)
+
+
+class Ticking(Protocol):
+    def tick(self) -> None: ...
+
+
+class MediaClock:
+    def __init__(self) -> None:
+        self._members: dict[int, Ticking] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.ticks = 0
+        self.late_ticks = 0
+
+    def add(self, member: Ticking) -> None:
+        self._members[id(member)] = member
+
+    def remove(self, member: Ticking) -> None:
+        self._members.pop(id(member), None)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="media-clock")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def tick_all(self) -> None:
+        for member in tuple(self._members.values()):
+            try:
+                member.tick()
+            except Exception:  # one broken call must not stop every other call's media
+                log.exception("media tick failed; removing %r", member)
+                self.remove(member)
+        self.ticks += 1
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            self.tick_all()
+            next_at += FRAME_SECONDS
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            behind = int(-delay / FRAME_SECONDS)
+            if behind > MAX_CATCH_UP_FRAMES:
+                self.late_ticks += behind
+                log.warning("media clock %.0f ms behind; re-basing", -delay * 1000)
+                next_at = loop.time()
+            await asyncio.sleep(0)

@@ -1,0 +1,232 @@
+"""One call's media: its RTP socket, receive timeline, outbound stream, DTMF and frame taps.
+
+The session exposes the call's two 8 kHz streams, frame-aligned, once per media-clock tick:
+`speak` (what the remote party says: received audio) and `listen` (what the remote party
+hears: the audio this session sends). Frame taps (the recording engine, `--record-heard`) get
+both; they must copy a frame they keep, because the arrays are reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from callbox.server.media.dtmf import DtmfReceiver, DtmfSender
+from callbox.server.media.g711 import CODECS, G711Codec, codec_for_payload_type
+from callbox.server.media.jitter import ReceiveBuffer
+from callbox.server.media.playback import Playback
+from callbox.server.media.rtp import RtpError, RtpSender, is_rtcp, parse_header
+
+FRAME_SAMPLES = 160
+RECV_BUFFER_BYTES = 2048
+DTMF_GAP_FRAMES = 3
+
+log = logging.getLogger(__name__)
+
+
+class FrameTap(Protocol):
+    def __call__(self, speak: np.ndarray, listen: np.ndarray) -> None: ...
+
+
+@dataclass
+class MediaStats:
+    packets_received: int = 0
+    packets_sent: int = 0
+    packets_foreign: int = 0
+    packets_malformed: int = 0
+    packets_unknown_pt: int = 0
+    digits_received: int = 0
+
+
+class MediaSession:
+    """RTP for one call. Sans-timer: the process-wide MediaClock calls `tick()` every 20 ms."""
+
+    def __init__(self, sock: socket.socket, advertised_host: str) -> None:
+        self.sock = sock
+        self.local_port: int = sock.getsockname()[1]
+        self.advertised_host = advertised_host
+        self.remote: tuple[str, int] | None = None
+        self._latched = False
+        self.codec: G711Codec = CODECS["PCMU"]
+        self.dtmf_payload_type: int | None = None
+        self.sending = True
+        self.stats = MediaStats()
+        self.receive_buffer = ReceiveBuffer()
+        self._dtmf_in = DtmfReceiver()
+        self._dtmf_out = DtmfSender()
+        # One entry per 20 ms tick: (RFC 4733 payloads, first tick of an event).
+        self._dtmf_queue: deque[tuple[list[bytes], bool]] = deque()
+        self._dtmf_timestamp = 0
+        self._rtp = RtpSender()
+        self._timestamp = random.getrandbits(32)
+        self._marker = True
+        self._mix = np.zeros(FRAME_SAMPLES, dtype=np.int32)
+        self._silence = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self.listen = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self.playbacks: list[Playback] = []
+        self.taps: list[FrameTap] = []
+        self.dtmf_listeners: list[Callable[[str], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def configure(
+        self,
+        remote_host: str,
+        remote_port: int,
+        payload_type: int,
+        dtmf_payload_type: int | None,
+        direction: str = "sendrecv",
+    ) -> None:
+        """Apply negotiated SDP. Until the first packet arrives we send to the SDP address;
+        afterwards to where the packets come from (symmetric RTP)."""
+        codec = codec_for_payload_type(payload_type)
+        if codec is None:
+            raise ValueError(f"unsupported payload type {payload_type}")
+        self.codec = codec
+        self.dtmf_payload_type = dtmf_payload_type
+        self.sending = direction in ("sendrecv", "sendonly")
+        if not self._latched:
+            self.remote = (remote_host, remote_port) if remote_port else None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+        for playback in self.playbacks:
+            playback.stop()
+        self.playbacks.clear()
+
+    # -- receive path (per packet) --------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        recv = self.sock.recvfrom
+        while True:
+            try:
+                data, addr = recv(RECV_BUFFER_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. ICMP port unreachable reported on the socket
+                return
+            self.on_datagram(data, addr)
+
+    def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._latched:
+            if addr != self.remote:
+                self.stats.packets_foreign += 1
+                return
+        try:
+            payload_type, _marker, _seq, timestamp, ssrc, offset = parse_header(data)
+        except RtpError:
+            self.stats.packets_malformed += 1
+            return
+        if is_rtcp(data):
+            return
+        if not self._latched:
+            self.remote = (addr[0], addr[1])
+            self._latched = True
+        self.stats.packets_received += 1
+        if payload_type == self.codec.payload_type:
+            self.receive_buffer.push(ssrc, timestamp, self.codec.decode(data[offset:]))
+        elif payload_type == self.dtmf_payload_type:
+            digit = self._dtmf_in.feed(timestamp, data[offset:])
+            if digit is not None:
+                self.stats.digits_received += 1
+                for listener in tuple(self.dtmf_listeners):
+                    listener(digit)
+        else:
+            other = codec_for_payload_type(payload_type)
+            if other is not None:  # the peer switched between PCMU and PCMA
+                self.receive_buffer.push(ssrc, timestamp, other.decode(data[offset:]))
+            else:
+                self.stats.packets_unknown_pt += 1
+
+    # -- outbound -------------------------------------------------------------------------
+
+    def play(self, playback: Playback) -> Playback:
+        self.playbacks.append(playback)
+        return playback
+
+    def send_dtmf(self, digits: str, duration_ms: int = 100) -> None:
+        """Queue RFC 4733 events; raises ValueError for characters that are not DTMF."""
+        if self.dtmf_payload_type is None:
+            raise ValueError("the peer did not negotiate telephone-event")
+        ticks: list[tuple[list[bytes], bool]] = []
+        for digit in digits:
+            event = self._dtmf_out.packets(digit, duration_ms)
+            ticks.extend((payloads, index == 0) for index, payloads in enumerate(event))
+            ticks.extend(([], False) for _ in range(DTMF_GAP_FRAMES))
+        self._dtmf_queue.extend(ticks)
+
+    def _mix_frame(self) -> np.ndarray:
+        if not self.playbacks:
+            return self._silence
+        mix = self._mix
+        mix.fill(0)
+        for playback in tuple(self.playbacks):
+            if not playback.read_into(mix):
+                self.playbacks.remove(playback)
+        np.clip(mix, -32768, 32767, out=mix)
+        self.listen[:] = mix
+        return self.listen
+
+    # -- the tick (per 20 ms frame) -------------------------------------------------------
+
+    def tick(self) -> None:
+        if self.closed:
+            return
+        speak = self.receive_buffer.pop_frame()
+        listen = self._mix_frame()
+        if self.sending and self.remote is not None:
+            self._send(listen)
+        self._timestamp = (self._timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
+        for tap in tuple(self.taps):
+            tap(speak, listen)
+
+    def _send(self, frame: np.ndarray) -> None:
+        assert self.remote is not None
+        if self._dtmf_queue:
+            payloads, first = self._dtmf_queue.popleft()
+            if payloads:  # an event tick replaces audio; gap ticks carry audio
+                self._send_dtmf_tick(payloads, first)
+                return
+        packet = self._rtp.build(
+            self.codec.encode(frame), self.codec.payload_type, self._timestamp, self._marker
+        )
+        self._marker = False
+        self._sendto(packet)
+
+    def _send_dtmf_tick(self, payloads: list[bytes], first: bool) -> None:
+        assert self.dtmf_payload_type is not None
+        if first:  # every packet of one event carries the event's start timestamp
+            self._dtmf_timestamp = self._timestamp
+        for index, payload in enumerate(payloads):
+            marker = first and index == 0
+            self._sendto(
+                self._rtp.build(payload, self.dtmf_payload_type, self._dtmf_timestamp, marker)
+            )
+        self._marker = True  # audio after an event starts a new talkspurt
+
+    def _sendto(self, packet: bytes) -> None:
+        try:
+            self.sock.sendto(packet, self.remote)  # type: ignore[arg-type]
+            self.stats.packets_sent += 1
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            log.debug("RTP send to %s failed: %s", self.remote, exc)

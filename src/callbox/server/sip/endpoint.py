@@ -1,0 +1,622 @@
+"""The SIP endpoint: UDP transport around the sans-I/O message, transaction and dialog layers.
+
+It owns the socket, matches messages to transactions and dialogs, runs transaction timers on the
+event loop, and hands new INVITEs to the application as `InboundInvite` legs. Our own UAC side
+(`invite()`) returns an `OutboundLeg`. Everything protocol-shaped lives in the sans-I/O modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from callbox.server.tasks import spawn
+from callbox.server.sip.dialog import Dialog, dialog_key_from_request
+from callbox.server.sip.headers import NameAddr, SipUri, Via
+from callbox.server.sip.message import (
+    SipMessage,
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    make_response,
+    new_branch,
+    new_call_id,
+    new_tag,
+    parse_message,
+)
+from callbox.server.sip.transaction import (
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    Deliver,
+    Send,
+    ServerInviteTransaction,
+    ServerNonInviteTransaction,
+    Terminated,
+    Timeout,
+    Timers,
+    cancel_target_key,
+    server_key,
+)
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+ServerTransaction = ServerInviteTransaction | ServerNonInviteTransaction
+ClientTransaction = ClientInviteTransaction | ClientNonInviteTransaction
+
+ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+# Methods we know but do not serve get 405 with Allow; anything else gets 501.
+KNOWN_METHODS = frozenset(
+    {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "PUBLISH", "REFER", "PRACK", "UPDATE"}
+)
+MAX_DATAGRAM = 65535
+
+
+class CallFailed(RuntimeError):
+    """An outgoing INVITE got a final non-2xx response, or no answer at all."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"call failed: {status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class _ClientEntry:
+    txn: ClientTransaction
+    dest: Address
+    future: asyncio.Future[SipResponse]
+    on_provisional: Callable[[SipResponse], None] | None
+    on_late_2xx: Callable[[SipResponse], None] | None = None
+
+
+def uri_address(uri: str) -> Address:
+    """Where to send a request for `uri` (no DNS SRV: host and port, default 5060)."""
+    parsed = SipUri.parse(uri)
+    return parsed.host.strip("[]"), parsed.port or 5060
+
+
+def response_address(response: SipResponse) -> Address:
+    """RFC 3261 18.2.2 with RFC 3581: received/rport win over sent-by."""
+    via = response.top_via
+    host = via.received or via.host
+    rport = via.params.get("rport")
+    port = int(rport) if rport and rport.isdigit() else (via.port or 5060)
+    return host, port
+
+
+def best_effort_400(data: bytes, reason: str) -> bytes | None:
+    """A 400 for a request we could not parse, when its headers are there to copy."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    head, _, _ = text.replace("\r\n", "\n").partition("\n\n")
+    lines = head.split("\n")
+    if not lines or lines[0].startswith("SIP/2.0") or " SIP/2.0" not in lines[0]:
+        return None
+    wanted = ("via", "v", "from", "f", "to", "t", "call-id", "i", "cseq")
+    copied = [ln for ln in lines[1:] if ln.split(":", 1)[0].strip().lower() in wanted]
+    names = {ln.split(":", 1)[0].strip().lower() for ln in copied}
+    if not ({"via", "v"} & names and "cseq" in names):
+        return None
+    safe_reason = "".join(ch for ch in reason if ch.isprintable())[:120]
+    lines_out = ["SIP/2.0 400 Bad Request", *copied, f'Warning: 399 callbox "{safe_reason}"']
+    return ("\r\n".join([*lines_out, "Content-Length: 0", "", ""])).encode()
+
+
+class SipEndpoint(asyncio.DatagramProtocol):
+    def __init__(
+        self,
+        *,
+        advertised_host: str | None = None,
+        user_agent: str = "callbox",
+        timers: Timers | None = None,
+    ) -> None:
+        self.user_agent = user_agent
+        self.timers = timers or Timers()
+        self.on_invite: Callable[[InboundInvite], None] | None = None
+        self.host = ""
+        self.port = 0
+        self._advertised = advertised_host
+        self._transport: asyncio.DatagramTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: dict[tuple, tuple[ServerTransaction, Address]] = {}
+        self._client: dict[tuple[str, str], _ClientEntry] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._invites: dict[tuple, InboundInvite] = {}
+        self.legs: dict[tuple, Leg] = {}
+        self.malformed = 0
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        transport, _ = await self._loop.create_datagram_endpoint(
+            lambda: self, local_addr=(host, port)
+        )
+        self._transport = transport  # type: ignore[assignment]
+        self.host, self.port = transport.get_extra_info("sockname")[:2]
+
+    def close(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for entry in self._client.values():
+            if not entry.future.done():
+                entry.future.set_exception(CallFailed(503, "endpoint closed"))
+        if self._transport is not None:
+            self._transport.close()
+
+    @property
+    def advertised_host(self) -> str:
+        return self._advertised or self.host
+
+    @property
+    def contact(self) -> str:
+        return f"<sip:callbox@{self._hostport()}>"
+
+    def via_value(self) -> str:
+        return f"SIP/2.0/UDP {self._hostport()};rport"
+
+    def _hostport(self) -> str:
+        host = self.advertised_host
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{self.port}"
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    # -- transport ------------------------------------------------------------------------
+
+    def send(self, message: SipMessage, dest: Address) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._transport.sendto(message.serialize(), dest)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+        try:
+            self._on_datagram(data, (addr[0], addr[1]))
+        except Exception:  # a bad message must never take the endpoint down
+            log.exception("error handling SIP datagram from %s:%s", *addr[:2])
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("SIP socket error: %s", exc)
+
+    def _on_datagram(self, data: bytes, addr: Address) -> None:
+        if not data.strip(b"\r\n\x00 "):
+            return  # keep-alive
+        try:
+            message = parse_message(data)
+        except SipParseError as exc:
+            self.malformed += 1
+            log.info("malformed SIP from %s:%s: %s", addr[0], addr[1], exc.reason)
+            reply = best_effort_400(data[:MAX_DATAGRAM], exc.reason)
+            if reply is not None and self._transport is not None:
+                self._transport.sendto(reply, addr)
+            return
+        if isinstance(message, SipRequest):
+            self._stamp_via(message, addr)
+            self._on_request(message, addr)
+        else:
+            self._on_response(message)
+
+    @staticmethod
+    def _stamp_via(request: SipRequest, addr: Address) -> None:
+        """Record where the request really came from (RFC 3261 18.2.1, RFC 3581)."""
+        vias = request.headers.get_all("Via")
+        top = Via.parse(vias[0])
+        top.params["received"] = addr[0]
+        if "rport" in top.params:
+            top.params["rport"] = str(addr[1])
+        request.headers.remove("Via")
+        for value in [str(top), *vias[1:]]:
+            request.headers.add("Via", value)
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def _run(self, txn: ServerTransaction | ClientTransaction, actions: Iterable[object],
+             dest: Address) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self.send(action.message, dest)
+            elif isinstance(action, Deliver):
+                self._deliver(txn, action.message)
+            elif isinstance(action, Timeout):
+                self._timed_out(txn, action.reason)
+            elif isinstance(action, Terminated):
+                self._forget(txn)
+        self._schedule(txn, dest)
+
+    def _schedule(self, txn: ServerTransaction | ClientTransaction, dest: Address) -> None:
+        handle = self._timers.pop(id(txn), None)
+        if handle is not None:
+            handle.cancel()
+        if txn.terminated or txn.deadline is None:
+            return
+        assert self._loop is not None
+
+        def fire() -> None:
+            self._timers.pop(id(txn), None)
+            self._run(txn, txn.on_timer(self.now()), dest)
+
+        self._timers[id(txn)] = self._loop.call_at(txn.deadline, fire)
+
+    def _forget(self, txn: ServerTransaction | ClientTransaction) -> None:
+        handle = self._timers.pop(id(txn), None)
+        if handle is not None:
+            handle.cancel()
+        if isinstance(txn, ServerInviteTransaction | ServerNonInviteTransaction):
+            key = server_key(txn.request)
+            if key in self._server and self._server[key][0] is txn:
+                del self._server[key]
+            self._invites.pop(key, None)
+        else:
+            self._client.pop((txn.request.branch, txn.request.cseq.method), None)
+
+    def _deliver(self, txn: ServerTransaction | ClientTransaction, message: SipMessage) -> None:
+        if not isinstance(message, SipResponse):
+            return  # server transactions deliver requests; we dispatch those ourselves
+        entry = self._client.get((message.branch, message.cseq.method))
+        if entry is None:
+            return
+        if message.status < 200:
+            if entry.on_provisional is not None:
+                entry.on_provisional(message)
+        elif not entry.future.done():
+            entry.future.set_result(message)
+        elif 200 <= message.status < 300 and entry.on_late_2xx is not None:
+            entry.on_late_2xx(message)  # a retransmitted 2xx: the UAC ACKs again
+
+    def _timed_out(self, txn: ServerTransaction | ClientTransaction, reason: str) -> None:
+        if isinstance(txn, ServerInviteTransaction):
+            invite = self._invites.get(server_key(txn.request))
+            if invite is not None:
+                invite.ack_timeout(reason)
+            return
+        entry = self._client.get((txn.request.branch, txn.request.cseq.method))
+        if entry is not None and not entry.future.done():
+            entry.future.set_exception(CallFailed(408, f"Request Timeout ({reason})"))
+
+    def respond(self, request: SipRequest, status: int, reason: str | None = None, *,
+                to_tag: str | None = None, headers: Iterable[tuple[str, str]] = (),
+                body: bytes = b"", content_type: str | None = None) -> None:
+        """Answer `request` through its server transaction."""
+        key = server_key(request)
+        found = self._server.get(key)
+        if found is None:
+            return
+        txn, dest = found
+        extra = [("Server", self.user_agent), *headers]
+        response = make_response(request, status, reason, to_tag=to_tag, headers=extra,
+                                 body=body, content_type=content_type)
+        self._run(txn, txn.send_response(response, self.now()), dest)
+
+    async def request(
+        self,
+        request: SipRequest,
+        dest: Address,
+        *,
+        on_provisional: Callable[[SipResponse], None] | None = None,
+        on_late_2xx: Callable[[SipResponse], None] | None = None,
+    ) -> SipResponse:
+        """Send `request` in a client transaction; return its final response."""
+        assert self._loop is not None
+        txn: ClientTransaction
+        if request.method == "INVITE":
+            txn = ClientInviteTransaction(request, self.now(), self.timers)
+        else:
+            txn = ClientNonInviteTransaction(request, self.now(), self.timers)
+        future: asyncio.Future[SipResponse] = self._loop.create_future()
+        self._client[(request.branch, request.cseq.method)] = _ClientEntry(
+            txn, dest, future, on_provisional, on_late_2xx
+        )
+        self._run(txn, txn.start(), dest)
+        return await future
+
+    def _on_response(self, response: SipResponse) -> None:
+        entry = self._client.get((response.branch, response.cseq.method))
+        if entry is None:
+            log.debug("stray response %s for %s", response.status, response.call_id)
+            return
+        self._run(entry.txn, entry.txn.receive(response, self.now()), entry.dest)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _on_request(self, request: SipRequest, addr: Address) -> None:
+        key = server_key(request)
+        if request.method == "ACK":
+            self._on_ack(request, key)
+            return
+        found = self._server.get(key)
+        if found is not None:  # a retransmission: the transaction answers it again
+            txn, dest = found
+            self._run(txn, txn.receive(request, self.now()), dest)
+            return
+        txn = (ServerInviteTransaction if request.method == "INVITE"
+               else ServerNonInviteTransaction)(request, self.now(), self.timers)
+        self._server[key] = (txn, response_address(make_response(request, 100)))
+        if request.method == "CANCEL":
+            self._on_cancel(request)
+            return
+        max_forwards = request.headers.get("Max-Forwards")
+        if max_forwards is not None and max_forwards.strip() == "0" and request.method != "OPTIONS":
+            self.respond(request, 483)
+            return
+        if request.to_tag:
+            leg = self.legs.get(dialog_key_from_request(request, uas=True))
+            if leg is None:
+                self.respond(request, 481)
+            else:
+                leg.on_request(request)
+            return
+        if request.method == "INVITE":
+            self._on_new_invite(request, key)
+        elif request.method == "OPTIONS":
+            self.respond(request, 200, headers=[
+                ("Allow", ALLOWED_METHODS), ("Accept", "application/sdp"),
+            ])
+        elif request.method in ("BYE", "INFO"):
+            self.respond(request, 481)
+        elif request.method in KNOWN_METHODS:
+            self.respond(request, 405, headers=[("Allow", ALLOWED_METHODS)])
+        else:
+            self.respond(request, 501)
+
+    def _on_ack(self, ack: SipRequest, key: tuple) -> None:
+        found = self._server.get(key)
+        if found is not None:  # ACK for a non-2xx final: same transaction
+            txn, dest = found
+            self._run(txn, txn.receive(ack, self.now()), dest)
+            return
+        leg = self.legs.get(dialog_key_from_request(ack, uas=True))
+        if leg is not None:
+            leg.on_ack(ack)
+
+    def _on_cancel(self, cancel: SipRequest) -> None:
+        invite = self._invites.get(cancel_target_key(cancel))
+        if invite is None or invite.answered:
+            self.respond(cancel, 481)
+            return
+        self.respond(cancel, 200)
+        invite.cancelled()
+
+    def _on_new_invite(self, request: SipRequest, key: tuple) -> None:
+        if request.headers.get("Require"):
+            self.respond(request, 420, headers=[("Unsupported", request.headers.get("Require")
+                                                  or "")])
+            return
+        invite = InboundInvite(self, request)
+        self._invites[key] = invite
+        self.respond(request, 100)
+        if self.on_invite is None:
+            invite.reject(480)
+            return
+        self.on_invite(invite)
+
+    # -- UAC ------------------------------------------------------------------------------
+
+    async def invite(
+        self,
+        target: str,
+        sdp_offer: bytes,
+        *,
+        from_user: str = "callbox",
+        on_provisional: Callable[[SipResponse], None] | None = None,
+    ) -> OutboundLeg:
+        """Place a call. Returns the confirmed leg (ACK sent); raises CallFailed."""
+        uri = SipUri.parse(target)
+        dest = (uri.host.strip("[]"), uri.port or 5060)
+        tag = new_tag()
+        request = SipRequest("INVITE", str(uri), _headers([
+            ("Via", f"{self.via_value()};branch={new_branch()}"),
+            ("Max-Forwards", "70"),
+            ("From", f"<sip:{from_user}@{self._hostport()}>;tag={tag}"),
+            ("To", f"<{uri}>"),
+            ("Call-ID", new_call_id(self.advertised_host)),
+            ("CSeq", "1 INVITE"),
+            ("Contact", self.contact),
+            ("Allow", ALLOWED_METHODS),
+            ("User-Agent", self.user_agent),
+            ("Content-Type", "application/sdp"),
+        ]), sdp_offer)
+        leg: OutboundLeg | None = None
+
+        def reack(response: SipResponse) -> None:
+            if leg is not None:
+                leg.send_ack()
+
+        response = await self.request(request, dest, on_provisional=on_provisional,
+                                      on_late_2xx=reack)
+        if response.status >= 300:
+            raise CallFailed(response.status, response.reason)
+        leg = OutboundLeg(self, Dialog.as_uac(request, response), request, response)
+        leg.send_ack()
+        return leg
+
+
+def _headers(pairs: Iterable[tuple[str, str]]):  # noqa: ANN202 - the message module's Headers
+    from callbox.server.sip.message import Headers
+
+    headers = Headers()
+    for name, value in pairs:
+        headers.add(name, value)
+    return headers
+
+
+class Leg:
+    """Our side of one dialog: in-dialog requests both ways, termination callbacks."""
+
+    def __init__(self, endpoint: SipEndpoint, dialog: Dialog | None) -> None:
+        self.endpoint = endpoint
+        self.dialog = dialog
+        self.terminated = False
+        self.on_terminated: Callable[[str], None] | None = None
+        # Called with the SDP body of a re-INVITE; returns our answer or None to reject (488).
+        self.on_reoffer: Callable[[bytes], bytes | None] | None = None
+        self.on_info: Callable[[SipRequest], None] | None = None
+        self._reinvites: dict[int, ServerInviteTransaction] = {}
+
+    def _register(self) -> None:
+        assert self.dialog is not None
+        self.endpoint.legs[self.dialog.key] = self
+
+    def _unregister(self) -> None:
+        if self.dialog is not None:
+            self.endpoint.legs.pop(self.dialog.key, None)
+
+    def _terminate(self, reason: str) -> None:
+        if self.terminated:
+            return
+        self.terminated = True
+        self._unregister()
+        if self.on_terminated is not None:
+            self.on_terminated(reason)
+
+    def _dest(self) -> Address:
+        assert self.dialog is not None
+        if self.dialog.route_set:
+            first = NameAddr.parse(self.dialog.route_set[0]).uri
+            return first.host.strip("[]"), first.port or 5060
+        return uri_address(self.dialog.remote_target)
+
+    def on_request(self, request: SipRequest) -> None:
+        assert self.dialog is not None
+        if request.method != "ACK" and not self.dialog.accept_remote_request(request):
+            self.endpoint.respond(request, 500, "Out of order CSeq")
+            return
+        if request.method == "BYE":
+            self.endpoint.respond(request, 200)
+            self._terminate("hangup")
+        elif request.method == "INVITE":
+            self._on_reinvite(request)
+        elif request.method in ("OPTIONS", "INFO"):
+            self.endpoint.respond(request, 200)
+            if request.method == "INFO" and self.on_info is not None:
+                self.on_info(request)
+        elif request.method in KNOWN_METHODS:
+            self.endpoint.respond(request, 405, headers=[("Allow", ALLOWED_METHODS)])
+        else:
+            self.endpoint.respond(request, 501)
+
+    def _on_reinvite(self, request: SipRequest) -> None:
+        answer = self.on_reoffer(request.body) if self.on_reoffer and request.body else None
+        if answer is None:
+            self.endpoint.respond(request, 488, headers=[
+                ("Warning", '399 callbox "re-INVITE without a usable SDP offer"')])
+            return
+        found = self.endpoint._server.get(server_key(request))
+        if found is not None and isinstance(found[0], ServerInviteTransaction):
+            self._reinvites[request.cseq.seq] = found[0]
+        self.endpoint.respond(request, 200, headers=[("Contact", self.endpoint.contact)],
+                              body=answer, content_type="application/sdp")
+
+    def on_ack(self, ack: SipRequest) -> None:
+        txn = self._reinvites.pop(ack.cseq.seq, None)
+        if txn is not None:
+            key = server_key(txn.request)
+            dest = self.endpoint._server.get(key, (txn, ("", 0)))[1]
+            self.endpoint._run(txn, txn.ack_received(self.endpoint.now()), dest)
+
+    async def bye(self) -> None:
+        """Hang up: BYE in a client transaction (retransmitted until answered or timer F)."""
+        if self.terminated or self.dialog is None:
+            return
+        self._terminate("local")
+        await self._send_bye()
+
+    async def _send_bye(self) -> None:
+        assert self.dialog is not None
+        request = self.dialog.create_request(
+            "BYE", via=self.endpoint.via_value(), contact=self.endpoint.contact,
+            extra_headers=[("User-Agent", self.endpoint.user_agent)],
+        )
+        try:
+            await self.endpoint.request(request, self._dest())
+        except CallFailed as exc:
+            log.info("BYE for %s not answered: %s", self.dialog.call_id, exc)
+
+
+class InboundInvite(Leg):
+    """A call someone placed to us: ring, answer or reject it, then the dialog."""
+
+    def __init__(self, endpoint: SipEndpoint, request: SipRequest) -> None:
+        super().__init__(endpoint, None)
+        self.request = request
+        self.local_tag = new_tag()
+        self.answered = False
+        self.finished = False  # a final response was sent
+
+    @property
+    def call_id(self) -> str:
+        return self.request.call_id
+
+    def ringing(self) -> None:
+        if not self.finished:
+            self.endpoint.respond(self.request, 180, to_tag=self.local_tag,
+                                  headers=[("Contact", self.endpoint.contact)])
+
+    def accept(self, sdp_answer: bytes) -> None:
+        """200 OK with our SDP; the transaction retransmits it until the ACK comes."""
+        if self.finished:
+            return
+        self.finished = self.answered = True
+        self.dialog = Dialog.as_uas(self.request, self.local_tag)
+        self._register()
+        self.endpoint.respond(self.request, 200, to_tag=self.local_tag, headers=[
+            ("Contact", self.endpoint.contact), ("Allow", ALLOWED_METHODS),
+        ], body=sdp_answer, content_type="application/sdp")
+
+    def reject(self, status: int, reason: str | None = None, *,
+               headers: Iterable[tuple[str, str]] = ()) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.endpoint.respond(self.request, status, reason, to_tag=self.local_tag,
+                              headers=headers)
+        self.terminated = True
+
+    def on_ack(self, ack: SipRequest) -> None:
+        if ack.cseq.seq == self.request.cseq.seq:
+            key = server_key(self.request)
+            found = self.endpoint._server.get(key)
+            if found is not None:
+                txn, dest = found
+                if isinstance(txn, ServerInviteTransaction):
+                    self.endpoint._run(txn, txn.ack_received(self.endpoint.now()), dest)
+            return
+        super().on_ack(ack)
+
+    def cancelled(self) -> None:
+        self.reject(487)
+        if self.on_terminated is not None:
+            self.on_terminated("cancel")
+
+    def ack_timeout(self, reason: str) -> None:
+        """Our 2xx was never ACKed (or a non-2xx never ACKed): end the call."""
+        if self.answered and not self.terminated:
+            log.info("call %s: %s; sending BYE", self.call_id, reason)
+            self._terminate("timeout")
+            spawn(self._send_bye(), name="sip-bye")
+
+
+class OutboundLeg(Leg):
+    """A call we placed (the `callbox call` command)."""
+
+    def __init__(self, endpoint: SipEndpoint, dialog: Dialog, invite: SipRequest,
+                 response: SipResponse) -> None:
+        super().__init__(endpoint, dialog)
+        self.invite = invite
+        self.response = response
+        self._register()
+
+    def send_ack(self) -> None:
+        assert self.dialog is not None
+        ack = self.dialog.create_request(
+            "ACK", via=self.endpoint.via_value(), contact=self.endpoint.contact,
+            cseq=self.invite.cseq.seq,
+        )
+        self.endpoint.send(ack, self._dest())
