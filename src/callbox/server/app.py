@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,8 @@ class Platform:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.calls: dict[str, Call] = {}
+        # Called with each new call before its route runs (tests, metrics, RELAY offers).
+        self.call_observers: list[Callable[[Call], None]] = []
         self.clock = MediaClock()
         sip_host, _ = parse_host_port(config.sip.listen, "sip.listen")
         self.advertised_host = config.sip.public_host or sip_host
@@ -162,6 +165,8 @@ class Platform:
         invite.on_reoffer = lambda body: self._reoffer(call, body)
         self.calls[call.id] = call
         log.info("call %s from %s to %s (SIP %s)", call.id, call.from_user, user, invite.call_id)
+        for observer in tuple(self.call_observers):
+            observer(call)
         call.ring()
         spawn(self._run_route(call, route), name=f"route-{call.id}")
 

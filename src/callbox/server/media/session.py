@@ -23,7 +23,7 @@ from callbox.server.media.dtmf import DtmfReceiver, DtmfSender
 from callbox.server.media.g711 import CODECS, G711Codec, codec_for_payload_type
 from callbox.server.media.jitter import ReceiveBuffer
 from callbox.server.media.playback import Playback
-from callbox.server.media.rtp import RtpError, RtpSender, is_rtcp, parse_header
+from callbox.server.media.rtp import RtpError, RtpSender, is_rtcp, parse_header_span
 
 FRAME_SAMPLES = 160
 RECV_BUFFER_BYTES = 2048
@@ -130,21 +130,22 @@ class MediaSession:
             if addr != self.remote:
                 self.stats.packets_foreign += 1
                 return
+        if is_rtcp(data):
+            return
         try:
-            payload_type, _marker, _seq, timestamp, ssrc, offset = parse_header(data)
+            payload_type, _marker, _seq, timestamp, ssrc, start, end = parse_header_span(data)
         except RtpError:
             self.stats.packets_malformed += 1
-            return
-        if is_rtcp(data):
             return
         if not self._latched:
             self.remote = (addr[0], addr[1])
             self._latched = True
         self.stats.packets_received += 1
+        payload = data[start:end]
         if payload_type == self.codec.payload_type:
-            self.receive_buffer.push(ssrc, timestamp, self.codec.decode(data[offset:]))
+            self.receive_buffer.push(ssrc, timestamp, self.codec.decode(payload))
         elif payload_type == self.dtmf_payload_type:
-            digit = self._dtmf_in.feed(timestamp, data[offset:])
+            digit = self._dtmf_in.feed(timestamp, payload)
             if digit is not None:
                 self.stats.digits_received += 1
                 for listener in tuple(self.dtmf_listeners):
@@ -152,7 +153,7 @@ class MediaSession:
         else:
             other = codec_for_payload_type(payload_type)
             if other is not None:  # the peer switched between PCMU and PCMA
-                self.receive_buffer.push(ssrc, timestamp, other.decode(data[offset:]))
+                self.receive_buffer.push(ssrc, timestamp, other.decode(payload))
             else:
                 self.stats.packets_unknown_pt += 1
 
