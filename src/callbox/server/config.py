@@ -159,7 +159,9 @@ def _project(raw: dict[str, Any]) -> Project:
     try:
         project = Project(**{k: str(v) for k, v in raw.items()})
     except TypeError as exc:
-        raise ConfigError(f"[[projects]] needs id and token (and optionally signing_key): {exc}")
+        raise ConfigError(
+            f"[[projects]] needs id and token (and optionally signing_key): {exc}"
+        ) from None
     if not project.id or not project.token:
         raise ConfigError("[[projects]] id and token must not be empty")
     return project
@@ -169,7 +171,9 @@ def _route(raw: dict[str, Any]) -> Route:
     try:
         route = Route(**{k: str(v) for k, v in raw.items()})
     except TypeError as exc:
-        raise ConfigError(f"[[routes]] accepts number, swml, swml_url, context, project: {exc}")
+        raise ConfigError(
+            f"[[routes]] accepts number, swml, swml_url, context, project: {exc}"
+        ) from None
     targets = [t for t in (route.swml, route.swml_url, route.context) if t]
     if len(targets) != 1:
         raise ConfigError(

@@ -8,6 +8,7 @@ a few frames so that recordings keep real-time length, and beyond that it re-bas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Protocol
 
@@ -44,10 +45,8 @@ class MediaClock:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     def tick_all(self) -> None:

@@ -126,10 +126,9 @@ class MediaSession:
             self.on_datagram(data, addr)
 
     def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._latched:
-            if addr != self.remote:
-                self.stats.packets_foreign += 1
-                return
+        if self._latched and addr != self.remote:
+            self.stats.packets_foreign += 1
+            return
         if is_rtcp(data):
             return
         try:

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from callbox.server.tasks import spawn
 from callbox.server.sip.dialog import Dialog, dialog_key_from_request
 from callbox.server.sip.headers import NameAddr, SipUri, Via
 from callbox.server.sip.message import (
@@ -39,6 +38,7 @@ from callbox.server.sip.transaction import (
     cancel_target_key,
     server_key,
 )
+from callbox.server.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -438,7 +438,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         return leg
 
 
-def _headers(pairs: Iterable[tuple[str, str]]):  # noqa: ANN202 - the message module's Headers
+def _headers(pairs: Iterable[tuple[str, str]]):
     from callbox.server.sip.message import Headers
 
     headers = Headers()
