@@ -21,6 +21,7 @@ from callbox.server.media.session import MediaSession
 from callbox.server.sip.endpoint import InboundInvite, SipEndpoint
 from callbox.server.sip.headers import NameAddr
 from callbox.server.sip.sdp import NoCommonCodec, SdpError, answer_offer, parse_sdp
+from callbox.server.sip.transaction import Timers
 from callbox.server.swml import verbs as _verbs  # noqa: F401 - registers the verbs
 from callbox.server.swml.fetch import SwmlFetchError, fetch_swml
 from callbox.server.swml.runner import SwmlError, SwmlRunner, parse_document
@@ -44,7 +45,7 @@ class Listening:
 
 
 class Platform:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, sip_timers: Timers | None = None) -> None:
         self.config = config
         self.calls: dict[str, Call] = {}
         # Called with each new call before its route runs (tests, metrics, RELAY offers).
@@ -55,7 +56,7 @@ class Platform:
         first, last = parse_port_range(config.sip.rtp_ports)
         self.ports = RtpPortPool(sip_host, first, last)
         self.sip = SipEndpoint(advertised_host=self.advertised_host,
-                               user_agent=f"callbox/{__version__}")
+                               user_agent=f"callbox/{__version__}", timers=sip_timers)
         self.sip.on_invite = self._on_invite
         self._runners: list[web.AppRunner] = []
         self.listening: Listening | None = None

@@ -1,0 +1,115 @@
+"""The platform under test, in-process on ephemeral ports, and what it observed of each call."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from tests.peers.ports import free_port_range
+
+from callbox.server.app import Platform
+from callbox.server.call import Call
+from callbox.server.config import Config, Route
+from callbox.server.sip.transaction import Timers
+
+PROMPT_TEXT = "Hello from callbox. This is the prompt route."
+# Short SIP timers so that timeouts (64*T1) take 3.2 s instead of 32 s.
+FAST_TIMERS = Timers(t1=0.05, t2=0.4, t4=0.5, d=1.0)
+
+
+def swml(*verbs: object) -> str:
+    return json.dumps({"version": "1.0.0", "sections": {"main": list(verbs)}})
+
+
+ROUTES = [
+    Route(
+        "prompt", swml=swml({"answer": {}}, {"play": {"url": f"say:{PROMPT_TEXT}"}}, {"hangup": {}})
+    ),
+    # Answers and listens until the caller hangs up.
+    Route("listen", swml=swml({"answer": {}}, {"sleep": 120_000})),
+    # Rings and never answers (for CANCEL).
+    Route("ring", swml=swml({"sleep": 120_000})),
+    Route("badswml", swml=swml({"answer": {}}, {"dance": {}})),
+    Route("voicemail", context="default"),
+]
+
+
+@dataclass
+class ObservedCall:
+    """What the platform saw of one call: digits, the received audio, media counters."""
+
+    call: Call
+    digits: list[str] = field(default_factory=list)
+    speak_frames: list[np.ndarray] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def speak(self) -> np.ndarray:
+        if not self.speak_frames:
+            return np.zeros(0, dtype=np.int16)
+        return np.concatenate(self.speak_frames)
+
+
+@dataclass
+class RunningPlatform:
+    platform: Platform
+    observed: list[ObservedCall]
+
+    @property
+    def sip_port(self) -> int:
+        assert self.platform.listening is not None
+        return self.platform.listening.sip[1]
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.sip_port}"
+
+    def uri(self, user: str) -> str:
+        return f"sip:{user}@{self.target}"
+
+    async def wait_call_ended(self, index: int = 0, timeout: float = 15.0) -> ObservedCall:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.observed) <= index:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"call #{index} never arrived at the platform")
+            await asyncio.sleep(0.02)
+        seen = self.observed[index]
+        await asyncio.wait_for(
+            seen.ended.wait(), max(0.1, deadline - asyncio.get_running_loop().time())
+        )
+        return seen
+
+
+def make_config(tmp_path, routes=ROUTES) -> Config:
+    config = Config()
+    config.sip.listen = "127.0.0.1:0"
+    config.http.listen = "127.0.0.1:0"
+    ports = free_port_range(200)
+    config.sip.rtp_ports = f"{ports.start}-{ports.stop - 1}"
+    config.storage.data_dir = str(tmp_path / "data")
+    config.routes = list(routes)
+    return config
+
+
+@pytest.fixture
+async def platform(tmp_path) -> AsyncIterator[RunningPlatform]:
+    instance = Platform(make_config(tmp_path), sip_timers=FAST_TIMERS)
+    observed: list[ObservedCall] = []
+
+    def observe(call: Call) -> None:
+        seen = ObservedCall(call)
+        call.on_dtmf(seen.digits.append)
+        call.media.taps.append(lambda speak, listen: seen.speak_frames.append(speak.copy()))
+        call.state_listeners.append(lambda c: seen.ended.set() if c.state == "ended" else None)
+        observed.append(seen)
+
+    instance.call_observers.append(observe)
+    await instance.start()
+    try:
+        yield RunningPlatform(instance, observed)
+    finally:
+        await instance.stop()
