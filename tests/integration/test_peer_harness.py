@@ -42,8 +42,9 @@ def media_port(calls: int = 1) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("freq", "seconds", "dbfs"), [(1000, 1.0, -20.0), (697, 0.33, -6.5),
-                                                       (1633, 0.1, -30.0)])
+@pytest.mark.parametrize(
+    ("freq", "seconds", "dbfs"), [(1000, 1.0, -20.0), (697, 0.33, -6.5), (1633, 0.1, -30.0)]
+)
 def test_tone_level_rms_and_frequency(freq: float, seconds: float, dbfs: float) -> None:
     x = audio.tone(freq, seconds, dbfs=dbfs)
     assert x.dtype == np.int16
@@ -89,8 +90,13 @@ def test_xcorr_identity_and_known_lag() -> None:
 
 
 def test_active_spans() -> None:
-    x = audio.concat(audio.silence(0.5), audio.tone(1000, 1.0), audio.silence(0.5),
-                     audio.tone(500, 0.3, -30), audio.silence(0.2))
+    x = audio.concat(
+        audio.silence(0.5),
+        audio.tone(1000, 1.0),
+        audio.silence(0.5),
+        audio.tone(500, 0.3, -30),
+        audio.silence(0.2),
+    )
     spans = audio.active_spans(x, RATE)
     assert len(spans) == 2
     assert spans[0] == pytest.approx((0.5, 1.5), abs=0.021)
@@ -117,14 +123,27 @@ def test_wav_files_roundtrip(tmp_path: Path, peer_env) -> None:
     assert np.array_equal(y2, stereo)
 
     # A float WAV goes through sox.
-    subprocess.run(["sox", str(path), "-e", "floating-point", "-b", "32",
-                    str(tmp_path / "f.wav")], check=True)
+    subprocess.run(
+        ["sox", str(path), "-e", "floating-point", "-b", "32", str(tmp_path / "f.wav")], check=True
+    )
     y3, _ = audio.read_wav(tmp_path / "f.wav")
     assert np.max(np.abs(y3.astype(int) - x)) <= 1
 
     # MP3 decodes via miniaudio, with encoder delay: compare levels, not samples.
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(path),
-                    "-b:a", "32k", str(tmp_path / "x.mp3")], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            str(path),
+            "-b:a",
+            "32k",
+            str(tmp_path / "x.mp3"),
+        ],
+        check=True,
+    )
     y4, rate4 = audio.decode_audio(tmp_path / "x.mp3")
     assert rate4 == RATE
     assert abs(y4.size / RATE - 0.6) < 0.2
@@ -137,15 +156,28 @@ def test_raw_g711_files(tmp_path: Path, peer_env) -> None:
         raw = writer(tmp_path / f"x.{sox_type}", x)
         assert raw.stat().st_size == x.size  # one byte per sample, no header
         back = tmp_path / f"back-{sox_type}.wav"
-        subprocess.run(["sox", "-t", sox_type, "-r", "8000", "-c", "1", str(raw), str(back)],
-                       check=True)
+        subprocess.run(
+            ["sox", "-t", sox_type, "-r", "8000", "-c", "1", str(raw), str(back)], check=True
+        )
         y, _ = audio.read_wav(back)
         assert abs(audio.tone_level_dbfs(y, 1000) + 12) < 0.5
     # Speech survives G.711 nearly unchanged, with no delay.
     s = audio.speech("one two three, harness check")
     back = tmp_path / "speech.wav"
-    subprocess.run(["sox", "-t", "ul", "-r", "8000", "-c", "1",
-                    str(audio.write_raw_ulaw(tmp_path / "s.ul", s)), str(back)], check=True)
+    subprocess.run(
+        [
+            "sox",
+            "-t",
+            "ul",
+            "-r",
+            "8000",
+            "-c",
+            "1",
+            str(audio.write_raw_ulaw(tmp_path / "s.ul", s)),
+            str(back),
+        ],
+        check=True,
+    )
     peak, lag = audio.max_normalized_xcorr(audio.read_wav(back)[0], s, 100)
     assert peak > 0.99
     assert lag == 0
@@ -181,8 +213,17 @@ def test_ports_are_free_and_distinct() -> None:
 
 
 def test_scenarios_and_pcaps_exist(peer_env) -> None:
-    for name in ("uac_audio_dtmf", "uac_pcap_dtmf", "uac_hangup_by_server", "uac_cancel",
-                 "uac_no_ack", "uac_options", "uas_answer", "uas_ring", "uas_no_ack_bye"):
+    for name in (
+        "uac_audio_dtmf",
+        "uac_pcap_dtmf",
+        "uac_hangup_by_server",
+        "uac_cancel",
+        "uac_no_ack",
+        "uac_options",
+        "uas_answer",
+        "uas_ring",
+        "uas_no_ack_bye",
+    ):
         assert scenario_path(name).is_file()
     assert (sipp_share_dir() / "g711a.pcap").is_file()
     assert dtmf_pcap("#").name == "dtmf_2833_pound.pcap"
@@ -199,12 +240,18 @@ async def test_sipp_uac_audio_dtmf_against_sipp_uas(tmp_path: Path, peer_env) ->
     peer_env.require_root()
     uas_stream = g711_stream(audio.tone(440, 1.0, -12), tmp_path / "uas.ulaw", loops=-1)
     uac_stream = g711_stream(audio.tone(1000, 0.5, -12), tmp_path / "uac.ulaw")
-    async with start_sipp_uas("uas_answer", media_port=media_port(),
-                              keys={"stream": uas_stream}) as uas:
+    async with start_sipp_uas(
+        "uas_answer", media_port=media_port(), keys={"stream": uas_stream}
+    ) as uas:
         uac = await run_sipp(
-            "uac_audio_dtmf", uas.target, service="echo", local_port=free_udp_port(),
-            media_port=media_port(), keys={"stream": uac_stream, "digits": "12#"},
-            extra_args=["-d", "500"], timeout=20,
+            "uac_audio_dtmf",
+            uas.target,
+            service="echo",
+            local_port=free_udp_port(),
+            media_port=media_port(),
+            keys={"stream": uac_stream, "digits": "12#"},
+            extra_args=["-d", "500"],
+            timeout=20,
         )
         uas_result = await uas.wait(timeout=10)
     assert uac.ok, uac.describe()
@@ -217,8 +264,15 @@ async def test_sipp_uac_audio_dtmf_against_sipp_uas(tmp_path: Path, peer_env) ->
 async def test_sipp_cancel_against_ringing_uas(peer_env) -> None:
     calls = 3
     async with start_sipp_uas("uas_ring", media_port=media_port(calls), calls=calls) as uas:
-        uac = await run_sipp("uac_cancel", uas.target, local_port=free_udp_port(),
-                             media_port=media_port(calls), calls=calls, rate=20, timeout=20)
+        uac = await run_sipp(
+            "uac_cancel",
+            uas.target,
+            local_port=free_udp_port(),
+            media_port=media_port(calls),
+            calls=calls,
+            rate=20,
+            timeout=20,
+        )
         uas_result = await uas.wait(timeout=10)
     assert uac.ok, uac.describe()
     assert uas_result.ok, uas_result.describe()
@@ -228,8 +282,13 @@ async def test_sipp_cancel_against_ringing_uas(peer_env) -> None:
 
 async def test_sipp_no_ack_scenario_gets_bye(peer_env) -> None:
     async with start_sipp_uas("uas_no_ack_bye", media_port=media_port()) as uas:
-        uac = await run_sipp("uac_no_ack", uas.target, local_port=free_udp_port(),
-                             media_port=media_port(), timeout=20)
+        uac = await run_sipp(
+            "uac_no_ack",
+            uas.target,
+            local_port=free_udp_port(),
+            media_port=media_port(),
+            timeout=20,
+        )
         uas_result = await uas.wait(timeout=10)
     assert uac.ok, uac.describe()
     assert uas_result.ok, uas_result.describe()
@@ -240,8 +299,13 @@ async def test_sipp_no_ack_scenario_gets_bye(peer_env) -> None:
 async def test_harness_reports_failures_and_timeouts(peer_env) -> None:
     # A callee that answers at once breaks the CANCEL scenario: sipp must report failure.
     async with start_sipp_uas("uas_answer", media_port=media_port()) as uas:
-        uac = await run_sipp("uac_cancel", uas.target, local_port=free_udp_port(),
-                             media_port=media_port(), timeout=20)
+        uac = await run_sipp(
+            "uac_cancel",
+            uas.target,
+            local_port=free_udp_port(),
+            media_port=media_port(),
+            timeout=20,
+        )
         await uas.stop()
     assert uac.returncode != 0 and not uac.ok
     assert uac.stat("FailedCall") == 1, uac.describe()
@@ -250,8 +314,13 @@ async def test_harness_reports_failures_and_timeouts(peer_env) -> None:
     # Nobody hangs up on uac_hangup_by_server: the harness kills sipp at the timeout.
     async with start_sipp_uas("uas_answer", media_port=media_port()) as uas:
         started = time.monotonic()
-        stuck = await run_sipp("uac_hangup_by_server", uas.target, local_port=free_udp_port(),
-                               media_port=media_port(), timeout=1.5)
+        stuck = await run_sipp(
+            "uac_hangup_by_server",
+            uas.target,
+            local_port=free_udp_port(),
+            media_port=media_port(),
+            timeout=1.5,
+        )
         assert time.monotonic() - started < 6
     assert stuck.timed_out and not stuck.ok
 
@@ -259,8 +328,12 @@ async def test_harness_reports_failures_and_timeouts(peer_env) -> None:
 async def test_sync_runner(peer_env) -> None:
     async with start_sipp_uas("uas_ring", media_port=media_port()) as uas:
         result = await asyncio.to_thread(
-            run_sipp_sync, "uac_cancel", uas.target, local_port=free_udp_port(),
-            media_port=media_port(), timeout=10,
+            run_sipp_sync,
+            "uac_cancel",
+            uas.target,
+            local_port=free_udp_port(),
+            media_port=media_port(),
+            timeout=10,
         )
         uas_result = await uas.wait(timeout=5)
     assert result.ok, result.describe()
@@ -279,9 +352,14 @@ async def test_sipp_caller_is_heard_by_baresip_with_dtmf(tmp_path: Path, peer_en
     stream = g711_stream(source, tmp_path / "caller.ulaw")
     async with Baresip(auto_answer=True) as phone:
         result = await run_sipp(
-            "uac_audio_dtmf", phone.target, service=phone.user, local_port=free_udp_port(),
-            media_port=media_port(), keys={"stream": stream, "digits": "12#"},
-            extra_args=["-d", str(round(1000 * source.size / RATE) + 300)], timeout=30,
+            "uac_audio_dtmf",
+            phone.target,
+            service=phone.user,
+            local_port=free_udp_port(),
+            media_port=media_port(),
+            keys={"stream": stream, "digits": "12#"},
+            extra_args=["-d", str(round(1000 * source.size / RATE) + 300)],
+            timeout=30,
         )
         assert result.ok, result.describe()
         closed = await phone.wait_call_closed(timeout=5)
@@ -295,8 +373,10 @@ async def test_sipp_caller_is_heard_by_baresip_with_dtmf(tmp_path: Path, peer_en
 
 async def test_baresip_dials_sipp_uas_and_hears_its_tone(tmp_path: Path, peer_env) -> None:
     stream = g711_stream(audio.tone(440, 1.0, -12), tmp_path / "uas.ulaw", loops=-1)
-    async with start_sipp_uas("uas_answer", media_port=media_port(),
-                              keys={"stream": stream}) as uas, Baresip() as phone:
+    async with (
+        start_sipp_uas("uas_answer", media_port=media_port(), keys={"stream": stream}) as uas,
+        Baresip() as phone,
+    ):
         await phone.dial(uas.uri("svc"))
         established = await phone.wait_established(timeout=5)
         assert established["peeruri"] == uas.uri("svc")
@@ -315,14 +395,27 @@ async def test_baresip_dials_sipp_uas_and_hears_its_tone(tmp_path: Path, peer_en
 async def test_sipp_waits_for_baresip_hangup_and_options(tmp_path: Path, peer_env) -> None:
     stream = g711_stream(audio.tone(1000, 1.0, -12), tmp_path / "c.ulaw", loops=-1)
     async with Baresip(auto_answer=True, user="ivr") as phone:
-        options = await run_sipp("uac_options", phone.target, service="ivr",
-                                 local_port=free_udp_port(), media_port=media_port(), timeout=10)
+        options = await run_sipp(
+            "uac_options",
+            phone.target,
+            service="ivr",
+            local_port=free_udp_port(),
+            media_port=media_port(),
+            timeout=10,
+        )
         assert options.ok, options.describe()
 
-        call = asyncio.create_task(run_sipp(
-            "uac_hangup_by_server", phone.target, service="ivr", local_port=free_udp_port(),
-            media_port=media_port(), keys={"stream": stream}, timeout=20,
-        ))
+        call = asyncio.create_task(
+            run_sipp(
+                "uac_hangup_by_server",
+                phone.target,
+                service="ivr",
+                local_port=free_udp_port(),
+                media_port=media_port(),
+                keys={"stream": stream},
+                timeout=20,
+            )
+        )
         await phone.wait_established(timeout=5)
         await asyncio.sleep(1.0)
         await phone.hangup()
@@ -337,9 +430,13 @@ async def test_sipp_pcap_dtmf_reaches_baresip(peer_env) -> None:
     peer_env.require_root()
     async with Baresip(auto_answer=True) as phone:
         result = await run_sipp(
-            "uac_pcap_dtmf", phone.target, service=phone.user, local_port=free_udp_port(),
+            "uac_pcap_dtmf",
+            phone.target,
+            service=phone.user,
+            local_port=free_udp_port(),
             media_port=media_port(),
-            keys={"pcap1": str(dtmf_pcap("5")), "pcap2": str(dtmf_pcap("#"))}, timeout=20,
+            keys={"pcap1": str(dtmf_pcap("5")), "pcap2": str(dtmf_pcap("#"))},
+            timeout=20,
         )
         assert result.ok, result.describe()
         await phone.wait_call_closed(timeout=5)
@@ -352,8 +449,10 @@ async def test_sipp_pcap_dtmf_reaches_baresip(peer_env) -> None:
 
 
 async def test_baresip_to_baresip_audio_and_dtmf(peer_env) -> None:
-    async with Baresip(source=audio.tone(1200, 2.0, -15), user="callee") as callee, \
-               Baresip(source=audio.tone(700, 2.0, -15)) as caller:
+    async with (
+        Baresip(source=audio.tone(1200, 2.0, -15), user="callee") as callee,
+        Baresip(source=audio.tone(700, 2.0, -15)) as caller,
+    ):
         await caller.dial(callee.uri)
         incoming = await callee.wait_incoming(timeout=5)
         assert incoming["peeruri"] == caller.uri
