@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from callbox.server.media.sources import render_tts
 from tests.integration.conftest import PROMPT_TEXT
 from tests.peers import audio
 from tests.peers.baresip import Baresip
+
+from callbox.server.media.sources import render_tts
 
 pytestmark = pytest.mark.peers
 
@@ -90,6 +90,7 @@ async def test_callbox_call_to_baresip_as_the_answering_side(tmp_path):
             "--record-heard", str(heard_path),
         )
         assert code == 0, err
+        assert "hung up by us" in out
         await phone.wait_call_closed(timeout=10)  # our BYE
         baresip_heard, _ = phone.heard()
         digits = phone.received_dtmf()

@@ -1,0 +1,226 @@
+"""Free port allocation on the loopback interface for tests that start real peers.
+
+Every helper here hands out ports that were bindable at the moment of the call, and never hands
+out the same port twice in one Python process (so two peers started by one test cannot collide
+with each other).  Between the check and the moment the peer binds the port another process
+could take it; that window is small and accepted by every test suite that starts servers.
+
+- :func:`free_udp_port` / :func:`free_tcp_port`: one port free for that protocol (kernel-chosen).
+- :func:`free_port`: one port free for UDP *and* TCP (baresip's ``sip_listen`` binds both).
+- :func:`free_port_range`: ``n`` contiguous ports, e.g. an RTP range (sipp ``-mp`` uses
+  ``mp`` and ``mp+1`` for RTP/RTCP and ``mp+2`` for its echo/video socket, and advertises
+  ``mp + 4*(call_number-1)`` as ``[auto_media_port]`` for later calls).  Ranges are picked at
+  random below the Linux ephemeral range (32768-60999) so that the kernel's own choices for
+  ``bind(port 0)`` do not land in them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+__all__ = [
+    "LOOPBACK",
+    "free_port",
+    "free_port_range",
+    "free_tcp_port",
+    "free_udp_port",
+    "port_is_free",
+    "tcp_port_listening",
+    "udp_port_bound",
+    "wait_udp_bound",
+]
+
+LOOPBACK = "127.0.0.1"
+
+_lock = threading.Lock()
+_handed_out: set[int] = set()
+
+# Ranges from free_port_range() are drawn from [_RANGE_LOW, _RANGE_HIGH).
+_RANGE_LOW = 20000
+_RANGE_HIGH = 32000
+
+
+def _bind_probe(port: int, host: str, kind: int) -> socket.socket | None:
+    """Bind a socket of ``kind`` to (host, port); return it (caller closes) or None if taken."""
+    sock = socket.socket(socket.AF_INET, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            # Same flag servers use: a port in TIME_WAIT is usable by the next server.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def port_is_free(port: int, host: str = LOOPBACK, *, udp: bool = True, tcp: bool = False) -> bool:
+    """True when ``port`` can be bound right now for every protocol asked for."""
+    socks: list[socket.socket] = []
+    try:
+        for wanted, kind in ((udp, socket.SOCK_DGRAM), (tcp, socket.SOCK_STREAM)):
+            if not wanted:
+                continue
+            sock = _bind_probe(port, host, kind)
+            if sock is None:
+                return False
+            socks.append(sock)
+        return True
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _kernel_port(host: str, kind: int, also_free_for: int | None) -> int:
+    for _ in range(200):
+        sock = socket.socket(socket.AF_INET, kind)
+        try:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        finally:
+            sock.close()
+        if also_free_for is not None:
+            other = _bind_probe(port, host, also_free_for)
+            if other is None:
+                continue
+            other.close()
+        with _lock:
+            if port in _handed_out:
+                continue
+            _handed_out.add(port)
+        return port
+    raise RuntimeError("could not find a free port")  # pragma: no cover
+
+
+def free_udp_port(host: str = LOOPBACK) -> int:
+    """A UDP port on ``host`` that is free now and was not handed out before in this process."""
+    return _kernel_port(host, socket.SOCK_DGRAM, None)
+
+
+def free_tcp_port(host: str = LOOPBACK) -> int:
+    """A TCP port on ``host`` that is free now and was not handed out before in this process."""
+    return _kernel_port(host, socket.SOCK_STREAM, None)
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port free for both UDP and TCP (SIP servers that listen on both transports)."""
+    return _kernel_port(host, socket.SOCK_DGRAM, socket.SOCK_STREAM)
+
+
+def free_port_range(
+    n: int,
+    host: str = LOOPBACK,
+    *,
+    udp: bool = True,
+    tcp: bool = False,
+    even: bool = True,
+) -> range:
+    """``n`` contiguous ports, all free now (for the protocols asked for), as a ``range``.
+
+    ``range.start`` is even when ``even`` is true (RTP convention: RTP on even, RTCP on odd).
+    All ports of the range are held at once during the check, then released.
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    if n > (_RANGE_HIGH - _RANGE_LOW) // 4:
+        raise ValueError(f"range of {n} ports is too large")
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(_RANGE_LOW, _RANGE_HIGH - n)
+        if even:
+            base -= base % 2
+        ports = range(base, base + n)
+        with _lock:
+            if any(p in _handed_out for p in ports):
+                continue
+        held: list[socket.socket] = []
+        ok = True
+        try:
+            for port in ports:
+                for wanted, kind in ((udp, socket.SOCK_DGRAM), (tcp, socket.SOCK_STREAM)):
+                    if not wanted:
+                        continue
+                    sock = _bind_probe(port, host, kind)
+                    if sock is None:
+                        ok = False
+                        break
+                    held.append(sock)
+                if not ok:
+                    break
+        finally:
+            for sock in held:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        if not ok:
+            continue
+        with _lock:
+            if any(p in _handed_out for p in ports):
+                continue
+            _handed_out.update(ports)
+        return ports
+    raise RuntimeError(f"could not find {n} contiguous free ports")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------
+# Is a peer listening yet?  (Linux /proc, no packets sent, nothing bound by us.)
+# --------------------------------------------------------------------------------------------
+
+_TCP_LISTEN = "0A"
+
+
+def _proc_entries(kind: str) -> list[tuple[str, int, str]]:
+    """(hex IPv4 address as in /proc, port, state) for /proc/net/<kind>."""
+    entries: list[tuple[str, int, str]] = []
+    try:
+        lines = Path(f"/proc/net/{kind}").read_text().splitlines()[1:]
+    except OSError:
+        return entries
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        addr, _, port = fields[1].partition(":")
+        entries.append((addr, int(port, 16), fields[3]))
+    return entries
+
+
+def _hex_ipv4(host: str) -> str:
+    return f"{struct.unpack('=I', socket.inet_aton(host))[0]:08X}"
+
+
+def udp_port_bound(port: int, host: str = LOOPBACK) -> bool:
+    """True when some process has a UDP socket bound to ``host:port`` (or ``0.0.0.0:port``)."""
+    wanted = {_hex_ipv4(host), "00000000"}
+    if Path("/proc/net/udp").exists():
+        return any(a in wanted and p == port for a, p, _ in _proc_entries("udp"))
+    return not port_is_free(port, host, udp=True)  # pragma: no cover - non-Linux fallback
+
+
+def tcp_port_listening(port: int, host: str = LOOPBACK) -> bool:
+    """True when some process listens on TCP ``host:port`` (or ``0.0.0.0:port``)."""
+    wanted = {_hex_ipv4(host), "00000000"}
+    if Path("/proc/net/tcp").exists():
+        return any(
+            a in wanted and p == port and st == _TCP_LISTEN for a, p, st in _proc_entries("tcp")
+        )
+    return not port_is_free(port, host, udp=False, tcp=True)  # pragma: no cover
+
+
+def wait_udp_bound(port: int, host: str = LOOPBACK, timeout: float = 5.0) -> bool:
+    """Poll :func:`udp_port_bound` (blocking) until true or ``timeout``; return the last state.
+
+    In async code call :func:`udp_port_bound` between ``await asyncio.sleep()`` instead.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if udp_port_bound(port, host):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
