@@ -118,3 +118,18 @@ async def test_options_gets_200(platform):
     )
     assert result.ok, result.describe()
     assert "Allow: INVITE" in result.messages
+
+
+async def test_hold_reinvite_and_route_set_behind_a_proxy(platform):
+    """PCMA is chosen from the offer; the hold re-INVITE is answered recvonly and our RTP stops;
+    the platform's BYE carries the Record-Route as Route (checked by sipp's regexps)."""
+    sip_port, media_port = ports()
+    result = await run_sipp(
+        "uac_hold_behind_proxy", platform.target, service="prompt", local_port=sip_port,
+        media_port=media_port, timeout=40,
+    )
+    assert result.ok, result.describe()
+    seen = await platform.wait_call_ended()
+    assert seen.call.media.codec.name == "PCMA"
+    assert seen.call.media.sending is False  # on hold: recvonly, nothing sent
+    assert seen.call.end_reason == "hangup"

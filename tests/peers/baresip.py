@@ -37,6 +37,11 @@ Quirks of this baresip version, measured (they cost hours, keep this list curren
   CALL_REMOTE_SDP, CALL_ESTABLISHED, CALL_RTPESTAB, CALL_DTMF_START/END (``param`` = digit),
   CALL_CLOSED (``param`` = reason), SHUTDOWN, EXIT.  Command names are the menu's long
   commands: ``dial``, ``accept``, ``hangup``, ``sndcode``, ``callstat``, ``quit``.
+- In-call commands (``sndcode``, ...) exist only while a call is up: outside a call baresip
+  answers ``command not found (sndcode)`` (raised as :class:`BaresipError`).  ``dial`` is
+  acknowledged with ok even for a bad URI; the failure shows up as CALL_CLOSED, so wait for
+  CALL_ESTABLISHED (``wait_established``) rather than trusting the response.
+  With ``answermode=auto`` there is no CALL_INCOMING event (REMOTE_SDP/ESTABLISHED only).
 - ``sndcode 123`` does **not** end digits 1 and 2 (only the last one gets an end event):
   :meth:`Baresip.send_dtmf` sends one ``sndcode`` per digit, each started and ended at once.
 - ``-e "/dial ..."`` runs before a call exists, so digits cannot be scripted that way: use the
@@ -62,7 +67,13 @@ from typing import Any
 import numpy as np
 
 from . import audio, new_workdir
-from .ports import LOOPBACK, free_port_range, tcp_port_listening, udp_port_bound
+from .ports import (
+    LOOPBACK,
+    free_port_range,
+    port_is_free,
+    tcp_port_listening,
+    udp_port_bound,
+)
 
 __all__ = ["Baresip", "BaresipError", "Event"]
 
@@ -235,6 +246,17 @@ class Baresip:
         exe = shutil.which("baresip")
         if exe is None:
             raise BaresipError("baresip is not installed (Debian package baresip-core)")
+        busy = [
+            f"{proto} {port}"
+            for proto, port, udp, tcp in (
+                ("UDP/TCP", self.sip_port, True, True),
+                ("TCP", self.sip_port + 1, False, True),
+                ("TCP", self.ctrl_port, False, True),
+            )
+            if not port_is_free(port, self.host, udp=udp, tcp=tcp)
+        ]
+        if busy:
+            raise BaresipError(f"ports already in use: {', '.join(busy)}")
         self._write_config()
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._proc = await asyncio.create_subprocess_exec(
@@ -246,7 +268,15 @@ class Baresip:
             stderr=asyncio.subprocess.STDOUT,
             cwd=self.workdir,
         )
-        deadline = time.monotonic() + self.startup_timeout
+        try:
+            await self._connect(time.monotonic() + self.startup_timeout)
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def _connect(self, deadline: float) -> None:
+        assert self._proc is not None
         while True:
             if self._proc.returncode is not None:
                 raise BaresipError(f"baresip exited with {self._proc.returncode}\n{self.log()}")
@@ -259,16 +289,13 @@ class Baresip:
                 except OSError:
                     pass
             if time.monotonic() > deadline:
-                await self.stop()
                 raise BaresipError(f"baresip ctrl_tcp did not come up\n{self.log()}")
             await asyncio.sleep(0.05)
+        self._read_task = asyncio.create_task(self._read_loop())
         while not udp_port_bound(self.sip_port, self.host):
             if time.monotonic() > deadline:
-                await self.stop()
                 raise BaresipError(f"baresip did not bind SIP port {self.sip_port}\n{self.log()}")
             await asyncio.sleep(0.05)
-        self._read_task = asyncio.create_task(self._read_loop())
-        return self
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Quit baresip (``quit`` command, then SIGTERM, then SIGKILL) and close the log."""

@@ -1,17 +1,22 @@
 """Free port allocation on the loopback interface for tests that start real peers.
 
-Every helper here hands out ports that were bindable at the moment of the call, and never hands
-out the same port twice in one Python process (so two peers started by one test cannot collide
-with each other).  Between the check and the moment the peer binds the port another process
-could take it; that window is small and accepted by every test suite that starts servers.
+Every helper here hands out ports that were bindable at the moment of the call, and does not
+hand out the same port again within :data:`REUSE_AFTER` seconds in one Python process (so two
+peers started by one test cannot collide, even before either has bound its port; after that
+the bind probe sees ports in use, and ports released by finished tests become available
+again).  Between the check and the moment the peer binds the port another process could take
+it; that window is small and accepted by every test suite that starts servers.
 
 - :func:`free_udp_port` / :func:`free_tcp_port`: one port free for that protocol (kernel-chosen).
 - :func:`free_port`: one port free for UDP *and* TCP (baresip's ``sip_listen`` binds both).
 - :func:`free_port_range`: ``n`` contiguous ports, e.g. an RTP range (sipp ``-mp`` uses
   ``mp`` and ``mp+1`` for RTP/RTCP and ``mp+2`` for its echo/video socket, and advertises
   ``mp + 4*(call_number-1)`` as ``[auto_media_port]`` for later calls).  Ranges are picked at
-  random below the Linux ephemeral range (32768-60999) so that the kernel's own choices for
-  ``bind(port 0)`` do not land in them.
+  random in 10000-31999, below the Linux ephemeral range (32768-60999), so that the kernel's
+  own choices for ``bind(port 0)`` do not land in them.
+
+Readiness checks (no packets sent, nothing bound): :func:`udp_port_bound`,
+:func:`tcp_port_listening`, :func:`wait_udp_bound` read ``/proc/net/{udp,tcp}``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 
 __all__ = [
     "LOOPBACK",
+    "REUSE_AFTER",
     "free_port",
     "free_port_range",
     "free_tcp_port",
@@ -38,12 +44,35 @@ __all__ = [
 
 LOOPBACK = "127.0.0.1"
 
+# A port handed out is not handed out again for this many seconds (longer than one test).
+REUSE_AFTER = 180.0
+
 _lock = threading.Lock()
-_handed_out: set[int] = set()
+_handed_out: dict[int, float] = {}  # port -> monotonic time it may be handed out again
 
 # Ranges from free_port_range() are drawn from [_RANGE_LOW, _RANGE_HIGH).
-_RANGE_LOW = 20000
+_RANGE_LOW = 10000
 _RANGE_HIGH = 32000
+
+
+def _reserve(ports: range) -> bool:
+    """Mark ``ports`` handed out unless one of them was handed out recently."""
+    now = time.monotonic()
+    with _lock:
+        if any(_handed_out.get(p, 0.0) > now for p in ports):
+            return False
+        if len(_handed_out) > 4096:
+            for p in [p for p, t in _handed_out.items() if t <= now]:
+                del _handed_out[p]
+        for p in ports:
+            _handed_out[p] = now + REUSE_AFTER
+        return True
+
+
+def _recently_handed_out(ports: range) -> bool:
+    now = time.monotonic()
+    with _lock:
+        return any(_handed_out.get(p, 0.0) > now for p in ports)
 
 
 def _bind_probe(port: int, host: str, kind: int) -> socket.socket | None:
@@ -90,21 +119,18 @@ def _kernel_port(host: str, kind: int, also_free_for: int | None) -> int:
             if other is None:
                 continue
             other.close()
-        with _lock:
-            if port in _handed_out:
-                continue
-            _handed_out.add(port)
-        return port
+        if _reserve(range(port, port + 1)):
+            return port
     raise RuntimeError("could not find a free port")  # pragma: no cover
 
 
 def free_udp_port(host: str = LOOPBACK) -> int:
-    """A UDP port on ``host`` that is free now and was not handed out before in this process."""
+    """A UDP port on ``host`` that is free now and was not handed out recently."""
     return _kernel_port(host, socket.SOCK_DGRAM, None)
 
 
 def free_tcp_port(host: str = LOOPBACK) -> int:
-    """A TCP port on ``host`` that is free now and was not handed out before in this process."""
+    """A TCP port on ``host`` that is free now and was not handed out recently."""
     return _kernel_port(host, socket.SOCK_STREAM, None)
 
 
@@ -136,9 +162,8 @@ def free_port_range(
         if even:
             base -= base % 2
         ports = range(base, base + n)
-        with _lock:
-            if any(p in _handed_out for p in ports):
-                continue
+        if _recently_handed_out(ports):
+            continue
         held: list[socket.socket] = []
         ok = True
         try:
@@ -159,11 +184,8 @@ def free_port_range(
                     sock.close()
         if not ok:
             continue
-        with _lock:
-            if any(p in _handed_out for p in ports):
-                continue
-            _handed_out.update(ports)
-        return ports
+        if _reserve(ports):
+            return ports
     raise RuntimeError(f"could not find {n} contiguous free ports")  # pragma: no cover
 
 

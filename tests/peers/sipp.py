@@ -16,8 +16,9 @@ and the tail of the SIP message trace.
 
 sipp facts measured with 3.6.1 (see also docs/spec testing-with-real-peers.md):
 
-- Exit status 0 = every call passed, 1 = at least one call failed, 97/99 = internal/usage error;
-  ``-nostdin`` is required when stdin is not a terminal.
+- Exit status 0 = every call passed; 1 = a call failed, *or* a fatal scenario error such as
+  ``rtp_stream "[stream]" looks like a keyword value, but keyword not supplied!`` (read
+  stderr); 254 = its SIP port was in use.  ``-nostdin`` is required when stdin is not a tty.
 - Every run uses ``-i 127.0.0.1 -mi 127.0.0.1 -mp <port>``.  sipp also opens a UDP control
   socket (``-cp``, default 8888): the harness passes a free port so concurrent sipps never fight
   over it.  Automatic files (trace, error, stats) go to the *current directory*: the harness runs
@@ -54,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from . import audio, new_workdir
-from .ports import LOOPBACK, free_udp_port, udp_port_bound
+from .ports import LOOPBACK, free_udp_port, port_is_free, udp_port_bound
 
 __all__ = [
     "SCENARIO_DIR",
@@ -554,6 +555,9 @@ async def start_sipp_uas(
     :class:`SippResult`.  Leaving the block terminates sipp if it is still running.
     """
     port = local_port if local_port is not None else free_udp_port(host)
+    if not port_is_free(port, host):
+        # Readiness is "the port is bound": someone else's socket would fool that check.
+        raise RuntimeError(f"UDP port {host}:{port} is already in use")
     wd = _new_workdir(workdir)
     cmd = sipp_command(
         scenario,
