@@ -105,3 +105,11 @@ async def test_callbox_call_reports_a_failed_call(platform):
     code, _, err = await callbox_call(platform.uri("nobody"), "--hangup-after", "2")
     assert code == 1
     assert "404" in err
+
+
+async def test_a_bad_swml_verb_ends_the_call_cleanly(platform):
+    code, out, err = await callbox_call(platform.uri("badswml"), "--hangup-after", "10")
+    assert code == 0, err
+    assert "hung up by remote" in out  # answered, then the platform hung up
+    seen = await platform.wait_call_ended()
+    assert seen.call.end_reason == "error"
