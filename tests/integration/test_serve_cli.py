@@ -12,7 +12,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
 from tests.peers import audio
 from tests.peers.ports import free_port_range, free_tcp_port, free_udp_port
 

@@ -39,7 +39,8 @@ def test_bad_documents_are_rejected_with_a_reason(source, message):
 
 async def test_unknown_verb_names_its_position_and_the_supported_verbs():
     r = runner()
-    with pytest.raises(SwmlError, match=r"main\[2\]: unknown SWML verb 'dance'; supported: .*answer"):
+    expected = r"main\[2\]: unknown SWML verb 'dance'; supported: .*answer"
+    with pytest.raises(SwmlError, match=expected):
         await r.execute({"dance": {}}, "main[2]")
     with pytest.raises(SwmlError, match="one key"):
         await r.execute({"answer": {}, "hangup": {}}, "main[0]")
