@@ -65,7 +65,7 @@ def test_level_of_silence_and_mixture() -> None:
     assert abs(audio.dominant_frequency(mix) - 770) < 5
 
 
-def test_xcorr_identity_and_known_lag() -> None:
+def test_xcorr_identity_and_known_lag(peer_env) -> None:
     s = audio.speech("one two three, harness check")
     peak, lag = audio.max_normalized_xcorr(s, s, 800)
     assert peak == pytest.approx(1.0, abs=1e-9)

@@ -10,11 +10,26 @@
   :func:`g711_stream` writes samples to a headerless G.711 file and returns that key;
   :func:`sipp_share_dir` / :func:`dtmf_pcap` find the pcap files shipped with sip-tester.
 
+Scenarios (each file's header comment has the details):
+
+==========================  =====================================================  ==========
+``uac_audio_dtmf``          INVITE (PCMU + PT 96 events), stream, DTMF, BYE        stream,
+                                                                                   digits, -d
+``uac_pcap_dtmf``           INVITE (PCMU + PT 101), two pcap digits, BYE           pcap1, pcap2
+``uac_hangup_by_server``    INVITE, stream, wait up to 55 s for the server's BYE   stream
+``uac_cancel``              INVITE, CANCEL on 180 (or 1 s), expect 200 + 487, ACK  -
+``uac_no_ack``              INVITE, never ACK, wait up to 60 s for BYE             -
+``uac_options``             OPTIONS, expect 200                                    -
+``uas_answer``              answer 200 (PCMU + PT 101), stream, wait for BYE       stream
+``uas_ring``                100 + 180, wait for CANCEL, 200 + 487                  -
+``uas_no_ack_bye``          answer, no ACK expected, BYE after ~1 s                -
+==========================  =====================================================  ==========
+
 Nothing here asserts: check ``result.ok`` (or ``result.returncode == 0``) in the test and put
 ``result.describe()`` in the assertion message; it holds the command, exit status, error log
 and the tail of the SIP message trace.
 
-sipp facts measured with 3.6.1 (see also docs/spec testing-with-real-peers.md):
+sipp facts measured with 3.6.1 (see also /work/shared/spec/testing-with-real-peers.md):
 
 - Exit status 0 = every call passed; 1 = a call failed, *or* a fatal scenario error such as
   ``rtp_stream "[stream]" looks like a keyword value, but keyword not supplied!`` (read
