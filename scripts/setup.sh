@@ -27,3 +27,13 @@ extra=""
 [ "${1:-}" = "--test" ] && extra="[test]"
 echo "==> installing callbox${extra} into .venv"
 .venv/bin/pip install -q --disable-pip-version-check -e ".${extra}"
+
+# Tests run the official SignalWire SDK as a peer (RELAY client, agents JSON oracle). It lives in
+# its own virtual environment and is never imported by callbox itself.
+if [ "${1:-}" = "--test" ]; then
+  [ -x .venv-sw/bin/python ] || python3 -m venv .venv-sw
+  if ! .venv-sw/bin/python -c 'import signalwire' 2>/dev/null; then
+    echo "==> installing the official signalwire-sdk into .venv-sw (test peer)"
+    .venv-sw/bin/pip install -q --disable-pip-version-check "signalwire-sdk==3.7.5"
+  fi
+fi
