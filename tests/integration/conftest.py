@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -44,8 +46,13 @@ class ObservedCall:
 
     call: Call
     digits: list[str] = field(default_factory=list)
+    digit_times: list[float] = field(default_factory=list)  # time.time() of each digit
     speak_frames: list[np.ndarray] = field(default_factory=list)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_digit(self, digit: str) -> None:
+        self.digits.append(digit)
+        self.digit_times.append(time.time())
 
     @property
     def speak(self) -> np.ndarray:
@@ -95,14 +102,19 @@ def make_config(tmp_path, routes=ROUTES) -> Config:
     return config
 
 
-@pytest.fixture
-async def platform(tmp_path) -> AsyncIterator[RunningPlatform]:
-    instance = Platform(make_config(tmp_path), sip_timers=FAST_TIMERS)
+@contextlib.asynccontextmanager
+async def running_platform(tmp_path, routes=ROUTES, **settings) -> AsyncIterator[RunningPlatform]:
+    """A platform on ephemeral ports with `routes`; `settings` are dotted config keys."""
+    config = make_config(tmp_path, routes)
+    for dotted, value in settings.items():
+        section, _, key = dotted.partition("__")
+        setattr(getattr(config, section), key, value)
+    instance = Platform(config, sip_timers=FAST_TIMERS)
     observed: list[ObservedCall] = []
 
     def observe(call: Call) -> None:
         seen = ObservedCall(call)
-        call.on_dtmf(seen.digits.append)
+        call.on_dtmf(seen.on_digit)
         call.media.taps.append(lambda speak, listen: seen.speak_frames.append(speak.copy()))
         call.state_listeners.append(lambda c: seen.ended.set() if c.state == "ended" else None)
         observed.append(seen)
@@ -113,3 +125,9 @@ async def platform(tmp_path) -> AsyncIterator[RunningPlatform]:
         yield RunningPlatform(instance, observed)
     finally:
         await instance.stop()
+
+
+@pytest.fixture
+async def platform(tmp_path) -> AsyncIterator[RunningPlatform]:
+    async with running_platform(tmp_path) as running:
+        yield running

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +19,18 @@ from callbox.server.http.app import make_app
 from callbox.server.media.clock import MediaClock
 from callbox.server.media.ports import NoPortsAvailable, RtpPortPool
 from callbox.server.media.session import MediaSession
+from callbox.server.recording.engine import RecordingEngine
+from callbox.server.relay.hub import RelayHub
 from callbox.server.sip.endpoint import InboundInvite, SipEndpoint
 from callbox.server.sip.headers import NameAddr
 from callbox.server.sip.sdp import NoCommonCodec, SdpError, answer_offer, parse_sdp
 from callbox.server.sip.transaction import Timers
-from callbox.server.swml import verbs as _verbs  # noqa: F401 - registers the verbs
+from callbox.server.store.recordings import RecordingRow, RecordingStore, SqliteRecordingStore
 from callbox.server.swml.fetch import SwmlFetchError, fetch_swml
 from callbox.server.swml.runner import SwmlError, SwmlRunner, parse_document
 from callbox.server.tasks import spawn
 from callbox.server.tls import ensure_self_signed, server_context
+from callbox.server.webhooks import WebhookQueue
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,12 @@ class Platform:
         self.sip.on_invite = self._on_invite
         self._runners: list[web.AppRunner] = []
         self.listening: Listening | None = None
+        self.node_id = str(uuid.uuid4())
+        self.recordings: RecordingStore | None = None  # metadata (REST reads it)
+        self.webhooks: WebhookQueue | None = None
+        self.recorder: RecordingEngine | None = None
+        self.recovered: list[RecordingRow] = []
+        self.relay = RelayHub(self)
         self._sdp_version = secrets.randbelow(2**31)
 
     # -- life cycle -----------------------------------------------------------------------
@@ -71,14 +81,25 @@ class Platform:
             cert, key = Path(self.config.http.tls_cert), Path(self.config.http.tls_key)
         else:
             cert, key = ensure_self_signed(data_dir / "tls")
-        self.clock.start()
-        sip_host, sip_port = parse_host_port(self.config.sip.listen, "sip.listen")
-        await self.sip.start(sip_host, sip_port)
+        self.recordings = SqliteRecordingStore(data_dir / "recordings.db")
+        self.webhooks = WebhookQueue(data_dir / "webhooks.db")
+        await self.webhooks.start()
         app = make_app(self)
         https = await self._serve(app, self.config.http.listen, server_context(cert, key))
         plain = None
         if self.config.http.plain_listen:
             plain = await self._serve(app, self.config.http.plain_listen, None)
+        if parse_host_port(self.config.http.listen, "http.listen")[1] == 0:
+            self.config.http.public_url = f"https://{https[0]}:{https[1]}"  # ephemeral port
+        self.recorder = RecordingEngine(
+            data_dir=data_dir, public_url=self.config.http.public_url, store=self.recordings,
+            webhooks=self.webhooks, node_id=self.node_id,
+            signing_keys={p.id: p.signing_key or p.token for p in self.config.projects},
+        )
+        self.recovered = self.recorder.recover()
+        self.clock.start()
+        sip_host, sip_port = parse_host_port(self.config.sip.listen, "sip.listen")
+        await self.sip.start(sip_host, sip_port)
         self.listening = Listening((self.sip.host, self.sip.port), https, plain, cert.resolve())
         return self.listening
 
@@ -93,12 +114,20 @@ class Platform:
         return host, sockets[0].getsockname()[1] if sockets else port
 
     async def stop(self) -> None:
+        await self.relay.close()
         for call in list(self.calls.values()):
             await call.hangup()
+        if self.recorder is not None:
+            await self.recorder.close()
         self.sip.close()
         await self.clock.stop()
+        if self.webhooks is not None:
+            await self.webhooks.flush(timeout=5)
+            await self.webhooks.stop()
         for runner in self._runners:
             await runner.cleanup()
+        if self.recordings is not None:
+            self.recordings.close()
 
     def banner(self) -> str:
         assert self.listening is not None
@@ -127,7 +156,9 @@ class Platform:
         if len(self.calls) >= self.config.sip.max_calls:
             invite.reject(503, headers=[("Retry-After", RETRY_AFTER_SECONDS)])
             return
-        if route.context:  # RELAY contexts arrive with issue 3/6
+        project_id = route.project or (self.config.projects[0].id if self.config.projects
+                                       else "")
+        if route.context and not self.relay.has_session_for(project_id, route.context):
             log.info("route %r: no RELAY client on context %r: 480", user, route.context)
             invite.reject(480)
             return
@@ -163,6 +194,7 @@ class Platform:
             from_uri=str(from_addr.uri), to_uri=request.uri,
             from_user=from_addr.uri.user or "", to_user=user, on_ended=self._on_call_ended,
         )
+        call.project_id = project_id
         invite.on_reoffer = lambda body: self._reoffer(call, body)
         self.calls[call.id] = call
         log.info("call %s from %s to %s (SIP %s)", call.id, call.from_user, user, invite.call_id)
@@ -194,6 +226,10 @@ class Platform:
         self.ports.release(call.media.sock)
 
     async def _run_route(self, call: Call, route: Route) -> None:
+        if route.context:
+            if not self.relay.offer(call, route.context):
+                await call.hangup("error")  # the session went away since the INVITE
+            return
         try:
             if route.swml:
                 document = parse_document(route.swml)
@@ -203,7 +239,7 @@ class Platform:
             log.warning("call %s: route %r: %s", call.id, route.number, exc)
             await self._fail_call(call)
             return
-        await SwmlRunner(call, document).run()
+        await SwmlRunner(call, document, recordings=self.recorder).run()
 
     async def _fail_call(self, call: Call) -> None:
         """Tell the caller something went wrong, then hang up cleanly."""

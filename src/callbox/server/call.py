@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
@@ -87,6 +88,8 @@ class Call:
         self.answered_at: float | None = None
         self.state_listeners: list[Callable[[Call], None]] = []
         self.plays: list[PlayOperation] = []
+        self.recordings: list[Any] = []  # Recording objects, newest last (recording engine)
+        self.project_id = ""
         self._loop = asyncio.get_running_loop()
         self.ended = asyncio.Event()
         self._on_ended = on_ended

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from callbox.server.http.recordings import add_recording_routes
+
 if TYPE_CHECKING:
     from callbox.server.app import Platform
 
@@ -29,4 +31,6 @@ def make_app(platform: Platform) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[PLATFORM_KEY] = platform
     app.router.add_get("/health", health)
+    add_recording_routes(app)  # REST /api/relay/rest/recordings and /recordings/<id>.<ext>
+    app.router.add_get("/", platform.relay.websocket)  # RELAY (JSON-RPC over WebSocket)
     return app

@@ -1,1 +1,3 @@
+"""SWML: the interpreter and its verbs. Importing the package registers every verb."""
 
+from callbox.server.swml import record_verbs, verbs  # noqa: F401

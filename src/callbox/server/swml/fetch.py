@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -23,17 +23,18 @@ class SwmlFetchError(RuntimeError):
     """The SWML URL did not give a usable document; the message says why."""
 
 
-def split_credentials(url: str) -> tuple[str, aiohttp.BasicAuth | None]:
-    """'http://u:p@h/x' -> ('http://h/x', BasicAuth('u', 'p'))."""
+def split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """'http://u:p@h/x' -> ('http://h/x', {"Authorization": "Basic ..."})."""
     parts = urlsplit(url)
     if parts.username is None:
-        return url, None
+        return url, {}
     host = parts.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
     if parts.port:
         netloc += f":{parts.port}"
     clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return clean, aiohttp.BasicAuth(parts.username, parts.password or "")
+    return clean, {"Authorization": aiohttp.encode_basic_auth(
+        unquote(parts.username), unquote(parts.password or ""))}
 
 
 def call_payload(call: Call) -> dict[str, Any]:
@@ -46,11 +47,11 @@ def call_payload(call: Call) -> dict[str, Any]:
 async def fetch_swml(url: str, call: Call) -> dict[str, Any]:
     """POST the call's details to `url` and parse the SWML it returns. Redirects are not
     followed (a redirect could carry the credentials to another host)."""
-    clean, auth = split_credentials(url)
+    clean, auth_headers = split_credentials(url)
     timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_SECONDS)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
-            clean, json=call_payload(call), auth=auth, allow_redirects=False
+            clean, json=call_payload(call), headers=auth_headers, allow_redirects=False
         ) as response:
             body = await response.content.read(MAX_DOCUMENT_BYTES + 1)
             if response.status != 200:

@@ -10,9 +10,12 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from callbox.server.call import Call, CallGone
+
+if TYPE_CHECKING:
+    from callbox.server.recording.engine import RecordingEngine
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +62,17 @@ def parse_document(source: str | bytes | dict[str, Any]) -> dict[str, Any]:
 
 class SwmlRunner:
     def __init__(self, call: Call, document: dict[str, Any],
-                 variables: dict[str, Any] | None = None) -> None:
+                 variables: dict[str, Any] | None = None, *,
+                 recordings: RecordingEngine | None = None) -> None:
         self.call = call
         self.document = document
         self.vars: dict[str, Any] = dict(variables or {})
+        self._recordings = recordings
+
+    def recordings(self) -> RecordingEngine:
+        if self._recordings is None:
+            raise SwmlError("recording is not available here")
+        return self._recordings
 
     # -- variables ------------------------------------------------------------------------
 

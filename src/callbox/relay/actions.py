@@ -1,0 +1,130 @@
+"""Handles on running plays and recordings: control them, wait for their end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from callbox.relay.events import RelayEvent
+from callbox.wire import relay as wire
+from callbox.wire.recording import TERMINAL_STATES as RECORD_TERMINAL_STATES
+
+if TYPE_CHECKING:
+    from callbox.relay.call import Call
+
+log = logging.getLogger(__name__)
+
+Completion = Callable[[RelayEvent], Awaitable[Any] | Any]
+
+
+class Action:
+    """A running operation on a call, known by its `control_id`.
+
+    `wait()` returns the terminal event (a `RelayEvent`); `result` holds it once there;
+    `state` is the last state reported; `on_completed` (sync or async) gets the terminal event.
+    """
+
+    terminal_states: ClassVar[tuple[str, ...]] = ()
+    method_prefix: ClassVar[str] = ""
+
+    def __init__(self, call: Call, control_id: str,
+                 on_completed: Completion | None = None) -> None:
+        self.call = call
+        self.control_id = control_id
+        self.state = ""
+        self.result: RelayEvent | None = None
+        self.events: list[RelayEvent] = []
+        self._on_completed = on_completed
+        self._done: asyncio.Future[RelayEvent] = asyncio.get_running_loop().create_future()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.control_id} {self.state or 'starting'}>"
+
+    @property
+    def is_done(self) -> bool:
+        return self._done.done()
+
+    async def wait(self, timeout: float | None = None) -> RelayEvent:
+        """The terminal event; `TimeoutError` after `timeout` seconds (the action goes on)."""
+        return await asyncio.wait_for(asyncio.shield(self._done), timeout)
+
+    # -- from the call ----------------------------------------------------------------------
+
+    def _on_event(self, event: RelayEvent) -> None:
+        self.events.append(event)
+        self.state = event.state
+        if event.state in self.terminal_states and not self._done.done():
+            self.result = event
+            self._done.set_result(event)
+            if self._on_completed is not None:
+                try:
+                    outcome = self._on_completed(event)
+                    if asyncio.iscoroutine(outcome):
+                        self.call._client._spawn(outcome, f"on-completed-{self.control_id}")
+                except Exception:
+                    log.exception("on_completed callback of %s failed", self.control_id)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._done.done():
+            self._done.set_exception(exc)
+            self._done.exception()  # retrieved: the command that failed raised it already
+
+    async def _command(self, suffix: str, **params: Any) -> dict[str, Any]:
+        if self.is_done:
+            return {}
+        return await self.call._execute(f"{self.method_prefix}.{suffix}",
+                                        {"control_id": self.control_id, **params})
+
+
+class PlayAction(Action):
+    """A `calling.play`: `stop()`, `pause()`, `resume()`, `volume(db)`, `wait()`."""
+
+    terminal_states = wire.PLAY_TERMINAL_STATES
+    method_prefix = wire.PLAY
+
+    async def stop(self) -> dict[str, Any]:
+        return await self._command("stop")
+
+    async def pause(self) -> dict[str, Any]:
+        return await self._command("pause")
+
+    async def resume(self) -> dict[str, Any]:
+        return await self._command("resume")
+
+    async def volume(self, volume: float) -> dict[str, Any]:
+        """Set the volume in dB (-40 to +40) relative to the source."""
+        return await self._command("volume", volume=volume)
+
+
+class RecordAction(Action):
+    """A `calling.record`: `stop()`, `pause(behavior)`, `resume()`, `wait()`.
+
+    `wait()` returns the event with state `finished`, `no_input` or `error`; its `.url`,
+    `.duration` and `.size` describe the file (`params["record"]["url"]` too).
+    """
+
+    terminal_states = RECORD_TERMINAL_STATES
+    method_prefix = wire.RECORD
+
+    def __init__(self, call: Call, control_id: str,
+                 on_completed: Completion | None = None) -> None:
+        super().__init__(call, control_id, on_completed)
+        self.url = ""
+
+    def _on_event(self, event: RelayEvent) -> None:
+        if event.url:
+            self.url = event.url
+        super()._on_event(event)
+
+    async def stop(self) -> dict[str, Any]:
+        return await self._command("stop")
+
+    async def pause(self, behavior: str = "silence") -> dict[str, Any]:
+        """`silence` keeps the timeline (silence is recorded); `skip` leaves the paused time
+        out of the file."""
+        return await self._command("pause", behavior=behavior)
+
+    async def resume(self) -> dict[str, Any]:
+        return await self._command("resume")

@@ -1,0 +1,194 @@
+"""A call as a RELAY client sees it: commands out, events in."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from callbox.relay.actions import Action, Completion, PlayAction, RecordAction
+from callbox.relay.events import RelayError, RelayEvent
+from callbox.wire import relay as wire
+
+if TYPE_CHECKING:
+    from callbox.relay.client import RelayClient
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[RelayEvent], Awaitable[Any] | Any]
+A = TypeVar("A", bound=Action)
+
+# "the call is gone": hangup() treats these as done, other commands raise
+GONE_CODES = (404, 410)
+
+
+class Call:
+    """An inbound call offered to this client (`calling.call.receive`).
+
+    Attributes: `call_id`, `node_id`, `project_id`, `context`, `tag`, `direction`, `device`
+    (``{"type": "sip", "params": {"from_number", "to_number", "from", "to"}}``), `state`
+    (created, ringing, answered, ending, ended) and, once ended, `end_reason`.
+
+    `play()` and `record()` return their action once the server accepted the command; they do
+    not wait for the end (use `await action.wait()`), as in SignalWire's own SDK.
+    """
+
+    def __init__(self, client: RelayClient, params: Mapping[str, Any]) -> None:
+        self._client = client
+        self.call_id = str(params.get("call_id", ""))
+        self.node_id = str(params.get("node_id", ""))
+        self.project_id = str(params.get("project_id", ""))
+        self.context = str(params.get("context", ""))
+        self.tag = str(params.get("tag", ""))
+        self.direction = str(params.get("direction", "inbound"))
+        self.segment_id = str(params.get("segment_id", ""))
+        device = params.get("device")
+        self.device: dict[str, Any] = dict(device) if isinstance(device, Mapping) else {}
+        self.state = str(params.get("call_state", "created"))
+        self.end_reason = ""
+        self._listeners: dict[str, list[Listener]] = {}
+        self._actions: dict[str, Action] = {}
+        self._ended: asyncio.Future[RelayEvent] = asyncio.get_running_loop().create_future()
+
+    def __repr__(self) -> str:
+        return f"<Call {self.call_id} {self.state}>"
+
+    @property
+    def from_number(self) -> str:
+        return str(self.device.get("params", {}).get("from_number", ""))
+
+    @property
+    def to_number(self) -> str:
+        return str(self.device.get("params", {}).get("to_number", ""))
+
+    @property
+    def active_actions(self) -> int:
+        return sum(1 for action in self._actions.values() if not action.is_done)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def on(self, event_type: str, listener: Listener) -> Listener:
+        """Call `listener(event)` (sync or async) for every event of `event_type` on this call
+        (e.g. "calling.call.state", "calling.call.play", "calling.call.record")."""
+        self._listeners.setdefault(event_type, []).append(listener)
+        return listener
+
+    def off(self, event_type: str, listener: Listener) -> None:
+        listeners = self._listeners.get(event_type, [])
+        if listener in listeners:
+            listeners.remove(listener)
+
+    async def wait_for_ended(self, timeout: float | None = None) -> RelayEvent:
+        """The `ended` state event (at once if the call has ended already)."""
+        return await asyncio.wait_for(asyncio.shield(self._ended), timeout)
+
+    def _dispatch(self, event: RelayEvent) -> None:
+        if event.event_type == wire.CALL_STATE:
+            self.state = event.state or self.state
+            if self.state in ("ending", "ended"):
+                self.end_reason = str(event.params.get("end_reason", "") or self.end_reason)
+            if self.state == "ended" and not self._ended.done():
+                self._ended.set_result(event)
+        action = self._actions.get(event.control_id) if event.control_id else None
+        if action is not None:
+            action._on_event(event)
+        for listener in tuple(self._listeners.get(event.event_type, ())):
+            try:
+                outcome = listener(event)
+                if asyncio.iscoroutine(outcome):
+                    self._client._spawn(outcome, f"listener-{event.event_type}")
+            except Exception:
+                log.exception("listener for %s on call %s failed", event.event_type,
+                              self.call_id)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def _execute(self, method: str, params: Mapping[str, Any] | None = None
+                       ) -> dict[str, Any]:
+        payload = {"node_id": self.node_id, "call_id": self.call_id, **(params or {})}
+        return await self._client.execute(method, payload)
+
+    async def answer(self, max_duration: float | None = None) -> dict[str, Any]:
+        """Answer; `max_duration` (seconds) ends the call after that long."""
+        params = {"max_duration": max_duration} if max_duration is not None else {}
+        return await self._execute(wire.ANSWER, params)
+
+    async def hangup(self, reason: str = "hangup") -> dict[str, Any]:
+        """End the call. Hanging up a call that has already ended is not an error."""
+        try:
+            return await self._execute(wire.END, {"reason": reason})
+        except RelayError as exc:
+            if exc.code in GONE_CODES:
+                return {}
+            raise
+
+    async def _start(self, action: A, method: str, params: dict[str, Any]) -> A:
+        # registered before the command goes out: its first events may beat the reply
+        self._actions[action.control_id] = action
+        try:
+            await self._execute(method, {"control_id": action.control_id, **params})
+        except BaseException as exc:
+            self._actions.pop(action.control_id, None)
+            action._fail(exc if isinstance(exc, Exception) else RelayError("cancelled"))
+            raise
+        return action
+
+    async def play(self, media: list[dict[str, Any]], volume: float | None = None, *,
+                   loop: int | None = None, direction: str | None = None,
+                   control_id: str | None = None,
+                   on_completed: Completion | None = None) -> PlayAction:
+        """Play `media` (a list of ``{"type": "tts"|"audio"|"silence"|"ringtone", ...}``;
+        the flat form ``{"type": "tts", "text": "..."}`` is fine too).
+
+        Returns once the server has started the play; `await action.wait()` for its end.
+        `volume` is in dB; `loop` 0 plays until stopped.
+        """
+        params: dict[str, Any] = {"play": list(media)}
+        if volume is not None:
+            params["volume"] = volume
+        if loop is not None:
+            params["loop"] = loop
+        if direction is not None:
+            params["direction"] = direction
+        action = PlayAction(self, control_id or str(uuid.uuid4()), on_completed)
+        return await self._start(action, wire.PLAY, params)
+
+    async def play_tts(self, text: str, *, language: str | None = None,
+                       gender: str | None = None, voice: str | None = None,
+                       volume: float | None = None,
+                       on_completed: Completion | None = None) -> PlayAction:
+        tts: dict[str, Any] = {"text": text}
+        for key, value in (("language", language), ("gender", gender), ("voice", voice)):
+            if value is not None:
+                tts[key] = value
+        return await self.play([{"type": "tts", "params": tts}], volume,
+                               on_completed=on_completed)
+
+    async def play_audio(self, url: str, *, volume: float | None = None,
+                         on_completed: Completion | None = None) -> PlayAction:
+        return await self.play([{"type": "audio", "params": {"url": url}}], volume,
+                               on_completed=on_completed)
+
+    async def play_silence(self, duration: float, *,
+                           on_completed: Completion | None = None) -> PlayAction:
+        return await self.play([{"type": "silence", "params": {"duration": duration}}],
+                               on_completed=on_completed)
+
+    async def play_ringtone(self, name: str = "us", *, duration: float | None = None,
+                            volume: float | None = None,
+                            on_completed: Completion | None = None) -> PlayAction:
+        ring: dict[str, Any] = {"name": name}
+        if duration is not None:
+            ring["duration"] = duration
+        return await self.play([{"type": "ringtone", "params": ring}], volume,
+                               on_completed=on_completed)
+
+    async def record(self, audio: dict[str, Any] | None = None, control_id: str | None = None,
+                     on_completed: Completion | None = None) -> RecordAction:
+        """Start recording; `audio` holds the record settings (format, direction, stereo,
+        beep, terminators, initial_timeout, end_silence_timeout, input_sensitivity,
+        max_length, status_url). Returns once the server accepted the command."""
+        action = RecordAction(self, control_id or str(uuid.uuid4()), on_completed)
+        return await self._start(action, wire.RECORD, {"record": {"audio": dict(audio or {})}})

@@ -1,0 +1,494 @@
+"""`RelayClient`: connect to a RELAY server (callbox or a SignalWire space), take calls.
+
+    client = RelayClient(project="...", token="...", host="127.0.0.1:8443",
+                         contexts=["default"])
+
+    @client.on_call
+    async def handle(call):
+        await call.answer()
+        ...
+
+    client.run()
+
+Settings left out come from the environment: `SIGNALWIRE_PROJECT_ID`, `SIGNALWIRE_API_TOKEN`
+(or `SIGNALWIRE_TOKEN`), `SIGNALWIRE_SPACE` (or `SIGNALWIRE_HOST`) for the host, and
+`SIGNALWIRE_RELAY_CA_FILE` for a PEM file of certificates to trust (a self-signed server).
+`host` is `host[:port]` (WSS at path `/`, as SignalWire's SDK does) or a full `ws://` /
+`wss://` URL.
+
+The connection is kept up: when it drops, the client reconnects with exponential backoff and
+resumes its session (it sends back the server's `protocol`), so events for its calls that were
+sent meanwhile are delivered. Events are acknowledged, and de-duplicated when re-sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import ssl
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from callbox import __version__
+from callbox.relay.call import Call
+from callbox.relay.events import AuthenticationError, RelayError, RelayEvent
+from callbox.wire import relay as wire
+
+log = logging.getLogger("callbox.relay")
+
+CallHandler = Callable[[Call], Awaitable[Any]]
+
+DEFAULT_HOST = "relay.signalwire.com"
+REQUEST_TIMEOUT = 15.0
+CONNECT_TIMEOUT = 10.0
+PING_INTERVAL = 30.0
+PING_TIMEOUT = 10.0
+PING_MAX_FAILURES = 3
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+MAX_FRAME_BYTES = 10 * 1024 * 1024
+SEEN_EVENTS = 2048  # event ids remembered to drop re-deliveries
+
+
+def relay_url(host: str) -> str:
+    """`host[:port]` -> ``wss://host[:port]/``; a ``ws://`` or ``wss://`` URL is kept
+    (with ``/`` as the path when it has none)."""
+    text = host.strip()
+    if "://" in text:
+        parts = urlsplit(text)
+        if parts.scheme not in ("ws", "wss") or not parts.netloc:
+            raise ValueError(f"host must be HOST[:PORT] or a ws:// or wss:// URL, got {host!r}")
+        return text if parts.path else f"{text}/"
+    if not text or any(c in text for c in "/@?# "):
+        raise ValueError(f"host must be HOST[:PORT] or a ws:// or wss:// URL, got {host!r}")
+    return f"wss://{text}/"
+
+
+def _env(*names: str) -> str:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return ""
+
+
+class RelayClient:
+    """A RELAY client: one WebSocket to the server, inbound calls for `contexts`."""
+
+    def __init__(self, project: str | None = None, token: str | None = None,
+                 host: str | None = None, contexts: list[str] | None = None, *,
+                 ca_file: str | None = None, agent: str | None = None) -> None:
+        self.project = project or _env("SIGNALWIRE_PROJECT_ID")
+        self.token = token or _env("SIGNALWIRE_API_TOKEN", "SIGNALWIRE_TOKEN")
+        if not self.project:
+            raise ValueError("project is required: pass project=... or set "
+                             "SIGNALWIRE_PROJECT_ID")
+        if not self.token:
+            raise ValueError("token is required: pass token=... or set SIGNALWIRE_API_TOKEN")
+        self.host = host or _env("SIGNALWIRE_SPACE", "SIGNALWIRE_HOST") or DEFAULT_HOST
+        self.url = relay_url(self.host)
+        self.contexts = list(contexts or [])
+        self.ca_file = ca_file or _env("SIGNALWIRE_RELAY_CA_FILE") or None
+        self.agent = agent or f"callbox-relay/{__version__}"
+        self.protocol = ""  # the server's session name, sent back to resume
+        self.identity = ""
+        self.session_restored = False
+        self.reconnects = 0
+        self.calls: dict[str, Call] = {}
+        self._handler: CallHandler | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        self._reconnector: asyncio.Task[None] | None = None
+        self._ready: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None
+        self._fatal: BaseException | None = None
+        self._closing = False
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"<RelayClient {self.project}@{self.url} {self.protocol or 'not connected'}>"
+
+    @property
+    def connected(self) -> bool:
+        return self._ready is not None and self._ready.is_set()
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    def on_call(self, handler: CallHandler) -> CallHandler:
+        """Decorator: `handler(call)` runs as its own task for each inbound call."""
+        self._handler = handler
+        return handler
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Connect and serve calls until Ctrl-C (or SIGTERM). Raises `AuthenticationError`
+        when the server rejects the project or token."""
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        installed = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, stop.set)
+                installed.append(signum)
+            except (NotImplementedError, RuntimeError):  # not the main thread / Windows
+                pass
+        try:
+            await self._connect_with_retry(stop)
+            if not stop.is_set():
+                assert self._stopped is not None
+                stopped = asyncio.ensure_future(self._stopped.wait())
+                interrupted = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({stopped, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                interrupted.cancel()
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+            await self.disconnect()
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def _connect_with_retry(self, stop: asyncio.Event) -> None:
+        delay = BACKOFF_FIRST
+        while not stop.is_set():
+            try:
+                await self.connect()
+                return
+            except AuthenticationError:
+                raise
+            except (OSError, aiohttp.ClientError, TimeoutError, RelayError) as exc:
+                log.warning("RELAY: cannot connect to %s: %s; retrying in %.1f s", self.url,
+                            _describe(exc), delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def connect(self) -> None:
+        """Open the WebSocket and authenticate (for use inside your own event loop).
+
+        Raises `AuthenticationError` for bad credentials, `RelayError` / `OSError` /
+        `aiohttp.ClientError` when the server cannot be reached.
+        """
+        self._closing = False
+        self._fatal = None
+        self._ready = self._ready or asyncio.Event()
+        self._stopped = self._stopped or asyncio.Event()
+        self._stopped.clear()
+        await self._open()
+
+    async def disconnect(self) -> None:
+        """Close the connection and stop reconnecting; handlers still running are cancelled."""
+        self._closing = True
+        for task in (self._reconnector, self._pinger):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(Exception):
+                await ws.close()
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._reader, 2)
+        self._fail_pending("the client disconnected")
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        if self._ready is not None:
+            self._ready.clear()
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def __aenter__(self) -> RelayClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.disconnect()
+
+    # -- the socket -------------------------------------------------------------------------
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not self.url.startswith("wss:"):
+            return False
+        if self.ca_file:
+            return ssl.create_default_context(cafile=self.ca_file)
+        return True
+
+    async def _open(self) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        ws = await self._http.ws_connect(
+            self.url, ssl=self._ssl(), max_msg_size=MAX_FRAME_BYTES, heartbeat=None,
+            autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+        )
+        self._ws = ws
+        self._reader = asyncio.get_running_loop().create_task(self._read_loop(ws))
+        params = wire.ConnectParams(project=self.project, token=self.token,
+                                    contexts=self.contexts, protocol=self.protocol,
+                                    agent=self.agent).to_params()
+        try:
+            result = await self._request(ws, wire.CONNECT, params, CONNECT_TIMEOUT)
+        except RelayError as exc:
+            await ws.close()
+            if exc.code is not None:  # a JSON-RPC error reply: the server said no
+                raise AuthenticationError(
+                    f"authentication failed for project {self.project!r}: {exc.message}",
+                    exc.code) from None
+            raise
+        except BaseException:
+            await ws.close()
+            raise
+        resumed_from = self.protocol
+        self.protocol = str(result.get("protocol", ""))
+        self.identity = str(result.get("identity", ""))
+        self.session_restored = bool(result.get("session_restored"))
+        if resumed_from and not self.session_restored and self.calls:
+            log.warning("RELAY: session %s could not be resumed; %d call(s) lost", resumed_from,
+                        len(self.calls))
+        assert self._ready is not None
+        self._ready.set()
+        self._pinger = asyncio.get_running_loop().create_task(self._ping_loop(ws))
+        log.info("RELAY: connected to %s as %s (%s)", self.url, self.identity,
+                 "session resumed" if self.session_restored else "new session")
+
+    async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    await self._on_frame(ws, message.data)
+                elif message.type == aiohttp.WSMsgType.ERROR:
+                    log.info("RELAY: socket error: %s", ws.exception())
+                    break
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("RELAY: reading from the socket failed")
+        finally:
+            self._lost(ws)
+
+    def _lost(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        if ws is not self._ws:
+            return
+        # only a socket that was up is reconnected from here; one that fails while connecting
+        # is retried by whoever was connecting (connect() raises, _reconnect() loops)
+        was_up = self._ready is not None and self._ready.is_set()
+        if self._ready is not None:
+            self._ready.clear()
+        if self._pinger is not None:
+            self._pinger.cancel()
+        self._fail_pending("the connection to the RELAY server was lost")
+        if self._closing or not was_up:
+            return
+        log.warning("RELAY: connection to %s lost; reconnecting", self.url)
+        if self._reconnector is None or self._reconnector.done():
+            self._reconnector = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = BACKOFF_FIRST
+        while not self._closing:
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            if self._closing:
+                return
+            try:
+                await self._open()
+                self.reconnects += 1
+                return
+            except AuthenticationError as exc:
+                log.error("RELAY: %s", exc)
+                self._fatal = exc
+                if self._stopped is not None:
+                    self._stopped.set()
+                return
+            except (OSError, aiohttp.ClientError, TimeoutError, RelayError) as exc:
+                log.warning("RELAY: reconnecting to %s failed: %s; next try in %.1f s",
+                            self.url, _describe(exc), min(delay * 2, BACKOFF_MAX))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _ping_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        failures = 0
+        with contextlib.suppress(asyncio.CancelledError):
+            while not ws.closed:
+                await asyncio.sleep(PING_INTERVAL)
+                try:
+                    await self._request(ws, wire.PING, {}, PING_TIMEOUT)
+                    failures = 0
+                except (RelayError, TimeoutError):
+                    failures += 1
+                    if failures >= PING_MAX_FAILURES:
+                        log.warning("RELAY: %d pings unanswered; reconnecting", failures)
+                        await ws.close()
+                        return
+
+    # -- frames -----------------------------------------------------------------------------
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, frame: Mapping[str, Any]
+                    ) -> None:
+        await ws.send_str(wire.dumps(frame))
+
+    async def _request(self, ws: aiohttp.ClientWebSocketResponse, method: str,
+                       params: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+        frame = wire.request(method, params)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[frame["id"]] = future
+        try:
+            await self._send(ws, frame)
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise RelayError(f"no reply to {method} within {timeout:g} s") from None
+        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+            raise RelayError(f"could not send {method}: {_describe(exc)}") from None
+        finally:
+            self._pending.pop(frame["id"], None)
+
+    def _fail_pending(self, why: str) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(RelayError(why))
+
+    async def _on_frame(self, ws: aiohttp.ClientWebSocketResponse, text: str) -> None:
+        try:
+            message = wire.parse_message(text)
+        except wire.ProtocolError as exc:
+            log.warning("RELAY: bad frame from the server: %s", exc)
+            return
+        if isinstance(message, wire.Response):
+            future = self._pending.get(message.id) if isinstance(message.id, str) else None
+            if future is not None and not future.done():
+                future.set_result(message.result)
+            return
+        if isinstance(message, wire.ErrorResponse):
+            future = self._pending.get(message.id) if isinstance(message.id, str) else None
+            if future is not None and not future.done():
+                future.set_exception(RelayError(message.message or "error", message.code))
+            elif message.id is None:
+                log.warning("RELAY: server error: %s (code %s)", message.message, message.code)
+            return
+        if message.method == wire.EVENT:
+            await self._send(ws, wire.result(message.id))  # ack first: it was received
+            self._on_event(message)
+        elif message.method == wire.PING:
+            await self._send(ws, wire.result(message.id))
+        elif message.method == wire.DISCONNECT:
+            await self._send(ws, wire.result(message.id))
+            if message.params.get("restart"):
+                self.protocol = ""  # start afresh next time
+            log.info("RELAY: the server asked us to reconnect")
+        else:
+            await self._send(ws, wire.error(message.id, wire.METHOD_NOT_FOUND,
+                                            f"unknown method {message.method!r}"))
+
+    def _on_event(self, message: wire.Request) -> None:
+        event_id = str(message.id)
+        if event_id in self._seen:
+            return  # re-delivered after a reconnect; handled already
+        self._seen[event_id] = None
+        while len(self._seen) > SEEN_EVENTS:
+            self._seen.popitem(last=False)
+        event = RelayEvent.from_payload(message.params, event_id)
+        if event.event_type == wire.CALL_RECEIVE:
+            self._on_receive(event)
+            return
+        call = self.calls.get(event.call_id)
+        if call is None:
+            log.debug("RELAY: %s for unknown call %s", event.event_type, event.call_id)
+            return
+        call._dispatch(event)
+        self._forget_if_done(call)
+
+    def _on_receive(self, event: RelayEvent) -> None:
+        call = Call(self, event.params)
+        if not call.call_id or call.call_id in self.calls:
+            return
+        self.calls[call.call_id] = call
+        if self._handler is None:
+            log.warning("RELAY: call %s offered but no @on_call handler is set", call.call_id)
+            return
+        self._spawn(self._handle(call), f"call-{call.call_id}")
+
+    async def _handle(self, call: Call) -> None:
+        assert self._handler is not None
+        try:
+            await self._handler(call)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("RELAY: the handler for call %s failed", call.call_id)
+
+    def _forget_if_done(self, call: Call) -> None:
+        if call.state == "ended" and not call.active_actions:
+            self.calls.pop(call.call_id, None)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def execute(self, method: str, params: Mapping[str, Any],
+                      timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+        """Send one request and return its result. A calling result whose `code` is not 2xx
+        raises `RelayError` with that code (e.g. 404 unknown call, 410 call gone, 400 bad
+        params, with the server's message). While reconnecting, the request waits for the
+        connection (within `timeout`)."""
+        if self._ready is None:
+            raise RelayError("not connected: call connect() or run() first")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if not self._ready.is_set():
+            if self._closing:
+                raise RelayError("the client is disconnected")
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                raise RelayError(f"not connected to {self.url}; {method} not sent") from None
+        ws = self._ws
+        assert ws is not None
+        result = await self._request(ws, method, params, max(0.1, deadline - loop.time()))
+        code = result.get("code")
+        if code is not None and not wire.is_success(code):
+            try:
+                number: int | None = int(str(code))
+            except ValueError:
+                number = None
+            raise RelayError(str(result.get("message") or f"{method} failed"), number)
+        return result
+
+    async def receive(self, contexts: list[str]) -> None:
+        """Also take calls for `contexts`."""
+        await self.execute(wire.RECEIVE, {"contexts": list(contexts)})
+        self.contexts += [c for c in contexts if c not in self.contexts]
+
+    async def unreceive(self, contexts: list[str]) -> None:
+        """Stop taking calls for `contexts`."""
+        await self.execute(wire.UNRECEIVE, {"contexts": list(contexts)})
+        self.contexts = [c for c in self.contexts if c not in contexts]
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,86 @@
+"""Events and errors of the RELAY client."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class RelayError(Exception):
+    """The server refused something, or the connection failed; `code` is the server's code
+    (a calling result code such as 404, or a JSON-RPC error code) when there is one."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message if code is None else f"{message} (code {code})")
+        self.message = message
+        self.code = code
+
+
+class AuthenticationError(RelayError):
+    """`signalwire.connect` was rejected: wrong project or token. Retrying will not help."""
+
+
+@dataclass
+class RelayEvent:
+    """One `signalwire.event`: its type and its raw `params` (exactly as the server sent them).
+
+    Convenience properties read the usual fields; for a `calling.call.record` event `url`,
+    `duration` and `size` come from `params["record"]` or, failing that, the top level.
+    """
+
+    event_type: str
+    params: dict[str, Any] = field(default_factory=dict)
+    timestamp: float = 0.0
+    event_id: str = ""
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any], event_id: str = "") -> RelayEvent:
+        params = payload.get("params")
+        timestamp = payload.get("timestamp")
+        return cls(
+            event_type=str(payload.get("event_type", "")),
+            params=dict(params) if isinstance(params, Mapping) else {},
+            timestamp=float(timestamp) if isinstance(timestamp, int | float) else 0.0,
+            event_id=event_id,
+        )
+
+    def _get(self, name: str, default: Any = None) -> Any:
+        return self.params.get(name, default)
+
+    def _record_field(self, name: str, default: Any) -> Any:
+        record = self.params.get("record")
+        if isinstance(record, Mapping) and name in record:
+            return record[name]
+        return self.params.get(name, default)
+
+    @property
+    def call_id(self) -> str:
+        return str(self._get("call_id", ""))
+
+    @property
+    def control_id(self) -> str:
+        return str(self._get("control_id", ""))
+
+    @property
+    def state(self) -> str:
+        """`state` (play, record) or `call_state` (call state events)."""
+        return str(self._get("state", self._get("call_state", "")))
+
+    @property
+    def url(self) -> str:
+        return str(self._record_field("url", "") or "")
+
+    @property
+    def duration(self) -> float:
+        value = self._record_field("duration", 0.0)
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    @property
+    def size(self) -> int:
+        value = self._record_field("size", 0)
+        return int(value) if isinstance(value, int | float) else 0
+
+    @property
+    def reason(self) -> str:
+        return str(self._get("reason", "") or self._get("end_reason", "") or "")

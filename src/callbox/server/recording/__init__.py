@@ -1,0 +1,1 @@
+"""The recording engine: recorder state machine, voice detection, writers, storage."""

@@ -1,0 +1,331 @@
+"""The `calling.*` commands: answer, end, play (+ stop/pause/resume/volume), record (+ stop/
+pause/resume).
+
+Every command answers with a `result` whose `code` says how it went: "200", "400" with a message
+naming the wrong field, "404" for an unknown call or control_id, "410" for a call that has ended.
+Commands only touch the platform's `Call` and the recording engine; the events they cause are
+sent by `CallEntry` (calls.py).
+
+Ordering of a recording after a prompt: the official client's `play()` returns as soon as the
+play started (it does not wait for the end), so `await call.play(prompt)` followed by
+`call.record(audio={"beep": True})` would beep over the prompt. A `calling.record` with
+`beep: true` therefore starts (beep first) once the plays running on the call when it arrived
+have finished (plays looping forever and paused plays are not waited for). Without `beep` the
+recording starts at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from callbox.server.call import CallGone
+from callbox.server.media.sources import MediaError
+from callbox.server.recording.engine import RecordingError
+from callbox.server.relay.calls import CallEntry, PlayControl, RecordControl
+from callbox.server.tasks import spawn
+from callbox.wire import relay as wire
+from callbox.wire.recording import PAUSE_BEHAVIORS, RecordParamError, RecordParams
+
+if TYPE_CHECKING:
+    from callbox.server.relay.hub import RelayHub
+    from callbox.server.relay.session import Session
+
+log = logging.getLogger(__name__)
+
+# How long `calling.record` waits for the recording to start before answering anyway (the
+# official client gives up on a request after 10 s and then drops its socket).
+RECORD_REPLY_WITHIN = 5.0
+
+Result = dict[str, Any]
+Handler = Callable[["Session", CallEntry, Mapping[str, Any]], Awaitable[Result]]
+
+
+class CommandError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _bad(field_error: wire.ParamError | RecordParamError) -> CommandError:
+    return CommandError(wire.CODE_BAD_REQUEST, str(field_error))
+
+
+def _gone(entry: CallEntry) -> CommandError:
+    return CommandError(wire.CODE_GONE, f"call {entry.call.id} has ended")
+
+
+def ok(message: str, **extra: Any) -> Result:
+    return wire.command_result(wire.CODE_OK, message, **extra)
+
+
+class Commands:
+    def __init__(self, hub: RelayHub) -> None:
+        self.hub = hub
+        self._handlers: dict[str, Handler] = {
+            wire.ANSWER: self.answer,
+            wire.END: self.end,
+            wire.PLAY: self.play,
+            wire.PLAY_STOP: self.play_stop,
+            wire.PLAY_PAUSE: self.play_pause,
+            wire.PLAY_RESUME: self.play_resume,
+            wire.PLAY_VOLUME: self.play_volume,
+            wire.RECORD: self.record,
+            wire.RECORD_STOP: self.record_stop,
+            wire.RECORD_PAUSE: self.record_pause,
+            wire.RECORD_RESUME: self.record_resume,
+        }
+
+    def knows(self, method: str) -> bool:
+        return method in self._handlers
+
+    async def execute(self, session: Session, method: str, params: Mapping[str, Any]) -> Result:
+        """Run one calling command; always returns a result (never raises for bad input)."""
+        try:
+            call_id = params.get("call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise CommandError(wire.CODE_BAD_REQUEST, "call_id is required")
+            entry = self.hub.entry_for(session, call_id)
+            if entry is None:
+                if self.hub.recently_ended(session.project_id, call_id):
+                    raise CommandError(wire.CODE_GONE, f"call {call_id} has ended")
+                raise CommandError(wire.CODE_NOT_FOUND, f"no call with call_id {call_id!r}")
+            return await self._handlers[method](session, entry, params)
+        except CommandError as exc:
+            return wire.command_result(exc.code, exc.message)
+        except Exception:
+            log.exception("RELAY %s failed", method)
+            return wire.command_result(wire.CODE_SERVER_ERROR, f"{method} failed on the server")
+
+    # -- call control ----------------------------------------------------------------------
+
+    async def answer(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
+                     ) -> Result:
+        max_duration = params.get("max_duration")
+        seconds = 0.0
+        if max_duration is not None:
+            number = wire.to_number(max_duration)
+            if number is None or number < 0:
+                raise CommandError(wire.CODE_BAD_REQUEST, "max_duration must be a number of "
+                                   f"seconds > 0, got {max_duration!r}")
+            seconds = number
+        try:
+            entry.call.answer()
+        except CallGone:
+            raise _gone(entry) from None
+        if seconds > 0 and entry.max_duration_timer is None:
+            call = entry.call
+            entry.max_duration_timer = asyncio.get_running_loop().call_later(
+                seconds, lambda: spawn(call.hangup("max_duration"), name=f"max-dur-{call.id}"))
+        return ok("Answered")
+
+    async def end(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
+                  ) -> Result:
+        reason = params.get("reason", "hangup") or "hangup"
+        if reason not in wire.HANGUP_REASONS:
+            raise CommandError(wire.CODE_BAD_REQUEST, "reason must be one of "
+                               f"{', '.join(map(repr, wire.HANGUP_REASONS))}, got {reason!r}")
+        if not entry.call.is_active:
+            raise _gone(entry)
+        await entry.call.hangup(reason)
+        return ok("Ending")
+
+    # -- play -----------------------------------------------------------------------------
+
+    async def play(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
+                   ) -> Result:
+        try:
+            urls = wire.play_urls(params.get("play"))
+            volume = wire.parse_volume(params.get("volume"))
+            loop = wire.parse_loop(params.get("loop"))
+            control_id = wire.parse_control_id(params.get("control_id"))
+        except wire.ParamError as exc:
+            raise _bad(exc) from None
+        direction = params.get("direction")
+        if direction is not None and direction not in wire.PLAY_DIRECTIONS:
+            raise CommandError(wire.CODE_BAD_REQUEST, "direction must be 'listen' or 'both' "
+                               f"(what the caller hears), got {direction!r}")
+        if not entry.call.is_active:
+            raise _gone(entry)
+        if control_id in entry.plays:
+            raise CommandError(wire.CODE_BAD_REQUEST,
+                               f"control_id {control_id!r} is already playing on this call")
+        control = PlayControl(session, control_id)
+        entry.plays[control_id] = control
+        try:
+            op = await entry.call.play(urls, volume_db=volume, loop=loop, control_id=control_id)
+        except MediaError as exc:
+            entry.plays.pop(control_id, None)
+            raise CommandError(wire.CODE_BAD_REQUEST, f"play: {exc}") from None
+        except CallGone:
+            entry.plays.pop(control_id, None)
+            raise _gone(entry) from None
+        entry.play_started(control, op)
+        return ok("Playing", control_id=control_id)
+
+    def _play(self, entry: CallEntry, params: Mapping[str, Any]) -> PlayControl:
+        control_id = params.get("control_id")
+        control = entry.plays.get(control_id) if isinstance(control_id, str) else None
+        if control is None:
+            raise CommandError(wire.CODE_NOT_FOUND,
+                               f"no play with control_id {control_id!r} on this call")
+        return control
+
+    async def play_stop(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
+                        ) -> Result:
+        control = self._play(entry, params)
+        if control.op is None:
+            control.stop_requested = True
+        else:
+            control.op.playback.stop()
+        return ok("Stopped", control_id=control.control_id)
+
+    async def play_pause(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
+                         ) -> Result:
+        control = self._play(entry, params)
+        if control.op is None:
+            control.pause_requested = True
+        else:
+            control.op.playback.pause()
+        return ok("Paused", control_id=control.control_id)
+
+    async def play_resume(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
+                          ) -> Result:
+        control = self._play(entry, params)
+        if control.op is None:
+            control.pause_requested = False
+        else:
+            control.op.playback.resume()
+        return ok("Resumed", control_id=control.control_id)
+
+    async def play_volume(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
+                          ) -> Result:
+        control = self._play(entry, params)
+        if params.get("volume") is None:
+            raise CommandError(wire.CODE_BAD_REQUEST, "volume (dB, -40 to 40) is required")
+        try:
+            volume = wire.parse_volume(params.get("volume"))
+        except wire.ParamError as exc:
+            raise _bad(exc) from None
+        if control.op is None:
+            control.volume_requested = volume
+        else:
+            control.op.playback.set_volume(volume)
+        return ok("Volume set", control_id=control.control_id, volume=volume)
+
+    # -- record ---------------------------------------------------------------------------
+
+    async def record(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
+                     ) -> Result:
+        record = params.get("record")
+        if record is None:
+            record = {}
+        if not isinstance(record, Mapping):
+            raise CommandError(wire.CODE_BAD_REQUEST,
+                               'record must be an object: {"audio": {...}}')
+        try:
+            audio = record.get("audio")
+            record_params = RecordParams.parse(audio, "relay")
+            control_id = wire.parse_control_id(params.get("control_id"))
+        except (RecordParamError, wire.ParamError) as exc:
+            raise _bad(exc) from None
+        if not entry.call.is_active:
+            raise _gone(entry)
+        if control_id in entry.records:
+            raise CommandError(wire.CODE_BAD_REQUEST,
+                               f"control_id {control_id!r} is already recording on this call")
+        if self.hub.platform.recorder is None:
+            raise CommandError(wire.CODE_SERVER_ERROR, "recording is not available yet")
+        control = RecordControl(session, control_id, record_params)
+        entry.records[control_id] = control
+        # not `spawn`: an error before the reply is the reply, not a failure to log
+        control.task = asyncio.get_running_loop().create_task(
+            self._start_recording(entry, control), name=f"relay-record-{control_id}")
+        await asyncio.wait({control.task}, timeout=RECORD_REPLY_WITHIN)
+        if not control.task.done():
+            control.replied = True
+            return ok("Recording starts after the prompt", control_id=control_id)
+        error = control.task.exception()
+        if error is not None:
+            entry.records.pop(control_id, None)
+            if not entry.call.is_active:
+                raise _gone(entry)
+            raise CommandError(wire.CODE_BAD_REQUEST, str(error))
+        assert control.recording is not None
+        return ok("Recording", control_id=control_id, url=control.recording.url)
+
+    async def _start_recording(self, entry: CallEntry, control: RecordControl) -> None:
+        recorder = self.hub.platform.recorder
+        assert recorder is not None
+        try:
+            if control.params.beep:
+                await self._prompts_played(entry)
+            if control.stop_requested:
+                entry.recording_failed(control, "stopped before it started", "no_input")
+                return
+            recording = await recorder.start_recording(
+                entry.call, control.params, control_id=control.control_id,
+                project_id=entry.call.project_id)
+        except (RecordingError, CallGone) as exc:
+            if not control.replied:
+                raise  # the command answers with the error
+            entry.recording_failed(control, str(exc))
+            return
+        except Exception as exc:
+            if not control.replied:
+                raise
+            log.exception("recording %s on call %s failed to start", control.control_id,
+                          entry.call.id)
+            entry.recording_failed(control, f"could not start: {exc}")
+            return
+        entry.recording_started(control, recording)
+
+    @staticmethod
+    async def _prompts_played(entry: CallEntry) -> None:
+        """Wait for the plays running on the call now (not paused, not looping forever)."""
+        running = [op.done for op in entry.call.plays
+                   if op.playback.state == "playing" and op.playback.loop != 0]
+        if running:
+            await asyncio.wait(running)
+
+    def _record(self, entry: CallEntry, params: Mapping[str, Any]) -> RecordControl:
+        control_id = params.get("control_id")
+        control = entry.records.get(control_id) if isinstance(control_id, str) else None
+        if control is None:
+            raise CommandError(wire.CODE_NOT_FOUND,
+                               f"no recording with control_id {control_id!r} on this call")
+        return control
+
+    async def record_stop(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
+                          ) -> Result:
+        control = self._record(entry, params)
+        if control.recording is None:
+            control.stop_requested = True
+        else:
+            control.recording.stop()
+        return ok("Stopped", control_id=control.control_id)
+
+    async def record_pause(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
+                           ) -> Result:
+        control = self._record(entry, params)
+        behavior = params.get("behavior") or "silence"
+        if behavior not in PAUSE_BEHAVIORS:
+            raise CommandError(wire.CODE_BAD_REQUEST,
+                               f"behavior must be 'silence' or 'skip', got {behavior!r}")
+        if control.recording is None:
+            control.pause_requested = behavior
+        else:
+            control.recording.pause(behavior)
+        return ok("Paused", control_id=control.control_id)
+
+    async def record_resume(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
+                            ) -> Result:
+        control = self._record(entry, params)
+        if control.recording is None:
+            control.pause_requested = None
+        else:
+            control.recording.resume()
+        return ok("Resumed", control_id=control.control_id)

@@ -1,0 +1,266 @@
+"""Recording metadata: the `RecordingStore` interface and its SQLite implementation.
+
+The store holds metadata only (ids, call, control_id, state, format, sizes, times, url, the file's
+path); the audio files are the recording engine's. Calls are short and synchronous: the platform
+makes them from the event loop or from its writer thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import json
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from callbox.wire.recording import STATES, TERMINAL_STATES
+
+# States of a recording still running (to repair after a crash; not deletable).
+ACTIVE_STATES: Final = tuple(s for s in STATES if s not in TERMINAL_STATES)
+SCHEMA_VERSION: Final = 1
+
+
+@dataclass
+class RecordingRow:
+    """One recording. Times are unix seconds (float); `params` is the "audio as run" dict."""
+
+    id: str  # secrets.token_hex(16): 128 random bits, the download capability
+    project_id: str
+    call_id: str
+    control_id: str
+    state: str
+    format: str
+    channels: int
+    direction: str
+    duration: float | None
+    size: int | None
+    url: str
+    path: str
+    created_at: float
+    start_time: float | None
+    end_time: float | None
+    reason: str | None
+    status_url: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def to_api(self) -> dict[str, Any]:
+        """The REST object. Times are ISO 8601 UTC strings (``2026-03-01T12:00:00.217Z``), as
+        SignalWire's REST API gives them; RELAY events and webhooks keep unix floats."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "call_id": self.call_id,
+            "control_id": self.control_id,
+            "state": self.state,
+            "format": self.format,
+            "channels": self.channels,
+            "direction": self.direction,
+            "duration": self.duration,
+            "size": self.size,
+            "url": self.url,
+            "created_at": iso_time(self.created_at),
+            "start_time": iso_time(self.start_time),
+            "end_time": iso_time(self.end_time),
+        }
+        if self.reason:
+            body["reason"] = self.reason
+        return body
+
+
+# `list` is a method of the stores: annotations inside them use this name instead.
+Rows = builtins.list[RecordingRow]
+
+
+def iso_time(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class RecordingStore(Protocol):
+    def add(self, row: RecordingRow) -> None: ...
+
+    def update(self, id: str, /, **fields: Any) -> bool:
+        """Change some fields of a row; False when there is no such row."""
+        ...
+
+    def get(self, id: str) -> RecordingRow | None: ...
+
+    def list(self, project_id: str, *, page_size: int,
+             cursor: str | None = None) -> tuple[Rows, str | None]:
+        """One page of a project's recordings, newest first (created_at, then id), and the
+        opaque cursor of the next page (None on the last). A bad cursor raises ValueError."""
+        ...
+
+    def delete(self, id: str) -> bool: ...
+
+    def unfinished(self) -> Rows:
+        """Rows still `recording` or `paused` (after a crash: to repair)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+_COLUMNS: Final = tuple(f.name for f in fields(RecordingRow))
+_UPDATABLE: Final = frozenset(_COLUMNS) - {"id"}
+
+# Migration N takes the database from user_version N to N + 1.
+_MIGRATIONS: Final = (
+    """
+    CREATE TABLE recordings (
+        id          TEXT PRIMARY KEY,
+        project_id  TEXT NOT NULL,
+        call_id     TEXT NOT NULL,
+        control_id  TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        format      TEXT NOT NULL,
+        channels    INTEGER NOT NULL,
+        direction   TEXT NOT NULL,
+        duration    REAL,
+        size        INTEGER,
+        url         TEXT NOT NULL,
+        path        TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        start_time  REAL,
+        end_time    REAL,
+        reason      TEXT,
+        status_url  TEXT NOT NULL DEFAULT '',
+        params      TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX recordings_by_project ON recordings (project_id, created_at DESC, id DESC);
+    CREATE INDEX recordings_by_state ON recordings (state);
+    """,
+)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+
+def encode_cursor(created_at: float, rec_id: str) -> str:
+    raw = json.dumps([created_at, rec_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, rec_id = json.loads(raw)
+        if isinstance(created_at, bool) or not isinstance(created_at, int | float) \
+                or not isinstance(rec_id, str):
+            raise TypeError
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
+        raise ValueError(f"not a valid page cursor: {cursor!r}") from None
+    return float(created_at), rec_id
+
+
+class SqliteRecordingStore:
+    """The embedded default: one SQLite file in WAL mode, one connection behind a lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # Autocommit: every statement is its own transaction; migrations open their own.
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path} has schema version {version}; this callbox "
+                                   f"knows up to {SCHEMA_VERSION} (a newer release wrote it)")
+            for number in range(version, SCHEMA_VERSION):
+                script = f"BEGIN;\n{_MIGRATIONS[number]}\nPRAGMA user_version = {number + 1};"
+                try:
+                    self._conn.executescript(script + "\nCOMMIT;")
+                except sqlite3.Error:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+
+    @staticmethod
+    def _to_db(name: str, value: Any) -> Any:
+        return json.dumps(value) if name == "params" else value
+
+    @staticmethod
+    def _from_db(record: sqlite3.Row) -> RecordingRow:
+        values = {name: record[name] for name in _COLUMNS}
+        values["params"] = json.loads(values["params"] or "{}")
+        return RecordingRow(**values)
+
+    def add(self, row: RecordingRow) -> None:
+        values = asdict(row)
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        with self._lock:
+            self._conn.execute(
+                f"INSERT INTO recordings ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
+                [self._to_db(name, values[name]) for name in _COLUMNS],
+            )
+
+    def update(self, id: str, /, **fields: Any) -> bool:
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"cannot update {', '.join(sorted(unknown))}; "
+                             f"fields: {', '.join(sorted(_UPDATABLE))}")
+        if not fields:
+            return self.get(id) is not None
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self._lock:
+            cursor = self._conn.execute(
+                f"UPDATE recordings SET {assignments} WHERE id = ?",
+                [*(self._to_db(name, value) for name, value in fields.items()), id],
+            )
+        return cursor.rowcount > 0
+
+    def get(self, id: str) -> RecordingRow | None:
+        with self._lock:
+            record = self._conn.execute("SELECT * FROM recordings WHERE id = ?", (id,)).fetchone()
+        return None if record is None else self._from_db(record)
+
+    def list(self, project_id: str, *, page_size: int,
+             cursor: str | None = None) -> tuple[Rows, str | None]:
+        if page_size < 1:
+            raise ValueError(f"page_size must be at least 1, got {page_size}")
+        sql = "SELECT * FROM recordings WHERE project_id = ?"
+        args: builtins.list[Any] = [project_id]
+        if cursor is not None:
+            created_at, rec_id = decode_cursor(cursor)
+            sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+            args += [created_at, created_at, rec_id]
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        args.append(page_size + 1)
+        with self._lock:
+            records = self._conn.execute(sql, args).fetchall()
+        rows = [self._from_db(r) for r in records[:page_size]]
+        more = len(records) > page_size
+        return rows, encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
+
+    def delete(self, id: str) -> bool:
+        with self._lock:
+            cursor = self._conn.execute("DELETE FROM recordings WHERE id = ?", (id,))
+        return cursor.rowcount > 0
+
+    def unfinished(self) -> Rows:
+        marks = ", ".join("?" for _ in ACTIVE_STATES)
+        with self._lock:
+            records = self._conn.execute(
+                f"SELECT * FROM recordings WHERE state IN ({marks}) ORDER BY created_at",
+                ACTIVE_STATES,
+            ).fetchall()
+        return [self._from_db(r) for r in records]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

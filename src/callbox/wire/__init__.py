@@ -1,0 +1,1 @@
+"""Wire shapes shared by the SDK and the platform (no import from callbox.server)."""

@@ -1,0 +1,184 @@
+"""Recording under faults: SIGKILL mid-recording, webhook receivers that fail, a full disk."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from tests.integration.conftest import running_platform
+from tests.peers import audio
+from tests.peers.ports import free_port_range, free_tcp_port, free_udp_port
+
+from callbox.caller import place_call
+from callbox.server.config import Route
+from callbox.server.webhooks import verify
+
+pytestmark = pytest.mark.peers
+
+CALLBOX = str(Path(sys.executable).parent / "callbox")
+
+
+def swml(*verbs: object) -> str:
+    return json.dumps({"version": "1.0.0", "sections": {"main": list(verbs)}})
+
+
+def serve_config(tmp_path: Path, sip_port: int, http_port: int, fmt: str) -> Path:
+    rtp = free_port_range(20)
+    route = swml({"answer": {}}, {"record_call": {"format": fmt, "direction": "speak"}},
+                 {"sleep": 60_000})
+    path = tmp_path / "callbox.toml"
+    path.write_text(f"""
+[sip]
+listen = "127.0.0.1:{sip_port}"
+rtp_ports = "{rtp.start}-{rtp.stop - 1}"
+[http]
+listen = "127.0.0.1:{http_port}"
+public_url = "https://127.0.0.1:{http_port}"
+[storage]
+data_dir = "{tmp_path / 'data'}"
+[[projects]]
+id = "p1"
+token = "t1"
+[[routes]]
+number = "rec"
+swml = '{route}'
+""")
+    return path
+
+
+async def start_serve(config: Path) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        CALLBOX, "serve", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    while True:  # the banner's last line says where the data lives
+        line = await asyncio.wait_for(process.stdout.readline(), 20)
+        assert line, "callbox serve exited before it was ready"
+        if line.lstrip().startswith(b"data"):
+            return process
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3"])
+async def test_sigkill_mid_recording_is_recovered_on_restart(tmp_path, fmt):
+    sip_port, http_port = free_udp_port(), free_tcp_port()
+    config = serve_config(tmp_path, sip_port, http_port, fmt)
+    tone = tmp_path / "tone.wav"
+    audio.write_wav(tone, audio.tone(700, 20.0, dbfs=-12))
+    server = await start_serve(config)
+    caller = subprocess.Popen(
+        [CALLBOX, "call", f"sip:rec@127.0.0.1:{sip_port}", "--play", str(tone),
+         "--hangup-after", "30"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.sleep(6.0)  # about 6 s recorded
+        server.send_signal(signal.SIGKILL)
+        await server.wait()
+    finally:
+        caller.kill()
+        caller.wait()
+    parts = list((tmp_path / "data" / "recordings").glob("*.part"))
+    assert len(parts) == 1, "the crash should leave one unfinished file"
+
+    server = await start_serve(config)
+    try:
+        auth = {"Authorization": aiohttp.encode_basic_auth("p1", "t1")}
+        async with aiohttp.ClientSession() as session, session.get(
+            f"https://127.0.0.1:{http_port}/api/relay/rest/recordings", headers=auth, ssl=False
+        ) as response:
+            assert response.status == 200
+            (item,) = (await response.json())["data"]
+        assert item["state"] == "finished"
+        assert 3.0 <= item["duration"] <= 6.5  # the audio up to the kill, minus a few seconds
+        recovered = tmp_path / "data" / "recordings" / f"{item['id']}.{fmt}"
+        samples, _ = audio.decode_audio(recovered)
+        assert abs(len(samples) / 8000 - item["duration"]) < 0.2
+        assert audio.tone_level_dbfs(samples[4000:20000], 700) > -16
+        assert not list(recovered.parent.glob("*.part"))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(server.wait(), 15)
+
+
+@contextlib.asynccontextmanager
+async def webhook_receiver(fail_first: int):
+    received: list[tuple[bytes, dict[str, str]]] = []
+    attempts = 0
+
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal attempts
+        attempts += 1
+        body = await request.read()
+        if attempts <= fail_first:
+            return web.Response(status=500)
+        received.append((body, dict(request.headers)))
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_tcp_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/hook", received
+    finally:
+        await runner.cleanup()
+
+
+async def test_status_url_webhooks_in_order_signed_and_retried(tmp_path):
+    async with webhook_receiver(fail_first=1) as (url, received):
+        routes = [Route("rec", swml=swml(
+            {"answer": {}}, {"record_call": {"status_url": url, "control_id": "wh"}},
+            {"sleep": 60_000}), project="p1")]
+        async with running_platform(tmp_path, routes) as running:
+            from callbox.server.config import Project
+
+            running.platform.config.projects.append(Project("p1", "t1", signing_key="sk"))
+            running.platform.recorder.signing_keys["p1"] = "sk"
+            await place_call(running.uri("rec"), hangup_after=1.5)
+            await running.wait_call_ended()
+            assert await running.platform.webhooks.flush(timeout=20)
+    bodies = [json.loads(body) for body, _ in received]
+    assert [b["params"]["state"] for b in bodies] == ["recording", "finished"]
+    assert all(b["event_type"] == "calling.call.record" for b in bodies)
+    assert bodies[0]["params"]["control_id"] == "wh"
+    assert bodies[1]["params"]["url"] == bodies[1]["params"]["record"]["url"]
+    assert bodies[1]["params"]["duration"] == pytest.approx(1.5, abs=0.2)
+    for body, headers in received:
+        assert verify(body, "sk", headers["X-Callbox-Signature"])
+        assert not verify(body, "wrong", headers["X-Callbox-Signature"])
+
+
+async def test_full_disk_ends_the_recording_in_error_and_the_call_goes_on(tmp_path):
+    recordings = tmp_path / "data" / "recordings"
+    recordings.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(recordings)],
+                   check=True)
+    try:
+        routes = [Route("rec", swml=swml({"answer": {}}, {"record_call": {}},
+                                         {"sleep": 60_000}))]
+        async with running_platform(tmp_path, routes) as running:
+            tone = tmp_path / "tone.wav"
+            audio.write_wav(tone, audio.tone(700, 10.0, dbfs=-12))
+            task = asyncio.create_task(place_call(running.uri("rec"), play=str(tone),
+                                                  hangup_after=8))
+            while not running.observed or not running.observed[0].call.recordings:
+                await asyncio.sleep(0.05)
+            recording = running.observed[0].call.recordings[0]
+            event = await asyncio.wait_for(asyncio.shield(recording.done), 10)
+            assert event["state"] == "error"
+            assert "No space left on device" in event["reason"]
+            assert running.observed[0].call.state == "answered"  # the call goes on
+            result = await task
+        assert result.hung_up_by == "us" and result.answered_seconds >= 7.9
+    finally:
+        subprocess.run(["umount", str(recordings)], check=False)
