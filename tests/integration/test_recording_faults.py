@@ -30,10 +30,11 @@ def swml(*verbs: object) -> str:
     return json.dumps({"version": "1.0.0", "sections": {"main": list(verbs)}})
 
 
-def serve_config(tmp_path: Path, sip_port: int, http_port: int, fmt: str) -> Path:
+def serve_config(tmp_path: Path, sip_port: int, http_port: int, fmt: str,
+                 status_url: str) -> Path:
     rtp = free_port_range(20)
-    route = swml({"answer": {}}, {"record_call": {"format": fmt, "direction": "speak"}},
-                 {"sleep": 60_000})
+    record = {"format": fmt, "direction": "speak", "status_url": status_url}
+    route = swml({"answer": {}}, {"record_call": record}, {"sleep": 60_000})
     path = tmp_path / "callbox.toml"
     path.write_text(f"""
 [sip]
@@ -69,8 +70,19 @@ async def start_serve(config: Path) -> asyncio.subprocess.Process:
 
 @pytest.mark.parametrize("fmt", ["wav", "mp3"])
 async def test_sigkill_mid_recording_is_recovered_on_restart(tmp_path, fmt):
+    async with webhook_receiver(fail_first=0) as (hook_url, received):
+        await sigkill_and_restart(tmp_path, fmt, hook_url)
+        for _ in range(100):
+            if len(received) >= 2:
+                break
+            await asyncio.sleep(0.1)
+    states = [json.loads(body)["params"]["state"] for body, _ in received]
+    assert states == ["recording", "finished"]  # the recovered recording is reported
+
+
+async def sigkill_and_restart(tmp_path: Path, fmt: str, hook_url: str) -> None:
     sip_port, http_port = free_udp_port(), free_tcp_port()
-    config = serve_config(tmp_path, sip_port, http_port, fmt)
+    config = serve_config(tmp_path, sip_port, http_port, fmt, hook_url)
     tone = tmp_path / "tone.wav"
     audio.write_wav(tone, audio.tone(700, 20.0, dbfs=-12))
     server = await start_serve(config)

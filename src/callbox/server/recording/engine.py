@@ -324,18 +324,24 @@ class RecordingEngine:
         return recording
 
     def send_webhook(self, recording: Recording, params: dict[str, Any]) -> None:
+        self._enqueue_webhook(recording.params.status_url, recording.project_id,
+                              recording.call.id, recording.id, params)
+
+    def _enqueue_webhook(self, url: str, project_id: str, call_id: str, recording_id: str,
+                         params: dict[str, Any]) -> None:
+        """The status_url envelope of recording.md, signed with the project's key, in order
+        per recording."""
         if self.webhooks is None:
             return
         envelope = {
             "event_type": RECORD_EVENT,
-            "event_channel": f"callbox.calls.{recording.call.id}",
+            "event_channel": f"callbox.calls.{call_id}",
             "timestamp": time.time(),
-            "project_id": recording.project_id,
+            "project_id": project_id,
             "params": params,
         }
-        key = self.signing_keys.get(recording.project_id, "")
-        self.webhooks.enqueue(recording.params.status_url, envelope, key,
-                              ordering_key=recording.id)
+        self.webhooks.enqueue(url, envelope, self.signing_keys.get(project_id, ""),
+                              ordering_key=recording_id)
 
     def recover(self) -> list[RecordingRow]:
         """At start-up: repair recordings a crash left behind, store them as finished and
@@ -368,20 +374,16 @@ class RecordingEngine:
         return recovered
 
     def _report_recovered(self, row: RecordingRow) -> None:
-        if not row.status_url or self.webhooks is None:
+        if not row.status_url:
             return
-        params = {
-            "call_id": row.call_id, "node_id": self.node_id, "control_id": row.control_id,
-            "recording_id": row.id, "state": "finished", "url": row.url,
-            "duration": row.duration, "size": row.size, "start_time": row.start_time,
-            "end_time": row.end_time, "reason": row.reason,
-            "record": {"audio": row.params, "url": row.url, "duration": row.duration,
-                       "size": row.size},
-        }
-        envelope = {"event_type": RECORD_EVENT, "event_channel": f"callbox.calls.{row.call_id}",
-                    "timestamp": time.time(), "project_id": row.project_id, "params": params}
-        self.webhooks.enqueue(row.status_url, envelope,
-                              self.signing_keys.get(row.project_id, ""), ordering_key=row.id)
+        params = record_event_params(
+            call_id=row.call_id, node_id=self.node_id, control_id=row.control_id,
+            recording_id=row.id, state="finished", url=row.url,
+            params=RecordParams.parse(row.params, "swml_record_call"),
+            duration=row.duration, size=row.size, start_time=row.start_time,
+            end_time=row.end_time,
+        )
+        self._enqueue_webhook(row.status_url, row.project_id, row.call_id, row.id, params)
 
     async def close(self) -> None:
         for recording in list(self.active.values()):
