@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +90,25 @@ class RunningPlatform:
             seen.ended.wait(), max(0.1, deadline - asyncio.get_running_loop().time())
         )
         return seen
+
+
+def write_serve_config(tmp_path: Path, *, sip_port: int, http_port: int,
+                       routes: dict[str, str]) -> Path:
+    """A callbox.toml for `callbox serve` as a subprocess: project p1/t1, SWML `routes`
+    (number -> document)."""
+    rtp = free_port_range(40)
+    lines = [
+        "[sip]", f'listen = "127.0.0.1:{sip_port}"', f'rtp_ports = "{rtp.start}-{rtp.stop - 1}"',
+        "[http]", f'listen = "127.0.0.1:{http_port}"',
+        f'public_url = "https://127.0.0.1:{http_port}"',
+        "[storage]", f'data_dir = "{tmp_path / "data"}"',
+        "[[projects]]", 'id = "p1"', 'token = "t1"',
+    ]
+    for number, document in routes.items():
+        lines += ["[[routes]]", f'number = "{number}"', f"swml = '{document}'"]
+    path = tmp_path / "callbox.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def make_config(tmp_path, routes=ROUTES) -> Config:

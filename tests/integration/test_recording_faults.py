@@ -13,9 +13,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from tests.integration.conftest import running_platform
+from tests.integration.conftest import running_platform, write_serve_config
 from tests.peers import audio
-from tests.peers.ports import free_port_range, free_tcp_port, free_udp_port
+from tests.peers.ports import free_tcp_port, free_udp_port
 
 from callbox.caller import place_call
 from callbox.server.config import Route
@@ -32,27 +32,10 @@ def swml(*verbs: object) -> str:
 
 def serve_config(tmp_path: Path, sip_port: int, http_port: int, fmt: str,
                  status_url: str) -> Path:
-    rtp = free_port_range(20)
     record = {"format": fmt, "direction": "speak", "status_url": status_url}
     route = swml({"answer": {}}, {"record_call": record}, {"sleep": 60_000})
-    path = tmp_path / "callbox.toml"
-    path.write_text(f"""
-[sip]
-listen = "127.0.0.1:{sip_port}"
-rtp_ports = "{rtp.start}-{rtp.stop - 1}"
-[http]
-listen = "127.0.0.1:{http_port}"
-public_url = "https://127.0.0.1:{http_port}"
-[storage]
-data_dir = "{tmp_path / 'data'}"
-[[projects]]
-id = "p1"
-token = "t1"
-[[routes]]
-number = "rec"
-swml = '{route}'
-""")
-    return path
+    return write_serve_config(tmp_path, sip_port=sip_port, http_port=http_port,
+                              routes={"rec": route})
 
 
 async def start_serve(config: Path) -> asyncio.subprocess.Process:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from tests.integration.conftest import write_serve_config
 from tests.peers import audio
-from tests.peers.ports import free_port_range, free_tcp_port, free_udp_port
+from tests.peers.ports import free_tcp_port, free_udp_port
 
 pytestmark = pytest.mark.peers
 
@@ -21,27 +22,10 @@ CALLBOX = str(Path(sys.executable).parent / "callbox")
 
 
 def write_config(tmp_path: Path, sip_port: int, http_port: int) -> Path:
-    rtp = free_port_range(40)
-    swml = json.dumps({"version": "1.0.0", "sections": {"main": [
+    tone = json.dumps({"version": "1.0.0", "sections": {"main": [
         {"answer": {}}, {"play": {"url": "tone:440:1.5"}}, {"hangup": {}}]}})
-    path = tmp_path / "callbox.toml"
-    path.write_text(f"""
-[sip]
-listen = "127.0.0.1:{sip_port}"
-rtp_ports = "{rtp.start}-{rtp.stop - 1}"
-[http]
-listen = "127.0.0.1:{http_port}"
-public_url = "https://127.0.0.1:{http_port}"
-[storage]
-data_dir = "{tmp_path / 'data'}"
-[[projects]]
-id = "p1"
-token = "t1"
-[[routes]]
-number = "tone"
-swml = '{swml}'
-""")
-    return path
+    return write_serve_config(tmp_path, sip_port=sip_port, http_port=http_port,
+                              routes={"tone": tone})
 
 
 async def read_banner(process: asyncio.subprocess.Process) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from callbox.server.recording.engine import RecordingError
+from callbox.server.recording.engine import Recording, RecordingError
 from callbox.server.swml.runner import SwmlError, SwmlRunner, verb
-from callbox.wire.recording import RecordParamError, RecordParams
+from callbox.wire.recording import EntryPoint, RecordParamError, RecordParams
 
 log = logging.getLogger(__name__)
 
@@ -20,20 +20,27 @@ def _params(verb_name: str, params: Any) -> dict[str, Any]:
     return params
 
 
-@verb("record")
-async def record(runner: SwmlRunner, params: Any) -> None:
-    """Record in the foreground: the script waits until the recording ends."""
-    params = _params("record", params)
-    runner.vars.update(record_url="", record_result="failed")
+async def _start(runner: SwmlRunner, verb_name: str, params: dict[str, Any],
+                 entry: EntryPoint) -> Recording | None:
+    """Validate and start a recording; a bad parameter is logged and nothing starts."""
     try:
-        settings = RecordParams.parse(params, "swml_record")
+        settings = RecordParams.parse(params, entry)
         runner.call.answer()
-        recording = await runner.recordings().start_recording(
+        return await runner.recordings().start_recording(
             runner.call, settings, control_id=params.get("control_id"),
             project_id=runner.call.project_id,
         )
     except (RecordParamError, RecordingError) as exc:
-        log.warning("call %s: record: %s", runner.call.id, exc)
+        log.warning("call %s: %s: %s", runner.call.id, verb_name, exc)
+        return None
+
+
+@verb("record")
+async def record(runner: SwmlRunner, params: Any) -> None:
+    """Record in the foreground: the script waits until the recording ends."""
+    runner.vars.update(record_url="", record_result="failed")
+    recording = await _start(runner, "record", _params("record", params), "swml_record")
+    if recording is None:
         return
     event = await recording.done
     runner.vars["record_url"] = event.get("url", "")
@@ -44,17 +51,10 @@ async def record(runner: SwmlRunner, params: Any) -> None:
 @verb("record_call")
 async def record_call(runner: SwmlRunner, params: Any) -> None:
     """Record in the background: the script goes on at once."""
-    params = _params("record_call", params)
     runner.vars.update(record_call_url="", record_call_result="failed", record_control_id="")
-    try:
-        settings = RecordParams.parse(params, "swml_record_call")
-        runner.call.answer()
-        recording = await runner.recordings().start_recording(
-            runner.call, settings, control_id=params.get("control_id"),
-            project_id=runner.call.project_id,
-        )
-    except (RecordParamError, RecordingError) as exc:
-        log.warning("call %s: record_call: %s", runner.call.id, exc)
+    recording = await _start(runner, "record_call", _params("record_call", params),
+                             "swml_record_call")
+    if recording is None:
         return
     runner.vars["record_call_url"] = recording.url
     runner.vars["record_call_result"] = "success" if recording.state != "error" else "failed"
