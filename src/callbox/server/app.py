@@ -70,6 +70,7 @@ class Platform:
         self.recorder: RecordingEngine | None = None
         self.recovered: list[RecordingRow] = []
         self.relay = RelayHub(self)
+        self.accepting = True
         self._sdp_version = secrets.randbelow(2**31)
 
     # -- life cycle -----------------------------------------------------------------------
@@ -114,6 +115,9 @@ class Platform:
         return host, sockets[0].getsockname()[1] if sockets else port
 
     async def stop(self) -> None:
+        """Graceful: refuse new calls (503), hang up the active ones (their recordings finish
+        with complete files), deliver queued webhooks, then close everything."""
+        self.accepting = False
         await self.relay.close()
         for call in list(self.calls.values()):
             await call.hangup()
@@ -152,6 +156,9 @@ class Platform:
         if route is None:
             log.info("no route for %r (call %s): 404", user, invite.call_id)
             invite.reject(404)
+            return
+        if not self.accepting:
+            invite.reject(503, headers=[("Retry-After", RETRY_AFTER_SECONDS)])
             return
         if len(self.calls) >= self.config.sip.max_calls:
             invite.reject(503, headers=[("Retry-After", RETRY_AFTER_SECONDS)])

@@ -28,6 +28,10 @@ from callbox.server.media.rtp import RtpError, RtpSender, is_rtcp, parse_header_
 FRAME_SAMPLES = 160
 RECV_BUFFER_BYTES = 2048
 DTMF_GAP_FRAMES = 3
+# Symmetric RTP: we latch on the first packet from the address the SDP named. A peer behind NAT
+# sends from elsewhere; packets from other hosts may latch only after this many ticks (1 s)
+# without any packet from the SDP host, so a stray or hostile sender cannot grab a new call.
+LATCH_ANY_SOURCE_AFTER_TICKS = 50
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,9 @@ class MediaSession:
         self.local_port: int = sock.getsockname()[1]
         self.advertised_host = advertised_host
         self.remote: tuple[str, int] | None = None
+        self._sdp_host: str | None = None
         self._latched = False
+        self._ticks = 0
         self.codec: G711Codec = CODECS["PCMU"]
         self.dtmf_payload_type: int | None = None
         self.sending = True
@@ -95,6 +101,7 @@ class MediaSession:
         self.codec = codec
         self.dtmf_payload_type = dtmf_payload_type
         self.sending = direction in ("sendrecv", "sendonly")
+        self._sdp_host = remote_host
         if not self._latched:
             self.remote = (remote_host, remote_port) if remote_port else None
 
@@ -126,7 +133,11 @@ class MediaSession:
             self.on_datagram(data, addr)
 
     def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._latched and addr != self.remote:
+        if self._latched:
+            if addr != self.remote:
+                self.stats.packets_foreign += 1
+                return
+        elif addr[0] != self._sdp_host and self._ticks < LATCH_ANY_SOURCE_AFTER_TICKS:
             self.stats.packets_foreign += 1
             return
         if is_rtcp(data):
@@ -190,6 +201,7 @@ class MediaSession:
     def tick(self) -> None:
         if self.closed:
             return
+        self._ticks += 1
         speak = self.receive_buffer.pop_frame()
         listen = self._mix_frame()
         if self.sending and self.remote is not None:
