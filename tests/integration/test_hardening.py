@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from callbox.caller import place_call
-from callbox.server.config import Route
 from tests.integration.conftest import running_platform, write_serve_config
 from tests.integration.test_recording_faults import start_serve, webhook_receiver
 from tests.peers import audio
 from tests.peers.ports import free_tcp_port, free_udp_port
 from tests.peers.rawsip import SDP_PCMU, RawSip
+
+from callbox.caller import place_call
+from callbox.server.config import Route
 
 pytestmark = pytest.mark.peers
 
