@@ -97,6 +97,9 @@ class RelayClient:
         self.url = relay_url(self.host)
         self.contexts = list(contexts or [])
         self.ca_file = ca_file or _env("SIGNALWIRE_RELAY_CA_FILE") or None
+        if self.ca_file and not os.path.isfile(self.ca_file):
+            raise ValueError(f"CA file {self.ca_file!r} (ca_file / SIGNALWIRE_RELAY_CA_FILE) "
+                             "does not exist")
         self.agent = agent or f"callbox-relay/{__version__}"
         self.protocol = ""  # the server's session name, sent back to resume
         self.identity = ""
@@ -191,7 +194,13 @@ class RelayClient:
         self._ready = self._ready or asyncio.Event()
         self._stopped = self._stopped or asyncio.Event()
         self._stopped.clear()
-        await self._open()
+        try:
+            await self._open()
+        except BaseException:
+            if self._http is not None:
+                await self._http.close()
+                self._http = None
+            raise
 
     async def disconnect(self) -> None:
         """Close the connection and stop reconnecting; handlers still running are cancelled."""
@@ -347,6 +356,13 @@ class RelayClient:
                     ) -> None:
         await ws.send_str(wire.dumps(frame))
 
+    async def _reply(self, ws: aiohttp.ClientWebSocketResponse, frame: Mapping[str, Any]
+                     ) -> None:
+        """Answer the server (acks, pongs); a socket closing meanwhile is not an error: an
+        event not acknowledged is sent again after the reconnect."""
+        with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
+            await ws.send_str(wire.dumps(frame))
+
     async def _request(self, ws: aiohttp.ClientWebSocketResponse, method: str,
                        params: Mapping[str, Any], timeout: float) -> dict[str, Any]:
         frame = wire.request(method, params)
@@ -387,18 +403,18 @@ class RelayClient:
                 log.warning("RELAY: server error: %s (code %s)", message.message, message.code)
             return
         if message.method == wire.EVENT:
-            await self._send(ws, wire.result(message.id))  # ack first: it was received
+            await self._reply(ws, wire.result(message.id))  # ack first: it was received
             self._on_event(message)
         elif message.method == wire.PING:
-            await self._send(ws, wire.result(message.id))
+            await self._reply(ws, wire.result(message.id))
         elif message.method == wire.DISCONNECT:
-            await self._send(ws, wire.result(message.id))
+            await self._reply(ws, wire.result(message.id))
             if message.params.get("restart"):
                 self.protocol = ""  # start afresh next time
             log.info("RELAY: the server asked us to reconnect")
         else:
-            await self._send(ws, wire.error(message.id, wire.METHOD_NOT_FOUND,
-                                            f"unknown method {message.method!r}"))
+            await self._reply(ws, wire.error(message.id, wire.METHOD_NOT_FOUND,
+                                             f"unknown method {message.method!r}"))
 
     def _on_event(self, message: wire.Request) -> None:
         event_id = str(message.id)

@@ -38,6 +38,8 @@ class PlayControl:
     session: Session
     control_id: str
     op: PlayOperation | None = None
+    task: asyncio.Task[Any] | None = None
+    replied: bool = False
     # commands that arrived while the media was still rendering
     stop_requested: bool = False
     pause_requested: bool = False
@@ -144,10 +146,14 @@ class CallEntry:
         elif control.pause_requested:
             op.playback.pause()
 
-    def _play_event(self, control: PlayControl, state: str) -> None:
+    def play_failed(self, control: PlayControl, reason: str) -> None:
+        """A play that never started, after its command was answered: report an error."""
+        self._play_event(control, "error", reason)
+
+    def _play_event(self, control: PlayControl, state: str, reason: str | None = None) -> None:
         control.session.emit(wire.CALL_PLAY, wire.play_params(
             call_id=self.call.id, node_id=self.node_id, control_id=control.control_id,
-            state=state))
+            state=state, reason=reason))
         if state in wire.PLAY_TERMINAL_STATES and self.plays.get(control.control_id) is control:
             del self.plays[control.control_id]
 

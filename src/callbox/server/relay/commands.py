@@ -35,9 +35,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# How long `calling.record` waits for the recording to start before answering anyway (the
-# official client gives up on a request after 10 s and then drops its socket).
-RECORD_REPLY_WITHIN = 5.0
+# How long `calling.play` / `calling.record` / `calling.end` wait for the play to start (its
+# audio fetched), the recording to start (after the prompt) or the BYE to be answered before
+# they answer anyway; events report the rest. The official client gives up on a request
+# after 10 s, and then drops its socket.
+REPLY_WITHIN = 5.0
 
 Result = dict[str, Any]
 Handler = Callable[["Session", CallEntry, Mapping[str, Any]], Awaitable[Result]]
@@ -130,7 +132,8 @@ class Commands:
                                f"{', '.join(map(repr, wire.HANGUP_REASONS))}, got {reason!r}")
         if not entry.call.is_active:
             raise _gone(entry)
-        await entry.call.hangup(reason)
+        hangup = spawn(entry.call.hangup(reason), name=f"relay-end-{entry.call.id}")
+        await asyncio.wait({hangup}, timeout=REPLY_WITHIN)  # the BYE may go unanswered
         return ok("Ending")
 
     # -- play -----------------------------------------------------------------------------
@@ -155,16 +158,36 @@ class Commands:
                                f"control_id {control_id!r} is already playing on this call")
         control = PlayControl(session, control_id)
         entry.plays[control_id] = control
-        try:
-            op = await entry.call.play(urls, volume_db=volume, loop=loop, control_id=control_id)
-        except MediaError as exc:
+        # not `spawn`: an error before the reply is the reply, not a failure to log
+        control.task = asyncio.get_running_loop().create_task(
+            self._start_play(entry, control, urls, volume, loop), name=f"relay-play-{control_id}")
+        await asyncio.wait({control.task}, timeout=REPLY_WITHIN)
+        if not control.task.done():  # still fetching its audio: events tell the rest
+            control.replied = True
+            return ok("Playing", control_id=control_id)
+        error = control.task.exception()
+        if error is not None:
             entry.plays.pop(control_id, None)
-            raise CommandError(wire.CODE_BAD_REQUEST, f"play: {exc}") from None
-        except CallGone:
-            entry.plays.pop(control_id, None)
-            raise _gone(entry) from None
-        entry.play_started(control, op)
+            if isinstance(error, CallGone):
+                raise _gone(entry)
+            if isinstance(error, MediaError):
+                raise CommandError(wire.CODE_BAD_REQUEST, f"play: {error}")
+            raise error
         return ok("Playing", control_id=control_id)
+
+    async def _start_play(self, entry: CallEntry, control: PlayControl, urls: list[str],
+                          volume: float, loop: int) -> None:
+        try:
+            op = await entry.call.play(urls, volume_db=volume, loop=loop,
+                                       control_id=control.control_id)
+        except Exception as exc:
+            if not control.replied:
+                raise  # the command answers with the error
+            if not isinstance(exc, MediaError | CallGone):
+                log.exception("play %s on call %s failed", control.control_id, entry.call.id)
+            entry.play_failed(control, str(exc))
+            return
+        entry.play_started(control, op)
 
     def _play(self, entry: CallEntry, params: Mapping[str, Any]) -> PlayControl:
         control_id = params.get("control_id")
@@ -244,7 +267,7 @@ class Commands:
         # not `spawn`: an error before the reply is the reply, not a failure to log
         control.task = asyncio.get_running_loop().create_task(
             self._start_recording(entry, control), name=f"relay-record-{control_id}")
-        await asyncio.wait({control.task}, timeout=RECORD_REPLY_WITHIN)
+        await asyncio.wait({control.task}, timeout=REPLY_WITHIN)
         if not control.task.done():
             control.replied = True
             return ok("Recording starts after the prompt", control_id=control_id)
@@ -253,7 +276,9 @@ class Commands:
             entry.records.pop(control_id, None)
             if not entry.call.is_active:
                 raise _gone(entry)
-            raise CommandError(wire.CODE_BAD_REQUEST, str(error))
+            if isinstance(error, RecordingError):
+                raise CommandError(wire.CODE_BAD_REQUEST, str(error))
+            raise error
         assert control.recording is not None
         return ok("Recording", control_id=control_id, url=control.recording.url)
 
@@ -269,23 +294,24 @@ class Commands:
             recording = await recorder.start_recording(
                 entry.call, control.params, control_id=control.control_id,
                 project_id=entry.call.project_id)
-        except (RecordingError, CallGone) as exc:
-            if not control.replied:
-                raise  # the command answers with the error
-            entry.recording_failed(control, str(exc))
-            return
         except Exception as exc:
             if not control.replied:
-                raise
-            log.exception("recording %s on call %s failed to start", control.control_id,
-                          entry.call.id)
+                raise  # the command answers with the error
+            if not isinstance(exc, RecordingError | CallGone):
+                log.exception("recording %s on call %s failed to start", control.control_id,
+                              entry.call.id)
             entry.recording_failed(control, f"could not start: {exc}")
             return
         entry.recording_started(control, recording)
 
     @staticmethod
     async def _prompts_played(entry: CallEntry) -> None:
-        """Wait for the plays running on the call now (not paused, not looping forever)."""
+        """Wait for the plays running on the call now (not paused, not looping forever),
+        including those still fetching their audio."""
+        starting = [control.task for control in entry.plays.values()
+                    if control.op is None and control.task is not None]
+        if starting:
+            await asyncio.wait(starting)
         running = [op.done for op in entry.call.plays
                    if op.playback.state == "playing" and op.playback.loop != 0]
         if running:

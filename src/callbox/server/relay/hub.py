@@ -261,8 +261,8 @@ class RelayHub:
                                            f"more than {MAX_COMMANDS_IN_FLIGHT} commands in "
                                            "flight on this connection; wait for replies"))
                 return
-            task = asyncio.get_running_loop().create_task(
-                self._command(connection, session, message))
+            task = spawn(self._command(connection, session, message),
+                         name=f"relay-{method}-{message.id}")
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
 
