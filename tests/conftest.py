@@ -41,7 +41,10 @@ class PeerEnv:
 
     def require_root(self) -> None:
         if not self.is_root:
-            pytest.skip("sipp play_dtmf/play_pcap_audio need root (raw socket)")
+            message = "sipp play_dtmf/play_pcap_audio need root (raw socket)"
+            if os.environ.get("CALLBOX_REQUIRE_PEERS") == "1":
+                pytest.fail(message)
+            pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

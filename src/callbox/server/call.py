@@ -144,11 +144,11 @@ class Call:
             return
         answered = self.state is CallState.ANSWERED
         self._set_state(CallState.ENDING)
-        if answered:
-            await self.leg.bye()
-        elif isinstance(self.leg, InboundInvite):
+        if not answered and isinstance(self.leg, InboundInvite):
             self.leg.reject(REJECT_STATUS.get(reason, 480))
         self._finish(reason)
+        if answered:  # the call is over for us now; the BYE retransmits until answered
+            await self.leg.bye()
 
     def _on_leg_terminated(self, why: str) -> None:
         if not self.is_active:
