@@ -14,7 +14,9 @@ Settings left out come from the environment: `SIGNALWIRE_PROJECT_ID`, `SIGNALWIR
 (or `SIGNALWIRE_TOKEN`), `SIGNALWIRE_SPACE` (or `SIGNALWIRE_HOST`) for the host, and
 `SIGNALWIRE_RELAY_CA_FILE` for a PEM file of certificates to trust (a self-signed server).
 `host` is `host[:port]` (WSS at path `/`, as SignalWire's SDK does) or a full `ws://` /
-`wss://` URL.
+`wss://` URL. `CALLBOX_RELAY_URL`, when set, wins over every other host setting, the `host`
+argument included: it points a program written for a SignalWire space at a local callbox
+without editing it (`callbox demo` runs the seed voicemail program this way).
 
 The connection is kept up: when it drops, the client reconnects with exponential backoff and
 resumes its session (it sends back the server's `protocol`), so events for its calls that were
@@ -93,7 +95,8 @@ class RelayClient:
                              "SIGNALWIRE_PROJECT_ID")
         if not self.token:
             raise ValueError("token is required: pass token=... or set SIGNALWIRE_API_TOKEN")
-        self.host = host or _env("SIGNALWIRE_SPACE", "SIGNALWIRE_HOST") or DEFAULT_HOST
+        self.host = (_env("CALLBOX_RELAY_URL") or host
+                     or _env("SIGNALWIRE_SPACE", "SIGNALWIRE_HOST") or DEFAULT_HOST)
         self.url = relay_url(self.host)
         self.contexts = list(contexts or [])
         self.ca_file = ca_file or _env("SIGNALWIRE_RELAY_CA_FILE") or None
