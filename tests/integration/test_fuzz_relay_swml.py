@@ -14,12 +14,12 @@ import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.integration.conftest import make_config
 
 from callbox.server.app import Platform
 from callbox.server.config import Project
 from callbox.server.swml.runner import SwmlError, SwmlRunner, parse_document
 from callbox.wire import relay as wire
-from tests.integration.conftest import make_config
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
