@@ -157,3 +157,55 @@ async def test_sigterm_finishes_recordings_hangs_up_and_flushes_webhooks(tmp_pat
     assert not list(recording.parent.glob("*.part"))
     samples, _ = audio.decode_audio(recording)
     assert len(samples) / 8000 == pytest.approx(2.5, abs=0.5)
+
+
+async def test_swml_fetch_does_not_follow_redirects_and_the_caller_hears_an_error(tmp_path):
+    from aiohttp import web
+
+    hits: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        raise web.HTTPFound("http://127.0.0.1:9/elsewhere")  # credentials must not follow
+
+    app = web.Application()
+    app.router.add_post("/agent", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_tcp_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    heard = tmp_path / "heard.wav"
+    try:
+        routes = [Route("agent", swml_url=f"http://user:pass@127.0.0.1:{port}/agent")]
+        async with running_platform(tmp_path, routes) as running:
+            result = await place_call(running.uri("agent"), hangup_after=20,
+                                      record_heard=heard)
+            seen = await running.wait_call_ended()
+    finally:
+        await runner.cleanup()
+    assert hits == ["/agent"]
+    assert result.hung_up_by == "remote" and seen.call.end_reason == "error"
+    samples, _ = audio.read_wav(heard)
+    assert audio.active_spans(samples, 8000, threshold_dbfs=-40)  # the spoken error prompt
+
+
+async def test_an_oversized_relay_frame_closes_only_that_connection(tmp_path):
+    import aiohttp
+
+    from callbox.server.config import Project
+
+    async with running_platform(tmp_path, [LISTEN], http__plain_listen="127.0.0.1:0") as running:
+        running.platform.config.projects.append(Project("p1", "t1"))
+        url = f"ws://127.0.0.1:{running.platform.listening.plain[1]}/"
+        ping = json.dumps({"jsonrpc": "2.0", "id": "1", "method": "signalwire.ping",
+                           "params": {}})
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(url, max_msg_size=0) as big:
+                await big.send_str("x" * (2 * 1024 * 1024))
+                message = await big.receive(timeout=5)
+                assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                        aiohttp.WSMsgType.CLOSING)
+            async with session.ws_connect(url) as other:  # the server still serves others
+                await other.send_str(ping)
+                reply = await other.receive_json(timeout=5)
+                assert reply["id"] == "1"  # answered (an error: not connected yet)
