@@ -8,6 +8,7 @@ event loop, and hands new INVITEs to the application as `InboundInvite` legs. Ou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -259,7 +260,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def _deliver(self, txn: ServerTransaction | ClientTransaction, message: SipMessage) -> None:
         if not isinstance(message, SipResponse):
-            return  # server transactions deliver requests; we dispatch those ourselves
+            # Server transactions deliver requests; we dispatch those ourselves, except an ACK
+            # for our 2xx that reused the INVITE's branch: it confirms the dialog.
+            if message.method == "ACK" and isinstance(txn, ServerInviteTransaction):
+                invite = self._invites.get(server_key(txn.request))
+                if invite is not None:
+                    invite.acked.set()
+            return
         entry = self._client.get((message.branch, message.cseq.method))
         if entry is None:
             return
@@ -528,8 +535,12 @@ class Leg:
         self._terminate("local")
         await self._send_bye()
 
+    async def _wait_confirmed(self) -> None:
+        """Our side may send BYE only once the dialog is confirmed (RFC 3261 15.1.1)."""
+
     async def _send_bye(self) -> None:
         assert self.dialog is not None
+        await self._wait_confirmed()
         request = self.dialog.create_request(
             "BYE", via=self.endpoint.via_value(), contact=self.endpoint.contact,
             extra_headers=[("User-Agent", self.endpoint.user_agent)],
@@ -549,6 +560,7 @@ class InboundInvite(Leg):
         self.local_tag = new_tag()
         self.answered = False
         self.finished = False  # a final response was sent
+        self.acked = asyncio.Event()  # the ACK for our 2xx came (or will never come)
 
     @property
     def call_id(self) -> str:
@@ -579,8 +591,16 @@ class InboundInvite(Leg):
                               headers=headers)
         self.terminated = True
 
+    async def _wait_confirmed(self) -> None:
+        """A UAS must not send BYE before the ACK of its 2xx (or the end of waiting for it),
+        or the BYE can overtake the 200 OK and reach a caller with no dialog yet."""
+        if self.answered and not self.acked.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.acked.wait(), self.endpoint.timers.timeout)
+
     def on_ack(self, ack: SipRequest) -> None:
         if ack.cseq.seq == self.request.cseq.seq:
+            self.acked.set()
             key = server_key(self.request)
             found = self.endpoint._server.get(key)
             if found is not None:
@@ -597,6 +617,7 @@ class InboundInvite(Leg):
 
     def ack_timeout(self, reason: str) -> None:
         """Our 2xx was never ACKed (or a non-2xx never ACKed): end the call."""
+        self.acked.set()  # stop waiting for it
         if self.answered and not self.terminated:
             log.info("call %s: %s; sending BYE", self.call_id, reason)
             self._terminate("timeout")
