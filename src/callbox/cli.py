@@ -1,4 +1,4 @@
-"""The `callbox` command: serve | call | demo."""
+"""The `callbox` command: serve | call | demo | swaig."""
 
 from __future__ import annotations
 
@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default="./callbox-data", help="where the demo keeps files")
     demo.add_argument("--log-level", default="warning")
     demo.set_defaults(run=_demo)
+
+    from callbox.swaig_cli import add_parser as add_swaig_parser
+
+    add_swaig_parser(commands)  # swaig list|invoke: a live call's agent functions, by hand
     return parser
 
 

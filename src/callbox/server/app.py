@@ -246,7 +246,7 @@ class Platform:
             log.warning("call %s: route %r: %s", call.id, route.number, exc)
             await self._fail_call(call)
             return
-        await SwmlRunner(call, document, recordings=self.recorder).run()
+        await SwmlRunner(call, document, recordings=self.recorder, ai=self.config.ai).run()
 
     async def _fail_call(self, call: Call) -> None:
         """Tell the caller something went wrong, then hang up cleanly."""

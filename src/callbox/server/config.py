@@ -49,6 +49,24 @@ class LogConfig:
     level: str = "info"
 
 
+# Speech-to-text engines the `ai` verb can use ([ai] stt).
+STT_ENGINES = ("pocketsphinx",)
+
+
+@dataclass
+class AiConfig:
+    """The `ai` verb: an OpenAI-compatible chat-completions endpoint and the STT engine.
+
+    `base_url` is the API root (e.g. "https://api.openai.com/v1"; "/chat/completions" is
+    appended); empty = no LLM (the `ai` verb then explains this to the caller and logs it).
+    """
+
+    base_url: str = ""
+    model: str = ""
+    api_key: str = ""
+    stt: str = "pocketsphinx"
+
+
 @dataclass
 class Project:
     id: str
@@ -77,6 +95,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    ai: AiConfig = field(default_factory=AiConfig)
     projects: list[Project] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
 
@@ -97,6 +116,7 @@ _SECTIONS: dict[str, type] = {
     "http": HttpConfig,
     "storage": StorageConfig,
     "log": LogConfig,
+    "ai": AiConfig,
 }
 
 
@@ -246,6 +266,15 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"log.level must be one of debug, info, warning, error, got {config.log.level!r}"
         )
+    if config.ai.stt not in STT_ENGINES:
+        raise ConfigError(
+            f"ai.stt must be one of {', '.join(STT_ENGINES)}, got {config.ai.stt!r}"
+        )
+    if config.ai.base_url:
+        if not config.ai.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"ai.base_url must be an http(s) URL, got {config.ai.base_url!r}")
+        if not config.ai.model:
+            raise ConfigError("ai.model must be set when ai.base_url is (e.g. \"gpt-4o-mini\")")
     ids = [p.id for p in config.projects]
     if len(ids) != len(set(ids)):
         raise ConfigError("[[projects]] ids must be unique")

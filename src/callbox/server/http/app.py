@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from callbox.server.http.calls import add_call_routes
 from callbox.server.http.recordings import add_recording_routes
 
 if TYPE_CHECKING:
@@ -32,5 +33,6 @@ def make_app(platform: Platform) -> web.Application:
     app[PLATFORM_KEY] = platform
     app.router.add_get("/health", health)
     add_recording_routes(app)  # REST /api/relay/rest/recordings and /recordings/<id>.<ext>
+    add_call_routes(app)  # /api/callbox/calls[/{id}/swaig]: live calls, SWAIG by hand
     app.router.add_get("/", platform.relay.websocket)  # RELAY (JSON-RPC over WebSocket)
     return app

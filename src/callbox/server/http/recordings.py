@@ -121,12 +121,13 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
 
 def _error(cls: type[web.HTTPException], code: str, message: str, *,
            attribute: str | None = None,
-           headers: dict[str, str] | None = None) -> web.HTTPException:
+           headers: dict[str, str] | None = None, **init: Any) -> web.HTTPException:
+    """A JSON error response; `init` goes to the exception class (413 needs its sizes)."""
     detail: dict[str, Any] = {"code": code, "message": message}
     if attribute is not None:
         detail["attribute"] = attribute
     return cls(text=json.dumps({"errors": [detail]}), content_type="application/json",
-               headers=headers)
+               headers=headers, **init)
 
 
 def _not_found() -> web.HTTPException:

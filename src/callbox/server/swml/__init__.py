@@ -1,3 +1,3 @@
 """SWML: the interpreter and its verbs. Importing the package registers every verb."""
 
-from callbox.server.swml import record_verbs, verbs  # noqa: F401
+from callbox.server.swml import ai_verb, record_verbs, verbs  # noqa: F401

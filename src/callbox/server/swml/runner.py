@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from callbox.server.call import Call, CallGone
 
 if TYPE_CHECKING:
+    from callbox.server.config import AiConfig
     from callbox.server.recording.engine import RecordingEngine
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,13 @@ def parse_document(source: str | bytes | dict[str, Any]) -> dict[str, Any]:
 class SwmlRunner:
     def __init__(self, call: Call, document: dict[str, Any],
                  variables: dict[str, Any] | None = None, *,
-                 recordings: RecordingEngine | None = None) -> None:
+                 recordings: RecordingEngine | None = None,
+                 ai: AiConfig | None = None) -> None:
         self.call = call
         self.document = document
         self.vars: dict[str, Any] = dict(variables or {})
         self._recordings = recordings
+        self.ai = ai  # the `ai` verb's LLM/STT settings; None = no LLM configured
 
     def recordings(self) -> RecordingEngine:
         if self._recordings is None:

@@ -1,0 +1,515 @@
+"""The `ai` verb end to end: real calls, real agents (ours and the official package's), real
+speech-to-text (pocketsphinx) and TTS (espeak-ng); only the LLM is a test double, and it speaks
+the OpenAI chat-completions protocol over a real socket.
+
+- The seed's continuous-recording agent: the model's first turn calls `start_recording`; the
+  stereo MP3 has the caller on the left and the agent's "Recording started." on the right; a
+  `stop_recording` tool invoked with `callbox swaig invoke` ends it.
+- The seed's voicemail agent: the caller hears the prompt then the beep; the recording ends
+  3 s after the caller stops speaking; a variant agent's small max_length caps it.
+- The official package's AgentBase serving the same continuous agent (its `?__token=` URLs).
+- No LLM configured; SWML fetch failures; a SWAIG reply that is not JSON; unknown actions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import ssl
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+from tests.integration.conftest import RunningPlatform, running_platform, swml
+from tests.integration.test_agent_server import (
+    PASSWORD,
+    SEED_CONTINUOUS,
+    SEED_VOICEMAIL,
+    USER,
+    AgentProcess,
+    oracle_python,
+    start_agent,
+    stop_agent,
+    wait_ready,
+)
+from tests.peers import audio
+
+from callbox.caller import CallResult, place_call
+from callbox.server.config import Project, Route
+from callbox.server.media.sources import render_tts
+
+pytestmark = pytest.mark.peers
+
+PROJECT, TOKEN = "proj-ai", "tok-ai-secret"
+API_KEY = "sk-test-key"
+MODEL = "test-model"
+
+STOP_TOOL = '''
+@agent.tool(name="stop_recording", description="Stop the call recording")
+def stop_recording(args, raw_data):
+    return FunctionResult("Stopped.").stop_record_call("main_recording")
+
+'''
+CONTINUOUS_WITH_STOP = SEED_CONTINUOUS.replace("agent.serve()\n", STOP_TOOL + "agent.serve()\n")
+VOICEMAIL_SHORT = SEED_VOICEMAIL.replace("max_length=120.0", "max_length=3.0")
+assert VOICEMAIL_SHORT != SEED_VOICEMAIL
+
+CALLER_TEXT = ("Hello, this is a test call for the recording agent. I am speaking for about ten "
+               "seconds, so that the recording has something to hold. My voice belongs on the "
+               "left channel.")
+MESSAGE_TEXT = "Hi, this is Alice. Please call me back tomorrow about the invoice."
+LONG_TEXT = "This message goes on and on, well past the limit of the recording, because it is long."
+
+
+# -- the LLM test double ----------------------------------------------------------------------
+
+Responder = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def tool_calls(*names: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": None, "tool_calls": [
+        {"id": f"call_{index}_{name}", "type": "function",
+         "function": {"name": name, "arguments": "{}"}} for index, name in enumerate(names)]}
+
+
+def text(content: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": content}
+
+
+def first_turn(*names: str, later: str = "Sure.") -> Responder:
+    """The first request (system prompt only) calls `names`; later ones answer `later`."""
+    def answer(body: dict[str, Any]) -> dict[str, Any]:
+        return tool_calls(*names) if len(body["messages"]) == 1 else text(later)
+    return answer
+
+
+class FakeLlm:
+    """An OpenAI-compatible /v1/chat/completions server on loopback."""
+
+    def __init__(self, responder: Responder) -> None:
+        self.responder = responder
+        self.requests: list[dict[str, Any]] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _complete(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {API_KEY}":
+            return web.json_response({"error": {"message": "bad key"}}, status=401)
+        body = await request.json()
+        self.requests.append(body)
+        message = self.responder(body)
+        return web.json_response({
+            "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion",
+            "created": int(time.time()), "model": body["model"],
+            "choices": [{"index": 0, "message": message,
+                         "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        })
+
+    async def __aenter__(self) -> FakeLlm:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._complete)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def web_server(routes: list[web.RouteDef]) -> AsyncIterator[str]:
+    """A plain aiohttp server on loopback; yields its base URL."""
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def agents(workdir: Path, *specs: tuple[str, str]) -> Iterator[list[AgentProcess]]:
+    """Agent scripts (impl, source) served in subprocesses on route /agent."""
+    started = [start_agent(impl, source, "/agent", workdir) for impl, source in specs]
+    try:
+        deadline = time.monotonic() + 60
+        for agent in started:
+            wait_ready(agent, deadline)
+        yield started
+    finally:
+        for agent in started:
+            stop_agent(agent)
+
+
+def agent_route(number: str, agent: AgentProcess) -> Route:
+    return Route(number, swml_url=f"http://{USER}:{PASSWORD}@127.0.0.1:{agent.port}/agent")
+
+
+@contextlib.asynccontextmanager
+async def platform_with_llm(tmp_path: Path, routes: list[Route],
+                            llm: FakeLlm | None) -> AsyncIterator[RunningPlatform]:
+    settings = {"ai__base_url": llm.url, "ai__model": MODEL, "ai__api_key": API_KEY} if llm else {}
+    async with running_platform(tmp_path, routes, **settings) as running:
+        running.platform.config.projects = [Project(PROJECT, TOKEN)]
+        yield running
+
+
+def caller_wav(path: Path, *parts: np.ndarray) -> str:
+    audio.write_wav(path, audio.concat(*parts))
+    return str(path)
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+    return value
+
+
+async def callbox_swaig(running: RunningPlatform, *args: str,
+                        token: str = TOKEN) -> tuple[int, str, str]:
+    """Run `callbox swaig ...` (a real subprocess) against the running platform."""
+    listening = running.platform.listening
+    assert listening is not None
+    env = {**os.environ, "CALLBOX_TOKEN": token,
+           "CALLBOX_URL": f"https://127.0.0.1:{listening.https[1]}"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "callbox.cli", "swaig", *args, "--project", PROJECT,
+        "--ca-file", str(listening.cert), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def post_swaig(running: RunningPlatform, call_id: str, body: bytes) -> tuple[int, Any]:
+    """POST a raw body to the platform's SWAIG endpoint for a live call."""
+    listening = running.platform.listening
+    assert listening is not None
+    context = ssl.create_default_context(cafile=str(listening.cert))
+    url = f"https://127.0.0.1:{listening.https[1]}/api/callbox/calls/{call_id}/swaig"
+    async with aiohttp.ClientSession(auth=aiohttp.BasicAuth(PROJECT, TOKEN)) as session, \
+            session.post(url, data=body, ssl=context,
+                         headers={"Content-Type": "application/json"}) as response:
+        return response.status, await response.json()
+
+
+async def finished(recording: Any, timeout: float = 15) -> None:
+    await asyncio.wait_for(asyncio.shield(recording.done), timeout)
+
+
+def correlation(haystack: np.ndarray, needle: np.ndarray) -> float:
+    peak, _lag = audio.max_normalized_xcorr(haystack, needle, len(haystack), min_overlap=0.9)
+    return peak
+
+
+# -- the seed's continuous recording ------------------------------------------------------------
+
+
+async def test_continuous_recording_agent_end_to_end(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="callbox")
+    speech = audio.speech(CALLER_TEXT)
+    wav = caller_wav(tmp_path / "caller.wav", audio.silence(1.0), speech, audio.silence(8.0))
+    with agents(tmp_path, ("callbox", CONTINUOUS_WITH_STOP)) as (agent,):
+        async with FakeLlm(first_turn("start_recording")) as llm, \
+                platform_with_llm(tmp_path, [agent_route("agent", agent)], llm) as running:
+            caller = asyncio.create_task(
+                place_call(running.uri("agent"), play=wav, hangup_after=40.0))
+            seen = (await wait_until(lambda: running.observed, 10, "the call"))[0]
+            call = seen.call
+            (recording,) = await wait_until(lambda: call.recordings, 10, "the recording")
+
+            code, out, err = await callbox_swaig(running, "list", "--call", call.id)
+            assert code == 0, err
+            listed = json.loads(out)
+            assert [f["function"] for f in listed["functions"]] == [
+                "start_recording", "stop_recording"]
+            assert all(f["active"] for f in listed["functions"])
+            assert USER not in out and PASSWORD not in out  # credentials are not shown
+            code, _, err = await callbox_swaig(running, "list", "--call", call.id, token="wrong")
+            assert code == 1 and "HTTP 401" in err
+            code, _, err = await callbox_swaig(running, "invoke", "--call", call.id,
+                                               "--function", "nope")
+            assert code == 1 and "HTTP 404" in err and "has no function 'nope'" in err
+            # request body limits: an oversized or malformed body is refused, the call goes on
+            status, body = await post_swaig(running, call.id, b"{" + b" " * (2 * 1024 * 1024))
+            assert status == 413 and "at most 65536 bytes" in body["errors"][0]["message"]
+            status, body = await post_swaig(running, call.id, b'{"function": ')
+            assert status == 400 and body["errors"][0]["code"] == "invalid_json"
+            assert call.is_active and recording.state == "recording"
+
+            # the caller has finished speaking (1 s + the speech) well before this
+            await asyncio.sleep(max(0.0, call.answered_at + 1.0 + len(speech) / 8000 + 1.0
+                                    - time.time()))
+            asked_at = time.time()
+            code, out, err = await callbox_swaig(
+                running, "invoke", "--call", call.id, "--function", "stop_recording",
+                "--args", "{}")
+            answered_at = time.time()
+            assert code == 0, err
+            invoked = json.loads(out)
+            assert invoked["reply"]["response"] == "Stopped."
+            assert invoked["executed"] == [
+                {"action": "SWML", "status": "ok", "detail": "stop_record_call"}]
+            assert invoked["spoken"] == ["Stopped."]
+            await finished(recording)
+            # the caller's speech reaches the model as text (pocketsphinx, in its own process)
+            await wait_until(lambda: any(m["role"] == "user" for m in llm.requests[-1][
+                "messages"]), 20, "the caller's words at the model")
+            assert call.is_active  # stopping the recording did not end the call
+            await call.hangup()
+            result: CallResult = await caller
+    assert result.status == 200 and result.hung_up_by == "remote"
+
+    # the first chat-completions request: the system prompt and the seed's tools
+    first = llm.requests[0]
+    assert first["model"] == MODEL
+    assert first["messages"] == [{"role": "system", "content": "You are a helpful assistant."}]
+    assert [t["function"]["name"] for t in first["tools"]] == ["start_recording", "stop_recording"]
+    assert first["tools"][0] == {"type": "function", "function": {
+        "name": "start_recording", "description": "Start recording the call",
+        "parameters": {"type": "object", "properties": {}}}}
+    # the tool's result went back to the model
+    later = llm.requests[-1]["messages"]
+    assert {"role": "tool", "tool_call_id": "call_0_start_recording",
+            "content": "Recording started."} in later
+
+    assert recording.state == "finished" and recording.control_id == "main_recording"
+    assert recording.params.format == "mp3" and recording.params.stereo
+    assert recording.path.suffix == ".mp3" and recording.path.exists()
+    samples, rate = audio.decode_audio(recording.path)
+    assert rate == 8000 and samples.ndim == 2 and samples.shape[1] == 2
+    # duration: the file, the wall clock from start to stop, and the moment it was stopped
+    assert abs(len(samples) / 8000 - recording.duration) < 0.3  # MP3 encoder padding
+    assert abs((recording.end_time - recording.start_time) - recording.duration) < 0.3
+    assert asked_at - 0.2 < recording.end_time < answered_at + 0.2
+    assert recording.duration > len(speech) / 8000
+
+    left, right = samples[:, 0], samples[:, 1]
+    agent_voice = np.asarray(await render_tts("Recording started."))
+    assert correlation(left, speech) > 0.7  # the caller, on the left
+    assert correlation(right, speech) < 0.3
+    head = right[: 4 * 8000]
+    assert correlation(head, agent_voice) > 0.7  # the agent's spoken response, on the right
+    assert correlation(left[: 4 * 8000], agent_voice) < 0.3
+    assert "start_recording" in caplog.text and "stop_recording invoked by hand" in caplog.text
+
+
+# -- the seed's voicemail -----------------------------------------------------------------------
+
+
+def beep_spans(heard: np.ndarray) -> list[tuple[float, float]]:
+    """Where the 1000 Hz beep is, in 20 ms windows."""
+    window = 160
+    hits = [index * window / 8000 for index in range(len(heard) // window)
+            if audio.tone_level_dbfs(heard[index * window:(index + 1) * window], 1000) > -20]
+    spans: list[tuple[float, float]] = []
+    for at in hits:
+        if spans and at - spans[-1][1] < 0.05:
+            spans[-1] = (spans[-1][0], at + 0.02)
+        else:
+            spans.append((at, at + 0.02))
+    return spans
+
+
+async def test_voicemail_agent_beep_end_silence_and_max_length(tmp_path):
+    message = audio.speech(MESSAGE_TEXT)
+    long_message = audio.concat(audio.speech(LONG_TEXT), audio.speech(LONG_TEXT))
+    # the prompt (~2.2 s) and the beep come first; the caller speaks from 5 s on
+    short_wav = caller_wav(tmp_path / "message.wav", audio.silence(5.0), message)
+    long_wav = caller_wav(tmp_path / "long.wav", audio.silence(5.0), long_message)
+    with agents(tmp_path, ("callbox", SEED_VOICEMAIL), ("callbox", VOICEMAIL_SHORT)) as (
+            voicemail, capped):
+        routes = [agent_route("vm", voicemail), agent_route("capped", capped)]
+        # later turns: the model says nothing (so the recording holds only the caller)
+        async with FakeLlm(first_turn("record_voicemail", later="")) as llm, \
+                platform_with_llm(tmp_path, routes, llm) as running:
+            heard = tmp_path / "heard.wav"
+            results = await asyncio.gather(
+                place_call(running.uri("vm"), play=short_wav, hangup_after=13.5,
+                           record_heard=heard),
+                place_call(running.uri("capped"), play=long_wav, hangup_after=13.5))
+            by_route = {seen.call.to_user: seen.call for seen in running.observed}
+            for call in by_route.values():
+                await wait_until(lambda c=call: c.recordings, 5, "a recording")
+                await finished(call.recordings[-1])
+    assert all(r.status == 200 and r.hung_up_by == "us" for r in results)
+
+    # the caller heard the prompt, then the beep
+    heard_audio, _ = audio.read_wav(heard)
+    spans = beep_spans(heard_audio)
+    assert len(spans) == 1, spans
+    beep_start, beep_end = spans[0]
+    assert 0.2 <= beep_end - beep_start <= 0.32
+    prompt_spans = audio.active_spans(heard_audio[: int(beep_start * 8000)], min_gap_ms=300)
+    assert prompt_spans and prompt_spans[-1][1] - prompt_spans[0][0] > 1.5  # spoken first
+
+    (recording,) = by_route["vm"].recordings
+    assert recording.state == "finished" and recording.control_id == "voicemail"
+    assert recording.params.format == "wav" and not recording.params.stereo
+    assert recording.params.beep
+    samples, _ = audio.decode_audio(recording.path)
+    assert samples.ndim == 1
+    speech_spans = audio.active_spans(samples, min_gap_ms=300)
+    last_speech = speech_spans[-1][1]
+    assert correlation(samples, message) > 0.8  # the whole message is in the file
+    assert len(samples) / 8000 - last_speech <= 0.5  # trailing silence trimmed
+    # it ended 3 s after the caller stopped speaking (end_silence_timeout), not at hangup
+    wall_after_speech = recording.end_time - recording.start_time - last_speech
+    assert 2.7 <= wall_after_speech <= 3.4, wall_after_speech
+    assert audio.tone_level_dbfs(samples[:1600], 1000) < -40  # the beep is not recorded
+
+    (capped_recording,) = by_route["capped"].recordings
+    assert capped_recording.state == "finished"
+    assert capped_recording.duration == pytest.approx(3.0, abs=0.05)
+    capped_samples, _ = audio.decode_audio(capped_recording.path)
+    assert len(capped_samples) / 8000 == pytest.approx(3.0, abs=0.05)
+
+
+# -- the official package's agent ---------------------------------------------------------------
+
+
+async def test_official_agent_drives_the_platform(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="callbox")
+    await asyncio.to_thread(oracle_python)  # may install the package (before the clock starts)
+    speech = audio.speech("Hello, I am calling the agent.")
+    wav = caller_wav(tmp_path / "caller.wav", audio.silence(0.5), speech, audio.silence(2.0))
+    with agents(tmp_path, ("official", SEED_CONTINUOUS)) as (agent,):
+        async with FakeLlm(first_turn("start_recording")) as llm, \
+                platform_with_llm(tmp_path, [agent_route("agent", agent)], llm) as running:
+            result = await place_call(running.uri("agent"), play=wav, hangup_after=5.0)
+            seen = await running.wait_call_ended(0)
+            (recording,) = seen.call.recordings
+            await finished(recording)
+    assert result.status == 200
+    # the official server accepted the platform's SWAIG call (its URL carries ?__token=)
+    assert "SWAIG start_recording replied 'Recording started.' with 1 action(s)" in caplog.text
+    assert llm.requests[0]["tools"][0]["function"]["name"] == "start_recording"
+    assert recording.state == "finished" and recording.control_id == "main_recording"
+    samples, _ = audio.decode_audio(recording.path)
+    assert samples.ndim == 2 and 3.5 < recording.duration < 5.2
+    assert correlation(samples[:, 0], speech) > 0.7
+
+
+# -- no LLM -------------------------------------------------------------------------------------
+
+
+async def test_no_llm_configured_caller_hears_an_explanation(tmp_path, caplog):
+    routes = [Route("ai", swml=swml({"answer": {}}, {"ai": {"prompt": {"text": "Hi."}}}))]
+    heard = tmp_path / "heard.wav"
+    async with platform_with_llm(tmp_path, routes, None) as running:
+        result = await asyncio.wait_for(
+            place_call(running.uri("ai"), hangup_after=30, record_heard=heard), 30)
+    assert result.status == 200 and result.hung_up_by == "remote"  # the script went on
+    samples, _ = audio.read_wav(heard)
+    spoken = audio.active_spans(samples, min_gap_ms=400)
+    assert spoken and spoken[-1][1] - spoken[0][0] > 4.0  # a sentence or two, not a blip
+    assert "no LLM configured; set [ai] base_url and model" in caplog.text
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+async def test_swml_fetch_failures_are_logged_and_the_call_ends(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr("callbox.server.swml.fetch.FETCH_TIMEOUT_SECONDS", 1.0)
+    seen_auth: list[str] = []
+
+    async def unauthorized(request: web.Request) -> web.Response:
+        seen_auth.append(request.headers.get("Authorization", ""))
+        return web.Response(status=401, text="who are you?")
+
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(status=500, text="boom")
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.json_response({})
+
+    async def not_json(request: web.Request) -> web.Response:
+        return web.Response(text="<html>this is not SWML</html>", content_type="text/html")
+
+    async with web_server([web.post("/401", unauthorized), web.post("/500", broken),
+                           web.post("/slow", slow), web.post("/html", not_json)]) as base:
+        host = base.removeprefix("http://")
+        routes = [Route("r401", swml_url=f"http://bob:wrong@{host}/401"),
+                  Route("r500", swml_url=f"{base}/500"),
+                  Route("rslow", swml_url=f"{base}/slow"),
+                  Route("rhtml", swml_url=f"{base}/html")]
+        async with platform_with_llm(tmp_path, routes, None) as running:
+            names = ["r401", "r500", "rslow", "rhtml"]
+            results = await asyncio.wait_for(asyncio.gather(*[
+                place_call(running.uri(name), hangup_after=30,
+                           record_heard=tmp_path / f"{name}.wav") for name in names]), 30)
+    for name, result in zip(names, results, strict=True):
+        assert result.status == 200 and result.hung_up_by == "remote", name
+        heard, _ = audio.read_wav(tmp_path / f"{name}.wav")
+        assert audio.active_spans(heard), f"{name}: no error prompt heard"
+    assert seen_auth == ["Basic Ym9iOndyb25n"]  # bob:wrong, from the URL's userinfo
+    for expected in (f"route 'r401': SWML fetch from {base}/401 answered HTTP 401",
+                     f"route 'r500': SWML fetch from {base}/500 answered HTTP 500",
+                     f"route 'rslow': SWML fetch from {base}/slow timed out after 1 s",
+                     f"route 'rhtml': SWML from {base}/html: SWML is not valid JSON"):
+        assert expected in caplog.text
+
+
+async def test_bad_swaig_replies_are_logged_and_the_call_goes_on(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="callbox")
+
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(text="<html>oops</html>", content_type="text/html")
+
+    async def weird(request: web.Request) -> web.Response:
+        return web.json_response({"response": "Done.",
+                                  "action": [{"frobnicate": {"x": 1}}, {"hold": 30}]})
+
+    speech = audio.speech("Hello, I am calling the agent.")
+    wav = caller_wav(tmp_path / "caller.wav", audio.silence(3.0), speech, audio.silence(4.0))
+    async with web_server([web.post("/broken", broken), web.post("/weird", weird)]) as base:
+        functions = [{"function": "broken", "description": "Breaks",
+                      "web_hook_url": f"{base}/broken"},
+                     {"function": "weird", "description": "Odd actions"}]
+        ai = {"prompt": {"text": "Test."},
+              "SWAIG": {"functions": functions, "defaults": {"web_hook_url": f"{base}/weird"}}}
+        routes = [Route("ai", swml=swml({"answer": {}}, {"ai": ai}))]
+        async with FakeLlm(first_turn("broken", "weird", later="Okay.")) as llm, \
+                platform_with_llm(tmp_path, routes, llm) as running:
+            result = await place_call(running.uri("ai"), play=wav, hangup_after=9.0)
+            seen = await running.wait_call_ended(0)
+    assert result.status == 200 and result.hung_up_by == "us"  # the call went on
+    assert seen.call.end_reason == "hangup"
+    follow_up = llm.requests[1]["messages"]
+    tool_results = {m["tool_call_id"]: m["content"] for m in follow_up if m["role"] == "tool"}
+    assert tool_results["call_1_weird"] == "Done."
+    failure = tool_results["call_0_broken"]
+    assert failure.startswith("The function broken failed:") and "not JSON" in failure
+    # after the caller spoke, the model was asked again: the conversation went on
+    assert any(m["role"] == "user" for m in llm.requests[-1]["messages"])
+    assert f"SWAIG function broken failed: {base}/broken answered something that is not JSON" \
+        in caplog.text
+    assert "action 'frobnicate' is not supported by callbox; ignored" in caplog.text
+    assert "action 'hold' is not supported by callbox; ignored" in caplog.text
