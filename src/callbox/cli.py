@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -15,11 +16,20 @@ from callbox import __version__
 log = logging.getLogger("callbox")
 
 
-def _event_loop_policy() -> None:
-    """uvloop when present: about 4x cheaper per UDP packet than the stdlib loop."""
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+EVENT_LOOP_ENV = "CALLBOX_EVENT_LOOP"
+
+
+def _event_loop_policy(choice: str = "auto") -> None:
+    """`auto`: uvloop when importable (about 4x cheaper per UDP packet than the stdlib loop);
+    `uvloop`: uvloop or fail; `asyncio`: the stdlib loop (for comparison)."""
+    if choice == "asyncio":
+        return
     try:
         import uvloop
     except ImportError:
+        if choice == "uvloop":
+            raise SystemExit("callbox: --loop uvloop, but uvloop is not installed") from None
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
@@ -117,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", help="base URL for recording links (http.public_url)")
     serve.add_argument("--data-dir", help="where recordings and state live (storage.data_dir)")
     serve.add_argument("--log-level", help="debug, info, warning or error (log.level)")
+    serve.add_argument("--loop", choices=EVENT_LOOPS,
+                       help=f"event loop: auto (uvloop when installed; default), uvloop or "
+                            f"asyncio (the stdlib loop); also ${EVENT_LOOP_ENV}")
     serve.set_defaults(run=_serve)
 
     call = commands.add_parser("call", help="place a SIP call from the command line")
@@ -143,7 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "call":
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _event_loop_policy()
+    choice = getattr(args, "loop", None) or os.environ.get(EVENT_LOOP_ENV) or "auto"
+    if choice not in EVENT_LOOPS:
+        print(f"callbox: {EVENT_LOOP_ENV} must be one of {', '.join(EVENT_LOOPS)}, "
+              f"got {choice!r}", file=sys.stderr)
+        return 2
+    _event_loop_policy(choice)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(args.run(args))
     return 130

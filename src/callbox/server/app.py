@@ -6,8 +6,9 @@ import asyncio
 import logging
 import secrets
 import uuid
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -72,6 +73,14 @@ class Platform:
         self.relay = RelayHub(self)
         self.accepting = True
         self._sdp_version = secrets.randbelow(2**31)
+        self._ended_media: Counter[str] = Counter()  # RTP counters of the calls that ended
+
+    def media_counters(self) -> dict[str, int]:
+        """RTP totals since start (ended calls + live ones), for /health and benchmarks."""
+        totals = Counter(self._ended_media)
+        for call in self.calls.values():
+            totals.update(_media_counters(call.media))
+        return dict(totals)
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -230,6 +239,7 @@ class Platform:
 
     def _on_call_ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
+        self._ended_media.update(_media_counters(call.media))
         self.ports.release(call.media.sock)
 
     async def _run_route(self, call: Call, route: Route) -> None:
@@ -257,6 +267,13 @@ class Platform:
         except Exception:  # the error prompt is best effort; the hangup is not
             log.debug("error prompt failed", exc_info=True)
         await call.hangup("error")
+
+
+def _media_counters(media: MediaSession) -> dict[str, int]:
+    counters = asdict(media.stats)
+    counters["packets_late"] = media.receive_buffer.late
+    counters["receive_resyncs"] = media.receive_buffer.resyncs
+    return counters
 
 
 def _request_user(uri: str) -> str:

@@ -6,6 +6,7 @@ downloads come with issue 2/6.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -24,7 +25,12 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({
         "status": "healthy",
         "calls": len(platform.calls),
+        "recordings": len(platform.recorder.active) if platform.recorder else 0,
         "media_ticks": platform.clock.ticks,
+        "media_late_ticks": platform.clock.late_ticks,
+        "media_max_behind_ms": round(platform.clock.max_behind * 1000, 1),
+        "rtp": platform.media_counters(),  # totals since start: packets_received, ...
+        "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
     })
 
 

@@ -83,8 +83,66 @@ class ReceiveBuffer:
 
     def push(self, ssrc: int, timestamp: int, pcm: npt.NDArray[np.int16]) -> None:
         """Place one packet's decoded samples (int16) at its RTP timestamp."""
+        span = self._place(ssrc, timestamp, len(pcm))
+        if span is None:
+            return
+        start, skip, count, _delta = span
+        first = min(count, self._size - start)
+        self._ring[start : start + first] = pcm[skip : skip + first]
+        if first < count:
+            self._ring[: count - first] = pcm[skip + first : skip + count]
+
+    def push_g711(
+        self,
+        ssrc: int,
+        timestamp: int,
+        data: bytes,
+        offset: int,
+        end: int,
+        table: npt.NDArray[np.int16],
+    ) -> bool:
+        """:meth:`push` for a G.711 payload still inside its datagram (``data[offset:end]``):
+        decoded with the 256-entry ``table`` straight into the ring, with no copy of the
+        payload and no intermediate array (the receive hot path).
+
+        Returns True when the packet is *fresh*: it starts at least the playout delay ahead of
+        the playout point, as a packet arriving on time does. A packet that is not fresh was
+        queued for a while (or is late), so more may be waiting behind it.
+        """
+        count = end - offset
+        if self.started and ssrc == self._ssrc and count > 0:
+            # the steady state, inlined: on time, within the ring, no wrap (same result as
+            # the general path below, without its calls)
+            delta = ((timestamp - self._read_ts + HALF_TIMESTAMP_RANGE) & TIMESTAMP_MASK) - (
+                HALF_TIMESTAMP_RANGE
+            )
+            start = self._read_index + delta
+            if delta >= 0 and start + count <= self._size:
+                self.packets += 1
+                self._late_run = 0
+                table.take(np.frombuffer(data, np.uint8, count, offset),
+                           out=self._ring[start : start + count])
+                return delta >= self._delay_samples
+        span = self._place(ssrc, timestamp, count)
+        if span is None:
+            return False
+        start, skip, count, delta = span
+        codes = np.frombuffer(data, np.uint8, count, offset + skip)
+        first = min(count, self._size - start)
+        if first == count:
+            table.take(codes, out=self._ring[start : start + count])
+        else:
+            table.take(codes[:first], out=self._ring[start : start + first])
+            table.take(codes[first:], out=self._ring[: count - first])
+        return delta >= self._delay_samples
+
+    def _place(
+        self, ssrc: int, timestamp: int, count: int
+    ) -> tuple[int, int, int, int] | None:
+        """Where a packet of ``count`` samples goes: (ring index, samples to skip at its head,
+        samples to write, offset from the playout point), or None when nothing of it is kept."""
         self.packets += 1
-        count = len(pcm)
+        skip = 0
         if not self.started:
             self.started = True
             self._anchor(ssrc, timestamp)
@@ -102,22 +160,18 @@ class ReceiveBuffer:
                 self.late += 1
                 self._late_run += 1
                 if self._late_run < LATE_PACKETS_BEFORE_RESYNC:
-                    return
+                    return None
                 delta = self._resync(ssrc, timestamp)
             else:
                 self._late_run = 0
                 if delta < 0:  # partly played out already: keep the part still ahead
-                    pcm = pcm[-delta:]
+                    skip = -delta
                     count += delta
                     delta = 0
         count = min(count, self._size - delta)
         if count <= 0:
-            return
-        start = (self._read_index + delta) % self._size
-        first = min(count, self._size - start)
-        self._ring[start : start + first] = pcm[:first]
-        if first < count:
-            self._ring[: count - first] = pcm[first:count]
+            return None
+        return (self._read_index + delta) % self._size, skip, count, delta
 
     def pop_frame(self) -> npt.NDArray[np.int16]:
         """The next ``frame_samples`` samples; that part of the ring is cleared.

@@ -2,7 +2,12 @@
 
 A `Recording` taps its call's two streams (`speak`, `listen`) once per media tick, feeds the
 sans-I/O `RecorderMachine`, and hands the frames it returns to ONE writer thread in batches, so
-encoding and disk writes never block the event loop. Each state change becomes a
+encoding and disk writes never block the event loop. The batches of every recording that
+filled one during a tick go to the thread as one job (one hand-over and one completion
+callback per tick, not one per recording). Opening and finishing files (fsync, rename) run on a
+small separate pool: an fsync can take 100-200 ms on a busy disk (ext4 commits the journal with
+everyone's dirty data), and behind it in the writer's queue every other recording's writes and
+every other `finished` event would wait. Each state change becomes a
 `calling.call.record` event for the call's listeners (SWML, RELAY) and, with `status_url`, a
 signed webhook. The engine knows nothing of SIP, RELAY or SWML.
 """
@@ -37,6 +42,7 @@ from callbox.wire.recording import (
 log = logging.getLogger(__name__)
 
 BATCH_FRAMES = 25  # hand frames to the writer thread every 0.5 s of audio
+FILE_THREADS = 4  # open / close (fsync) / abort, concurrently with the writer thread
 MAX_RECORDINGS_PER_CALL = 10
 EventListener = Callable[[dict[str, Any]], None]
 
@@ -71,7 +77,7 @@ class Recording:
         self._writer: AudioWriter | None = None
         self._batch: list[np.ndarray] = []
         self._write_error: BaseException | None = None
-        self._pending_writes: list[asyncio.Future[None]] = []
+        self._last_job: asyncio.Future[None] | None = None  # the writer job with our last block
         self._unsubscribe_dtmf: Callable[[], None] | None = None
         self._finishing = False
 
@@ -89,7 +95,7 @@ class Recording:
         loop = asyncio.get_running_loop()
         try:
             self._writer = await loop.run_in_executor(
-                self.engine.executor, open_writer, self.params.format, self.path,
+                self.engine.file_executor, open_writer, self.params.format, self.path,
                 self.params.channels,
             )
         except OSError as exc:
@@ -120,13 +126,17 @@ class Recording:
     # -- per frame (on the loop, from the media tick) --------------------------------------
 
     def _on_frame(self, speak: np.ndarray, listen: np.ndarray) -> None:
-        assert self._machine is not None
-        frames = self._machine.feed(speak, listen)
+        machine = self._machine
+        assert machine is not None
+        frames = machine.feed(speak, listen)
         if frames:
-            self._batch.extend(frames)
-            if len(self._batch) >= BATCH_FRAMES:
+            batch = self._batch
+            batch += frames
+            if len(batch) >= BATCH_FRAMES:
                 self._flush_batch()
-        self._drain()
+        transitions = machine.pop_transitions()
+        if transitions or self._write_error is not None:
+            self._drain(transitions)
 
     def _on_digit(self, digit: str) -> None:
         if self._machine is not None and not self._machine.done:
@@ -160,11 +170,16 @@ class Recording:
         if frames:
             self._batch.extend(frames)
 
-    def _drain(self) -> None:
+    def _drain(self, transitions: list[RecState] | None = None) -> None:
+        """Act on the machine's state changes (`transitions`: already popped ones first)."""
         assert self._machine is not None
         if self._write_error is not None and not self._machine.done:
             self._collect(self._machine.fail(self._error_reason(self._write_error)))
-        for state in self._machine.pop_transitions():
+        if transitions:
+            transitions += self._machine.pop_transitions()
+        else:
+            transitions = self._machine.pop_transitions()
+        for state in transitions:
             if state.value in TERMINAL_STATES:
                 if not self._finishing:
                     self._finishing = True
@@ -179,11 +194,7 @@ class Recording:
             return
         block = np.concatenate(self._batch)
         self._batch = []
-        future = asyncio.get_running_loop().run_in_executor(
-            self.engine.executor, self._write, block
-        )
-        self._pending_writes.append(future)
-        future.add_done_callback(self._pending_writes.remove)
+        self.engine.queue_write(self, block)
 
     def _write(self, block: np.ndarray) -> None:
         """In the writer thread. A failure is remembered and ends the recording in `error`."""
@@ -206,9 +217,11 @@ class Recording:
         """Detach, write what is left, close (or discard) the file, report the end."""
         self._detach()
         self._flush_batch()
-        if self._pending_writes:
-            await asyncio.gather(*list(self._pending_writes), return_exceptions=True)
+        self.engine.submit_writes()  # now: the close below must queue behind our last block
+        if self._last_job is not None:  # our last block is written: the file is ours alone
+            await asyncio.gather(self._last_job, return_exceptions=True)
         loop = asyncio.get_running_loop()
+        files = self.engine.file_executor
         final_state = state.value
         if isinstance(self._write_error, RecordingFull):
             final_state = "finished"  # the cap is a clean end, not a failure
@@ -219,14 +232,14 @@ class Recording:
         if writer is not None:
             try:
                 if final_state == "no_input":
-                    await loop.run_in_executor(self.engine.executor, writer.abort)
+                    await loop.run_in_executor(files, writer.abort)
                 else:
-                    self.size = await loop.run_in_executor(self.engine.executor, writer.close)
+                    self.size = await loop.run_in_executor(files, writer.close)
                     self.duration = round(writer.duration, 3)
             except OSError as exc:
                 final_state = "error"
                 self.reason = f"could not finish the file: {exc.strerror or exc}"
-                await loop.run_in_executor(self.engine.executor, writer.abort)
+                await loop.run_in_executor(files, writer.abort)
         if final_state == "error" and self.reason is None and self._machine is not None:
             self.reason = self._machine.reason
         self.state = final_state
@@ -290,6 +303,15 @@ class Recording:
         )
 
 
+def _write_blocks(items: list[tuple[Recording, np.ndarray]]) -> None:
+    """In the writer thread: one job = the blocks of one tick, in order."""
+    for recording, block in items:
+        try:
+            recording._write(block)
+        except Exception:  # one recording's bug must not lose the others' audio
+            log.exception("recording %s: write failed", recording.id)
+
+
 class RecordingEngine:
     def __init__(self, *, data_dir: Path, public_url: str, store: RecordingStore,
                  webhooks: WebhookQueue | None, node_id: str,
@@ -302,7 +324,28 @@ class RecordingEngine:
         self.node_id = node_id
         self.signing_keys = signing_keys or {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recording-writer")
+        self.file_executor = ThreadPoolExecutor(max_workers=FILE_THREADS,
+                                                thread_name_prefix="recording-files")
         self.active: dict[str, Recording] = {}
+        self._queued: list[tuple[Recording, np.ndarray]] = []  # blocks for the next job
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def queue_write(self, recording: Recording, block: np.ndarray) -> None:
+        """Hand `block` to the writer thread with the other blocks of this tick (one job,
+        submitted when the loop gets to it, i.e. after the media tick)."""
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self.submit_writes)
+        self._queued.append((recording, block))
+
+    def submit_writes(self) -> None:
+        """Submit the queued blocks as one job now (the thread runs jobs in order)."""
+        if not self._queued:
+            return
+        items, self._queued = self._queued, []
+        job = asyncio.get_running_loop().run_in_executor(self.executor, _write_blocks, items)
+        for recording, _block in items:
+            recording._last_job = job
 
     async def start_recording(self, call: Call, params: RecordParams, *,
                               control_id: str | None = None,
@@ -392,3 +435,4 @@ class RecordingEngine:
         if pending:
             await asyncio.wait(pending, timeout=10)
         self.executor.shutdown(wait=True)
+        self.file_executor.shutdown(wait=True)

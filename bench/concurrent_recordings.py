@@ -1,0 +1,933 @@
+"""Concurrent recorded calls on one machine: how many, at what cost, every recording complete.
+
+Starts the platform (`callbox serve`, a subprocess with a generated config and its own data
+directory), drives N concurrent calls with sipp (each streams the same known speech file for
+`--seconds`, then hangs up; calls are ramped with `-r`), records every call (a SWML
+`record_call` route, or a RELAY program), and measures:
+
+- the platform's CPU time per recorded call-second (utime+stime of the platform process, all
+  threads, from /proc, over the window where all N calls are up), its event-loop thread's share,
+  the machine's CPU (/proc/stat) and sipp's;
+- peak RSS (VmHWM) and RSS per call over the idle platform;
+- RTP packets sent by sipp vs received by the platform (`/health` totals: received, late);
+- every recording decoded and compared with the source, 20 ms frame by 20 ms frame, after
+  aligning by cross-correlation: a frame is lost when it differs from the source by more than
+  G.711 noise (WAV: the file must equal the decoded G.711 stream) or, for MP3, by more than the
+  codec's own error (see LOSSY_ERROR_RATIO);
+- the time from sipp's BYE to the recording's `finished` event (its `end_time` in the REST
+  API; sipp logs the moment each BYE leaves), p50 and p99;
+- SIP setup latency: sipp's INVITE -> 200 OK response time (`rtd`), p50 and p99.
+
+The step search runs N over `--steps` for each variant and event loop, stopping a variant at its
+first failing step; a step passes when every call succeeded, every recording is complete
+(0 lost frames, right duration) and the processes under test (platform, sipp, RELAY program,
+this bench) used under `--max-cpu` (80 %) of the machine; other users' CPU is reported beside.
+
+    .venv/bin/python bench/concurrent_recordings.py                       # the full search
+    .venv/bin/python bench/concurrent_recordings.py --variants wav-stereo --steps 500 \\
+        --loops uvloop --seconds 60                                       # one step
+    .venv/bin/python bench/concurrent_recordings.py --max-minutes 60 --results bench/RESULTS.md
+
+`tests/integration/test_concurrent_recordings.py` runs a small step (20 calls x 10 s) through
+the same functions as a correctness test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform as host_platform
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the real-peer harness lives in tests/peers
+    sys.path.insert(0, str(ROOT))
+
+from tests.peers import audio  # noqa: E402
+from tests.peers.ports import free_port_range, free_tcp_port, free_udp_port  # noqa: E402
+from tests.peers.sipp import SippResult, run_sipp, stream_key  # noqa: E402
+
+from callbox.server.media.g711 import ulaw_decode, ulaw_encode  # noqa: E402
+
+RATE = 8000
+FRAME = 160  # samples per 20 ms frame = per RTP packet of the stream
+LEAD_SECONDS = 0.5  # silence at the head of the stream: room for the recording to start
+TAIL_SECONDS = 0.5  # the stream ends this long before the BYE
+BED_DBFS = -30.0  # a quiet two-tone bed under the speech, so every frame has content
+LOSSLESS_ERROR_RATIO = 1e-3  # WAV: error power above -30 dB of the frame = not G.711 noise
+LOSSY_ERROR_RATIO = 0.5  # MP3: -3 dB; a lost frame (silence) scores 1.0
+MAX_START_LAG_SECONDS = 2.0
+PROBE_OFFSET_SECONDS = 1  # align on 3 s of content from here (a late start may miss the head)
+DURATION_TOLERANCE = 0.1  # seconds: file length vs recording start -> BYE
+MP3_EXTRA_SECONDS = 0.2  # MP3 decoders add the encoder delay and the last frame's padding
+PROJECT, TOKEN = "bench", "bench-token"
+SERVICE = "rec"
+RELAY_CONTEXT = "bench"
+SENTENCES = (
+    "The quick brown fox jumps over the lazy dog while the band plays on.",
+    "Please leave your message after the tone, and we will call you back.",
+    "Seven silver swans swam silently across the still and misty lake.",
+    "Our office hours are Monday to Friday, from nine in the morning until five.",
+    "A recording is complete only when every frame of the call is in the file.",
+    "Numbers one two three four five six seven eight nine ten, and back again.",
+    "She sells sea shells by the sea shore, and the shells she sells are real.",
+    "Thank you for calling. Your call is important to us. Please stay on the line.",
+)
+
+
+# -- what is recorded -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    format: str
+    stereo: bool
+    relay: bool = False
+
+    def record_params(self) -> dict[str, object]:
+        return {"format": self.format, "stereo": self.stereo, "direction": "both"}
+
+    @property
+    def lossy(self) -> bool:
+        return self.format == "mp3"
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("wav-mono", "wav", False),
+    Variant("wav-stereo", "wav", True),
+    Variant("mp3-mono", "mp3", False),
+    Variant("mp3-stereo", "mp3", True),
+    Variant("relay-wav-stereo", "wav", True, relay=True),
+)}
+
+
+@dataclass(frozen=True)
+class Source:
+    """The audio every caller streams, and what the platform should receive of it."""
+
+    stream: str  # sipp `-key stream` value
+    path: Path  # headerless PCMU
+    call_seconds: float  # ACK -> BYE
+    frames: int  # RTP packets per call
+    content_start: int  # first sample that is checked (after the lead-in)
+
+    def reference(self) -> np.ndarray:
+        """The decoded G.711 stream: exactly what the platform's receive path produces."""
+        return ulaw_decode(self.path.read_bytes())
+
+
+def make_source(call_seconds: float, directory: Path) -> Source:
+    """Speech (espeak-ng) over a quiet two-tone bed, lead-in silence, as a PCMU file lasting
+    `call_seconds - TAIL_SECONDS`."""
+    if call_seconds < LEAD_SECONDS + TAIL_SECONDS + 1.0:
+        raise ValueError(f"calls must last at least 2 s, got {call_seconds:g}")
+    total = round((call_seconds - TAIL_SECONDS) * RATE) // FRAME * FRAME
+    lead = int(LEAD_SECONDS * RATE)
+    pieces: list[np.ndarray] = []
+    length = 0
+    while length < total - lead:
+        for sentence in SENTENCES:
+            piece = audio.speech(sentence)
+            pieces += [piece, np.zeros(RATE // 4, np.int16)]
+            length += len(piece) + RATE // 4
+    speech = np.concatenate(pieces)[: total - lead].astype(np.float64)
+    t = np.arange(len(speech)) / RATE
+    bed = 10 ** (BED_DBFS / 20) * 32767 * 0.5 * (np.sin(2 * np.pi * 350 * t)
+                                                  + np.sin(2 * np.pi * 440 * t))
+    content = np.clip(speech + bed, -32768, 32767).astype(np.int16)
+    samples = np.concatenate([np.zeros(lead, np.int16), content])
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"source-{call_seconds:g}s.ulaw"
+    path.write_bytes(ulaw_encode(samples))
+    return Source(stream_key(path, 1, 0), path, call_seconds, total // FRAME, lead)
+
+
+# -- checking a recording ---------------------------------------------------------------------
+
+
+@dataclass
+class FrameCheck:
+    """One recording against the source."""
+
+    path: str
+    frames: int = 0  # content frames checked
+    lost: int = 0  # frames missing or different
+    lag: int = 0  # samples: where the source's first sample sits in the recording
+    duration: float = 0.0  # seconds of audio in the file
+    channels: int = 0
+    score: float = 0.0  # normalised cross-correlation at `lag`
+    lost_at: list[int] = field(default_factory=list)  # checked frame numbers (first few)
+    skipped: int = 0  # content frames sent before the recording started
+    expected_duration: float = math.nan  # seconds from the recording's start to the BYE
+    error: str = ""
+
+
+def count_lost_frames(recorded: np.ndarray, reference: np.ndarray, content_start: int,
+                      *, lossy: bool) -> tuple[int, int, int, float]:
+    """Align `recorded` (mono: the caller's side) with `reference` by cross-correlation and
+    count the 20 ms content frames that differ from it. Returns (frames, lost, lag, score)."""
+    frames, bad, lag, score, _skipped = lost_frame_map(recorded, reference, content_start,
+                                                       lossy=lossy)
+    return frames, int(np.count_nonzero(bad)), lag, score
+
+
+def lost_frame_map(recorded: np.ndarray, reference: np.ndarray, content_start: int,
+                   *, lossy: bool) -> tuple[int, np.ndarray, int, float, int]:
+    """:func:`count_lost_frames` with the per-frame verdict (True = lost) instead of a count.
+
+    Returns (frames checked, verdicts, lag, score, frames skipped): content frames the caller
+    sent before the recording started (a RELAY program answers, then records) are skipped,
+    not lost; from the recording's first sample to the source's end every frame must be there.
+    """
+    rec = recorded.astype(np.float64)
+    ref = reference.astype(np.float64)
+    probe_at = content_start + PROBE_OFFSET_SECONDS * RATE
+    probe = ref[probe_at: probe_at + 3 * RATE]
+    max_lag = int(MAX_START_LAG_SECONDS * RATE)
+    window = rec[: probe_at + len(probe) + max_lag]
+    score, shift = audio.max_normalized_xcorr(window, probe, max_lag + probe_at,
+                                              min_overlap=0.9)
+    lag = shift - probe_at  # rec[k + lag] ~ ref[k]
+    total = (len(ref) - content_start) // FRAME
+    first = content_start + lag  # where content frame 0 sits in the recording
+    skipped = min(total, max(0, -(first // FRAME)))  # whole frames before the file's start
+    frames = total - skipped
+    start = content_start + skipped * FRAME
+    ref_frames = ref[start: start + frames * FRAME].reshape(frames, FRAME)
+    aligned = np.zeros(frames * FRAME)
+    at = start + lag
+    lo, hi = max(at, 0), min(at + frames * FRAME, len(rec))
+    if hi > lo:
+        aligned[lo - at: hi - at] = rec[lo:hi]
+    aligned_frames = aligned.reshape(frames, FRAME)
+    error = ((aligned_frames - ref_frames) ** 2).sum(axis=1)
+    power = (ref_frames ** 2).sum(axis=1)
+    ratio = LOSSY_ERROR_RATIO if lossy else LOSSLESS_ERROR_RATIO
+    return frames, error > ratio * np.maximum(power, 1.0), lag, score, skipped
+
+
+_REFERENCES: dict[str, np.ndarray] = {}
+
+
+def check_recording(path: str, source_path: str, content_start: int, lossy: bool) -> FrameCheck:
+    """Decode one recording and count its lost frames (runs in worker processes)."""
+    check = FrameCheck(path)
+    try:
+        reference = _REFERENCES.get(source_path)
+        if reference is None:
+            reference = _REFERENCES[source_path] = ulaw_decode(Path(source_path).read_bytes())
+        samples, rate = audio.decode_audio(path)
+        if rate != RATE:
+            raise ValueError(f"sample rate {rate}, expected {RATE}")
+        check.channels = 1 if samples.ndim == 1 else samples.shape[1]
+        check.duration = len(samples) / RATE
+        speak = samples if samples.ndim == 1 else samples[:, 0]
+        check.frames, bad, check.lag, check.score, check.skipped = lost_frame_map(
+            speak, reference, content_start, lossy=lossy)
+        check.lost = int(np.count_nonzero(bad))
+        check.lost_at = [int(i) for i in np.flatnonzero(bad)[:10]]
+    except Exception as exc:  # a broken file is a result, not a crash of the bench
+        check.error = f"{type(exc).__name__}: {exc}"
+    return check
+
+
+def check_recordings(paths: Sequence[str], source: Source, *, lossy: bool,
+                     workers: int = 2) -> list[FrameCheck]:
+    args = [(p, str(source.path), source.content_start, lossy) for p in paths]
+    if workers <= 1 or len(paths) < 8:
+        return [check_recording(*a) for a in args]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(check_recording, *zip(*args, strict=True), chunksize=8))
+
+
+# -- /proc --------------------------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """utime + stime of a process (all its threads) or of one of its threads."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    try:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    """A `kB` line of /proc/<pid>/status (VmRSS, VmHWM)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # guest time is already in user
+    return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS
+
+
+def child_pids(name: str) -> list[int]:
+    """This process's children called `name` (sipp runs as our child)."""
+    pids = []
+    for children in Path("/proc/self/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for pid in children.read_text().split():
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                        pids.append(int(pid))
+    return pids
+
+
+def udp_drops() -> int:
+    """Machine-wide UDP receive-buffer drops (/proc/net/snmp RcvbufErrors)."""
+    lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines()
+             if ln.startswith("Udp:")]
+    header, values = lines[0], lines[1]
+    return int(values[header.index("RcvbufErrors")])
+
+
+def raise_open_files_limit(wanted: int = 65536) -> int:
+    """Raise RLIMIT_NOFILE (soft, and hard when allowed) for us and the children we start."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(soft, wanted)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, max(hard, target)))
+        return target
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
+
+
+# -- the platform under test ----------------------------------------------------------------
+
+
+def swml_route(variant: Variant) -> str:
+    return json.dumps({"version": "1.0.0", "sections": {"main": [
+        {"answer": {}}, {"record_call": variant.record_params()}, {"sleep": 3_600_000},
+    ]}}, separators=(",", ":"))
+
+
+def write_config(directory: Path, variant: Variant, calls: int) -> tuple[Path, dict[str, int]]:
+    """A callbox.toml for this step: fresh data dir, an RTP range of 2 ports per call (+100),
+    max_calls above N, a plain-HTTP listener for the bench's polling (no TLS handshakes in
+    the numbers), and the recording route."""
+    rtp = free_port_range(2 * calls + 100)
+    ports = {"sip": free_udp_port(), "https": free_tcp_port(), "http": free_tcp_port()}
+    lines = [
+        "[sip]", f'listen = "127.0.0.1:{ports["sip"]}"',
+        f'rtp_ports = "{rtp.start}-{rtp.stop - 1}"', f"max_calls = {calls + 100}",
+        "[http]", f'listen = "127.0.0.1:{ports["https"]}"',
+        f'public_url = "https://127.0.0.1:{ports["https"]}"',
+        f'plain_listen = "127.0.0.1:{ports["http"]}"',
+        "[storage]", f'data_dir = "{directory / "data"}"',
+        "[log]", 'level = "info"',
+        "[[projects]]", f'id = "{PROJECT}"', f'token = "{TOKEN}"',
+        "[[routes]]", f'number = "{SERVICE}"',
+    ]
+    lines += [f'context = "{RELAY_CONTEXT}"'] if variant.relay else [
+        f"swml = '{swml_route(variant)}'"]
+    path = directory / "callbox.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path, ports
+
+
+class ServedPlatform:
+    """`callbox serve` as a subprocess, with its log in a file."""
+
+    def __init__(self, directory: Path, variant: Variant, calls: int, loop: str) -> None:
+        self.directory = directory
+        self.config, self.ports = write_config(directory, variant, calls)
+        self.loop = loop
+        self.log_path = directory / "platform.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.base = f"http://127.0.0.1:{self.ports['http']}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def sip_target(self) -> str:
+        return f"127.0.0.1:{self.ports['sip']}"
+
+    async def start(self, session: aiohttp.ClientSession, timeout: float = 30.0) -> dict:
+        cmd = [sys.executable, "-m", "callbox.cli", "serve", "--config", str(self.config),
+               "--loop", self.loop]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=self.directory,
+                                         preexec_fn=raise_open_files_limit)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"callbox serve exited ({self.proc.returncode}):\n"
+                                   + self.log_path.read_text(errors="replace")[-3000:])
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                health = await self.health(session)
+                if health.get("status") == "healthy":
+                    return health
+            await asyncio.sleep(0.1)
+        raise RuntimeError("callbox serve did not become healthy")
+
+    async def health(self, session: aiohttp.ClientSession) -> dict:
+        async with session.get(self.base + "/health") as response:
+            return await response.json()
+
+    async def recordings(self, session: aiohttp.ClientSession) -> list[dict]:
+        """Every recording of the project, through the REST API (all pages)."""
+        rows: list[dict] = []
+        url: str | None = f"{self.base}/api/relay/rest/recordings?page_size=1000"
+        token = base64.b64encode(f"{PROJECT}:{TOKEN}".encode()).decode()
+        headers = {"Authorization": f"Basic {token}"}
+        while url:
+            async with session.get(url, headers=headers) as response:
+                body = await response.json()
+            rows += body["data"]
+            url = body["links"].get("next")
+            if url:  # links carry the public (HTTPS) base: stay on the plain listener
+                url = self.base + url[url.index("/api/"):]
+        return rows
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def call_ids(self) -> dict[str, str]:
+        """Platform call id -> SIP Call-ID, from the platform's per-call log line."""
+        pattern = re.compile(r"call ([0-9a-f-]{36}) from .* \(SIP (\S+)\)$")
+        ids = {}
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            match = pattern.search(line)
+            if match:
+                ids[match.group(1)] = match.group(2)
+        return ids
+
+
+# -- one step ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    t: float
+    platform_cpu: float
+    loop_cpu: float
+    machine_busy: float
+    machine_total: float
+    sipp_cpu: float
+    relay_cpu: float
+    bench_cpu: float
+    rss_kb: int
+    calls: int
+
+
+@dataclass
+class StepResult:
+    variant: str
+    loop: str
+    calls: int
+    seconds: float
+    calls_ok: int = 0
+    calls_failed: int = 0
+    recordings: int = 0
+    complete: int = 0  # finished, 0 lost frames, right duration
+    lost_frames: int = 0
+    bad_duration: int = 0
+    cpu_ms_per_call_second: float = math.nan
+    platform_cpu_pct: float = math.nan  # of one core
+    loop_cpu_pct: float = math.nan  # the event-loop thread, of one core
+    machine_cpu_pct: float = math.nan  # of the whole machine (all cores, all processes)
+    our_cpu_pct: float = math.nan  # of the whole machine: platform + sipp + RELAY + bench
+    sipp_cpu_pct: float = math.nan  # of one core
+    relay_cpu_pct: float = math.nan  # the RELAY program in the steady window, of one core
+    relay_ms_per_call: float = math.nan  # the RELAY program's CPU over the whole run, per call
+    other_cpu_pct: float = math.nan  # everything else on the machine (other users), of 1 core
+    window_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    rss_per_call_kb: float = 0.0
+    rtp_sent: int = 0
+    rtp_received: int = 0
+    rtp_late: int = 0
+    udp_drops: int = 0
+    late_ticks: int = 0
+    max_stall_ms: float = 0.0  # the media clock's longest stall
+    bye_to_finished_ms: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    setup_ms: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    max_start_lag_ms: float = math.nan
+    wall_seconds: float = 0.0
+    max_cpu_pct: float = 80.0
+    problems: list[str] = field(default_factory=list)
+    checks: list[FrameCheck] = field(default_factory=list, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return (not self.problems and self.complete == self.calls
+                and self.calls_ok == self.calls
+                and not (self.our_cpu_pct >= self.max_cpu_pct))
+
+
+def percentiles(values: Iterable[float]) -> tuple[float, float, float]:
+    data = np.asarray(list(values), dtype=np.float64)
+    if data.size == 0:
+        return math.nan, math.nan, math.nan
+    p50, p99 = np.percentile(data, [50, 99])
+    return float(p50), float(p99), float(data.max())
+
+
+def sipp_bye_times(workdir: Path) -> dict[str, float]:
+    """SIP Call-ID -> unix time the BYE left, from the scenario's log action."""
+    times = {}
+    for path in workdir.glob("*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) >= 5 and parts[1] == "BYE":
+                with contextlib.suppress(ValueError):
+                    times[parts[0]] = float(parts[-1])
+    return times
+
+
+def sipp_response_times(workdir: Path) -> list[float]:
+    """INVITE -> 200 OK per call, ms (sipp -trace_rtt with -rtt_freq 1)."""
+    values = []
+    for path in workdir.glob("*_rtt.csv"):
+        for line in path.read_text(errors="replace").splitlines()[1:]:
+            parts = line.split(";")
+            if len(parts) >= 2:
+                with contextlib.suppress(ValueError):
+                    values.append(float(parts[1]))
+    return values
+
+
+def _iso_to_unix(text: str | None) -> float:
+    if not text:
+        return math.nan
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+async def _sample(platform: ServedPlatform, session: aiohttp.ClientSession,
+                  relay_pid: int | None) -> Sample:
+    busy, total = machine_cpu()
+    try:
+        calls = (await platform.health(session))["calls"]
+    except (aiohttp.ClientError, OSError, KeyError):
+        calls = -1
+    return Sample(
+        t=time.monotonic(), platform_cpu=proc_cpu_seconds(platform.pid),
+        loop_cpu=proc_cpu_seconds(platform.pid, platform.pid),
+        machine_busy=busy, machine_total=total,
+        sipp_cpu=sum(proc_cpu_seconds(pid) for pid in child_pids("sipp")),
+        relay_cpu=proc_cpu_seconds(relay_pid) if relay_pid else 0.0,
+        bench_cpu=time.process_time() + _children_cpu(),
+        rss_kb=proc_status_kb(platform.pid, "VmRSS"), calls=calls,
+    )
+
+
+def _children_cpu() -> float:
+    """CPU of this process's finished children (analysis workers of earlier steps)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _steady_window(samples: list[Sample], calls: int) -> tuple[Sample, Sample] | None:
+    """First and last samples of the stretch where all calls were up (one sample trimmed at
+    each end, so ramp-up and the first hangups stay out)."""
+    full = [i for i, s in enumerate(samples) if s.calls >= calls]
+    if len(full) < 4:
+        return None
+    return samples[full[0] + 1], samples[full[-1] - 1]
+
+
+async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate: float = 50.0,
+                   loop: str = "uvloop", workdir: Path, source: Source | None = None,
+                   max_cpu_pct: float = 80.0, analysis_workers: int = 2,
+                   progress=None) -> StepResult:
+    """Run N concurrent recorded calls against a fresh platform and measure everything."""
+    started = time.monotonic()
+    say = progress or (lambda _msg: None)
+    workdir.mkdir(parents=True, exist_ok=True)
+    raise_open_files_limit()
+    source = source or make_source(seconds, workdir)
+    result = StepResult(variant.name, loop, calls, seconds, max_cpu_pct=max_cpu_pct)
+    platform = ServedPlatform(workdir, variant, calls, loop)
+    relay_proc: subprocess.Popen[bytes] | None = None
+    samples: list[Sample] = []
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        try:
+            health = await platform.start(session)
+            result.loop = health.get("event_loop", loop)
+            if loop != "auto" and result.loop != loop:
+                result.problems.append(f"asked for the {loop} loop, got {result.loop}")
+            if variant.relay:
+                relay_proc = await start_relay_program(platform, variant, workdir)
+            await asyncio.sleep(0.5)
+            idle_rss = proc_status_kb(platform.pid, "VmRSS")
+            drops_before = udp_drops()
+            media = free_port_range(4 * calls + 8)
+            say(f"{variant.name} {loop} N={calls}: calling")
+            sipp_task = asyncio.create_task(run_sipp(
+                "uac_stream_bye", platform.sip_target, service=SERVICE,
+                local_port=free_udp_port(), media_port=media.start,
+                keys={"stream": source.stream}, calls=calls, rate=rate, limit=calls,
+                timeout=seconds + calls / rate + 120, trace_messages=False,
+                workdir=workdir / "sipp",
+                extra_args=["-d", str(int(seconds * 1000)), "-trace_logs", "-log_file",
+                            str(workdir / "sipp" / "calls.log"), "-trace_rtt",
+                            "-rtt_freq", "1", "-fd", "5"],
+            ))
+            relay_pid = relay_proc.pid if relay_proc else None
+            while not sipp_task.done():
+                samples.append(await _sample(platform, session, relay_pid))
+                await asyncio.wait({sipp_task}, timeout=1.0)
+            sipp: SippResult = sipp_task.result()
+            say(f"{variant.name} {loop} N={calls}: calls done, waiting for the recordings")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                health = await platform.health(session)
+                if health["recordings"] == 0 and health["calls"] == 0:
+                    break
+                await asyncio.sleep(0.2)
+            result.peak_rss_mb = proc_status_kb(platform.pid, "VmHWM") / 1024
+            result.rss_per_call_kb = (proc_status_kb(platform.pid, "VmHWM") - idle_rss) / calls
+            result.udp_drops = udp_drops() - drops_before
+            rtp = health.get("rtp", {})
+            result.rtp_received = rtp.get("packets_received", 0)
+            result.rtp_late = rtp.get("packets_late", 0)
+            result.late_ticks = health.get("media_late_ticks", 0)
+            result.max_stall_ms = health.get("media_max_behind_ms", 0.0)
+            rows = await platform.recordings(session)
+        finally:
+            if relay_proc is not None:
+                result.relay_ms_per_call = proc_cpu_seconds(relay_proc.pid) * 1000 / calls
+                stop_process(relay_proc)
+            platform.stop()
+
+    # -- SIP and CPU
+    result.calls_ok = sipp.stat("SuccessfulCall")
+    result.calls_failed = sipp.stat("FailedCall")
+    if not sipp.ok:
+        result.problems.append(f"sipp exit {sipp.returncode}"
+                               f"{' (timed out)' if sipp.timed_out else ''}")
+    result.rtp_sent = result.calls_ok * source.frames
+    result.setup_ms = percentiles(sipp_response_times(workdir / "sipp"))
+    window = _steady_window(samples, calls)
+    if window is None:
+        result.problems.append("never had all calls up at once (ramp too slow for the length?)")
+    else:
+        first, last = window
+        span = last.t - first.t
+        result.window_seconds = span
+        platform_cpu = last.platform_cpu - first.platform_cpu
+        result.cpu_ms_per_call_second = platform_cpu * 1000 / (calls * span)
+        result.platform_cpu_pct = 100 * platform_cpu / span
+        result.loop_cpu_pct = 100 * (last.loop_cpu - first.loop_cpu) / span
+        # /proc/stat misses some ticks (about 5 % in this VM), per-process times do not: use
+        # its busy *share*, and wall time x cores for the per-process figures
+        busy_share = ((last.machine_busy - first.machine_busy)
+                      / (last.machine_total - first.machine_total))
+        cores = os.cpu_count() or 1
+        result.machine_cpu_pct = 100 * busy_share
+        result.sipp_cpu_pct = 100 * (last.sipp_cpu - first.sipp_cpu) / span
+        if variant.relay:
+            result.relay_cpu_pct = 100 * (last.relay_cpu - first.relay_cpu) / span
+        ours = (platform_cpu + (last.sipp_cpu - first.sipp_cpu) + (last.relay_cpu - first.relay_cpu)
+                + (last.bench_cpu - first.bench_cpu))
+        result.our_cpu_pct = 100 * ours / (span * cores)
+        result.other_cpu_pct = max(0.0, (result.machine_cpu_pct - result.our_cpu_pct) * cores)
+
+    # -- recordings
+    sip_ids = platform.call_ids()
+    byes = sipp_bye_times(workdir / "sipp")
+    latencies = []
+    finished = [r for r in rows if r["state"] == "finished"]
+    result.recordings = len(rows)
+    if len(finished) != len(rows):
+        states = sorted({r["state"] for r in rows})
+        result.problems.append(f"recording states {states}")
+    expected: dict[str, float] = {}  # file -> seconds from the recording's start to the BYE
+    data_dir = workdir / "data" / "recordings"
+    for row in finished:
+        bye = byes.get(sip_ids.get(row["call_id"], ""))
+        if bye is not None:
+            latencies.append(1000 * (_iso_to_unix(row["end_time"]) - bye))
+            path = str(data_dir / f"{row['id']}.{row['format']}")
+            expected[path] = bye - _iso_to_unix(row["start_time"])
+    result.bye_to_finished_ms = percentiles(latencies)
+    if len(latencies) != len(finished):
+        result.problems.append(f"BYE time known for {len(latencies)} of {len(finished)}")
+    say(f"{variant.name} {loop} N={calls}: checking {len(finished)} recordings")
+    paths = [str(data_dir / f"{r['id']}.{r['format']}") for r in finished]
+    result.checks = check_recordings(paths, source, lossy=variant.lossy,
+                                     workers=analysis_workers)
+    channels = 2 if variant.stereo else 1
+    tolerance = DURATION_TOLERANCE + (MP3_EXTRA_SECONDS if variant.lossy else 0.0)
+    for check in result.checks:
+        check.duration = round(check.duration, 3)
+        check.expected_duration = round(expected.get(check.path, math.nan), 3)
+        right_length = abs(check.duration - check.expected_duration) <= tolerance
+        result.lost_frames += check.lost
+        result.bad_duration += not right_length
+        if not check.error and check.lost == 0 and right_length and check.channels == channels:
+            result.complete += 1
+    errors = sorted({c.error for c in result.checks if c.error})
+    if errors:
+        result.problems.append(f"undecodable: {errors[:3]}")
+    if result.bad_duration:
+        worst = max(result.checks, key=lambda c: abs(c.duration - c.expected_duration))
+        result.problems.append(f"{result.bad_duration} recordings of the wrong length (worst: "
+                               f"{worst.duration} s for {worst.expected_duration} s)")
+    if result.checks:
+        result.max_start_lag_ms = max(c.lag for c in result.checks) * 1000 / RATE
+        late_start = max(c.skipped for c in result.checks)
+        if late_start and not variant.relay:  # SWML starts at the answer, before any audio
+            result.problems.append(f"a recording started {late_start * 20} ms into the "
+                                   "caller's audio")
+    lossy_calls = [c for c in result.checks if c.lost]
+    if lossy_calls:
+        where = sorted({round(i * FRAME / RATE, 1) for c in lossy_calls for i in c.lost_at})
+        result.problems.append(f"{len(lossy_calls)} recordings lost frames, at content "
+                               f"seconds {where[:8]}")
+    result.wall_seconds = time.monotonic() - started
+    (workdir / "result.json").write_text(json.dumps(asdict(result), indent=1, default=str))
+    return result
+
+
+# -- the RELAY variant ------------------------------------------------------------------------
+
+RELAY_PROGRAM = Path(__file__).resolve().parent / "relay_recorder.py"
+
+
+async def start_relay_program(platform: ServedPlatform, variant: Variant,
+                              workdir: Path) -> subprocess.Popen:
+    """The RELAY program that answers and records every call (its own process, so its CPU is
+    not the platform's); returns once it is connected."""
+    ready = workdir / "relay.ready"
+    cmd = [sys.executable, str(RELAY_PROGRAM), "--host", f"127.0.0.1:{platform.ports['http']}",
+           "--project", PROJECT, "--token", TOKEN, "--context", RELAY_CONTEXT,
+           "--ready-file", str(ready), "--format", variant.format]
+    cmd += ["--stereo"] if variant.stereo else []
+    with (workdir / "relay.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, preexec_fn=raise_open_files_limit)
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(proc)
+            raise RuntimeError("the RELAY program did not connect:\n"
+                               + (workdir / "relay.log").read_text(errors="replace")[-3000:])
+        await asyncio.sleep(0.1)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- report -----------------------------------------------------------------------------------
+
+HEADER = (
+    "| variant | loop | N | calls ok | recordings complete | lost frames "
+    "| CPU ms per rec. call-s | platform CPU (% of 1 core) | loop thread % "
+    "| machine CPU % (ours / all) | sipp CPU % | other CPU % | peak RSS MB | RSS per call KB "
+    "| RTP sent / received / late | clock max stall ms | BYE->finished p50 / p99 ms "
+    "| SIP setup p50 / p99 ms | pass |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _f(value: float, digits: int = 0) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{value:.{digits}f}"
+
+
+def table_row(r: StepResult) -> str:
+    verdict = "yes" if r.passed else "**no**" + (f" ({'; '.join(r.problems)})"
+                                                 if r.problems else "")
+    name = r.variant + (f" (RELAY program: {_f(r.relay_ms_per_call, 1)} ms CPU per call)"
+                        if not math.isnan(r.relay_ms_per_call) else "")
+    return (f"| {name} | {r.loop} | {r.calls} | {r.calls_ok} | {r.complete}/{r.calls} "
+            f"| {r.lost_frames} | {_f(r.cpu_ms_per_call_second, 3)} | {_f(r.platform_cpu_pct)} "
+            f"| {_f(r.loop_cpu_pct)} | {_f(r.our_cpu_pct)} / {_f(r.machine_cpu_pct)} "
+            f"| {_f(r.sipp_cpu_pct)} "
+            f"| {_f(r.other_cpu_pct)} "
+            f"| {_f(r.peak_rss_mb)} | {_f(r.rss_per_call_kb)} "
+            f"| {r.rtp_sent} / {r.rtp_received} / {r.rtp_late} | {_f(r.max_stall_ms)} "
+            f"| {_f(r.bye_to_finished_ms[0])} / {_f(r.bye_to_finished_ms[1])} "
+            f"| {_f(r.setup_ms[0])} / {_f(r.setup_ms[1])} | {verdict} |")
+
+
+def machine_description() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} cores ({model}, {host_platform.machine()}), {memory:.0f} GiB, "
+            f"Python {host_platform.python_version()}, {sipp_version()}")
+
+
+def sipp_version() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["sipp", "-v"], capture_output=True, text=True, timeout=5).stdout
+        match = re.search(r"SIPp v?(\S+)", out)
+        if match:
+            return f"sipp {match.group(1).split('-')[0]}"
+    return "sipp"
+
+
+def git_commit() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + (" + uncommitted changes in src/" if dirty else "")
+    return "unknown"
+
+
+# -- the search -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="wav-stereo,wav-mono,mp3-stereo,mp3-mono",
+                        help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--loops", default="uvloop,asyncio",
+                        help="event loops to compare: uvloop, asyncio")
+    parser.add_argument("--steps", default="100,200,300,500,700,1000",
+                        help="N values, ascending; a variant stops at its first failure")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each call")
+    parser.add_argument("--rate", type=float, default=50.0, help="new calls per second")
+    parser.add_argument("--max-minutes", type=float, default=90.0,
+                        help="stop starting steps after this long")
+    parser.add_argument("--max-cpu", type=float, default=80.0,
+                        help="a step fails when the machine's CPU is above this (%%)")
+    parser.add_argument("--workdir", help="keep files here (default: a temp dir, removed)")
+    parser.add_argument("--keep", action="store_true", help="keep recordings and logs")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="re-run a failing step this many times (other users of the "
+                             "machine can cause a failure; every run is reported)")
+    parser.add_argument("--results", help="append the table to this Markdown file")
+    args = parser.parse_args(argv)
+
+    variants = [VARIANTS[name.strip()] for name in args.variants.split(",") if name.strip()]
+    loops = [name.strip() for name in args.loops.split(",") if name.strip()]
+    steps = sorted(int(n) for n in args.steps.split(","))
+    deadline = time.monotonic() + args.max_minutes * 60
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="callbox-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    source = make_source(args.seconds, root)
+    print(f"# concurrent_recordings: {machine_description()}; commit {git_commit()}; "
+          f"calls of {args.seconds:g} s ramped at {args.rate:g}/s; workdir {root}", flush=True)
+    print(HEADER, flush=True)
+    results: list[StepResult] = []
+    skipped: list[str] = []
+    for loop in loops:
+        for variant in variants:
+            for calls in steps:
+                estimate = args.seconds + calls / args.rate + 30 + calls * 0.05
+                if time.monotonic() + estimate > deadline:
+                    skipped.append(f"{variant.name} {loop} N>={calls}")
+                    break
+                for attempt in range(1 + max(0, args.retries)):
+                    step_dir = root / f"{variant.name}-{loop}-{calls}-{attempt + 1}"
+                    result = asyncio.run(run_step(
+                        variant, calls, seconds=args.seconds, rate=args.rate, loop=loop,
+                        workdir=step_dir, source=source, max_cpu_pct=args.max_cpu,
+                        progress=lambda msg: print(f"  ... {msg}", file=sys.stderr,
+                                                   flush=True)))
+                    results.append(result)
+                    print(table_row(result), flush=True)
+                    if not args.keep:
+                        _remove_recordings(step_dir)
+                    if result.passed or time.monotonic() + estimate > deadline:
+                        break
+                if not result.passed:
+                    break
+    summary = _summary(results, skipped)
+    print(summary)
+    if args.results:
+        _append_results(Path(args.results), args, results, summary)
+    return 0
+
+
+def _remove_recordings(step_dir: Path) -> None:
+    for path in (step_dir / "data" / "recordings").glob("*"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _summary(results: list[StepResult], skipped: list[str]) -> str:
+    lines = ["", "Largest N with every recording complete and the machine under the CPU limit:"]
+    best: dict[tuple[str, str], int] = {}
+    for r in results:
+        key = (r.variant, r.loop)
+        best.setdefault(key, 0)
+        if r.passed:
+            best[key] = max(best[key], r.calls)
+    for (variant, loop), n in best.items():
+        lines.append(f"- {variant}, {loop}: {n or 'none of the steps'}")
+    if skipped:
+        lines.append(f"Not run (time budget): {', '.join(skipped)}")
+    return "\n".join(lines)
+
+
+def _append_results(path: Path, args: argparse.Namespace, results: list[StepResult],
+                    summary: str) -> None:
+    today = dt.date.today().isoformat()
+    command = ("`.venv/bin/python bench/concurrent_recordings.py "
+               + " ".join(a for a in sys.argv[1:] if a) + "`")
+    text = [f"\n## concurrent_recordings.py — {today}\n",
+            f"Machine: {machine_description()}. Commit: {git_commit()}.",
+            f"Command: {command}\n", HEADER]
+    text += [table_row(r) for r in results]
+    text.append(summary + "\n")
+    with path.open("a") as out:
+        out.write("\n".join(text) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
