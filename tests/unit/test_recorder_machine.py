@@ -469,3 +469,69 @@ def test_random_sequences_keep_the_invariants(ops, entry, max_length, end_silenc
         # only the end-silence stop cuts, and what it cuts is silence
         assert r.m.state is RecState.FINISHED and p.end_silence_timeout > 0
         assert not want[len(got) :].any()
+
+
+# -- blocks of frames (the engine stages a few ticks) ----------------------------------------
+
+# an op: ("audio", frames, content per frame), or a command between blocks
+AUDIO_OP = st.tuples(st.just("audio"), st.lists(st.sampled_from(["speech", "quiet", "zero"]),
+                                                min_size=1, max_size=40))
+COMMAND_OP = st.sampled_from([("pause", "silence"), ("pause", "skip"), ("resume",),
+                              ("digit", "#"), ("digit", "1")])
+BLOCK_PARAMS = st.fixed_dictionaries({
+    "format": st.just("wav"),
+    "stereo": st.booleans(),
+    "direction": st.sampled_from(["speak", "listen", "both"]),
+    "initial_timeout": st.sampled_from([0, 0.1, 0.5]),
+    "end_silence_timeout": st.sampled_from([0, 0.3, 0.6]),
+    "max_length": st.sampled_from([0, 0.5, 1.3]),
+    "terminators": st.just("#"),
+})
+
+
+def render(kinds: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Speak and listen audio for frames of the given kinds (distinct samples per frame)."""
+    rng = np.random.default_rng(seed)
+    level = {"speech": 8000, "quiet": 40, "zero": 0}
+    speak = np.concatenate([rng.integers(-level[k] - 1, level[k] + 1, FRAME_SAMPLES)
+                            for k in kinds]).astype(np.int16)
+    return speak, (speak[::-1] // 2).astype(np.int16)
+
+
+def play(m: RecorderMachine, ops: list, block_sizes: list[int], seed: int) -> tuple:
+    """Run ops through `m`, feeding audio in the given block sizes (cycled)."""
+    out: list[np.ndarray] = []
+    states: list[RecState] = []
+    sizes = iter(block_sizes * 1000)
+    for number, op in enumerate(ops):
+        if op[0] == "audio":
+            speak, listen = render(op[1], seed + number)
+            at = 0
+            while at < len(op[1]):
+                size = next(sizes)
+                piece = slice(at * FRAME_SAMPLES, (at + size) * FRAME_SAMPLES)
+                out += m.feed(speak[piece].copy(), listen[piece].copy())
+                at += size
+        elif op[0] == "pause":
+            m.pause(op[1])
+        elif op[0] == "resume":
+            m.resume()
+        else:
+            out += m.digit(op[1])
+        states += m.pop_transitions()
+    out += m.stop()
+    states += m.pop_transitions()
+    audio = np.concatenate(out) if out else np.zeros(0, np.int16)
+    return audio, states, m.frames_out
+
+
+@settings(max_examples=150, deadline=None)
+@given(BLOCK_PARAMS, st.lists(st.one_of(AUDIO_OP, COMMAND_OP), max_size=8),
+       st.lists(st.integers(1, 12), min_size=1, max_size=4), st.integers(0, 1000))
+def test_feeding_blocks_equals_feeding_frames(raw, ops, block_sizes, seed):
+    p = RecordParams.parse(raw, "swml_record")
+    by_frame = play(RecorderMachine(p), ops, [1], seed)
+    by_block = play(RecorderMachine(p), ops, block_sizes, seed)
+    assert np.array_equal(by_block[0], by_frame[0])
+    assert by_block[1] == by_frame[1]
+    assert by_block[2] == by_frame[2] == len(by_frame[0]) // FRAME_SAMPLES

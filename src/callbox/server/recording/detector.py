@@ -50,6 +50,26 @@ class VoiceDetector:
             return False
         return float(np.dot(samples, samples)) > self._mean_square * samples.size
 
+    def feed_frames(self, block: np.ndarray) -> tuple[list[bool], int]:
+        """:meth:`feed` for a block of whole frames (one vectorised energy pass): each frame's
+        result, and the index of the frame from which speech has started (0 when it had
+        already started; the number of frames when it has not started yet)."""
+        frames = block.reshape(-1, FRAME_SAMPLES).astype(np.float64)
+        speech: list[bool] = (np.einsum("ij,ij->i", frames, frames)
+                              > self._sum_threshold).tolist()
+        if self.speech_started:
+            return speech, 0
+        for index, is_speech in enumerate(speech):
+            if not is_speech:
+                self._run = 0
+                continue
+            self._run += 1
+            if self._run >= ONSET_FRAMES:
+                self.speech_started = True
+                return speech, index
+            speech[index] = False  # not speech until the onset is complete
+        return speech, len(speech)
+
     def feed(self, frame: np.ndarray) -> bool:
         """Feed the next frame; True when speech has started and this frame is speech."""
         speech = self.frame_is_speech(frame)

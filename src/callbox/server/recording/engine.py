@@ -27,6 +27,7 @@ import numpy as np
 
 from callbox.server.call import Call, CallState
 from callbox.server.media.sources import beep
+from callbox.server.recording.detector import FRAME_SAMPLES
 from callbox.server.recording.machine import RecorderMachine, RecState
 from callbox.server.recording.writers import AudioWriter, RecordingFull, open_writer, repair_partial
 from callbox.server.store.recordings import RecordingRow, RecordingStore
@@ -41,7 +42,11 @@ from callbox.wire.recording import (
 
 log = logging.getLogger(__name__)
 
-BATCH_FRAMES = 25  # hand frames to the writer thread every 0.5 s of audio
+# The tap stages STAGE_FRAMES ticks of both streams before the state machine sees them, so
+# numpy and the machine work on 200 ms blocks instead of 20 ms frames (a command, a digit or
+# the hangup feeds what is staged first; a timer's state change is noticed <= 180 ms late).
+STAGE_FRAMES = 10
+BATCH_SAMPLES = 25 * FRAME_SAMPLES  # hand audio to the writer thread every 0.5 s
 FILE_THREADS = 4  # open / close (fsync) / abort, concurrently with the writer thread
 MAX_RECORDINGS_PER_CALL = 10
 EventListener = Callable[[dict[str, Any]], None]
@@ -75,7 +80,11 @@ class Recording:
         self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._machine: RecorderMachine | None = None
         self._writer: AudioWriter | None = None
+        self._stage_speak = np.empty(STAGE_FRAMES * FRAME_SAMPLES, np.int16)
+        self._stage_listen = np.empty(STAGE_FRAMES * FRAME_SAMPLES, np.int16)
+        self._staged = 0  # samples staged
         self._batch: list[np.ndarray] = []
+        self._batch_samples = 0
         self._write_error: BaseException | None = None
         self._last_job: asyncio.Future[None] | None = None  # the writer job with our last block
         self._unsubscribe_dtmf: Callable[[], None] | None = None
@@ -126,20 +135,30 @@ class Recording:
     # -- per frame (on the loop, from the media tick) --------------------------------------
 
     def _on_frame(self, speak: np.ndarray, listen: np.ndarray) -> None:
+        start = self._staged
+        end = start + FRAME_SAMPLES
+        self._stage_speak[start:end] = speak
+        self._stage_listen[start:end] = listen
+        self._staged = end
+        if end == len(self._stage_speak) or self._write_error is not None:
+            self._feed_staged()
+
+    def _feed_staged(self) -> None:
+        """Give the staged frames to the machine, queue what it returns, act on its changes."""
         machine = self._machine
-        assert machine is not None
-        frames = machine.feed(speak, listen)
-        if frames:
-            batch = self._batch
-            batch += frames
-            if len(batch) >= BATCH_FRAMES:
+        staged, self._staged = self._staged, 0
+        if machine is None or machine.done:
+            return
+        if staged:
+            self._collect(machine.feed(self._stage_speak[:staged], self._stage_listen[:staged]))
+            if self._batch_samples >= BATCH_SAMPLES:
                 self._flush_batch()
-        transitions = machine.pop_transitions()
-        if transitions or self._write_error is not None:
-            self._drain(transitions)
+        if machine.has_transitions or self._write_error is not None:
+            self._drain()
 
     def _on_digit(self, digit: str) -> None:
         if self._machine is not None and not self._machine.done:
+            self._feed_staged()  # the digit comes after the audio before it
             self._collect(self._machine.digit(digit))
             self._drain()
 
@@ -151,35 +170,36 @@ class Recording:
 
     def pause(self, behavior: str = "silence") -> None:
         if self._machine is not None:
+            self._feed_staged()
             self._machine.pause(behavior)
             self._drain()
 
     def resume(self) -> None:
         if self._machine is not None:
+            self._feed_staged()
             self._machine.resume()
             self._drain()
 
     def stop(self) -> None:
         if self._machine is not None and not self._machine.done:
-            self._collect(self._machine.stop())
+            self._feed_staged()
+            if not self._machine.done:
+                self._collect(self._machine.stop())
             self._drain()
 
     # -- state changes ----------------------------------------------------------------------
 
-    def _collect(self, frames: list[np.ndarray] | None) -> None:
-        if frames:
-            self._batch.extend(frames)
+    def _collect(self, blocks: list[np.ndarray]) -> None:
+        for block in blocks:
+            self._batch.append(block)
+            self._batch_samples += len(block)
 
-    def _drain(self, transitions: list[RecState] | None = None) -> None:
-        """Act on the machine's state changes (`transitions`: already popped ones first)."""
+    def _drain(self) -> None:
+        """Act on the machine's state changes."""
         assert self._machine is not None
         if self._write_error is not None and not self._machine.done:
             self._collect(self._machine.fail(self._error_reason(self._write_error)))
-        if transitions:
-            transitions += self._machine.pop_transitions()
-        else:
-            transitions = self._machine.pop_transitions()
-        for state in transitions:
+        for state in self._machine.pop_transitions():
             if state.value in TERMINAL_STATES:
                 if not self._finishing:
                     self._finishing = True
@@ -192,8 +212,9 @@ class Recording:
     def _flush_batch(self) -> None:
         if not self._batch or self._writer is None:
             return
-        block = np.concatenate(self._batch)
+        block = self._batch[0] if len(self._batch) == 1 else np.concatenate(self._batch)
         self._batch = []
+        self._batch_samples = 0
         self.engine.queue_write(self, block)
 
     def _write(self, block: np.ndarray) -> None:

@@ -6,11 +6,14 @@ into `calling.call.record` events. Every timer counts fed frames, so it is exact
 
 States: `recording` -> (`paused` <-> `recording`)* -> `finished` | `no_input` | `error`.
 
-Frame contract: frames leave the machine ONLY as the return values of `feed()`, `digit()`,
+Frame contract: audio leaves the machine ONLY as the return values of `feed()`, `digit()`,
 `stop()` and `fail()`, in file order; append each returned list to the file and nothing is
-lost. `pause()` and `resume()` never return frames. Returned arrays are owned by the caller
-(never reused by the machine) except the shared all-zero frame of `pause("silence")`, which is
-read-only. Mono frames have shape `(n,)`, stereo frames `(n, 2)` (left = speak, right =
+lost. `pause()` and `resume()` never return audio. `feed()` takes one or more whole 20 ms
+frames of each stream at once (the engine stages a few ticks: numpy then works on whole
+blocks); the result is the same as feeding them one by one, except that a state change is
+noticed when the block is fed. Returned arrays (blocks of whole frames) are owned by the
+caller (never reused by the machine) except the shared all-zero blocks of `pause("silence")`,
+which are read-only. Mono audio has shape `(n,)`, stereo `(n, 2)` (left = speak, right =
 listen), all int16.
 
 Trailing silence: after speech has started, the first `HANGOVER_FRAMES` of each non-speech run
@@ -56,11 +59,11 @@ def seconds_to_frames(seconds: float) -> int:
     return max(1, math.ceil(round(seconds * FRAMES_PER_SECOND, 6)))
 
 
-def _zero_frame(channels: int) -> np.ndarray:
-    shape = (FRAME_SAMPLES, 2) if channels == 2 else (FRAME_SAMPLES,)
-    frame = np.zeros(shape, dtype=np.int16)
-    frame.flags.writeable = False
-    return frame
+def _zero_frames(channels: int, frames: int) -> np.ndarray:
+    shape = (FRAME_SAMPLES * frames, 2) if channels == 2 else (FRAME_SAMPLES * frames,)
+    block = np.zeros(shape, dtype=np.int16)
+    block.flags.writeable = False
+    return block
 
 
 class RecorderMachine:
@@ -75,9 +78,10 @@ class RecorderMachine:
         self._initial_frames = seconds_to_frames(params.initial_timeout)
         self._end_silence_frames = seconds_to_frames(params.end_silence_timeout)
         self._max_frames = seconds_to_frames(params.max_length)
-        self._zero = _zero_frame(params.channels)
-        self._mix = np.empty(FRAME_SAMPLES, dtype=np.int32)  # scratch for mono `both`
-        self._held: list[np.ndarray] = []
+        # voice detection only matters to the timers that wait for speech or silence
+        self._detects = bool(self._initial_frames or self._end_silence_frames)
+        self._zeros = _zero_frames(params.channels, 1)  # grown to the largest block fed
+        self._held: list[np.ndarray] = []  # one array per held frame
         self._waited = 0  # recording frames fed before speech started
         self._silence_run = 0  # non-speech frames since the last speech frame
         self._frames_out = 0
@@ -123,6 +127,11 @@ class RecorderMachine:
         """Why the recording failed (state `error`), else None."""
         return self._reason
 
+    @property
+    def has_transitions(self) -> bool:
+        """True when pop_transitions() has something (cheap: no list is made)."""
+        return bool(self._transitions)
+
     def pop_transitions(self) -> list[RecState]:
         """State changes since the last call, oldest first (the first call includes RECORDING)."""
         transitions, self._transitions = self._transitions, []
@@ -131,13 +140,21 @@ class RecorderMachine:
     # -- input ----------------------------------------------------------------------------------
 
     def feed(self, speak: np.ndarray, listen: np.ndarray) -> list[np.ndarray]:
-        """Feed one 20 ms frame of each stream; returns the frames to append to the file now."""
+        """Feed the same number of whole 20 ms frames of each stream; returns the audio to
+        append to the file now."""
+        frames = len(speak) // FRAME_SAMPLES
         if self._state is RecState.RECORDING:
-            return self._feed_recording(speak, listen)
+            block = self._file_block(speak, listen)
+            if self._detects:
+                return self._feed_detecting(block, speak, listen)
+            return self._feed_plain(block, frames)
         if self._state is RecState.PAUSED and self._pause_behavior == "silence":
             out = self._take_held()
-            out.append(self._zero)
             self._frames_out += len(out)
+            if self._max_frames:  # the zeros up to max_length; what is held counts first
+                frames = max(0, min(frames, self._max_frames - self._frames_out))
+            out.append(self._zero_block(frames))
+            self._frames_out += frames
             if self._max_frames and self._frames_out >= self._max_frames:
                 self._set(RecState.FINISHED)
             return out
@@ -196,53 +213,78 @@ class RecorderMachine:
         self._set(state)
         return out
 
-    def _frame(self, speak: np.ndarray, listen: np.ndarray) -> np.ndarray:
-        """The file's frame for this tick (a new array)."""
+    def _zero_block(self, frames: int) -> np.ndarray:
+        if len(self._zeros) < frames * FRAME_SAMPLES:
+            self._zeros = _zero_frames(self.params.channels, frames)
+        return self._zeros[: frames * FRAME_SAMPLES]
+
+    def _file_block(self, speak: np.ndarray, listen: np.ndarray) -> np.ndarray:
+        """The file's audio for these frames (a new array)."""
         direction = self.params.direction
         if self.params.stereo:
             shape = (speak.shape[0], 2)
-            frame = np.empty(shape, np.int16) if direction == "both" else np.zeros(shape, np.int16)
+            block = np.empty(shape, np.int16) if direction == "both" else np.zeros(shape, np.int16)
             if direction != "listen":
-                frame[:, 0] = speak
+                block[:, 0] = speak
             if direction != "speak":
-                frame[:, 1] = listen
-            return frame
+                block[:, 1] = listen
+            return block
         if direction == "speak":
             return speak.astype(np.int16, copy=True)
         if direction == "listen":
             return listen.astype(np.int16, copy=True)
-        mix = self._mix if speak.shape == self._mix.shape else np.empty(speak.shape, np.int32)
-        np.add(speak, listen, out=mix, dtype=np.int32)
-        np.minimum(mix, 32767, out=mix)  # saturate (cheaper than np.clip on 160 samples)
+        mix = np.add(speak, listen, dtype=np.int32)
+        np.minimum(mix, 32767, out=mix)  # saturate (cheaper than np.clip)
         np.maximum(mix, -32768, out=mix)
         return mix.astype(np.int16)
 
-    def _feed_recording(self, speak: np.ndarray, listen: np.ndarray) -> list[np.ndarray]:
-        frame = self._frame(speak, listen)
-        in_speech = self._detector.feed(listen if self._detect_listen else speak)
-        started = self._detector.speech_started
-        out: list[np.ndarray]
-        if in_speech:
-            out = self._take_held()
-            out.append(frame)
-            self._silence_run = 0
-        elif started:
-            self._silence_run += 1
-            if self._end_silence_frames and self._silence_run > HANGOVER_FRAMES:
-                self._held.append(frame)
-                out = []
-            else:
-                out = [frame]
-        else:
-            self._waited += 1
-            out = [frame]
-        self._frames_out += len(out)
-
-        if started and self._end_silence_frames and self._silence_run >= self._end_silence_frames:
-            self._held.clear()  # trim: the file ends HANGOVER_FRAMES after the last speech
+    def _feed_plain(self, block: np.ndarray, frames: int) -> list[np.ndarray]:
+        """Recording without voice detection (no timer waits for speech or silence): every
+        frame goes to the file; only max_length can end it."""
+        if self._max_frames:
+            frames = min(frames, self._max_frames - self._frames_out)
+            block = block[: frames * FRAME_SAMPLES]
+        self._frames_out += frames
+        if self._max_frames and self._frames_out >= self._max_frames:
             self._set(RecState.FINISHED)
-        elif self._max_frames and self._frames_out + len(self._held) >= self._max_frames:
-            out.extend(self._end(RecState.FINISHED))
-        elif self._initial_frames and not started and self._waited >= self._initial_frames:
-            self._set(RecState.NO_INPUT)
+        return [block]
+
+    def _feed_detecting(self, block: np.ndarray, speak: np.ndarray,
+                        listen: np.ndarray) -> list[np.ndarray]:
+        """Recording with the timers that need voice detection, frame by frame: speech
+        releases the held silence, a long silence ends the recording (trimmed)."""
+        speech, onset = self._detector.feed_frames(listen if self._detect_listen else speak)
+        out: list[np.ndarray] = []
+        for index, in_speech in enumerate(speech):
+            frame = block[index * FRAME_SAMPLES : (index + 1) * FRAME_SAMPLES]
+            started = index >= onset
+            if in_speech:
+                released = self._take_held()
+                out += released
+                out.append(frame)
+                self._frames_out += len(released) + 1
+                self._silence_run = 0
+            elif started:
+                self._silence_run += 1
+                if self._end_silence_frames and self._silence_run > HANGOVER_FRAMES:
+                    self._held.append(frame)
+                else:
+                    out.append(frame)
+                    self._frames_out += 1
+            else:
+                self._waited += 1
+                out.append(frame)
+                self._frames_out += 1
+
+            if started and self._end_silence_frames and (
+                    self._silence_run >= self._end_silence_frames):
+                self._held.clear()  # trim: the file ends HANGOVER_FRAMES after the last speech
+                self._set(RecState.FINISHED)
+                break
+            if self._max_frames and self._frames_out + len(self._held) >= self._max_frames:
+                out += self._end(RecState.FINISHED)
+                break
+            if self._initial_frames and not started and self._waited >= self._initial_frames:
+                self._set(RecState.NO_INPUT)
+                break
         return out
