@@ -63,7 +63,12 @@ if str(ROOT) not in sys.path:  # the real-peer harness lives in tests/peers
     sys.path.insert(0, str(ROOT))
 
 from tests.peers import audio  # noqa: E402
-from tests.peers.ports import free_port_range, free_tcp_port, free_udp_port  # noqa: E402
+from tests.peers.ports import (  # noqa: E402
+    forget_handed_out,
+    free_port_range,
+    free_tcp_port,
+    free_udp_port,
+)
 from tests.peers.sipp import SippResult, run_sipp, stream_key  # noqa: E402
 
 from callbox.server.media.g711 import ulaw_decode, ulaw_encode  # noqa: E402
@@ -874,11 +879,17 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 for attempt in range(1 + max(0, args.retries)):
                     step_dir = root / f"{variant.name}-{loop}-{calls}-{attempt + 1}"
-                    result = asyncio.run(run_step(
-                        variant, calls, seconds=args.seconds, rate=args.rate, loop=loop,
-                        workdir=step_dir, source=source, max_cpu_pct=args.max_cpu,
-                        progress=lambda msg: print(f"  ... {msg}", file=sys.stderr,
-                                                   flush=True)))
+                    forget_handed_out()  # the last step's platform and sipp have exited
+                    try:
+                        result = asyncio.run(run_step(
+                            variant, calls, seconds=args.seconds, rate=args.rate, loop=loop,
+                            workdir=step_dir, source=source, max_cpu_pct=args.max_cpu,
+                            progress=lambda msg: print(f"  ... {msg}", file=sys.stderr,
+                                                       flush=True)))
+                    except Exception as exc:  # a step that cannot run fails; the rest goes on
+                        result = StepResult(variant.name, loop, calls, args.seconds,
+                                            max_cpu_pct=args.max_cpu)
+                        result.problems.append(f"the step could not run: {exc!r}"[:300])
                     results.append(result)
                     print(table_row(result), flush=True)
                     if not args.keep:

@@ -159,21 +159,37 @@ async def test_full_disk_ends_the_recording_in_error_and_the_call_goes_on(tmp_pa
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(recordings)],
                    check=True)
     try:
+        prompt = tmp_path / "prompt.wav"  # what the other caller hears: 10 s of 1000 Hz
+        audio.write_wav(prompt, audio.tone(1000, 10.0, dbfs=-12))
         routes = [Route("rec", swml=swml({"answer": {}}, {"record_call": {}},
-                                         {"sleep": 60_000}))]
+                                         {"sleep": 60_000})),
+                  Route("listen", swml=swml({"answer": {}}, {"play": {"url": str(prompt)}},
+                                            {"sleep": 60_000}))]
         async with running_platform(tmp_path, routes) as running:
             tone = tmp_path / "tone.wav"
             audio.write_wav(tone, audio.tone(700, 10.0, dbfs=-12))
+            heard = tmp_path / "heard.wav"
+            other = asyncio.create_task(place_call(running.uri("listen"), hangup_after=10.5,
+                                                   record_heard=heard))
             task = asyncio.create_task(place_call(running.uri("rec"), play=str(tone),
                                                   hangup_after=8))
-            while not running.observed or not running.observed[0].call.recordings:
+            while not any(o.call.recordings for o in running.observed):
                 await asyncio.sleep(0.05)
-            recording = running.observed[0].call.recordings[0]
+            (recorded,) = [o.call for o in running.observed if o.call.recordings]
+            recording = recorded.recordings[0]
             event = await asyncio.wait_for(asyncio.shield(recording.done), 10)
             assert event["state"] == "error"
             assert "No space left on device" in event["reason"]
-            assert running.observed[0].call.state == "answered"  # the call goes on
+            assert recorded.state == "answered"  # the call goes on
             result = await task
+            other_result = await other
         assert result.hung_up_by == "us" and result.answered_seconds >= 7.9
+        # the other call, live while the disk filled up, heard all of its prompt, unbroken
+        assert other_result.hung_up_by == "us"
+        samples, _rate = audio.read_wav(heard)
+        spans = audio.active_spans(samples, threshold_dbfs=-30)
+        longest = max(end - start for start, end in spans)
+        assert longest > 9.8, spans
+        assert abs(audio.dominant_frequency(samples[8000:80000]) - 1000) < 20
     finally:
         subprocess.run(["umount", str(recordings)], check=False)

@@ -32,6 +32,7 @@ from pathlib import Path
 __all__ = [
     "LOOPBACK",
     "REUSE_AFTER",
+    "forget_handed_out",
     "free_port",
     "free_port_range",
     "free_tcp_port",
@@ -67,6 +68,13 @@ def _reserve(ports: range) -> bool:
         for p in ports:
             _handed_out[p] = now + REUSE_AFTER
         return True
+
+
+def forget_handed_out() -> None:
+    """Let every port be handed out again at once: for a caller that knows every process
+    that used them has exited (the benchmark, between steps)."""
+    with _lock:
+        _handed_out.clear()
 
 
 def _recently_handed_out(ports: range) -> bool:
