@@ -30,6 +30,12 @@ def _peer_workdirs(tmp_path_factory: pytest.TempPathFactory) -> None:
     set_workdir_root(tmp_path_factory.getbasetemp() / "peers")
 
 
+def _missing_peer(message: str) -> None:
+    from tests.peers import missing_peer
+
+    missing_peer(message)
+
+
 PEER_TOOLS = ("sipp", "baresip", "sox", "espeak-ng", "ffmpeg")
 
 
@@ -41,22 +47,13 @@ class PeerEnv:
 
     def require_root(self) -> None:
         if not self.is_root:
-            message = "sipp play_dtmf/play_pcap_audio need root (raw socket)"
-            if os.environ.get("CALLBOX_REQUIRE_PEERS") == "1":
-                pytest.fail(message)
-            pytest.skip(message)
+            _missing_peer("sipp play_dtmf/play_pcap_audio need root (raw socket)")
 
 
 @pytest.fixture(scope="session")
 def peer_env() -> PeerEnv:
-    """Skip the test unless sipp, baresip, sox, espeak-ng and ffmpeg are installed.
-
-    Set CALLBOX_REQUIRE_PEERS=1 (CI) to turn that skip into a failure.
-    """
+    """Fail the test unless sipp, baresip, sox, espeak-ng and ffmpeg are installed."""
     missing = [tool for tool in PEER_TOOLS if shutil.which(tool) is None]
     if missing:
-        message = f"real-peer tools not installed: {', '.join(missing)}"
-        if os.environ.get("CALLBOX_REQUIRE_PEERS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing_peer(f"real-peer tools not installed: {', '.join(missing)}")
     return PeerEnv(is_root=os.geteuid() == 0)

@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from tests.peers import missing_peer
 
 ROOT = Path(__file__).resolve().parents[2]
 SW_VENV = Path(os.environ.get("CALLBOX_SW_VENV", ROOT / ".venv-sw"))
@@ -188,9 +189,7 @@ def oracle_python() -> Path:
                 )
             except (subprocess.SubprocessError, OSError) as error:
                 message = f"cannot install the official {SW_PACKAGE} oracle: {error}"
-                if os.environ.get("CALLBOX_REQUIRE_PEERS") == "1":
-                    pytest.fail(message)
-                pytest.skip(message)
+                missing_peer(message)
     return python
 
 

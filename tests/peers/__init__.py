@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 __all__ = ["new_workdir", "set_workdir_root"]
 
@@ -44,3 +45,11 @@ def new_workdir(prefix: str) -> Path:
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+
+
+def missing_peer(message: str) -> NoReturn:
+    """A real peer the test needs is not here: fail (never skip: a skipped test proves
+    nothing). `bash scripts/setup.sh --test` installs every peer."""
+    import pytest
+
+    pytest.fail(f"{message} (bash scripts/setup.sh --test installs every peer)", pytrace=False)

@@ -22,7 +22,6 @@ def test_asyncio_keeps_the_stdlib_loop():
 
 
 def test_uvloop_and_auto_use_uvloop_when_installed():
-    pytest.importorskip("uvloop")
     for choice in ("uvloop", "auto"):
         asyncio.set_event_loop_policy(None)
         cli._event_loop_policy(choice)

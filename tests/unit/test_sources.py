@@ -26,9 +26,9 @@ from callbox.server.media.sources import (
 )
 
 RATE = 8000
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="no espeak-ng")
-needs_sox = pytest.mark.skipif(shutil.which("sox") is None, reason="no sox")
-needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="no ffmpeg")
+needs_espeak = pytest.mark.usefixtures("peer_env")  # fails when a peer tool is missing
+needs_sox = needs_espeak
+needs_ffmpeg = needs_espeak
 
 
 def rms_dbfs(pcm: np.ndarray) -> float:

@@ -17,6 +17,7 @@ from pathlib import Path
 import miniaudio
 import numpy as np
 import pytest
+from tests.peers import missing_peer
 
 from callbox.server.recording.writers import (
     Mp3Writer,
@@ -78,9 +79,7 @@ def dominant_hz(samples: np.ndarray) -> float:
     return float(np.argmax(spectrum)) * RATE / len(window)
 
 
-needs_tools = pytest.mark.skipif(
-    shutil.which("sox") is None or shutil.which("ffprobe") is None, reason="sox/ffprobe missing"
-)
+needs_tools = pytest.mark.usefixtures("peer_env")  # sox, ffmpeg/ffprobe: fails when missing
 
 
 # -- WAV ------------------------------------------------------------------------------------
@@ -298,13 +297,13 @@ def test_mp3_repair_after_crash_cut_mid_frame(tmp_path: Path) -> None:
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs (root only), so that writes really fail with ENOSPC."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
+        missing_peer("mounting a tmpfs needs root")
     mountpoint = tmp_path / f"tiny-{uuid.uuid4().hex[:8]}"
     mountpoint.mkdir()
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)],
                             capture_output=True, text=True)
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {result.stderr.strip()}")
+        missing_peer(f"cannot mount a tmpfs: {result.stderr.strip()}")
     try:
         yield mountpoint
     finally:
