@@ -25,9 +25,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from callbox.server.media.frames import FRAME_SAMPLES
 from callbox.server.media.g711 import ulaw_encode
 from callbox.server.media.rtp import RtpSender
-from callbox.server.media.session import FRAME_SAMPLES, MediaSession
+from callbox.server.media.session import MediaSession
 from callbox.server.recording.engine import RecordingEngine
 from callbox.server.store import SqliteRecordingStore
 from callbox.wire.recording import RecordParams

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from callbox.server.media.clock import MediaClock
+from callbox.server.media.frames import FRAME_SECONDS
 from callbox.server.media.playback import Playback
 from callbox.server.media.session import MediaSession
 from callbox.server.media.sources import render_media_url
@@ -127,7 +128,7 @@ async def place_call(
         result.answered_seconds = time.monotonic() - answered_at
         result.packets_sent = media.stats.packets_sent
         result.packets_received = media.stats.packets_received
-        result.heard_seconds = tap.frames * 0.02 if tap else 0.0
+        result.heard_seconds = tap.frames * FRAME_SECONDS if tap else 0.0
         return result
     finally:
         await clock.stop()

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callbox.server.recording.detector import FRAME_SAMPLES, FULL_SCALE
+from callbox.server.media.frames import FRAME_SAMPLES
+from callbox.server.recording.detector import FULL_SCALE
 from callbox.server.recording.machine import (
     HANGOVER_FRAMES,
     RecorderMachine,

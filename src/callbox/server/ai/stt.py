@@ -40,12 +40,11 @@ from typing import IO, Any, Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from callbox.server.recording.detector import FRAME_SAMPLES, VoiceDetector
+from callbox.server.media.frames import FRAME_SECONDS, SAMPLE_RATE
+from callbox.server.recording.detector import VoiceDetector
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE: Final = 8000
-FRAME_SECONDS: Final = FRAME_SAMPLES / SAMPLE_RATE
 PRE_ROLL_SECONDS: Final = 0.3  # audio kept from before the speech onset
 END_SILENCE_SECONDS: Final = 0.8  # non-speech that ends an utterance
 MAX_UTTERANCE_SECONDS: Final = 30.0

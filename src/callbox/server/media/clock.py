@@ -16,7 +16,8 @@ import contextlib
 import logging
 from typing import Protocol
 
-FRAME_SECONDS = 0.020
+from callbox.server.media.frames import FRAME_SECONDS
+
 MAX_CATCH_UP_FRAMES = 50  # 1 s
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
+from callbox.server.media.frames import FRAME_SAMPLES
+
 DTMF_EVENTS: Final = "0123456789*#ABCD"
 TELEPHONE_EVENT_SIZE: Final = 4
-TICK_SAMPLES: Final = 160  # 20 ms at 8000 Hz: one update packet per tick
+TICK_SAMPLES: Final = FRAME_SAMPLES  # one update packet per 20 ms tick
 TICK_MS: Final = 20
 END_REPEATS: Final = 3
 MAX_VOLUME: Final = 63  # -dBm0, 6 bits

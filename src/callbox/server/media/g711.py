@@ -18,9 +18,10 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from callbox.server.media.frames import SAMPLE_RATE
+
 PCMU_PAYLOAD_TYPE: Final = 0
 PCMA_PAYLOAD_TYPE: Final = 8
-SAMPLE_RATE: Final = 8000
 
 # mu-law: sign bit, 3-bit segment (exponent), 4-bit quantisation step (mantissa).
 _ULAW_BIAS: Final = 0x84  # 132 in 16-bit units; 33 in the 14-bit domain the encoder works in

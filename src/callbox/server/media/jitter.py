@@ -16,8 +16,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-TIMESTAMP_MOD: Final = 1 << 32
-TIMESTAMP_MASK: Final = TIMESTAMP_MOD - 1
+from callbox.server.media.frames import TIMESTAMP_MASK
+
 HALF_TIMESTAMP_RANGE: Final = 1 << 31
 LATE_PACKETS_BEFORE_RESYNC: Final = 3
 

@@ -15,7 +15,8 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-FRAME_SAMPLES: Final = 160
+from callbox.server.media.frames import FRAME_SAMPLES
+
 INT16_MIN: Final = -32768
 INT16_MAX: Final = 32767
 

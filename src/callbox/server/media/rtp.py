@@ -18,12 +18,12 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from callbox.server.media.frames import TIMESTAMP_MASK, TIMESTAMP_MOD
+
 RTP_VERSION: Final = 2
 HEADER_SIZE: Final = 12
 MAX_PAYLOAD_TYPE: Final = 0x7F
 SEQUENCE_MOD: Final = 1 << 16
-TIMESTAMP_MOD: Final = 1 << 32
-TIMESTAMP_MASK: Final = TIMESTAMP_MOD - 1
 
 _VERSION_SHIFT: Final = 6
 _PADDING_BIT: Final = 0x20

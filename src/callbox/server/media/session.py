@@ -27,12 +27,12 @@ from typing import Protocol
 import numpy as np
 
 from callbox.server.media.dtmf import DtmfReceiver, DtmfSender
+from callbox.server.media.frames import FRAME_SAMPLES, TIMESTAMP_MASK
 from callbox.server.media.g711 import CODECS, G711Codec, codec_for_payload_type
 from callbox.server.media.jitter import ReceiveBuffer
 from callbox.server.media.playback import Playback
 from callbox.server.media.rtp import RtpError, RtpSender, is_rtcp, parse_header_span
 
-FRAME_SAMPLES = 160
 RECV_BUFFER_BYTES = 2048
 # A tick reads at most this many datagrams from one socket (normal: one); a flood beyond it
 # stays in the kernel buffer, where the kernel drops what does not fit.
@@ -244,7 +244,7 @@ class MediaSession:
         listen = self._mix_frame() if self.playbacks else self._silence
         if self.sending and self.remote is not None:
             self._send(listen)
-        self._timestamp = (self._timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
+        self._timestamp = (self._timestamp + FRAME_SAMPLES) & TIMESTAMP_MASK
         if self.taps:
             for tap in tuple(self.taps):
                 tap(speak, listen)

@@ -28,7 +28,8 @@ import miniaudio
 import numpy as np
 import numpy.typing as npt
 
-SAMPLE_RATE: Final = 8000
+from callbox.server.media.frames import SAMPLE_RATE
+
 FULL_SCALE: Final = 32767
 DEFAULT_VOICE: Final = "en-us"
 ESPEAK_BINARY = "espeak-ng"  # module-level so deployments/tests can point elsewhere

@@ -16,7 +16,8 @@ from typing import Final
 
 import numpy as np
 
-FRAME_SAMPLES: Final = 160  # 20 ms at 8000 Hz
+from callbox.server.media.frames import FRAME_SAMPLES
+
 FULL_SCALE: Final = 32768.0  # 0 dBFS: RMS of a full-scale square wave
 ONSET_FRAMES: Final = 3  # 60 ms of consecutive speech frames start speech
 

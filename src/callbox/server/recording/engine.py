@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from callbox.server.call import Call, CallState
+from callbox.server.media.frames import FRAME_SAMPLES
 from callbox.server.media.sources import beep
-from callbox.server.recording.detector import FRAME_SAMPLES
 from callbox.server.recording.machine import RecorderMachine, RecState
 from callbox.server.recording.writers import AudioWriter, RecordingFull, open_writer, repair_partial
 from callbox.server.store.recordings import RecordingRow, RecordingStore

@@ -33,11 +33,10 @@ from typing import Final
 
 import numpy as np
 
-from callbox.server.recording.detector import FRAME_SAMPLES, VoiceDetector
+from callbox.server.media.frames import FRAME_SAMPLES, FRAME_SECONDS, FRAMES_PER_SECOND
+from callbox.server.recording.detector import VoiceDetector
 from callbox.wire.recording import PAUSE_BEHAVIORS, RecordParams
 
-FRAMES_PER_SECOND: Final = 50  # 20 ms frames
-FRAME_SECONDS: Final = 1.0 / FRAMES_PER_SECOND
 HANGOVER_FRAMES: Final = 12  # 0.24 s of silence kept after the last speech frame
 
 

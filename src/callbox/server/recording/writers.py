@@ -34,7 +34,8 @@ from typing import Final, Protocol
 import lameenc
 import numpy as np
 
-SAMPLE_RATE: Final = 8000
+from callbox.server.media.frames import SAMPLE_RATE
+
 SAMPLE_WIDTH: Final = 2  # bytes, int16
 PART_SUFFIX: Final = ".part"
 FORMATS: Final = ("wav", "mp3")
