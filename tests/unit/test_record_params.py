@@ -12,6 +12,7 @@ from callbox.wire.recording import (
     DEFAULTS,
     DIRECTIONS,
     FORMATS,
+    MAX_SECONDS,
     PAUSE_BEHAVIORS,
     RECORD_EVENT,
     TERMINAL_STATES,
@@ -64,7 +65,7 @@ def test_defaults_table_has_every_field():
 def test_caller_values_win_and_none_means_default():
     p = RecordParams.parse(
         {"format": "wav", "direction": "both", "stereo": True, "beep": True,
-         "terminators": "1", "initial_timeout": 0, "end_silence_timeout": "2.5",
+         "terminators": "1", "initial_timeout": 0, "end_silence_timeout": 2.5,
          "input_sensitivity": 60, "max_length": 120, "status_url": "https://example.com/cb",
          "control_id": "vm"},
         "relay",
@@ -120,6 +121,28 @@ def test_validation_errors_name_their_field(data, field, message):
     assert message in str(info.value)
     assert field in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+NUMBER_FIELDS = ("initial_timeout", "end_silence_timeout", "max_length", "input_sensitivity")
+
+
+@pytest.mark.parametrize("field", NUMBER_FIELDS)
+@pytest.mark.parametrize("value", [1e308, 10**4000 - 1, -(10**4000 - 1), "10", "2.5", [1],
+                                   float("nan"), float("-inf"), MAX_SECONDS + 1])
+def test_every_number_is_a_finite_json_number_in_range(field, value):
+    """1e308 or a 4000-digit number once overflowed deep in the engine (a 500 and a leaked
+    recording); a numeric string was taken as a number."""
+    with pytest.raises(RecordParamError) as info:
+        RecordParams.parse({field: value}, "relay")
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field} must be a number")
+    assert len(str(info.value)) < 200  # a huge value is not echoed whole
+
+
+@pytest.mark.parametrize("field", ("initial_timeout", "end_silence_timeout", "max_length"))
+def test_seconds_up_to_a_day_are_accepted(field):
+    assert getattr(RecordParams.parse({field: MAX_SECONDS}, "relay"), field) == MAX_SECONDS
+    assert getattr(RecordParams.parse({field: 10**3}, "relay"), field) == 1000.0
 
 
 def test_format_is_validated_for_every_entry():
@@ -200,6 +223,7 @@ def test_event_rejects_unknown_state():
 
 _values = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 200), st.floats(allow_nan=True),
+    st.integers(min_value=-(10**400), max_value=10**400),
     st.text(max_size=6), st.sampled_from(["wav", "mp3", "both", "listen", "true", "#", "3.5"]),
 )
 
@@ -221,5 +245,6 @@ def test_parse_either_succeeds_validly_or_raises_a_field_error(data, entry):
     assert p.format in FORMATS and p.direction in DIRECTIONS
     assert 0 <= p.input_sensitivity <= 100
     assert min(p.initial_timeout, p.end_silence_timeout, p.max_length) >= 0
+    assert max(p.initial_timeout, p.end_silence_timeout, p.max_length) <= MAX_SECONDS
     assert all(d in "0123456789*#ABCD" for d in p.terminators)
     assert RecordParams.parse(p.as_run(), entry) == p  # as-run round-trips

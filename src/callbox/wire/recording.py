@@ -29,6 +29,9 @@ STATES: Final = ("recording", "paused", *TERMINAL_STATES)
 RECORD_EVENT: Final = "calling.call.record"
 TERMINATOR_DIGITS: Final = "0123456789*#ABCD"
 MAX_INPUT_SENSITIVITY: Final = 100.0
+# The longest timeout or max_length accepted: a day (no call is that long; 1e308 is refused).
+MAX_SECONDS: Final = 86_400.0
+SHOWN_CHARS: Final = 40  # of a wrong value, in an error message
 
 EntryPoint = Literal["relay", "swml_record", "swml_record_call"]
 
@@ -74,7 +77,6 @@ DEFAULTS: Final[dict[EntryPoint, dict[str, Any]]] = {
 }
 
 _BOOL_FIELDS: Final = ("stereo", "beep")
-_NUMBER_FIELDS: Final = ("initial_timeout", "end_silence_timeout", "max_length")
 _IGNORED_KEYS: Final = frozenset({"control_id"})  # sits beside the audio keys in SWML
 _KNOWN_KEYS: Final = frozenset(DEFAULTS["relay"]) | _IGNORED_KEYS
 
@@ -110,26 +112,23 @@ def _parse_bool(field: str, value: Any) -> bool:
 
 
 def _to_number(value: Any) -> float | None:
-    """A finite float from an int, a float or a numeric string; None when it is not one."""
-    if isinstance(value, bool):
+    """A finite float from a JSON number (int or float, not bool, not a string); None when
+    it is not one. A huge int (4000 digits) is not a number of seconds either."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    if isinstance(value, int | float):
+    try:
         number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
-    else:
+    except OverflowError:
         return None
     return number if math.isfinite(number) else None
 
 
 def _parse_seconds(field: str, value: Any) -> float:
     number = _to_number(value)
-    if number is None or number < 0:
+    if number is None or not 0 <= number <= MAX_SECONDS:
         raise RecordParamError(
-            field, f"{field} must be a number of seconds >= 0 (0 = off), got {value!r}"
+            field, f"{field} must be a number of seconds from 0 to {MAX_SECONDS:g} (0 = off), "
+            f"got {_shown(value)}"
         )
     return number
 
@@ -139,9 +138,15 @@ def _parse_sensitivity(value: Any) -> float:
     if number is None or not 0 <= number <= MAX_INPUT_SENSITIVITY:
         raise RecordParamError(
             "input_sensitivity",
-            f"input_sensitivity must be a number from 0 to 100, got {value!r}",
+            f"input_sensitivity must be a number from 0 to 100, got {_shown(value)}",
         )
     return number
+
+
+def _shown(value: Any) -> str:
+    """`value` for an error message, cut short (a 4000-digit number is not echoed whole)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "a huge number"
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
 
 
 def _parse_terminators(value: Any) -> str:
