@@ -30,7 +30,6 @@ from callbox.server.media.g711 import ulaw_encode
 from callbox.server.media.rtp import RtpSender
 from callbox.server.media.session import MediaSession
 from callbox.server.recording.engine import RecordingEngine
-from callbox.server.store import SqliteRecordingStore
 from callbox.wire.recording import RecordParams
 
 VARIANTS = {
@@ -85,12 +84,12 @@ async def run(calls: int, seconds: float, record: str | None) -> dict[str, float
     if record:
         data_dir = Path(tempfile.mkdtemp(prefix="media-tick-"))
         engine = RecordingEngine(data_dir=data_dir, public_url="http://127.0.0.1",
-                                 store=SqliteRecordingStore(data_dir / "r.db"), webhooks=None,
                                  node_id="bench")
         params = RecordParams.parse(VARIANTS[record], "swml_record_call")
         for session in sessions:
-            call = SimpleNamespace(id="c", media=session, is_active=True, recordings=[],
-                                   state_listeners=[], on_dtmf=lambda _fn: (lambda: None))
+            call = SimpleNamespace(id="c", media=session, is_active=True, recordings=(),
+                                   attach_recording=lambda _r: None, add_tap=session.add_tap,
+                                   on_dtmf=lambda _fn: (lambda: None))
             await engine.start_recording(call, params)  # type: ignore[arg-type]
     ticks = int(seconds * 50)
     ticking = 0.0  # CPU of this thread inside the ticks

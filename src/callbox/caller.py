@@ -106,7 +106,7 @@ async def place_call(
         leg.on_terminated = lambda why: ended.set()
         if record_heard is not None:
             tap = WavTap(record_heard)
-            media.taps.append(tap)
+            media.add_tap(tap)
         media.start()
         clock.add(media)
         clock.start()

@@ -135,8 +135,8 @@ async def running_platform(tmp_path, routes=ROUTES, **settings) -> AsyncIterator
     def observe(call: Call) -> None:
         seen = ObservedCall(call)
         call.on_dtmf(seen.on_digit)
-        call.media.taps.append(lambda speak, listen: seen.speak_frames.append(speak.copy()))
-        call.state_listeners.append(lambda c: seen.ended.set() if c.state == "ended" else None)
+        call.add_tap(lambda speak, listen: seen.speak_frames.append(speak.copy()))
+        call.on_state(lambda c: seen.ended.set() if c.state == "ended" else None)
         observed.append(seen)
 
     instance.call_observers.append(observe)

@@ -32,7 +32,7 @@ async def pair():
     media.configure("127.0.0.1", peer.getsockname()[1], 0, None, "recvonly")
     media.start()
     heard: list[np.ndarray] = []
-    media.taps.append(lambda speak, listen: heard.append(speak.copy()))
+    media.add_tap(lambda speak, listen: heard.append(speak.copy()))
     yield media, peer, ours.getsockname(), heard
     media.close()
     ours.close()

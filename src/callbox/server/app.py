@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from callbox.server.sip.endpoint import InboundInvite, SipEndpoint
 from callbox.server.sip.headers import NameAddr
 from callbox.server.sip.sdp import NoCommonCodec, SdpError, answer_offer, parse_sdp
 from callbox.server.sip.transaction import Timers
-from callbox.server.store.recordings import RecordingRow, RecordingStore, SqliteRecordingStore
+from callbox.server.store.recordings import RecordingRow, RecordingStore
 from callbox.server.swml.fetch import SwmlFetchError, fetch_swml
 from callbox.server.swml.runner import SwmlError, SwmlRunner, parse_document
 from callbox.server.tasks import spawn
@@ -66,9 +67,9 @@ class Platform:
         self._runners: list[web.AppRunner] = []
         self.listening: Listening | None = None
         self.node_id = str(uuid.uuid4())
-        self.recordings: RecordingStore | None = None  # metadata (REST reads it)
-        self.webhooks: WebhookQueue | None = None
         self.recorder: RecordingEngine | None = None
+        self.recordings: RecordingStore | None = None  # the recorder's metadata (REST reads it)
+        self.webhooks: WebhookQueue | None = None  # the recorder's webhook queue
         self.recovered: list[RecordingRow] = []
         self.relay = RelayHub(self)
         self.accepting = True
@@ -91,9 +92,6 @@ class Platform:
             cert, key = Path(self.config.http.tls_cert), Path(self.config.http.tls_key)
         else:
             cert, key = ensure_self_signed(data_dir / "tls")
-        self.recordings = SqliteRecordingStore(data_dir / "recordings.db")
-        self.webhooks = WebhookQueue(data_dir / "webhooks.db")
-        await self.webhooks.start()
         app = make_app(self)
         https = await self._serve(app, self.config.http.listen, server_context(cert, key))
         plain = None
@@ -102,26 +100,28 @@ class Platform:
         if parse_host_port(self.config.http.listen, "http.listen")[1] == 0:
             self.config.http.public_url = f"https://{https[0]}:{https[1]}"  # ephemeral port
         self.recorder = RecordingEngine(
-            data_dir=data_dir, public_url=self.config.http.public_url, store=self.recordings,
-            webhooks=self.webhooks, node_id=self.node_id,
+            data_dir=data_dir, public_url=self.config.http.public_url, node_id=self.node_id,
             signing_keys={p.id: p.signing_key or p.token for p in self.config.projects},
         )
-        self.recovered = self.recorder.recover()
+        self.recordings = self.recorder.store
+        self.webhooks = self.recorder.webhooks.queue
+        self.recovered = await self.recorder.start()
         self.clock.start()
         sip_host, sip_port = parse_host_port(self.config.sip.listen, "sip.listen")
         await self.sip.start(sip_host, sip_port)
         self.listening = Listening((self.sip.host, self.sip.port), https, plain, cert.resolve())
         return self.listening
 
-    async def _serve(self, app: web.Application, listen: str, ssl_context) -> tuple[str, int]:
+    async def _serve(self, app: web.Application, listen: str,
+                     ssl_context: ssl.SSLContext | None) -> tuple[str, int]:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = parse_host_port(listen, "http.listen")
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         self._runners.append(runner)
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        return host, sockets[0].getsockname()[1] if sockets else port
+        addresses = runner.addresses  # one site per runner: its socket's (host, port, ...)
+        return host, int(addresses[0][1]) if addresses else port
 
     async def stop(self) -> None:
         """Graceful: refuse new calls (503), hang up the active ones (their recordings finish
@@ -130,17 +130,12 @@ class Platform:
         await self.relay.close()
         for call in list(self.calls.values()):
             await call.hangup()
-        if self.recorder is not None:
-            await self.recorder.close()
         self.sip.close()
+        if self.recorder is not None:  # finishes its recordings, flushes its webhooks
+            await self.recorder.close()
         await self.clock.stop()
-        if self.webhooks is not None:
-            await self.webhooks.flush(timeout=5)
-            await self.webhooks.stop()
         for runner in self._runners:
             await runner.cleanup()
-        if self.recordings is not None:
-            self.recordings.close()
 
     def banner(self) -> str:
         assert self.listening is not None

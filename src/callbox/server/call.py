@@ -1,8 +1,19 @@
 """The call: the centre of the platform.
 
-A `Call` owns its SIP leg, its media session and its running operations (plays; recordings from
-issue 2/6). SWML scripts, RELAY sessions and REST requests are different ways of commanding it;
-none of them owns audio.
+A `Call` owns its SIP leg, its media session and its running operations (plays, recordings).
+SWML scripts, RELAY sessions and REST requests are different ways of commanding it; none of them
+owns audio. What others attach to a call goes through methods that return an unsubscribe
+function: `add_tap` (both streams, every 20 ms tick), `on_state`, `on_dtmf`, and
+`attach_recording` for the recording engine.
+
+Order of notification when the call ends (hangup from either side):
+1. `ending`: the call stops its own operations first - its recordings (oldest first), then its
+   plays - and only then tells the state listeners `ending`, in subscription order.
+2. `ended`: once every recording of the call has reported its terminal event (`finished`,
+   `no_input`, `error`; waited for at most ENDED_WAITS_FOR_RECORDINGS), the state listeners are
+   told `ended`, in subscription order. So observers (RELAY, SWML, the AI) always see a
+   recording's end before the call's `ended`, as SignalWire clients expect.
+Other state changes (`ringing`, `answered`) go to the state listeners in subscription order.
 """
 
 from __future__ import annotations
@@ -13,20 +24,25 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from callbox.server.media.clock import MediaClock
-from callbox.server.media.playback import Playback
-from callbox.server.media.session import MediaSession
+from callbox.server.media.playback import PLAYING, REASON_DONE, Playback
+from callbox.server.media.session import FrameTap, MediaSession
 from callbox.server.media.sources import render_media_url
 from callbox.server.sip.endpoint import InboundInvite, Leg
+from callbox.server.tasks import spawn
 
 log = logging.getLogger(__name__)
 
 # Final responses for a call hung up before it was answered.
 REJECT_STATUS = {"busy": 486, "decline": 603, "hangup": 480, "error": 500}
+# `ended` waits this long (seconds) for the call's recordings to report their end.
+ENDED_WAITS_FOR_RECORDINGS = 10.0
+
+Unsubscribe = Callable[[], None]
 
 
 class CallState(StrEnum):
@@ -39,6 +55,18 @@ class CallState(StrEnum):
 
 class CallGone(RuntimeError):
     """The call has ended; commands on it fail with this."""
+
+
+class CallRecording(Protocol):
+    """What the call needs of a recording it runs (the recording engine's `Recording`)."""
+
+    control_id: str
+    done: asyncio.Future[Any]  # completes with the terminal event
+
+    @property
+    def is_done(self) -> bool: ...
+
+    def stop(self) -> None: ...
 
 
 class PlayOperation:
@@ -54,7 +82,7 @@ class PlayOperation:
         for listener in tuple(self.listeners):
             listener(state)
         if state == "finished" and not self.done.done():
-            self.done.set_result(self.playback.finished_reason)
+            self.done.set_result(self.playback.finished_reason or REASON_DONE)
 
     async def wait(self) -> str:
         return await asyncio.shield(self.done)
@@ -86,9 +114,10 @@ class Call:
         self.end_reason: str | None = None
         self.created_at = time.time()
         self.answered_at: float | None = None
-        self.state_listeners: list[Callable[[Call], None]] = []
+        self._state_listeners: list[Callable[[Call], None]] = []
         self.plays: list[PlayOperation] = []
-        self.recordings: list[Any] = []  # Recording objects, newest last (recording engine)
+        self._starting_plays: set[asyncio.Future[None]] = set()  # plays rendering their audio
+        self._recordings: list[CallRecording] = []  # newest last
         self.project_id = ""
         self._loop = asyncio.get_running_loop()
         self.ended = asyncio.Event()
@@ -102,9 +131,35 @@ class Call:
     def is_active(self) -> bool:
         return self.state not in (CallState.ENDING, CallState.ENDED)
 
+    @property
+    def recordings(self) -> tuple[CallRecording, ...]:
+        """Every recording started on the call, oldest first (running and ended)."""
+        return tuple(self._recordings)
+
+    def on_state(self, listener: Callable[[Call], None]) -> Unsubscribe:
+        """Call `listener(call)` after each state change (order: see the module docstring).
+        Returns the unsubscribe function (safe to call twice)."""
+        self._state_listeners.append(listener)
+        return lambda: _discard(self._state_listeners, listener)
+
+    def add_tap(self, tap: FrameTap) -> Unsubscribe:
+        """Call `tap(speak, listen)` every tick while the media runs (arrays are reused: copy
+        what you keep). Returns the function that removes it."""
+        return self.media.add_tap(tap)
+
+    def on_dtmf(self, listener: Callable[[str], None]) -> Unsubscribe:
+        """Subscribe to received digits; returns the unsubscribe function."""
+        return self.media.on_dtmf(listener)
+
+    def attach_recording(self, recording: CallRecording) -> None:
+        """Make `recording` one of the call's operations: it is stopped first when the call
+        ends, and `ended` waits for its terminal event. Raises CallGone after the end."""
+        self._require_active()
+        self._recordings.append(recording)
+
     def _set_state(self, state: CallState) -> None:
         self.state = state
-        for listener in tuple(self.state_listeners):
+        for listener in tuple(self._state_listeners):
             try:
                 listener(self)
             except Exception:
@@ -134,7 +189,7 @@ class Call:
         log.info("call %s answered (%s -> %s)", self.id, self.from_user, self.to_user)
 
     def start_media(self) -> None:
-        if not self.media.closed and self.media._loop is None:
+        if not self.media.closed and not self.media.started:
             self.media.start()
             self.clock.add(self.media)
 
@@ -143,7 +198,7 @@ class Call:
         if not self.is_active:
             return
         answered = self.state is CallState.ANSWERED
-        self._set_state(CallState.ENDING)
+        self._begin_ending()
         if not answered and isinstance(self.leg, InboundInvite):
             self.leg.reject(REJECT_STATUS.get(reason, 480))
         self._finish(reason)
@@ -154,19 +209,45 @@ class Call:
         if not self.is_active:
             return
         reason = {"hangup": "hangup", "cancel": "cancel", "timeout": "error"}.get(why, why)
-        self._set_state(CallState.ENDING)
+        self._begin_ending()
         self._finish(reason)
+
+    def _begin_ending(self) -> None:
+        """`ending`: no more frames; our own operations stop before anyone is told."""
+        self.state = CallState.ENDING
+        self.clock.remove(self.media)
+        self.media.close()
+        for recording in tuple(self._recordings):
+            if not recording.is_done:
+                try:
+                    recording.stop()
+                except Exception:
+                    log.exception("call %s: stopping recording %s failed", self.id,
+                                  recording.control_id)
+        for play in tuple(self.plays):
+            play.playback.stop()
+        self._set_state(CallState.ENDING)
 
     def _finish(self, reason: str) -> None:
         self.end_reason = reason
-        self.clock.remove(self.media)
-        self.media.close()
-        for play in self.plays:
-            play.playback.stop()
+        pending = [r.done for r in self._recordings if not r.done.done()]
+        if pending:
+            spawn(self._end_after(pending), name=f"call-ended-{self.id}")
+        else:
+            self._end()
+
+    async def _end_after(self, recordings: list[asyncio.Future[Any]]) -> None:
+        _done, late = await asyncio.wait(recordings, timeout=ENDED_WAITS_FOR_RECORDINGS)
+        if late:
+            log.warning("call %s: %d recording(s) did not end within %.0f s", self.id,
+                        len(late), ENDED_WAITS_FOR_RECORDINGS)
+        self._end()
+
+    def _end(self) -> None:
         self._set_state(CallState.ENDED)
         self.ended.set()
         duration = time.time() - self.answered_at if self.answered_at else 0.0
-        log.info("call %s ended: %s (%.1f s answered)", self.id, reason, duration)
+        log.info("call %s ended: %s (%.1f s answered)", self.id, self.end_reason, duration)
         if self._on_ended is not None:
             self._on_ended(self)
 
@@ -185,8 +266,25 @@ class Call:
     ) -> PlayOperation:
         """Render `urls` (say:, silence:, tone:, http(s), files) and start playing them."""
         self._require_active()
-        segments = [await render_media_url(url) for url in urls]
+        starting: asyncio.Future[None] = self._loop.create_future()
+        self._starting_plays.add(starting)
+        try:
+            segments = [await render_media_url(url) for url in urls]
+        finally:  # waiters resume after play_samples below ran: they see the play
+            self._starting_plays.discard(starting)
+            starting.set_result(None)
         return self.play_samples(segments, volume_db=volume_db, loop=loop, control_id=control_id)
+
+    async def prompts_played(self) -> None:
+        """Wait for the plays running or starting now to finish (plays looping forever and
+        paused plays are not waited for). A recording's beep waits for this."""
+        starting = tuple(self._starting_plays)
+        if starting:
+            await asyncio.wait(starting)
+        running = [op.done for op in self.plays
+                   if op.playback.state == PLAYING and op.playback.loop != 0]
+        if running:
+            await asyncio.wait(running)
 
     def play_samples(
         self,
@@ -204,7 +302,7 @@ class Call:
         self.media.play(playback)
         return operation
 
-    def on_dtmf(self, listener: Callable[[str], None]) -> Callable[[], None]:
-        """Subscribe to received digits; returns the unsubscribe function."""
-        self.media.dtmf_listeners.append(listener)
-        return lambda: self.media.dtmf_listeners.remove(listener)
+
+def _discard(items: list[Any], item: object) -> None:
+    if item in items:
+        items.remove(item)

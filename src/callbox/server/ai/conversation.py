@@ -21,11 +21,10 @@ list its functions and invoke one by hand (`Conversation.invoke`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -126,8 +125,9 @@ def render_prompt(prompt: Any) -> str:
         return prompt
     if not isinstance(prompt, Mapping):
         return ""
-    if isinstance(prompt.get("text"), str):
-        return prompt["text"]
+    text = prompt.get("text")
+    if isinstance(text, str):
+        return text
     lines: list[str] = []
 
     def section(entry: Any, depth: int) -> None:
@@ -207,6 +207,7 @@ class Conversation:
         self._failures = 0
         self._manual_calls = 0
         self._background: PlayOperation | None = None
+        self._remove_tap: Callable[[], None] | None = None
 
     # -- state ----------------------------------------------------------------------------
 
@@ -233,17 +234,16 @@ class Conversation:
         call = self.call
         call.answer()
         _ACTIVE[call.id] = self
-        call.state_listeners.append(self._on_call_state)
+        unsubscribe_state = call.on_state(self._on_call_state)
         try:
             await self._run()
         except CallGone:
             self.end("call ended")
         finally:
             self.end(self._end_reason or "done")
-            with contextlib.suppress(ValueError):
-                call.media.taps.remove(self._tap)
-            with contextlib.suppress(ValueError):
-                call.state_listeners.remove(self._on_call_state)
+            if self._remove_tap is not None:
+                self._remove_tap()
+            unsubscribe_state()
             if self.stt is not None:
                 self.stt.close()
             self.stop_background()
@@ -278,7 +278,7 @@ class Conversation:
         self.llm = LlmClient(self.session, config.base_url, config.model, config.api_key)
         log.info("call %s: ai conversation started (model %s at %s; functions: %s)", call.id,
                  config.model, shown_url(self.llm.url), ", ".join(self.functions) or "none")
-        call.media.taps.append(self._tap)
+        self._remove_tap = call.add_tap(self._tap)
         await self._turn(None)
         while self.active:
             text = await self._next_utterance()

@@ -22,7 +22,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -100,8 +100,8 @@ class MediaSession:
         self._silence = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         self.listen = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         self.playbacks: list[Playback] = []
-        self.taps: list[FrameTap] = []
-        self.dtmf_listeners: list[Callable[[str], None]] = []
+        self._taps: list[FrameTap] = []
+        self._dtmf_listeners: list[Callable[[str], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
 
@@ -131,6 +131,25 @@ class MediaSession:
     def start(self) -> None:
         """Start receiving: from now on every tick reads the socket first."""
         self._loop = asyncio.get_running_loop()
+
+    @property
+    def started(self) -> bool:
+        """True once `start()` ran (the ticks read the socket)."""
+        return self._loop is not None
+
+    # -- subscribers ----------------------------------------------------------------------
+
+    def add_tap(self, tap: FrameTap) -> Callable[[], None]:
+        """Call `tap(speak, listen)` every tick, after the frame is sent, in the order the
+        taps were added. Returns the function that removes it (safe to call twice)."""
+        self._taps.append(tap)
+        return lambda: _discard(self._taps, tap)
+
+    def on_dtmf(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call `listener(digit)` for each received RFC 4733 digit, in subscription order.
+        Returns the unsubscribe function (safe to call twice)."""
+        self._dtmf_listeners.append(listener)
+        return lambda: _discard(self._dtmf_listeners, listener)
 
     def close(self) -> None:
         if self.closed:
@@ -193,7 +212,7 @@ class MediaSession:
             digit = self._dtmf_in.feed(timestamp, data[start:end])
             if digit is not None:
                 self.stats.digits_received += 1
-                for listener in tuple(self.dtmf_listeners):
+                for listener in tuple(self._dtmf_listeners):
                     listener(digit)
             return False
         other = codec_for_payload_type(payload_type)
@@ -245,8 +264,8 @@ class MediaSession:
         if self.sending and self.remote is not None:
             self._send(listen)
         self._timestamp = (self._timestamp + FRAME_SAMPLES) & TIMESTAMP_MASK
-        if self.taps:
-            for tap in tuple(self.taps):
+        if self._taps:
+            for tap in tuple(self._taps):
                 tap(speak, listen)
 
     def _send(self, frame: np.ndarray) -> None:
@@ -280,3 +299,8 @@ class MediaSession:
             pass
         except OSError as exc:
             log.debug("RTP send to %s failed: %s", self.remote, exc)
+
+
+def _discard(items: list[Any], item: object) -> None:
+    if item in items:
+        items.remove(item)

@@ -24,7 +24,7 @@ ONSET_FRAMES: Final = 3  # 60 ms of consecutive speech frames start speech
 
 def mean_square_threshold(input_sensitivity: float) -> float:
     """Mean of squared samples at `-input_sensitivity` dBFS (RMS threshold squared)."""
-    return FULL_SCALE * FULL_SCALE * 10.0 ** (-input_sensitivity / 10.0)
+    return float(FULL_SCALE * FULL_SCALE * 10.0 ** (-input_sensitivity / 10.0))
 
 
 class VoiceDetector:

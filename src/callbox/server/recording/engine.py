@@ -8,8 +8,22 @@ callback per tick, not one per recording). Opening and finishing files (fsync, r
 small separate pool: an fsync can take 100-200 ms on a busy disk (ext4 commits the journal with
 everyone's dirty data), and behind it in the writer's queue every other recording's writes and
 every other `finished` event would wait. Each state change becomes a
-`calling.call.record` event for the call's listeners (SWML, RELAY) and, with `status_url`, a
-signed webhook. The engine knows nothing of SIP, RELAY or SWML.
+`calling.call.record` event for the recording's listeners (SWML, RELAY) and, with `status_url`,
+a signed webhook. The engine knows nothing of SIP, RELAY or SWML.
+
+The engine owns what it runs on: its two thread pools, its metadata store (SQLite in the data
+directory) and its webhook queue; `start()` opens them (and repairs what a crash left),
+`close()` closes them.
+
+Rules every entry point (SWML, RELAY, agents) gets alike:
+- A recording with `beep` waits for the plays running (or still starting) on the call when it
+  was asked for, so the beep never sounds over a prompt (plays looping forever and paused plays
+  are not waited for). `stop()` before it records ends it `no_input` with no file; `pause()`
+  before it records applies when it starts.
+- A start that fails for any reason ends the recording in `error` with nothing left open (no
+  file descriptor, no `.part`, no row stuck at `recording`, no slot of the per-call limit).
+- A failure to store metadata (a full disk) never leaves a recording or its listeners hanging:
+  it ends in `error` with the reason, its audio kept and reported.
 """
 
 from __future__ import annotations
@@ -25,20 +39,26 @@ from typing import Any
 
 import numpy as np
 
-from callbox.server.call import Call, CallState
+from callbox.server.call import Call
 from callbox.server.media.frames import FRAME_SAMPLES
 from callbox.server.media.sources import beep
-from callbox.server.recording.machine import RecorderMachine, RecState
-from callbox.server.recording.writers import AudioWriter, RecordingFull, open_writer, repair_partial
-from callbox.server.store.recordings import RecordingRow, RecordingStore
-from callbox.server.tasks import spawn
-from callbox.server.webhooks import WebhookQueue
-from callbox.wire.recording import (
-    RECORD_EVENT,
-    TERMINAL_STATES,
-    RecordParams,
-    record_event_params,
+from callbox.server.recording.machine import (
+    TERMINAL,
+    RecorderMachine,
+    RecState,
+    check_pause_behavior,
 )
+from callbox.server.recording.notify import RecordWebhooks
+from callbox.server.recording.writers import (
+    AudioWriter,
+    RecordingFull,
+    describe_finished,
+    open_writer,
+    repair_partial,
+)
+from callbox.server.store.recordings import RecordingRow, RecordingStore, SqliteRecordingStore
+from callbox.server.tasks import spawn
+from callbox.wire.recording import RecordParams, record_event_params
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +77,10 @@ class RecordingError(RuntimeError):
 
 
 class Recording:
-    """One recording on one call, from start (after the beep) to a terminal state."""
+    """One recording on one call, from start (after the beep) to a terminal state.
+
+    `state` is None until it records, then a `RecState`.
+    """
 
     def __init__(self, engine: RecordingEngine, call: Call, params: RecordParams,
                  control_id: str, project_id: str) -> None:
@@ -69,7 +92,7 @@ class Recording:
         self.id = secrets.token_hex(16)
         self.url = f"{engine.public_url}/recordings/{self.id}.{params.format}"
         self.path = engine.recordings_dir / f"{self.id}.{params.format}"
-        self.state = "new"
+        self.state: RecState | None = None
         self.reason: str | None = None
         self.start_time: float | None = None
         self.end_time: float | None = None
@@ -80,6 +103,7 @@ class Recording:
         self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._machine: RecorderMachine | None = None
         self._writer: AudioWriter | None = None
+        self._stored = False  # our row is in the store
         self._stage_speak = np.empty(STAGE_FRAMES * FRAME_SAMPLES, np.int16)
         self._stage_listen = np.empty(STAGE_FRAMES * FRAME_SAMPLES, np.int16)
         self._staged = 0  # samples staged
@@ -87,20 +111,43 @@ class Recording:
         self._batch_samples = 0
         self._write_error: BaseException | None = None
         self._last_job: asyncio.Future[None] | None = None  # the writer job with our last block
-        self._unsubscribe_dtmf: Callable[[], None] | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
         self._finishing = False
+        self._stop_requested = False  # stop() before it records
+        self._pause_requested: str | None = None  # pause() before it records
 
     def __repr__(self) -> str:
         return f"<Recording {self.id} {self.control_id} {self.state}>"
 
     @property
     def is_done(self) -> bool:
-        return self.state in TERMINAL_STATES
+        return self.state in TERMINAL
 
     # -- start ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the file, play the beep if asked, then start recording (timers start now)."""
+        """Wait for the prompts when there is a beep, open the file, beep, then record (timers
+        start now). Never raises (but for cancellation): a failure ends it in `error`."""
+        try:
+            await self._start()
+        except asyncio.CancelledError:
+            self._detach()
+            if self._writer is not None:
+                self._writer.abort()  # rare; the loop cannot wait for the pool here
+                self._writer = None
+            self._conclude(RecState.ERROR, "the start was cancelled")
+            raise
+        except Exception as exc:
+            log.exception("recording %s on call %s failed to start", self.id, self.call.id)
+            await self._fail_start(f"could not start: {exc}")
+
+    async def _start(self) -> None:
+        machine = RecorderMachine(self.params)  # first: a bad setting fails before any file
+        if self.params.beep:
+            await self.call.prompts_played()
+        if self._stop_requested or not self.call.is_active:
+            self._conclude(RecState.NO_INPUT, None)  # nothing recorded, no file
+            return
         loop = asyncio.get_running_loop()
         try:
             self._writer = await loop.run_in_executor(
@@ -108,29 +155,35 @@ class Recording:
                 self.params.channels,
             )
         except OSError as exc:
-            self._fail_early(f"cannot create the recording file: {exc.strerror or exc}")
+            self._conclude(RecState.ERROR,
+                           f"cannot create the recording file: {exc.strerror or exc}")
             return
-        self.engine.store.add(self._row("recording"))
-        if self.params.beep and self.call.is_active:
+        self.engine.store.add(self._row(RecState.RECORDING))
+        self._stored = True
+        if self.params.beep and not self._stop_requested and self.call.is_active:
             operation = self.call.play_samples([beep()])
             await operation.wait()
-        if not self.call.is_active:
+        if self._stop_requested or not self.call.is_active:
             await self._finish(RecState.FINISHED)
             return
-        self._machine = RecorderMachine(self.params)
+        self._machine = machine
         self.start_time = time.time()
-        self.call.media.taps.append(self._on_frame)
-        self._unsubscribe_dtmf = self.call.on_dtmf(self._on_digit)
-        self.call.state_listeners.append(self._on_call_state)
+        self._unsubscribe = [self.call.add_tap(self._on_frame), self.call.on_dtmf(self._on_digit)]
+        if self._pause_requested is not None:
+            machine.pause(self._pause_requested)
         self._drain()
 
-    def _fail_early(self, reason: str) -> None:
-        self.reason = reason
-        self.state = "error"
-        self.end_time = time.time()
-        self.engine.store.add(self._row("error"))
-        self._emit()
-        self.done.set_result(self.events[-1])
+    async def _fail_start(self, reason: str) -> None:
+        """Undo a start that failed: nothing stays open or half-written."""
+        self._detach()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self.engine.file_executor, writer.abort)
+            except Exception:
+                log.exception("recording %s: could not remove %s", self.id, writer.temp_path)
+        self._conclude(RecState.ERROR, reason)
 
     # -- per frame (on the loop, from the media tick) --------------------------------------
 
@@ -162,26 +215,31 @@ class Recording:
             self._collect(self._machine.digit(digit))
             self._drain()
 
-    def _on_call_state(self, call: Call) -> None:
-        if call.state in (CallState.ENDING, CallState.ENDED):
-            self.stop()
-
     # -- commands ---------------------------------------------------------------------------
 
     def pause(self, behavior: str = "silence") -> None:
-        if self._machine is not None:
-            self._feed_staged()
-            self._machine.pause(behavior)
-            self._drain()
+        if self._machine is None:
+            check_pause_behavior(behavior)
+            self._pause_requested = behavior
+            return
+        self._feed_staged()
+        self._machine.pause(behavior)
+        self._drain()
 
     def resume(self) -> None:
-        if self._machine is not None:
-            self._feed_staged()
-            self._machine.resume()
-            self._drain()
+        if self._machine is None:
+            self._pause_requested = None
+            return
+        self._feed_staged()
+        self._machine.resume()
+        self._drain()
 
     def stop(self) -> None:
-        if self._machine is not None and not self._machine.done:
+        """End `finished` (`no_input` when it has not started recording yet)."""
+        if self._machine is None:
+            self._stop_requested = True
+            return
+        if not self._machine.done:
             self._feed_staged()
             if not self._machine.done:
                 self._collect(self._machine.stop())
@@ -200,13 +258,13 @@ class Recording:
         if self._write_error is not None and not self._machine.done:
             self._collect(self._machine.fail(self._error_reason(self._write_error)))
         for state in self._machine.pop_transitions():
-            if state.value in TERMINAL_STATES:
+            if state in TERMINAL:
                 if not self._finishing:
                     self._finishing = True
                     spawn(self._finish(state), name=f"recording-finish-{self.id}")
             else:
-                self.state = state.value
-                self.engine.store.update(self.id, state=self.state)
+                self.state = state
+                self._store_update(state=state.value)
                 self._emit()
 
     def _flush_batch(self) -> None:
@@ -217,7 +275,7 @@ class Recording:
         self._batch_samples = 0
         self.engine.queue_write(self, block)
 
-    def _write(self, block: np.ndarray) -> None:
+    def write_block(self, block: np.ndarray) -> None:
         """In the writer thread. A failure is remembered and ends the recording in `error`."""
         if self._write_error is not None or self._writer is None:
             return
@@ -225,6 +283,10 @@ class Recording:
             self._writer.write(block)
         except (OSError, RecordingFull) as exc:
             self._write_error = exc
+
+    def writes_submitted(self, job: asyncio.Future[None]) -> None:
+        """The writer job that holds our latest block (finishing waits for it)."""
+        self._last_job = job
 
     @staticmethod
     def _error_reason(exc: BaseException) -> str:
@@ -235,7 +297,20 @@ class Recording:
         return str(exc)
 
     async def _finish(self, state: RecState) -> None:
-        """Detach, write what is left, close (or discard) the file, report the end."""
+        """Detach, write what is left, close (or discard) the file, report the end. Whatever
+        fails, the recording reaches a terminal state and `done` completes."""
+        final_state = RecState.ERROR
+        reason: str | None = "could not finish the recording"
+        try:
+            final_state, reason = await self._close_file(state)
+        except Exception as exc:
+            log.exception("recording %s: finishing failed", self.id)
+            reason = f"could not finish the recording: {exc}"
+        finally:
+            self._conclude(final_state, reason)
+
+    async def _close_file(self, state: RecState) -> tuple[RecState, str | None]:
+        """The file's end: (final state, reason)."""
         self._detach()
         self._flush_batch()
         self.engine.submit_writes()  # now: the close below must queue behind our last block
@@ -243,63 +318,87 @@ class Recording:
             await asyncio.gather(self._last_job, return_exceptions=True)
         loop = asyncio.get_running_loop()
         files = self.engine.file_executor
-        final_state = state.value
+        reason = self._machine.reason if self._machine is not None else None
         if isinstance(self._write_error, RecordingFull):
-            final_state = "finished"  # the cap is a clean end, not a failure
+            state = RecState.FINISHED  # the cap is a clean end, not a failure
         elif self._write_error is not None:
-            final_state = "error"
-            self.reason = self._error_reason(self._write_error)
-        writer = self._writer
-        if writer is not None:
-            try:
-                if final_state == "no_input":
-                    await loop.run_in_executor(files, writer.abort)
-                else:
-                    self.size = await loop.run_in_executor(files, writer.close)
-                    self.duration = round(writer.duration, 3)
-            except OSError as exc:
-                final_state = "error"
-                self.reason = f"could not finish the file: {exc.strerror or exc}"
+            state, reason = RecState.ERROR, self._error_reason(self._write_error)
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return state, reason
+        try:
+            if state is RecState.NO_INPUT:
                 await loop.run_in_executor(files, writer.abort)
-        if final_state == "error" and self.reason is None and self._machine is not None:
-            self.reason = self._machine.reason
-        self.state = final_state
+            else:
+                self.size = await loop.run_in_executor(files, writer.close)
+                self.duration = round(writer.duration, 3)
+        except OSError as exc:
+            await loop.run_in_executor(files, writer.abort)
+            return RecState.ERROR, f"could not finish the file: {exc.strerror or exc}"
+        return state, reason
+
+    def _conclude(self, state: RecState, reason: str | None) -> None:
+        """Enter the terminal `state`: store it, report it, complete `done` (once)."""
+        if self.done.done():
+            return
+        self.state = state
+        self.reason = reason if state is RecState.ERROR else None
         self.end_time = time.time()
-        self.engine.store.update(
-            self.id, state=self.state, duration=self.duration, size=self.size,
-            start_time=self.start_time, end_time=self.end_time, reason=self.reason,
-        )
+        fields: dict[str, Any] = dict(
+            state=state.value, duration=self.duration, size=self.size,
+            start_time=self.start_time, end_time=self.end_time, reason=self.reason)
+        problem = self._store_update(**fields) if self._stored else self._store_add()
+        if problem is not None:
+            self.state = RecState.ERROR
+            stored = f"its end could not be stored ({problem})"
+            self.reason = f"{self.reason}; {stored}" if self.reason else stored
         self._emit()
         log.info("recording %s (%s) on call %s: %s, %.2f s, %s bytes%s", self.id,
                  self.control_id, self.call.id, self.state, self.duration or 0.0, self.size,
                  f" ({self.reason})" if self.reason else "")
-        if not self.done.done():
-            self.done.set_result(self.events[-1])
+        self.done.set_result(self.events[-1])
+
+    def _store_add(self) -> str | None:
+        try:
+            self.engine.store.add(self._row(self.state or RecState.ERROR))
+        except Exception as exc:
+            log.error("recording %s: could not store it: %s", self.id, exc)
+            return str(exc)
+        self._stored = True
+        return None
+
+    def _store_update(self, **fields: Any) -> str | None:
+        """Store `fields`; returns what went wrong (None when stored). Never raises."""
+        try:
+            self.engine.store.update(self.id, **fields)
+        except Exception as exc:
+            log.error("recording %s: could not store %s: %s", self.id,
+                      fields.get("state", "its state"), exc)
+            return str(exc)
+        return None
 
     def _detach(self) -> None:
-        if self._on_frame in self.call.media.taps:
-            self.call.media.taps.remove(self._on_frame)
-        if self._on_call_state in self.call.state_listeners:
-            self.call.state_listeners.remove(self._on_call_state)
-        if self._unsubscribe_dtmf is not None:
-            self._unsubscribe_dtmf()
-            self._unsubscribe_dtmf = None
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
 
     # -- events -----------------------------------------------------------------------------
 
     def event_params(self) -> dict[str, Any]:
-        terminal = self.is_done
+        state = self.state
+        assert state is not None, "no event before the recording has a state"
+        terminal = state in TERMINAL
         return record_event_params(
             call_id=self.call.id, node_id=self.engine.node_id, control_id=self.control_id,
-            recording_id=self.id, state=self.state,
-            url=self.url if self.state != "no_input" else "",
+            recording_id=self.id, state=state.value,
+            url=self.url if state is not RecState.NO_INPUT else "",
             params=self.params,
             duration=self.duration if terminal else None,
             size=self.size if terminal else None,
             start_time=self.start_time, end_time=self.end_time if terminal else None,
-            reason=self.reason if self.state == "error" else None,
+            reason=self.reason if state is RecState.ERROR else None,
             pause_behavior=(self._machine.pause_behavior
-                            if self.state == "paused" and self._machine else None),
+                            if state is RecState.PAUSED and self._machine else None),
         )
 
     def _emit(self) -> None:
@@ -311,16 +410,18 @@ class Recording:
             except Exception:
                 log.exception("recording event listener failed")
         if self.params.status_url:
-            self.engine.send_webhook(self, params)
+            self.engine.webhooks.send(self.params.status_url, project_id=self.project_id,
+                                      call_id=self.call.id, recording_id=self.id,
+                                      params=params)
 
-    def _row(self, state: str) -> RecordingRow:
+    def _row(self, state: RecState) -> RecordingRow:
         return RecordingRow(
             id=self.id, project_id=self.project_id, call_id=self.call.id,
-            control_id=self.control_id, state=state, format=self.params.format,
-            channels=self.params.channels, direction=self.params.direction, duration=None,
-            size=None, url=self.url, path=str(self.path), created_at=time.time(),
-            start_time=None, end_time=None, reason=self.reason,
-            status_url=self.params.status_url, params=self.params.as_run(),
+            control_id=self.control_id, state=state.value, format=self.params.format,
+            channels=self.params.channels, direction=self.params.direction,
+            duration=self.duration, size=self.size, url=self.url, path=str(self.path),
+            created_at=time.time(), start_time=self.start_time, end_time=self.end_time,
+            reason=self.reason, status_url=self.params.status_url, params=self.params.as_run(),
         )
 
 
@@ -328,27 +429,37 @@ def _write_blocks(items: list[tuple[Recording, np.ndarray]]) -> None:
     """In the writer thread: one job = the blocks of one tick, in order."""
     for recording, block in items:
         try:
-            recording._write(block)
+            recording.write_block(block)
         except Exception:  # one recording's bug must not lose the others' audio
             log.exception("recording %s: write failed", recording.id)
 
 
 class RecordingEngine:
-    def __init__(self, *, data_dir: Path, public_url: str, store: RecordingStore,
-                 webhooks: WebhookQueue | None, node_id: str,
+    """Every recording of the platform, with the pools, store and webhooks they use."""
+
+    def __init__(self, *, data_dir: Path, public_url: str, node_id: str,
                  signing_keys: dict[str, str] | None = None) -> None:
         self.recordings_dir = data_dir / "recordings"
         self.recordings_dir.mkdir(parents=True, exist_ok=True)
         self.public_url = public_url.rstrip("/")
-        self.store = store
-        self.webhooks = webhooks
         self.node_id = node_id
-        self.signing_keys = signing_keys or {}
+        self.store: RecordingStore = SqliteRecordingStore(data_dir / "recordings.db")
+        self.webhooks = RecordWebhooks(data_dir / "webhooks.db", signing_keys or {})
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recording-writer")
         self.file_executor = ThreadPoolExecutor(max_workers=FILE_THREADS,
                                                 thread_name_prefix="recording-files")
         self.active: dict[str, Recording] = {}
         self._queued: list[tuple[Recording, np.ndarray]] = []  # blocks for the next job
+
+    @property
+    def signing_keys(self) -> dict[str, str]:
+        """Project id -> key that signs its webhooks (changes apply to the next event)."""
+        return self.webhooks.signing_keys
+
+    async def start(self) -> list[RecordingRow]:
+        """Start delivering webhooks; repair what a crash left (see `recover`)."""
+        await self.webhooks.start()
+        return self.recover()
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -366,12 +477,13 @@ class RecordingEngine:
         items, self._queued = self._queued, []
         job = asyncio.get_running_loop().run_in_executor(self.executor, _write_blocks, items)
         for recording, _block in items:
-            recording._last_job = job
+            recording.writes_submitted(job)
 
-    async def start_recording(self, call: Call, params: RecordParams, *,
-                              control_id: str | None = None,
-                              project_id: str = "") -> Recording:
-        """Start a recording on `call`; returns once it records (after the beep)."""
+    # -- recordings -------------------------------------------------------------------------
+
+    def create_recording(self, call: Call, params: RecordParams, *,
+                         control_id: str | None = None, project_id: str = "") -> Recording:
+        """A recording on `call`, attached to it but not started (see `Recording.start`)."""
         if not call.is_active:
             raise RecordingError(f"call {call.id} has ended")
         running = [r for r in call.recordings if not r.is_done]
@@ -381,75 +493,103 @@ class RecordingEngine:
         if any(r.control_id == control_id for r in running):
             raise RecordingError(f"control_id {control_id!r} is already recording on this call")
         recording = Recording(self, call, params, control_id, project_id)
-        call.recordings.append(recording)
+        call.attach_recording(recording)
         self.active[recording.id] = recording
         recording.done.add_done_callback(lambda _: self.active.pop(recording.id, None))
+        return recording
+
+    async def start_recording(self, call: Call, params: RecordParams, *,
+                              control_id: str | None = None,
+                              project_id: str = "") -> Recording:
+        """Start a recording on `call`; returns once it records (after the prompts and the
+        beep) or has ended (a failed start ends in `error`)."""
+        recording = self.create_recording(call, params, control_id=control_id,
+                                          project_id=project_id)
         await recording.start()
         return recording
 
-    def send_webhook(self, recording: Recording, params: dict[str, Any]) -> None:
-        self._enqueue_webhook(recording.params.status_url, recording.project_id,
-                              recording.call.id, recording.id, params)
-
-    def _enqueue_webhook(self, url: str, project_id: str, call_id: str, recording_id: str,
-                         params: dict[str, Any]) -> None:
-        """The status_url envelope of recording.md, signed with the project's key, in order
-        per recording."""
-        if self.webhooks is None:
-            return
-        envelope = {
-            "event_type": RECORD_EVENT,
-            "event_channel": f"callbox.calls.{call_id}",
-            "timestamp": time.time(),
-            "project_id": project_id,
-            "params": params,
-        }
-        self.webhooks.enqueue(url, envelope, self.signing_keys.get(project_id, ""),
-                              ordering_key=recording_id)
+    # -- start-up repair --------------------------------------------------------------------
 
     def recover(self) -> list[RecordingRow]:
-        """At start-up: repair recordings a crash left behind, store them as finished and
-        report them (log, and webhook when they had a status_url)."""
+        """At start-up: finish the recordings a crash (or a full disk) left unfinished, store
+        and report them (log, and webhook when they had a status_url).
+
+        - A `.part` file is repaired and stored `finished`; one that cannot be repaired (a
+          0-byte file, not ours) is removed, with a log line, and its row ends in `error`.
+        - A row still running whose final file exists ended but could not store its end: it
+          is stored `error` with the file's duration and size (the audio is kept).
+        - A row with no file at all ends in `error`: nothing was written.
+        """
         recovered = []
         rows = {row.id: row for row in self.store.unfinished()}
         for part in sorted(self.recordings_dir.glob("*.part")):
             rec_id = part.name.split(".", 1)[0]
+            row = rows.pop(rec_id, None)
             try:
                 repaired = repair_partial(part)
             except (ValueError, OSError) as exc:
-                log.warning("could not repair %s: %s", part, exc)
-                continue  # its row (if any) ends in the "lost in a crash" path below
-            row = rows.pop(rec_id, None)
+                part.unlink(missing_ok=True)
+                log.warning("removed %s: it cannot be repaired (%s)", part, exc)
+                if row is not None:
+                    self.store.update(row.id, state=RecState.ERROR.value, end_time=time.time(),
+                                      reason=f"lost in a crash: its file could not be "
+                                             f"repaired ({exc})")
+                continue
             if row is None:
                 log.warning("repaired %s but it has no metadata; left as %s", part,
                             repaired.final_path)
                 continue
-            self.store.update(rec_id, state="finished", duration=round(repaired.duration, 3),
-                              size=repaired.size, end_time=time.time(),
-                              reason="recovered after a crash")
-            updated = self.store.get(rec_id)
-            if updated is not None:
-                recovered.append(updated)
-                log.warning("recovered recording %s (%.1f s) left unfinished by a crash",
-                            rec_id, repaired.duration)
-                self._report_recovered(updated)
-        for row in rows.values():  # metadata without a file: nothing was written
-            self.store.update(row.id, state="error", reason="lost in a crash before any audio")
+            updated = self._store_end(row, RecState.FINISHED, repaired.duration, repaired.size,
+                                      "recovered after a crash")
+            log.warning("recovered recording %s (%.1f s) left unfinished by a crash",
+                        rec_id, repaired.duration)
+            recovered.append(updated)
+        for row in rows.values():
+            recovered += self._recover_without_part(row)
         return recovered
 
-    def _report_recovered(self, row: RecordingRow) -> None:
-        if not row.status_url:
-            return
-        params = record_event_params(
-            call_id=row.call_id, node_id=self.node_id, control_id=row.control_id,
-            recording_id=row.id, state="finished", url=row.url,
-            params=RecordParams.parse(row.params, "swml_record_call"),
-            duration=row.duration, size=row.size, start_time=row.start_time,
-            end_time=row.end_time,
-        )
-        self._enqueue_webhook(row.status_url, row.project_id, row.call_id, row.id, params)
+    def _recover_without_part(self, row: RecordingRow) -> list[RecordingRow]:
+        path = Path(row.path)
+        if not path.exists():  # metadata without a file: nothing was written
+            self.store.update(row.id, state=RecState.ERROR.value,
+                              reason="lost in a crash before any audio")
+            return []
+        try:
+            found = describe_finished(path)
+        except (ValueError, OSError) as exc:
+            log.warning("recording %s: its file %s is not readable (%s)", row.id, path, exc)
+            self.store.update(row.id, state=RecState.ERROR.value,
+                              reason=f"its end was not stored and its file is unreadable "
+                                     f"({exc})")
+            return []
+        log.warning("recording %s (%.1f s): its end was not stored; its file is complete",
+                    row.id, found.duration)
+        return [self._store_end(row, RecState.ERROR, found.duration, found.size,
+                                "its end could not be stored (was the disk full?); "
+                                "the file is complete")]
+
+    def _store_end(self, row: RecordingRow, state: RecState, duration: float, size: int,
+                   reason: str) -> RecordingRow:
+        """Store a recovered recording's end and report it."""
+        end_time = time.time()
+        self.store.update(row.id, state=state.value, duration=round(duration, 3), size=size,
+                          end_time=end_time, reason=reason)
+        updated = self.store.get(row.id) or row
+        if updated.status_url:
+            params = record_event_params(
+                call_id=updated.call_id, node_id=self.node_id, control_id=updated.control_id,
+                recording_id=updated.id, state=updated.state, url=updated.url,
+                params=RecordParams.parse(updated.params, "swml_record_call"),
+                duration=updated.duration, size=updated.size, start_time=updated.start_time,
+                end_time=updated.end_time,
+                reason=updated.reason if state is RecState.ERROR else None,
+            )
+            self.webhooks.send(updated.status_url, project_id=updated.project_id,
+                               call_id=updated.call_id, recording_id=updated.id, params=params)
+        return updated
 
     async def close(self) -> None:
+        """Stop the recordings still running, then close what the engine owns."""
         for recording in list(self.active.values()):
             recording.stop()
         pending = [r.done for r in self.active.values()]
@@ -457,3 +597,5 @@ class RecordingEngine:
             await asyncio.wait(pending, timeout=10)
         self.executor.shutdown(wait=True)
         self.file_executor.shutdown(wait=True)
+        await self.webhooks.close()
+        self.store.close()

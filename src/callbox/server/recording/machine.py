@@ -51,6 +51,12 @@ class RecState(StrEnum):
 TERMINAL: Final = frozenset({RecState.FINISHED, RecState.NO_INPUT, RecState.ERROR})
 
 
+def check_pause_behavior(behavior: str) -> None:
+    """Raise ValueError unless `behavior` is 'silence' or 'skip'."""
+    if behavior not in PAUSE_BEHAVIORS:
+        raise ValueError(f"pause behavior must be 'silence' or 'skip', got {behavior!r}")
+
+
 def seconds_to_frames(seconds: float) -> int:
     """Frames needed to reach `seconds` (0 = off -> 0; any positive time is >= 1 frame)."""
     if seconds <= 0:
@@ -172,8 +178,7 @@ class RecorderMachine:
 
         Voice-detection timers are frozen while paused. No-op unless recording.
         """
-        if behavior not in PAUSE_BEHAVIORS:
-            raise ValueError(f"pause behavior must be 'silence' or 'skip', got {behavior!r}")
+        check_pause_behavior(behavior)
         if self._state is RecState.RECORDING:
             self._pause_behavior = behavior
             self._set(RecState.PAUSED)
@@ -235,7 +240,8 @@ class RecorderMachine:
         mix = np.add(speak, listen, dtype=np.int32)
         np.minimum(mix, 32767, out=mix)  # saturate (cheaper than np.clip)
         np.maximum(mix, -32768, out=mix)
-        return mix.astype(np.int16)
+        saturated: np.ndarray = mix.astype(np.int16)
+        return saturated
 
     def _feed_plain(self, block: np.ndarray, frames: int) -> list[np.ndarray]:
         """Recording without voice detection (no timer waits for speech or silence): every

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
-import lameenc
+import lameenc  # type: ignore[import-not-found]
 import numpy as np
 
 from callbox.server.media.frames import SAMPLE_RATE
@@ -436,19 +436,45 @@ def repair_partial(temp_path: Path) -> RepairedFile:
     return RepairedFile(final_path, fmt, channels, duration, size)
 
 
+def describe_finished(final_path: Path) -> RepairedFile:
+    """What a finished recording file holds (its format, channels, duration, size), read from
+    the file itself: for a recording whose end was not stored (a full disk, a crash between the
+    rename and the database). Raises ValueError for a file that is not a recording of ours."""
+    final_path = Path(final_path)
+    fmt = final_path.suffix.lstrip(".").lower()
+    if fmt == "wav":
+        with open(final_path, "rb") as f:
+            header = f.read(WAV_HEADER_SIZE)
+            size = os.fstat(f.fileno()).st_size
+        channels, block_align = _wav_layout(final_path, header)
+        data_bytes = min(_WAV_HEADER.unpack(header)[-1], size - WAV_HEADER_SIZE)
+        duration = data_bytes // block_align / SAMPLE_RATE
+        return RepairedFile(final_path, fmt, channels, duration, size)
+    if fmt == "mp3":
+        scan = scan_mp3(final_path)
+        return RepairedFile(final_path, fmt, scan.first.channels,
+                            scan.samples / scan.first.sample_rate, final_path.stat().st_size)
+    raise ValueError(f"{final_path} is not a recording (format must be wav or mp3)")
+
+
+def _wav_layout(path: Path, header: bytes) -> tuple[int, int]:
+    """(channels, block_align) of a WAV header of ours; ValueError for anything else."""
+    if len(header) < WAV_HEADER_SIZE:
+        raise ValueError(f"{path} is not a WAV recording: header incomplete")
+    (riff, _, wave, fmt_id, fmt_size, audio_format, channels, rate, _, block_align, bits,
+     data_id, _) = _WAV_HEADER.unpack(header)
+    if (riff, wave, fmt_id, data_id) != (b"RIFF", b"WAVE", b"fmt ", b"data") or (
+        fmt_size, audio_format, rate, bits) != (16, _WAV_PCM, SAMPLE_RATE, 16) or (
+        channels not in (1, 2) or block_align != channels * SAMPLE_WIDTH
+    ):
+        raise ValueError(f"{path} is not a WAV recording of ours (16-bit PCM, 8000 Hz)")
+    return channels, block_align
+
+
 def _repair_wav(path: Path) -> tuple[int, float, int]:
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
-        header = os.pread(fd, WAV_HEADER_SIZE, 0)
-        if len(header) < WAV_HEADER_SIZE:
-            raise ValueError(f"{path} is not a WAV recording: header incomplete")
-        (riff, _, wave, fmt_id, fmt_size, audio_format, channels, rate, _, block_align, bits,
-         data_id, _) = _WAV_HEADER.unpack(header)
-        if (riff, wave, fmt_id, data_id) != (b"RIFF", b"WAVE", b"fmt ", b"data") or (
-            fmt_size, audio_format, rate, bits) != (16, _WAV_PCM, SAMPLE_RATE, 16) or (
-            channels not in (1, 2) or block_align != channels * SAMPLE_WIDTH
-        ):
-            raise ValueError(f"{path} is not a WAV recording of ours (16-bit PCM, 8000 Hz)")
+        channels, block_align = _wav_layout(path, os.pread(fd, WAV_HEADER_SIZE, 0))
         size = os.fstat(fd).st_size
         data_bytes = min((size - WAV_HEADER_SIZE) // block_align * block_align,
                          WAV_MAX_DATA_BYTES - WAV_MAX_DATA_BYTES % block_align)

@@ -3,9 +3,9 @@
 A `CallEntry` subscribes to its `Call`'s state changes and turns them into
 `calling.call.state` events for every session bound to the call (the one it was offered to, and
 any other session of the project that sent it a command). Plays and recordings report to the
-session that started them. The `ended` state event waits (a little) for the call's recordings
-to report their terminal event first, so a client that forgets a call once it has ended still
-gets its recordings' results.
+session that started them. The call tells `ended` only after its recordings reported their
+terminal event (see `callbox.server.call`), so a client that forgets a call once it has ended
+still gets its recordings' results.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from callbox.server.call import Call, CallState, PlayOperation
-from callbox.server.tasks import spawn
 from callbox.wire import relay as wire
-from callbox.wire.recording import TERMINAL_STATES, RecordParams, record_event_params
+from callbox.wire.recording import TERMINAL_STATES
 
 if TYPE_CHECKING:
     from callbox.server.recording.engine import Recording
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENDED_WAITS_FOR_RECORDINGS = 10.0  # seconds
 
 
 @dataclass
@@ -48,16 +46,16 @@ class PlayControl:
 
 @dataclass
 class RecordControl:
-    """A `calling.record` by control_id: pending until the engine started it."""
+    """A `calling.record` by control_id: its recording (the engine applies commands that
+    arrive before it records) and the task starting it."""
 
     session: Session
-    control_id: str
-    params: RecordParams
-    recording: Recording | None = None
+    recording: Recording
     task: asyncio.Task[Any] | None = None
-    replied: bool = False
-    stop_requested: bool = False
-    pause_requested: str | None = None  # behavior
+
+    @property
+    def control_id(self) -> str:
+        return self.recording.control_id
 
 
 @dataclass
@@ -71,9 +69,10 @@ class CallEntry:
     records: dict[str, RecordControl] = field(default_factory=dict)
     on_ended: Callable[[CallEntry], None] | None = None
     max_duration_timer: asyncio.TimerHandle | None = None
+    unsubscribe_state: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
-        self.call.state_listeners.append(self._on_state)
+        self.unsubscribe_state = self.call.on_state(self._on_state)
 
     # -- shapes ---------------------------------------------------------------------------
 
@@ -111,27 +110,14 @@ class CallEntry:
 
     def _on_state(self, call: Call) -> None:
         state = call.state
+        self.emit(wire.CALL_STATE, self.state_params(state.value))
         if state is CallState.ENDED:
-            call.state_listeners.remove(self._on_state)
+            if self.unsubscribe_state is not None:
+                self.unsubscribe_state()
             if self.max_duration_timer is not None:
                 self.max_duration_timer.cancel()
-            spawn(self._report_ended(), name=f"relay-ended-{call.id}")
-            return
-        self.emit(wire.CALL_STATE, self.state_params(state.value))
-
-    async def _report_ended(self) -> None:
-        """`ended` after the call's recordings reported their terminal event."""
-        pending: list[asyncio.Future[Any]] = []
-        for control in list(self.records.values()):
-            if control.recording is not None and not control.recording.is_done:
-                pending.append(control.recording.done)
-            elif control.task is not None and not control.task.done():
-                pending.append(control.task)
-        if pending:
-            await asyncio.wait(pending, timeout=ENDED_WAITS_FOR_RECORDINGS)
-        self.emit(wire.CALL_STATE, self.state_params(CallState.ENDED.value))
-        if self.on_ended is not None:
-            self.on_ended(self)
+            if self.on_ended is not None:
+                self.on_ended(self)
 
     # -- plays ----------------------------------------------------------------------------
 
@@ -159,31 +145,16 @@ class CallEntry:
 
     # -- recordings -----------------------------------------------------------------------
 
-    def recording_started(self, control: RecordControl, recording: Recording) -> None:
-        """Forward the engine's events (those already emitted too) to the session."""
-        control.recording = recording
+    def recording_created(self, session: Session, recording: Recording) -> RecordControl:
+        """Track `recording` by its control_id; its events go to `session` as they happen."""
+        control = RecordControl(session, recording)
+        self.records[recording.control_id] = control
 
         def forward(params: dict[str, Any]) -> None:
-            control.session.emit(wire.CALL_RECORD, params)
+            session.emit(wire.CALL_RECORD, params)
             if params.get("state") in TERMINAL_STATES and \
                     self.records.get(control.control_id) is control:
                 del self.records[control.control_id]
 
-        for params in list(recording.events):
-            forward(params)
         recording.listeners.append(forward)
-        if not recording.is_done:
-            if control.stop_requested:
-                recording.stop()
-            elif control.pause_requested:
-                recording.pause(control.pause_requested)
-
-    def recording_failed(self, control: RecordControl, reason: str, state: str = "error"
-                         ) -> None:
-        """A recording that never started, after its command was answered: report its end."""
-        if self.records.get(control.control_id) is control:
-            del self.records[control.control_id]
-        control.session.emit(wire.CALL_RECORD, record_event_params(
-            call_id=self.call.id, node_id=self.node_id, control_id=control.control_id,
-            recording_id="", state=state, url="", params=control.params,
-            reason=reason if state == "error" else None))
+        return control

@@ -6,12 +6,10 @@ naming the wrong field, "404" for an unknown call or control_id, "410" for a cal
 Commands only touch the platform's `Call` and the recording engine; the events they cause are
 sent by `CallEntry` (calls.py).
 
-Ordering of a recording after a prompt: the official client's `play()` returns as soon as the
-play started (it does not wait for the end), so `await call.play(prompt)` followed by
-`call.record(audio={"beep": True})` would beep over the prompt. A `calling.record` with
-`beep: true` therefore starts (beep first) once the plays running on the call when it arrived
-have finished (plays looping forever and paused plays are not waited for). Without `beep` the
-recording starts at once.
+A `calling.record` with `beep: true` starts once the prompts playing on the call are over
+(the recording engine's rule, the same for SWML and agents): the official client's `play()`
+returns as soon as the play started, so `await call.play(prompt)` then `call.record(audio=
+{"beep": True})` must not beep over the prompt. The reply waits for that (up to REPLY_WITHIN).
 """
 
 from __future__ import annotations
@@ -260,62 +258,27 @@ class Commands:
         if control_id in entry.records:
             raise CommandError(wire.CODE_BAD_REQUEST,
                                f"control_id {control_id!r} is already recording on this call")
-        if self.hub.platform.recorder is None:
+        recorder = self.hub.platform.recorder
+        if recorder is None:
             raise CommandError(wire.CODE_SERVER_ERROR, "recording is not available yet")
-        control = RecordControl(session, control_id, record_params)
-        entry.records[control_id] = control
-        # not `spawn`: an error before the reply is the reply, not a failure to log
+        try:
+            recording = recorder.create_recording(
+                entry.call, record_params, control_id=control_id,
+                project_id=entry.call.project_id)
+        except CallGone:
+            raise _gone(entry) from None
+        except RecordingError as exc:
+            if not entry.call.is_active:
+                raise _gone(entry) from None
+            raise CommandError(wire.CODE_BAD_REQUEST, str(exc)) from None
+        control = entry.recording_created(session, recording)
+        # not `spawn`: start() reports its own failures as an `error` event
         control.task = asyncio.get_running_loop().create_task(
-            self._start_recording(entry, control), name=f"relay-record-{control_id}")
+            recording.start(), name=f"relay-record-{control_id}")
         await asyncio.wait({control.task}, timeout=REPLY_WITHIN)
         if not control.task.done():
-            control.replied = True
             return ok("Recording starts after the prompt", control_id=control_id)
-        error = control.task.exception()
-        if error is not None:
-            entry.records.pop(control_id, None)
-            if not entry.call.is_active:
-                raise _gone(entry)
-            if isinstance(error, RecordingError):
-                raise CommandError(wire.CODE_BAD_REQUEST, str(error))
-            raise error
-        assert control.recording is not None
-        return ok("Recording", control_id=control_id, url=control.recording.url)
-
-    async def _start_recording(self, entry: CallEntry, control: RecordControl) -> None:
-        recorder = self.hub.platform.recorder
-        assert recorder is not None
-        try:
-            if control.params.beep:
-                await self._prompts_played(entry)
-            if control.stop_requested:
-                entry.recording_failed(control, "stopped before it started", "no_input")
-                return
-            recording = await recorder.start_recording(
-                entry.call, control.params, control_id=control.control_id,
-                project_id=entry.call.project_id)
-        except Exception as exc:
-            if not control.replied:
-                raise  # the command answers with the error
-            if not isinstance(exc, RecordingError | CallGone):
-                log.exception("recording %s on call %s failed to start", control.control_id,
-                              entry.call.id)
-            entry.recording_failed(control, f"could not start: {exc}")
-            return
-        entry.recording_started(control, recording)
-
-    @staticmethod
-    async def _prompts_played(entry: CallEntry) -> None:
-        """Wait for the plays running on the call now (not paused, not looping forever),
-        including those still fetching their audio."""
-        starting = [control.task for control in entry.plays.values()
-                    if control.op is None and control.task is not None]
-        if starting:
-            await asyncio.wait(starting)
-        running = [op.done for op in entry.call.plays
-                   if op.playback.state == "playing" and op.playback.loop != 0]
-        if running:
-            await asyncio.wait(running)
+        return ok("Recording", control_id=control_id, url=recording.url)
 
     def _record(self, entry: CallEntry, params: Mapping[str, Any]) -> RecordControl:
         control_id = params.get("control_id")
@@ -328,10 +291,7 @@ class Commands:
     async def record_stop(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
                           ) -> Result:
         control = self._record(entry, params)
-        if control.recording is None:
-            control.stop_requested = True
-        else:
-            control.recording.stop()
+        control.recording.stop()
         return ok("Stopped", control_id=control.control_id)
 
     async def record_pause(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
@@ -341,17 +301,11 @@ class Commands:
         if behavior not in PAUSE_BEHAVIORS:
             raise CommandError(wire.CODE_BAD_REQUEST,
                                f"behavior must be 'silence' or 'skip', got {behavior!r}")
-        if control.recording is None:
-            control.pause_requested = behavior
-        else:
-            control.recording.pause(behavior)
+        control.recording.pause(behavior)
         return ok("Paused", control_id=control.control_id)
 
     async def record_resume(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
                             ) -> Result:
         control = self._record(entry, params)
-        if control.recording is None:
-            control.pause_requested = None
-        else:
-            control.recording.resume()
+        control.recording.resume()
         return ok("Resumed", control_id=control.control_id)

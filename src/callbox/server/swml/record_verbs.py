@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from callbox.server.recording.engine import Recording, RecordingError
+from callbox.server.recording.machine import RecState
 from callbox.server.swml.runner import SwmlError, SwmlRunner, verb
 from callbox.wire.recording import EntryPoint, RecordParamError, RecordParams
 
@@ -44,7 +45,8 @@ async def record(runner: SwmlRunner, params: Any) -> None:
         return
     event = await recording.done
     runner.vars["record_url"] = event.get("url", "")
-    runner.vars["record_result"] = "success" if event["state"] == "finished" else "failed"
+    runner.vars["record_result"] = ("success" if recording.state is RecState.FINISHED
+                                    else "failed")
     runner.vars["record_duration"] = event.get("duration")
 
 
@@ -57,7 +59,8 @@ async def record_call(runner: SwmlRunner, params: Any) -> None:
     if recording is None:
         return
     runner.vars["record_call_url"] = recording.url
-    runner.vars["record_call_result"] = "success" if recording.state != "error" else "failed"
+    runner.vars["record_call_result"] = ("failed" if recording.state is RecState.ERROR
+                                         else "success")
     runner.vars["record_control_id"] = recording.control_id
 
 
