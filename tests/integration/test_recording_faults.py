@@ -193,3 +193,75 @@ async def test_full_disk_ends_the_recording_in_error_and_the_call_goes_on(tmp_pa
         assert abs(audio.dominant_frequency(samples[8000:80000]) - 1000) < 20
     finally:
         subprocess.run(["umount", str(recordings)], check=False)
+
+
+def fill_disk(path: Path) -> None:
+    """Fill the file system of `path` to the last byte."""
+    with open(path, "wb", buffering=0) as filler:
+        for chunk in (65536, 4096, 1):
+            block = b"\0" * chunk
+            with contextlib.suppress(OSError):
+                while True:
+                    filler.write(block)
+
+
+async def test_full_data_disk_ends_the_recording_in_error_keeps_and_reports_its_audio(tmp_path):
+    """The data directory (recordings AND their database) fills up: finishing failed on
+    SQLite ("database or disk is full"), the recording stayed `recording` forever with no
+    error webhook, and after a restart it was called "lost in a crash before any audio"
+    although its WAV file was there."""
+    data = tmp_path / "data"
+    data.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(data)], check=True)
+    try:
+        async with webhook_receiver(fail_first=0) as (hook_url, received):
+            routes = [Route("rec", swml=swml(
+                {"answer": {}},
+                {"record_call": {"direction": "speak", "status_url": hook_url,
+                                 "control_id": "full"}},
+                {"sleep": 60_000}))]
+            tone = tmp_path / "tone.wav"
+            audio.write_wav(tone, audio.tone(700, 10.0, dbfs=-12))
+            filler = data / "filler"
+            async with running_platform(tmp_path, routes) as running:
+                task = asyncio.create_task(place_call(running.uri("rec"), play=str(tone),
+                                                      hangup_after=8))
+                while not running.observed or not running.observed[0].call.recordings:
+                    await asyncio.sleep(0.05)
+                call = running.observed[0].call
+                (recording,) = call.recordings
+                part = data / "recordings" / f"{recording.id}.wav.part"
+                while not part.exists() or part.stat().st_size < 44 + 2 * 16000:
+                    await asyncio.sleep(0.05)  # 2 s of audio on disk
+                fill_disk(filler)
+                event = await asyncio.wait_for(asyncio.shield(recording.done), 10)
+                assert event["state"] == "error", event
+                assert "No space left on device" in event["reason"]
+                assert "database or disk is full" in event["reason"]  # its end not stored
+                assert event["duration"] >= 1.9 and event["url"] == recording.url
+                kept = data / "recordings" / f"{recording.id}.wav"
+                assert kept.stat().st_size == event["size"]  # the audio is kept, and said so
+                assert call.state == "answered"  # the call goes on
+                filler.unlink()  # room again: the held error webhook goes out
+                for _ in range(100):
+                    if len(received) >= 2:
+                        break
+                    await asyncio.sleep(0.1)
+                await task
+            states = [json.loads(body)["params"]["state"] for body, _ in received]
+            assert states[:2] == ["recording", "error"]
+            error = json.loads(received[1][0])["params"]
+            assert error["reason"] == event["reason"] and error["duration"] == event["duration"]
+
+            async with running_platform(tmp_path, routes) as restarted:  # after the outage
+                assert restarted.platform.recordings is not None
+                row = restarted.platform.recordings.get(recording.id)
+                assert row is not None and row.state == "error"
+                assert "before any audio" not in (row.reason or "")
+                assert row.duration == pytest.approx(event["duration"], abs=0.01)
+                assert row.size == event["size"]
+        samples, _ = audio.decode_audio(kept)
+        assert len(samples) / 8000 == pytest.approx(event["duration"], abs=0.01)
+        assert audio.tone_level_dbfs(samples[4000:12000], 700) > -16
+    finally:
+        subprocess.run(["umount", str(data)], check=False)
