@@ -226,7 +226,7 @@ def _load_decoder() -> Any:
     global _decoder
     if _decoder is None:
         try:
-            import pocketsphinx
+            import pocketsphinx  # type: ignore[import-untyped]
         except ImportError as exc:
             raise SttError(
                 f"pocketsphinx is not installed (pip install 'pocketsphinx>=5'): {exc}"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Final
 
 import aiohttp
-import miniaudio
+import miniaudio  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
 
