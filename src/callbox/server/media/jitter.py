@@ -16,7 +16,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from callbox.server.media.frames import TIMESTAMP_MASK
+from callbox.server.media.frames import FRAME_SAMPLES, TIMESTAMP_MASK
 
 HALF_TIMESTAMP_RANGE: Final = 1 << 31
 LATE_PACKETS_BEFORE_RESYNC: Final = 3
@@ -55,7 +55,8 @@ class ReceiveBuffer:
     )
 
     def __init__(
-        self, delay_frames: int = 3, frame_samples: int = 160, capacity_frames: int = 100
+        self, delay_frames: int = 3, frame_samples: int = FRAME_SAMPLES,
+        capacity_frames: int = 100,
     ) -> None:
         if frame_samples <= 0 or delay_frames < 0 or capacity_frames <= delay_frames:
             raise ValueError("need frame_samples > 0 and 0 <= delay_frames < capacity_frames")

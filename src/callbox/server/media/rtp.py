@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from callbox.server.media.frames import TIMESTAMP_MASK, TIMESTAMP_MOD
+from callbox.server.media.frames import FRAME_SAMPLES, TIMESTAMP_MASK, TIMESTAMP_MOD
 
 RTP_VERSION: Final = 2
 HEADER_SIZE: Final = 12
@@ -216,7 +216,7 @@ class RtpSender:
         self.sequence: int = secrets.randbits(16) if sequence is None else sequence % SEQUENCE_MOD
         self.packets_sent = 0
         self.octets_sent = 0  # payload octets, as RTCP sender reports count them
-        self._buffer = bytearray(HEADER_SIZE + 160)
+        self._buffer = bytearray(HEADER_SIZE + FRAME_SAMPLES)  # one G.711 frame
 
     def build(
         self, payload: bytes, payload_type: int, timestamp: int, marker: bool = False
