@@ -164,7 +164,7 @@ class Recording:
             operation = self.call.play_samples([beep()])
             await operation.wait()
         if self._stop_requested or not self.call.is_active:
-            await self._finish(RecState.FINISHED)
+            await self._finish(RecState.NO_INPUT)  # stopped during the beep: nothing recorded
             return
         self._machine = machine
         self.start_time = time.time()
