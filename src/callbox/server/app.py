@@ -131,11 +131,11 @@ class Platform:
         for call in list(self.calls.values()):
             await call.hangup()
         self.sip.close()
-        if self.recorder is not None:  # finishes its recordings, flushes its webhooks
-            await self.recorder.close()
         await self.clock.stop()
         for runner in self._runners:
             await runner.cleanup()
+        if self.recorder is not None:  # last: REST reads its store until the runners stop
+            await self.recorder.close()  # finishes its recordings, flushes its webhooks
 
     def banner(self) -> str:
         assert self.listening is not None

@@ -14,6 +14,8 @@ Order of notification when the call ends (hangup from either side):
    told `ended`, in subscription order. So observers (RELAY, SWML, the AI) always see a
    recording's end before the call's `ended`, as SignalWire clients expect.
 Other state changes (`ringing`, `answered`) go to the state listeners in subscription order.
+Taps run every tick in the order they were added, after the frame was sent; DTMF listeners get
+each received digit in subscription order.
 """
 
 from __future__ import annotations
