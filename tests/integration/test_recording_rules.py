@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from typing import Any
 
 import numpy as np
 import pytest
@@ -187,3 +188,28 @@ async def test_a_start_that_fails_ends_in_error_and_leaves_nothing_open(tmp_path
         assert running.observed[0].call.is_active  # the call goes on
         await task
         await running.wait_call_ended()
+
+
+async def test_relay_stop_before_the_prompt_ended_gives_no_input_and_no_file(tmp_path):
+    """The engine keeps a stop that arrives while a beep waits for the prompt (the RELAY layer
+    used to keep it): nothing was recorded, so `no_input` and no file, and no beep."""
+    result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def handle(call: RelayCall) -> None:
+        await call.answer()
+        await call.play_silence(7.0)  # a long prompt: the record reply comes before its end
+        action = await call.record(audio={"format": "wav", "beep": True, **NO_TIMEOUTS})
+        await action.stop()
+        result.set_result(await asyncio.wait_for(action.wait(), 10))
+
+    async with relay_platform(tmp_path) as running, relay_client(running, handle):
+        heard = tmp_path / "heard.wav"
+        caller = asyncio.ensure_future(place_call(running.uri("voicemail"), hangup_after=9,
+                                                  record_heard=heard))
+        event = await asyncio.wait_for(result, 15)
+        assert event.params["state"] == "no_input"
+        assert "url" not in event.params
+        assert list((tmp_path / "data" / "recordings").iterdir()) == []
+        await asyncio.wait_for(caller, 15)
+    samples, _ = audio.read_wav(heard)
+    assert tone_spans(samples, 1000) == []  # no beep
