@@ -8,11 +8,14 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from callbox.relay.client import relay_url
 from callbox.relay.events import RelayEvent
 from callbox.server.relay.session import MAX_UNACKED, Session
 from callbox.wire import relay as wire
+from callbox.wire.json_depth import nesting_depth, nests_deeper_than
 
 # -- envelopes ---------------------------------------------------------------------------------
 
@@ -42,6 +45,56 @@ def test_bad_frames_raise_protocol_errors_with_their_code(text, code):
     with pytest.raises(wire.ProtocolError) as caught:
         wire.parse_message(text)
     assert caught.value.code == code
+
+
+def nesting(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(nesting, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(nesting, value.values()), default=0)
+    return 0
+
+
+TRICKY_TEXT = st.text(alphabet=st.sampled_from('[]{}"\\/ a\u00e9\u2028\U0001f600\ud800\n'))
+JSON_VALUES = st.recursive(
+    st.none() | st.integers() | TRICKY_TEXT,
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(TRICKY_TEXT, children, max_size=3),
+    max_leaves=40,
+)
+
+
+@given(JSON_VALUES, st.booleans())
+@settings(max_examples=400, deadline=None)
+def test_nesting_depth_is_exact_and_ignores_brackets_in_strings(value, ascii_only):
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    assert nesting_depth(text) == nesting(value)
+    assert nests_deeper_than(text, nesting(value)) is False
+    if nesting(value) > 0:
+        assert nests_deeper_than(text, nesting(value) - 1) is True
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"a":' * 100_000, "[{" * 50_000 + "]}",
+                                  '{"jsonrpc":"2.0","id":"1","method":"m","params":'
+                                  + "[" * 100_000, ("[" * 100_000).encode()])
+def test_json_nested_too_deep_is_a_parse_error_before_decoding(text):
+    with pytest.raises(wire.ProtocolError, match="nested deeper than 64 levels") as caught:
+        wire.parse_message(text)
+    assert caught.value.code == wire.PARSE_ERROR
+
+
+def test_json_nested_to_the_limit_parses_and_strings_do_not_count():
+    def frame(params: Any) -> str:
+        return wire.dumps(wire.request("m", {"p": params}, "1"))
+
+    deepest: Any = 0
+    for _ in range(wire.MAX_JSON_DEPTH - 2):  # the frame and its params are two levels
+        deepest = [deepest]
+    assert wire.parse_message(frame(deepest)).params["p"] == deepest
+    with pytest.raises(wire.ProtocolError, match="nested deeper"):
+        wire.parse_message(frame([deepest]))
+    text = '[[[' * 1000 + '\\"{"\\\\'  # brackets, an escaped quote, escaped backslashes
+    assert wire.parse_message(frame(text)).params["p"] == text
 
 
 def test_request_id_is_kept_in_protocol_errors_when_known():

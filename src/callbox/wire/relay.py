@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from callbox.wire.json_depth import nests_deeper_than
 from callbox.wire.recording import RECORD_EVENT
 
 JSONRPC: Final = "2.0"
@@ -96,6 +97,10 @@ INTERNAL_ERROR: Final = -32603
 AUTH_FAILED: Final = -32002
 NOT_CONNECTED: Final = -32003
 TOO_BUSY: Final = -32004
+
+# Arrays and objects one frame may nest (RELAY frames use fewer than 10): deeper JSON is a
+# parse error, so that decoding never recurses without bound.
+MAX_JSON_DEPTH: Final = 64
 
 
 def is_success(code: Any) -> bool:
@@ -178,10 +183,21 @@ Message = Request | Response | ErrorResponse
 
 
 def parse_message(text: str | bytes) -> Message:
-    """Parse one frame; raises `ProtocolError` (with the code to answer) when it is bad."""
+    """Parse one frame; raises `ProtocolError` (with the code to answer) when it is bad.
+
+    JSON nested deeper than `MAX_JSON_DEPTH` is a parse error, found before decoding.
+    """
+    try:
+        if isinstance(text, bytes):  # as json.loads reads bytes
+            text = text.decode(json.detect_encoding(text), "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(PARSE_ERROR, f"invalid JSON: {exc}") from None
+    if nests_deeper_than(text, MAX_JSON_DEPTH):
+        raise ProtocolError(PARSE_ERROR,
+                            f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         raise ProtocolError(PARSE_ERROR, f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError(INVALID_REQUEST, "a frame must be a JSON object")
