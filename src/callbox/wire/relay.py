@@ -64,6 +64,9 @@ CALL_RECEIVE: Final = "calling.call.receive"
 CALL_STATE: Final = "calling.call.state"
 CALL_PLAY: Final = "calling.call.play"
 CALL_RECORD: Final = RECORD_EVENT  # "calling.call.record"; payload in callbox.wire.recording
+# The server's opaque re-authorization blob (`params.authorization_state`): a client sends the
+# last one back in `signalwire.connect` when it reconnects.
+AUTHORIZATION_STATE: Final = "signalwire.authorization.state"
 
 CALL_STATES: Final = ("created", "ringing", "answered", "ending", "ended")
 END_REASONS: Final = (
@@ -273,6 +276,7 @@ class ConnectParams:
     protocol: str = ""
     agent: str = ""
     event_acks: bool = True
+    authorization_state: str = ""
 
     def to_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -285,6 +289,8 @@ class ConnectParams:
             params["contexts"] = list(self.contexts)
         if self.protocol:
             params["protocol"] = self.protocol
+        if self.authorization_state:
+            params["authorization_state"] = self.authorization_state
         return params
 
     @classmethod
@@ -300,10 +306,14 @@ class ConnectParams:
         protocol = params.get("protocol") or ""
         if not isinstance(protocol, str):
             raise ParamError("protocol", "protocol must be a string")
+        authorization_state = params.get("authorization_state") or ""
+        if not isinstance(authorization_state, str):
+            raise ParamError("authorization_state", "authorization_state must be a string")
         agent = params.get("agent") or ""
         return cls(project=project, token=token, contexts=parse_contexts(params.get("contexts")),
                    protocol=protocol, agent=str(agent)[:200],
-                   event_acks=params.get("event_acks", True) is not False)
+                   event_acks=params.get("event_acks", True) is not False,
+                   authorization_state=authorization_state)
 
 
 def connect_result(*, project: str, node_id: str, protocol: str, restored: bool
