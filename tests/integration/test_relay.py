@@ -536,8 +536,8 @@ async def test_pings_resume_grace_and_connection_cap(tmp_path):
                 assert refused.value.status == 503
 
 
-async def test_deeply_nested_json_gets_a_parse_error_and_the_socket_stays_open(tmp_path,
-                                                                                caplog):
+async def test_deeply_nested_json_gets_a_parse_error_and_the_socket_stays_open(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def reply_to(ws: aiohttp.ClientWebSocketResponse, frame: str) -> dict[str, Any]:
         await ws.send_str(frame)
         message = await ws.receive(timeout=5)
