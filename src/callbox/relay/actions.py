@@ -25,7 +25,7 @@ class Action:
     """
 
     terminal_states: ClassVar[tuple[str, ...]] = ()
-    method_prefix: ClassVar[str] = ""
+    method_prefix: ClassVar[str] = ""  # the command that starts it; its controls add a suffix
 
     def __init__(self, call: CallHandle, control_id: str,
                  on_completed: Completion | None = None) -> None:
