@@ -6,11 +6,10 @@ error paths. The same scripts also run on the official `signalwire-sdk` (its own
 `.venv-sw`), and the SWAIG replies of both must be identical.
 
 Differences from the official server (by design), and how the comparison handles them:
-- The official package adds a per-call HMAC token (`?__token=...`) to each function's
-  `web_hook_url` and refuses calls without a valid one (its reply: "the security token for this
-  function is invalid or expired"); callbox serves the plain URL it rendered, as agents.md says a
-  compatible server does. So official calls here first fetch the SWML document for a call_id
-  and then call the URL (token included) that document gives; callbox calls use its own URL.
+- Both packages add a per-call token (`?__token=...`) to each secure function's `web_hook_url`
+  and refuse calls without a valid one (official: a 200 whose reply says "the security token for
+  this function is invalid or expired"; callbox: 403). So calls here first fetch the SWML
+  document for a call_id and then call the URL (token included) that document gives.
 - The official `web_hook_url` is built on the configured host ("localhost:PORT") and ends with
   "/swaig/"; callbox uses the request's scheme and Host header and ".../swaig". Documents are
   compared with the host, the token and the trailing slash taken out.
@@ -488,7 +487,10 @@ def test_seed_swaig_reply_equals_official(agents, key: str, function: str) -> No
 
 def test_swaig_with_trailing_slash(agents) -> None:
     agent = ours(agents, "continuous")
-    reply = http("POST", agent.url + "/swaig/", {"function": "start_recording"})
+    url = agent.function_url("start_recording", "call-slash")
+    assert "/swaig?" in url
+    reply = http("POST", url.replace("/swaig?", "/swaig/?"),
+                 {"function": "start_recording", "call_id": "call-slash"})
     assert json.dumps(reply.json, separators=(",", ":")) == SEED_REPLIES["start_recording"]
 
 
@@ -670,24 +672,33 @@ async def test_generated_credentials_and_embedding(monkeypatch, caplog) -> None:
             async with session.get(f"http://127.0.0.1:{port}/bot") as r:
                 assert r.status == 401
             url = f"http://127.0.0.1:{sub_port}/"
-            async with session.get(url, headers=ab) as r:
+            async with session.get(url + "?call_id=c1", headers=ab) as r:
                 ai = (await r.json())["sections"]["main"][1]["ai"]
             functions = ai["SWAIG"]["functions"]
             assert [f["function"] for f in functions] == ["stop_it", "greet"]
             assert functions[1]["parameters"] == {
                 "type": "object", "properties": {"who": {"type": "string"}}, "required": ["who"],
             }
-            assert functions[0]["web_hook_url"] == f"http://a:b@127.0.0.1:{sub_port}/swaig"
+            stop_url, greet_url = (f["web_hook_url"] for f in functions)
+            prefix = f"http://a:b@127.0.0.1:{sub_port}"
+            assert stop_url.startswith(prefix + "/swaig?__token=")
+            assert greet_url.startswith(prefix + "/swaig?__token=") and greet_url != stop_url
             assert ai["post_prompt"] == {"text": "Summarize the call as JSON."}
-            assert ai["post_prompt_url"] == f"http://a:b@127.0.0.1:{sub_port}/post_prompt"
-            body = {"function": "stop_it", "argument": {"parsed": [{"id": "r1"}]}}
-            async with session.post(url + "swaig", json=body, headers=ab) as r:
+            assert ai["post_prompt_url"].startswith(prefix + "/post_prompt?__token=")
+
+            def plain(url: str) -> str:  # the credentials go in the header
+                return url.replace("a:b@", "")
+
+            body = {"function": "stop_it", "argument": {"parsed": [{"id": "r1"}]},
+                    "call_id": "c1"}
+            async with session.post(plain(stop_url), json=body, headers=ab) as r:
                 assert await r.json() == FunctionResult("Stopped.").stop_record_call("r1").to_dict()
-            body = {"function": "greet", "argument": {"raw": '{"who": "Bob"}'}}
-            async with session.post(url + "swaig", json=body, headers=ab) as r:
+            body = {"function": "greet", "argument": {"raw": '{"who": "Bob"}'}, "call_id": "c1"}
+            async with session.post(plain(greet_url), json=body, headers=ab) as r:
                 assert await r.json() == {"response": "hi Bob"}
-            body = {"post_prompt_data": {"parsed": [{"outcome": "voicemail"}], "raw": "..."}}
-            async with session.post(url + "post_prompt", json=body, headers=ab) as r:
+            body = {"post_prompt_data": {"parsed": [{"outcome": "voicemail"}], "raw": "..."},
+                    "call_id": "c1"}
+            async with session.post(plain(ai["post_prompt_url"]), json=body, headers=ab) as r:
                 assert await r.json() == {"success": True}
             assert summaries == [{"outcome": "voicemail"}]
     finally:

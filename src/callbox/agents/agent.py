@@ -12,9 +12,13 @@
 Routes (one aiohttp application, built by `get_app()`):
 
 - `GET|POST <route>`: the SWML document (`answer`, then `ai` with the prompt and the SWAIG
-  functions, whose `web_hook_url` is `<scheme>://USER:PASS@<Host header><route>/swaig`);
-- `POST <route>/swaig`: a function call (see `callbox.agents.swaig`); GET gives the document;
-- `POST <route>/post_prompt`: the conversation summary, passed to `on_summary()`;
+  functions, whose `web_hook_url` is `<scheme>://USER:PASS@<Host header><route>/swaig`); for a
+  call (`call_id` or `call.call_id` in the POST body, or `?call_id=`), each secure function's
+  URL and the post-prompt URL carry a token for that call, `?__token=...`;
+- `POST <route>/swaig`: a function call (see `callbox.agents.swaig`); a secure function (the
+  default) runs only with its call's token, else 403; GET gives the document;
+- `POST <route>/post_prompt`: the conversation summary, passed to `on_summary()` (its call's
+  token required, else 403);
 - `GET /health` -> `{"status": "healthy", "agent": name}`, `GET /ready` (no auth).
 
 HTTP Basic auth is always on: `basic_auth=(user, password)`, else `SWML_BASIC_AUTH_USER` /
