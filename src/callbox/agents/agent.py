@@ -112,10 +112,10 @@ def _resolve_credentials(basic_auth: tuple[str, str] | None) -> tuple[str, str, 
     if basic_auth is not None:
         user, password = basic_auth
         return str(user), str(password), "provided"
-    user = os.environ.get(ENV_AUTH_USER)
-    password = os.environ.get(ENV_AUTH_PASSWORD)
-    if user and password:
-        return user, password, "environment"
+    env_user = os.environ.get(ENV_AUTH_USER)
+    env_password = os.environ.get(ENV_AUTH_PASSWORD)
+    if env_user and env_password:
+        return env_user, env_password, "environment"
     return DEFAULT_USER, secrets.token_urlsafe(18), "generated"
 
 
