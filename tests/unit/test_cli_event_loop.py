@@ -17,14 +17,14 @@ def _restore_policy():
 
 def test_asyncio_keeps_the_stdlib_loop():
     asyncio.set_event_loop_policy(None)
-    cli._event_loop_policy("asyncio")
+    cli.use_event_loop("asyncio")
     assert type(asyncio.get_event_loop_policy()).__module__.startswith("asyncio")
 
 
 def test_uvloop_and_auto_use_uvloop_when_installed():
     for choice in ("uvloop", "auto"):
         asyncio.set_event_loop_policy(None)
-        cli._event_loop_policy(choice)
+        cli.use_event_loop(choice)
         assert type(asyncio.get_event_loop_policy()).__module__.startswith("uvloop")
 
 
