@@ -34,4 +34,4 @@ async def test_twenty_concurrent_recorded_calls_are_all_complete(tmp_path, peer_
         assert check.skipped == 0, check  # record_call started before the caller's audio
         assert check.score > 0.99, check
     assert result.complete == CALLS, summary
-    assert result.rtp_received == result.rtp_sent, summary  # the platform's /health counters
+    assert result.rtp_received == result.rtp_sent, summary  # the platform's /metrics counters
