@@ -303,6 +303,14 @@ async def test_download_several_ranges_gets_the_whole_file(env: Env) -> None:
     assert int(response.headers["Content-Length"]) == len(content)
     assert await response.read() == content
 
+    response = await env.client.head(f"/recordings/{row.id}.wav",
+                                     headers={"Range": "bytes=0-9, 20-29"})
+    assert response.status == 200
+    assert int(response.headers["Content-Length"]) == len(content)
+    assert await response.read() == b""
+    response = await env.client.get(f"/recordings/{row.id}.wav")  # the connection is still sane
+    assert response.status == 200 and await response.read() == content
+
 
 async def test_download_several_ranges_of_a_vanished_file_is_404(env: Env) -> None:
     row = add_recording(env, seconds=1)

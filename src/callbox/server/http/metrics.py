@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from callbox import __version__
 from callbox.server.http.auth import require_project
@@ -18,7 +18,7 @@ from callbox.server.http.context import services_of
 from callbox.server.services import Services
 
 METRICS_PATH: Final = "/metrics"
-CONTENT_TYPE: Final = "text/plain"  # + version=0.0.4, set below
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX: Final = "callbox_"
 
 
@@ -30,9 +30,7 @@ async def metrics(request: web.Request) -> web.Response:
     require_project(request)
     loop_module = type(asyncio.get_running_loop()).__module__.split(".")[0]
     text = render_metrics(services_of(request), event_loop=loop_module)
-    response = web.Response(text=text, content_type=CONTENT_TYPE)
-    response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
-    return response
+    return web.Response(body=text.encode(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
 
 
 def render_metrics(services: Services, *, event_loop: str) -> str:

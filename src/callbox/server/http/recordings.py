@@ -214,7 +214,8 @@ async def _send_whole_file(request: web.Request, path: Path,
         response = web.StreamResponse(headers={**headers, hdrs.ACCEPT_RANGES: "bytes"})
         response.content_length = size
         await response.prepare(request)
-        while chunk := await _run_blocking(_read_chunk, file):
+        while request.method != hdrs.METH_HEAD and (
+                chunk := await _run_blocking(_read_chunk, file)):
             await response.write(chunk)
         await response.write_eof()
         return response
