@@ -50,10 +50,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -385,7 +386,8 @@ class ServedPlatform:
     def sip_target(self) -> str:
         return f"127.0.0.1:{self.ports['sip']}"
 
-    async def start(self, session: aiohttp.ClientSession, timeout: float = 30.0) -> dict:
+    async def start(self, session: aiohttp.ClientSession, timeout: float = 30.0
+                    ) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "callbox.cli", "serve", "--config", str(self.config),
                "--loop", self.loop]
         with self.log_path.open("wb") as log:
@@ -405,7 +407,7 @@ class ServedPlatform:
             await asyncio.sleep(0.1)
         raise RuntimeError("callbox serve did not become healthy")
 
-    async def metrics(self, session: aiohttp.ClientSession) -> dict:
+    async def metrics(self, session: aiohttp.ClientSession) -> dict[str, Any]:
         """The platform's /metrics (Prometheus text, project credentials) as a dict: calls,
         recordings, media_late_ticks, media_max_behind_ms, event_loop, rtp {name: total}."""
         token = base64.b64encode(f"{PROJECT}:{TOKEN}".encode()).decode()
@@ -414,9 +416,9 @@ class ServedPlatform:
             response.raise_for_status()
             return parse_metrics(await response.text())
 
-    async def recordings(self, session: aiohttp.ClientSession) -> list[dict]:
+    async def recordings(self, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
         """Every recording of the project, through the REST API (all pages)."""
-        rows: list[dict] = []
+        rows: list[dict[str, Any]] = []
         url: str | None = f"{self.base}/api/relay/rest/recordings?page_size=1000"
         token = base64.b64encode(f"{PROJECT}:{TOKEN}".encode()).decode()
         headers = {"Authorization": f"Basic {token}"}
@@ -544,7 +546,7 @@ def sipp_response_times(workdir: Path) -> list[float]:
     return values
 
 
-def parse_metrics(text: str) -> dict:
+def parse_metrics(text: str) -> dict[str, Any]:
     """The counters this benchmark reads, from /metrics' Prometheus text exposition."""
     samples: dict[str, str] = {}
     for line in text.splitlines():
@@ -608,7 +610,7 @@ def _steady_window(samples: list[Sample], calls: int) -> tuple[Sample, Sample] |
 async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate: float = 50.0,
                    loop: str = "uvloop", workdir: Path, source: Source | None = None,
                    max_cpu_pct: float = 80.0, analysis_workers: int = 2,
-                   progress=None) -> StepResult:
+                   progress: Callable[[str], object] | None = None) -> StepResult:
     """Run N concurrent recorded calls against a fresh platform and measure everything."""
     started = time.monotonic()
     say = progress or (lambda _msg: None)
@@ -766,7 +768,7 @@ RELAY_PROGRAM = Path(__file__).resolve().parent / "relay_recorder.py"
 
 
 async def start_relay_program(platform: ServedPlatform, variant: Variant,
-                              workdir: Path) -> subprocess.Popen:
+                              workdir: Path) -> subprocess.Popen[bytes]:
     """The RELAY program that answers and records every call (its own process, so its CPU is
     not the platform's); returns once it is connected."""
     ready = workdir / "relay.ready"
@@ -787,7 +789,7 @@ async def start_relay_program(platform: ServedPlatform, variant: Variant,
     return proc
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:

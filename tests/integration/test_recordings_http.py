@@ -39,7 +39,7 @@ P2 = basic("project-2", "token-two")
 
 @dataclass
 class Env:
-    client: TestClient
+    client: TestClient[web.Request, web.Application]
     store: SqliteRecordingStore
     rec_dir: Path
     data_dir: Path

@@ -32,7 +32,7 @@ def write_config(tmp_path: Path, sip_port: int, http_port: int) -> Path:
 
 async def read_banner(process: asyncio.subprocess.Process) -> str:
     assert process.stdout is not None
-    lines = []
+    lines: list[str] = []
     while len(lines) < 5:
         line = await asyncio.wait_for(process.stdout.readline(), 20)
         if not line:
@@ -41,7 +41,8 @@ async def read_banner(process: asyncio.subprocess.Process) -> str:
     return "".join(lines)
 
 
-async def test_serve_prints_where_it_listens_answers_calls_and_stops_on_sigterm(tmp_path):
+async def test_serve_prints_where_it_listens_answers_calls_and_stops_on_sigterm(
+        tmp_path: Path) -> None:
     sip_port, http_port = free_udp_port(), free_tcp_port()
     config = write_config(tmp_path, sip_port, http_port)
     process = await asyncio.create_subprocess_exec(
@@ -52,7 +53,9 @@ async def test_serve_prints_where_it_listens_answers_calls_and_stops_on_sigterm(
         banner = await read_banner(process)
         assert f"udp:127.0.0.1:{sip_port}" in banner
         assert f"https://127.0.0.1:{http_port}/" in banner
-        cert = Path(re.search(r"TLS cert\s+(\S+)", banner).group(1))
+        found = re.search(r"TLS cert\s+(\S+)", banner)
+        assert found is not None, banner
+        cert = Path(found.group(1))
         assert cert == (tmp_path / "data" / "tls" / "cert.pem").resolve() and cert.exists()
 
         # HTTPS with the self-signed certificate, verified against itself
@@ -126,7 +129,7 @@ async def check_metrics(base: str, context: ssl.SSLContext) -> None:
     assert any(name.startswith("callbox_info{") for name in metrics)
 
 
-async def test_serve_with_a_bad_config_says_what_is_wrong(tmp_path):
+async def test_serve_with_a_bad_config_says_what_is_wrong(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('[sip]\nlisten = "localhost"\n')
     process = await asyncio.create_subprocess_exec(

@@ -36,7 +36,7 @@ import secrets
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal, overload
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
@@ -210,6 +210,14 @@ class AgentBase:
 
     def get_name(self) -> str:
         return self.name
+
+    @overload
+    def get_basic_auth_credentials(
+        self, include_source: Literal[False] = False
+    ) -> tuple[str, str]: ...
+
+    @overload
+    def get_basic_auth_credentials(self, include_source: Literal[True]) -> tuple[str, str, str]: ...
 
     def get_basic_auth_credentials(
         self, include_source: bool = False
