@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from callbox import __version__
+from callbox.server.auth import ProjectAuth
 from callbox.server.call import Call
 from callbox.server.config import Config, Route, parse_host_port, parse_port_range
 from callbox.server.http.app import make_app
@@ -22,6 +24,7 @@ from callbox.server.media.ports import NoPortsAvailable, RtpPortPool
 from callbox.server.media.session import MediaSession
 from callbox.server.recording.engine import RecordingEngine
 from callbox.server.relay.hub import RelayHub
+from callbox.server.services import Services
 from callbox.server.sip.endpoint import InboundInvite, SipEndpoint
 from callbox.server.sip.headers import NameAddr
 from callbox.server.sip.sdp import NoCommonCodec, SdpError, answer_offer, parse_sdp
@@ -70,13 +73,17 @@ class Platform:
         self.webhooks: WebhookQueue | None = None
         self.recorder: RecordingEngine | None = None
         self.recovered: list[RecordingRow] = []
-        self.relay = RelayHub(self)
+        self.services = Services(
+            calls=self.calls, auth=ProjectAuth(config), node_id=self.node_id, clock=self.clock,
+            media_counters=self.media_counters, public_url=config.http.public_url,
+        )
+        self.relay = RelayHub(self.services)
         self.accepting = True
         self._sdp_version = secrets.randbelow(2**31)
         self._ended_media: Counter[str] = Counter()  # RTP counters of the calls that ended
 
     def media_counters(self) -> dict[str, int]:
-        """RTP totals since start (ended calls + live ones), for /health and benchmarks."""
+        """RTP totals since start (ended calls + live ones), for /metrics and benchmarks."""
         totals = Counter(self._ended_media)
         for call in self.calls.values():
             totals.update(_media_counters(call.media))
@@ -94,18 +101,21 @@ class Platform:
         self.recordings = SqliteRecordingStore(data_dir / "recordings.db")
         self.webhooks = WebhookQueue(data_dir / "webhooks.db")
         await self.webhooks.start()
-        app = make_app(self)
+        app = make_app(self.services, self.relay.websocket)
         https = await self._serve(app, self.config.http.listen, server_context(cert, key))
         plain = None
         if self.config.http.plain_listen:
             plain = await self._serve(app, self.config.http.plain_listen, None)
         if parse_host_port(self.config.http.listen, "http.listen")[1] == 0:
             self.config.http.public_url = f"https://{https[0]}:{https[1]}"  # ephemeral port
+        self.services.public_url = self.config.http.public_url
         self.recorder = RecordingEngine(
             data_dir=data_dir, public_url=self.config.http.public_url, store=self.recordings,
             webhooks=self.webhooks, node_id=self.node_id,
             signing_keys={p.id: p.signing_key or p.token for p in self.config.projects},
         )
+        self.services.recordings = self.recordings
+        self.services.recorder = self.recorder
         self.recovered = self.recorder.recover()
         self.clock.start()
         sip_host, sip_port = parse_host_port(self.config.sip.listen, "sip.listen")
@@ -113,15 +123,16 @@ class Platform:
         self.listening = Listening((self.sip.host, self.sip.port), https, plain, cert.resolve())
         return self.listening
 
-    async def _serve(self, app: web.Application, listen: str, ssl_context) -> tuple[str, int]:
+    async def _serve(self, app: web.Application, listen: str,
+                     ssl_context: ssl.SSLContext | None) -> tuple[str, int]:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = parse_host_port(listen, "http.listen")
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         self._runners.append(runner)
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        return host, sockets[0].getsockname()[1] if sockets else port
+        addresses = runner.addresses  # the bound (host, port, ...) of each listening socket
+        return host, int(addresses[0][1]) if addresses else port
 
     async def stop(self) -> None:
         """Graceful: refuse new calls (503), hang up the active ones (their recordings finish

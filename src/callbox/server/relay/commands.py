@@ -260,7 +260,7 @@ class Commands:
         if control_id in entry.records:
             raise CommandError(wire.CODE_BAD_REQUEST,
                                f"control_id {control_id!r} is already recording on this call")
-        if self.hub.platform.recorder is None:
+        if self.hub.services.recorder is None:
             raise CommandError(wire.CODE_SERVER_ERROR, "recording is not available yet")
         control = RecordControl(session, control_id, record_params)
         entry.records[control_id] = control
@@ -283,7 +283,7 @@ class Commands:
         return ok("Recording", control_id=control_id, url=control.recording.url)
 
     async def _start_recording(self, entry: CallEntry, control: RecordControl) -> None:
-        recorder = self.hub.platform.recorder
+        recorder = self.hub.services.recorder
         assert recorder is not None
         try:
             if control.params.beep:
