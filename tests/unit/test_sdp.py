@@ -415,9 +415,9 @@ def test_multicast_connection_is_refused(address: str) -> None:
         answer(offer_with("m=audio 4000 RTP/AVP 0\r\n", connection=address))
 
 
-def test_host_name_connection_must_be_resolved_first() -> None:
-    with pytest.raises(SdpError, match="not a numeric address"):
-        answer(offer_with("m=audio 4000 RTP/AVP 0\r\n", connection="media.example.com"))
+def test_host_name_connection_is_left_to_the_caller_to_resolve() -> None:
+    _, negotiated = answer(offer_with("m=audio 4000 RTP/AVP 0\r\n", connection="media.example"))
+    assert negotiated.remote_host == "media.example"
 
 
 def test_maxptime_below_our_packet_time_is_refused() -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
-from collections.abc import Callable, Iterable
+import socket
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from callbox.server.sip.dialog import Dialog, dialog_key_from_request
@@ -53,6 +55,33 @@ KNOWN_METHODS = frozenset(
     {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "PUBLISH", "REFER", "PRACK", "UPDATE"}
 )
 MAX_DATAGRAM = 65535
+
+
+class OfferRejected(Exception):
+    """An SDP offer (INVITE or re-INVITE) we refuse: the status and headers to answer with."""
+
+    def __init__(self, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.headers = [*headers, ("Warning", f'399 callbox "{_quote(reason)}"')]
+
+
+def _quote(text: str) -> str:
+    return "".join(ch for ch in text if ch.isprintable()).replace("\\", "").replace('"', "'")[:200]
+
+
+async def resolve_address(address: Address) -> Address:
+    """A numeric address for `address`; a host name is looked up off the event loop."""
+    host, port = address
+    try:
+        ipaddress.ip_address(host)
+        return address
+    except ValueError:
+        pass
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"{host!r} does not resolve")
+    return str(infos[0][4][0]), port
 
 
 class CallFailed(RuntimeError):
@@ -265,7 +294,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             if message.method == "ACK" and isinstance(txn, ServerInviteTransaction):
                 invite = self._invites.get(server_key(txn.request))
                 if invite is not None:
-                    invite.acked.set()
+                    invite._confirmed(message)
             return
         entry = self._client.get((message.branch, message.cseq.method))
         if entry is None:
@@ -462,8 +491,8 @@ class Leg:
         self.dialog = dialog
         self.terminated = False
         self.on_terminated: Callable[[str], None] | None = None
-        # Called with the SDP body of a re-INVITE; returns our answer or None to reject (488).
-        self.on_reoffer: Callable[[bytes], bytes | None] | None = None
+        # Called with a re-INVITE carrying an offer; returns our answer or raises OfferRejected.
+        self.on_reoffer: Callable[[SipRequest], Awaitable[bytes]] | None = None
         self.on_info: Callable[[SipRequest], None] | None = None
         self._reinvites: dict[int, ServerInviteTransaction] = {}
 
@@ -510,10 +539,18 @@ class Leg:
             self.endpoint.respond(request, 501)
 
     def _on_reinvite(self, request: SipRequest) -> None:
-        answer = self.on_reoffer(request.body) if self.on_reoffer and request.body else None
-        if answer is None:
+        if self.on_reoffer is None or not request.body:
             self.endpoint.respond(request, 488, headers=[
                 ("Warning", '399 callbox "re-INVITE without a usable SDP offer"')])
+            return
+        spawn(self._answer_reinvite(request, self.on_reoffer), name="sip-reinvite")
+
+    async def _answer_reinvite(self, request: SipRequest,
+                               on_reoffer: Callable[[SipRequest], Awaitable[bytes]]) -> None:
+        try:
+            answer = await on_reoffer(request)
+        except OfferRejected as exc:
+            self.endpoint.respond(request, exc.status, headers=exc.headers)
             return
         found = self.endpoint._server.get(server_key(request))
         if found is not None and isinstance(found[0], ServerInviteTransaction):
@@ -546,7 +583,12 @@ class Leg:
             extra_headers=[("User-Agent", self.endpoint.user_agent)],
         )
         try:
-            await self.endpoint.request(request, self._dest())
+            dest = await resolve_address(self._dest())
+        except OSError as exc:
+            log.warning("BYE for %s not sent: %s", self.dialog.call_id, exc)
+            return
+        try:
+            await self.endpoint.request(request, dest)
         except CallFailed as exc:
             log.info("BYE for %s not answered: %s", self.dialog.call_id, exc)
 
@@ -561,6 +603,9 @@ class InboundInvite(Leg):
         self.answered = False
         self.finished = False  # a final response was sent
         self.acked = asyncio.Event()  # the ACK for our 2xx came (or will never come)
+        # Delayed offer (an INVITE without SDP): our 200 carried the offer; the ACK carries the
+        # answer, handed here as (body, Content-Type).
+        self.on_ack_body: Callable[[bytes, str | None], None] | None = None
 
     @property
     def call_id(self) -> str:
@@ -598,9 +643,17 @@ class InboundInvite(Leg):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.acked.wait(), self.endpoint.timers.timeout)
 
+    def _confirmed(self, ack: SipRequest) -> None:
+        """The ACK of our final response: the dialog is confirmed."""
+        if self.acked.is_set():
+            return
+        self.acked.set()
+        if self.answered and self.on_ack_body is not None:
+            self.on_ack_body(ack.body, ack.content_type)
+
     def on_ack(self, ack: SipRequest) -> None:
         if ack.cseq.seq == self.request.cseq.seq:
-            self.acked.set()
+            self._confirmed(ack)
             key = server_key(self.request)
             found = self.endpoint._server.get(key)
             if found is not None:

@@ -367,12 +367,13 @@ def _is_rtp_audio(media: MediaDescription) -> bool:
             and media.proto.upper() in RTP_PROFILES)
 
 
-def _check_remote_host(host: str) -> None:
-    """A unicast address we can send to (a host name must have been resolved before)."""
+def check_media_address(host: str) -> None:
+    """Refuse a multicast connection address: callbox speaks unicast RTP. A host name passes;
+    the caller resolves it (off the media clock) and checks the result again."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise SdpError(f"connection address {host[:80]!r} is not a numeric address") from None
+        return
     if address.is_multicast:
         raise SdpError(f"multicast connection address {host} is not supported")
 
@@ -420,8 +421,7 @@ def answer_offer(
     remote_host = offer.media_connection(offered_media)
     if remote_host is None:
         raise SdpError("offer has no connection address for the audio stream")
-    if remote_host not in HOLD_ADDRESSES:
-        _check_remote_host(remote_host)
+    check_media_address(remote_host)
     if offered_media.maxptime is not None and offered_media.maxptime < DEFAULT_PTIME:
         raise SdpError(f"maxptime {offered_media.maxptime} ms is below the {DEFAULT_PTIME} ms "
                        "packets callbox sends")
