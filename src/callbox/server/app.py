@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -113,15 +114,16 @@ class Platform:
         self.listening = Listening((self.sip.host, self.sip.port), https, plain, cert.resolve())
         return self.listening
 
-    async def _serve(self, app: web.Application, listen: str, ssl_context) -> tuple[str, int]:
+    async def _serve(self, app: web.Application, listen: str,
+                     ssl_context: ssl.SSLContext | None) -> tuple[str, int]:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = parse_host_port(listen, "http.listen")
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         self._runners.append(runner)
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        return host, sockets[0].getsockname()[1] if sockets else port
+        addresses = runner.addresses
+        return host, int(addresses[-1][1]) if addresses else port
 
     async def stop(self) -> None:
         """Graceful: refuse new calls (503), hang up the active ones (their recordings finish

@@ -145,9 +145,12 @@ class InboundCalls:
         request = invite.request
         if not request.body:
             offer = self._offer(media.local_port)
-            invite.on_ack_body = lambda body, content_type: spawn(
-                self._take_answer(invite, media, offer, body, content_type),
-                name=f"ack-answer-{invite.call_id}")
+
+            def take_answer(body: bytes, content_type: str | None) -> None:
+                spawn(self._take_answer(invite, media, offer, body, content_type),
+                      name=f"ack-answer-{invite.call_id}")
+
+            invite.on_ack_body = take_answer
             return offer.serialize()
         negotiation = await self.negotiate(request, media.local_port)
         self._configure(media, negotiation.media)

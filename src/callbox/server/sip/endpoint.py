@@ -15,9 +15,11 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from callbox.server.sip.dialog import Dialog, dialog_key_from_request
+from callbox.server.sip.dialog import Dialog, DialogKey, dialog_key_from_request
 from callbox.server.sip.headers import NameAddr, SipUri, Via
 from callbox.server.sip.message import (
+    MAX_MESSAGE_BYTES,
+    Headers,
     SipMessage,
     SipParseError,
     SipRequest,
@@ -26,7 +28,9 @@ from callbox.server.sip.message import (
     new_branch,
     new_call_id,
     new_tag,
+    oversize_reason,
     parse_message,
+    unsupported_version,
 )
 from callbox.server.sip.transaction import (
     ClientInviteTransaction,
@@ -46,6 +50,7 @@ from callbox.server.tasks import spawn
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
+TransactionKey = tuple[object, ...]
 ServerTransaction = ServerInviteTransaction | ServerNonInviteTransaction
 ClientTransaction = ClientInviteTransaction | ClientNonInviteTransaction
 
@@ -54,7 +59,9 @@ ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
 KNOWN_METHODS = frozenset(
     {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "PUBLISH", "REFER", "PRACK", "UPDATE"}
 )
-MAX_DATAGRAM = 65535
+URI_SCHEMES = frozenset({"sip", "sips", "tel"})
+# Option tags we implement (RFC 3261 §8.2.2.3): none, so any Require gets 420.
+SUPPORTED_OPTIONS: frozenset[str] = frozenset()
 
 
 class OfferRejected(Exception):
@@ -117,15 +124,16 @@ def response_address(response: SipResponse) -> Address:
     return host, port
 
 
-def best_effort_400(data: bytes, reason: str) -> bytes | None:
-    """A 400 for a request we could not parse, when its headers are there to copy."""
+def best_effort_response(data: bytes, status: int, phrase: str, reason: str) -> bytes | None:
+    """A response to a request we do not parse (bad, too large, another SIP version), when its
+    headers are there to copy and the response stays small."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
     head, _, _ = text.replace("\r\n", "\n").partition("\n\n")
     lines = head.split("\n")
-    if not lines or lines[0].startswith("SIP/2.0") or " SIP/2.0" not in lines[0]:
+    if not lines or lines[0].startswith("SIP/") or " SIP/" not in lines[0]:
         return None
     wanted = ("via", "v", "from", "f", "to", "t", "call-id", "i", "cseq")
     copied = [ln for ln in lines[1:] if ln.split(":", 1)[0].strip().lower() in wanted]
@@ -133,8 +141,9 @@ def best_effort_400(data: bytes, reason: str) -> bytes | None:
     if not ({"via", "v"} & names and "cseq" in names):
         return None
     safe_reason = "".join(ch for ch in reason if ch.isprintable())[:120]
-    lines_out = ["SIP/2.0 400 Bad Request", *copied, f'Warning: 399 callbox "{safe_reason}"']
-    return ("\r\n".join([*lines_out, "Content-Length: 0", "", ""])).encode()
+    lines_out = [f"SIP/2.0 {status} {phrase}", *copied, f'Warning: 399 callbox "{safe_reason}"']
+    reply = ("\r\n".join([*lines_out, "Content-Length: 0", "", ""])).encode()
+    return reply if len(reply) <= MAX_MESSAGE_BYTES else None
 
 
 class SipEndpoint(asyncio.DatagramProtocol):
@@ -153,12 +162,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._advertised = advertised_host
         self._transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: dict[tuple, tuple[ServerTransaction, Address]] = {}
-        self._client: dict[tuple[str, str], _ClientEntry] = {}
+        self._server: dict[TransactionKey, tuple[ServerTransaction, Address]] = {}
+        self._client: dict[tuple[str | None, str], _ClientEntry] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._invites: dict[tuple, InboundInvite] = {}
-        self.legs: dict[tuple, Leg] = {}
+        self._invites: dict[TransactionKey, InboundInvite] = {}
+        self.legs: dict[DialogKey, Leg] = {}
         self.malformed = 0
+        self.oversized = 0  # datagrams refused unparsed for their size or header count
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -167,7 +177,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         transport, _ = await self._loop.create_datagram_endpoint(
             lambda: self, local_addr=(host, port)
         )
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
         self.host, self.port = transport.get_extra_info("sockname")[:2]
 
     def close(self) -> None:
@@ -207,7 +217,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return
         self._transport.sendto(message.serialize(), dest)
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         try:
             self._on_datagram(data, (addr[0], addr[1]))
         except Exception:  # a bad message must never take the endpoint down
@@ -217,22 +227,37 @@ class SipEndpoint(asyncio.DatagramProtocol):
         log.debug("SIP socket error: %s", exc)
 
     def _on_datagram(self, data: bytes, addr: Address) -> None:
+        too_large = oversize_reason(data)
+        if too_large is not None:
+            self.oversized += 1
+            log.info("SIP from %s:%s too large: %s", addr[0], addr[1], too_large)
+            self._reply_unparsed(data, 513, "Message Too Large", too_large, addr)
+            return
         if not data.strip(b"\r\n\x00 "):
             return  # keep-alive
+        version = unsupported_version(data)
+        if version is not None:
+            self._reply_unparsed(data, 505, "Version Not Supported",
+                                 f"{version} is not supported; use SIP/2.0", addr)
+            return
         try:
             message = parse_message(data)
         except SipParseError as exc:
             self.malformed += 1
             log.info("malformed SIP from %s:%s: %s", addr[0], addr[1], exc.reason)
-            reply = best_effort_400(data[:MAX_DATAGRAM], exc.reason)
-            if reply is not None and self._transport is not None:
-                self._transport.sendto(reply, addr)
+            self._reply_unparsed(data, 400, "Bad Request", exc.reason, addr)
             return
         if isinstance(message, SipRequest):
             self._stamp_via(message, addr)
             self._on_request(message, addr)
         else:
             self._on_response(message)
+
+    def _reply_unparsed(self, data: bytes, status: int, phrase: str, reason: str,
+                        addr: Address) -> None:
+        reply = best_effort_response(data, status, phrase, reason)
+        if reply is not None and self._transport is not None:
+            self._transport.sendto(reply, addr)
 
     @staticmethod
     def _stamp_via(request: SipRequest, addr: Address) -> None:
@@ -382,6 +407,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if max_forwards is not None and max_forwards.strip() == "0" and request.method != "OPTIONS":
             self.respond(request, 483)
             return
+        unsupported = self._unsupported(request)
+        if unsupported is not None:
+            status, headers = unsupported
+            self.respond(request, status, headers=headers)
+            return
         if request.to_tag:
             leg = self.legs.get(dialog_key_from_request(request, uas=True))
             if leg is None:
@@ -402,7 +432,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         else:
             self.respond(request, 501)
 
-    def _on_ack(self, ack: SipRequest, key: tuple) -> None:
+    def _on_ack(self, ack: SipRequest, key: TransactionKey) -> None:
         found = self._server.get(key)
         if found is not None:  # ACK for a non-2xx final: same transaction
             txn, dest = found
@@ -420,11 +450,20 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.respond(cancel, 200)
         invite.cancelled()
 
-    def _on_new_invite(self, request: SipRequest, key: tuple) -> None:
-        if request.headers.get("Require"):
-            self.respond(request, 420, headers=[("Unsupported", request.headers.get("Require")
-                                                  or "")])
-            return
+    @staticmethod
+    def _unsupported(request: SipRequest) -> tuple[int, list[tuple[str, str]]] | None:
+        """416 for a request-URI scheme we do not serve, 420 for a Require we do not
+        implement (RFC 3261 §8.2.2.1, §8.2.2.3)."""
+        scheme = request.uri.split(":", 1)[0].lower()
+        if scheme not in URI_SCHEMES:
+            return 416, []
+        required = [tag.strip() for tag in request.headers.get_all("Require")]
+        unknown = [tag for tag in required if tag and tag.lower() not in SUPPORTED_OPTIONS]
+        if unknown:
+            return 420, [("Unsupported", ", ".join(unknown))]
+        return None
+
+    def _on_new_invite(self, request: SipRequest, key: TransactionKey) -> None:
         invite = InboundInvite(self, request)
         self._invites[key] = invite
         self.respond(request, 100)
@@ -474,9 +513,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         return leg
 
 
-def _headers(pairs: Iterable[tuple[str, str]]):
-    from callbox.server.sip.message import Headers
-
+def _headers(pairs: Iterable[tuple[str, str]]) -> Headers:
     headers = Headers()
     for name, value in pairs:
         headers.add(name, value)

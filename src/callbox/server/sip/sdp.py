@@ -7,6 +7,7 @@ types (b=, i=, k=, ...) are ignored.
 
 from __future__ import annotations
 
+import email.message
 import email.parser
 import email.policy
 import ipaddress
@@ -257,7 +258,8 @@ def sdp_body(body: bytes, content_type: str | None) -> bytes:
     message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(head + body)
     if message.is_multipart():
         for part in message.get_payload():
-            if part.get_content_type() == SDP_CONTENT_TYPE:
+            if isinstance(part, email.message.Message) and \
+                    part.get_content_type() == SDP_CONTENT_TYPE:
                 payload = part.get_payload(decode=True)
                 if isinstance(payload, bytes):
                     return payload
@@ -408,12 +410,13 @@ def answer_offer(
                 chosen = (index, *picked)
                 break
     if chosen is None:
-        audio = [m for m in offer.media if m.media == "audio"]
+        audio_streams = [m for m in offer.media if m.media == "audio"]
         supported = ", ".join(c.upper() for c in codecs)
-        if not audio:
+        if not audio_streams:
             raise NoCommonCodec(f"no audio stream in offer; callbox supports {supported}")
         offered = "; ".join(
-            _describe_codecs(m) if _is_rtp_audio(m) else f"{m.proto} port {m.port}" for m in audio
+            _describe_codecs(m) if _is_rtp_audio(m) else f"{m.proto} port {m.port}"
+            for m in audio_streams
         )
         raise NoCommonCodec(f"no common codec: offer has {offered}; callbox supports {supported}")
     index, payload_type, codec = chosen
