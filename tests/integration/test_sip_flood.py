@@ -85,6 +85,7 @@ async def test_flood_of_large_messages_loses_no_recorded_audio(tmp_path, peer_en
         assert running.platform.sip.oversized >= len(sent) // 2  # refused, not parsed
     assert len(sent) >= FLOOD_PER_SECOND * TONE_SECONDS / 2 and min(sent) > 50_000
     samples, rate = audio.decode_audio(recording.path)
+    assert rate == 8000
     frames = samples[: len(samples) // 160 * 160].reshape(-1, 160).astype(np.float64)
     loud = np.sqrt((frames * frames).mean(axis=1)) > 32768 * 10 ** (-30 / 20)
     tone_seconds = int(np.count_nonzero(loud)) * 0.02
