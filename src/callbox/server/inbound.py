@@ -10,7 +10,6 @@ answer comes in the ACK.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import secrets
@@ -26,6 +25,7 @@ from callbox.server.media.session import MediaSession
 from callbox.server.sip.endpoint import InboundInvite, OfferRejected
 from callbox.server.sip.headers import NameAddr
 from callbox.server.sip.message import SipRequest
+from callbox.server.sip.resolve import numeric_host
 from callbox.server.sip.sdp import (
     HOLD_ADDRESSES,
     SDP_CONTENT_TYPE,
@@ -45,7 +45,6 @@ from callbox.server.tasks import spawn
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "5"
-RESOLVE_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass
@@ -214,16 +213,10 @@ class InboundCalls:
         return host
 
     async def _resolve(self, name: str) -> str:
-        loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(name, None, family=self._family, type=socket.SOCK_DGRAM),
-                RESOLVE_TIMEOUT_SECONDS)
-        except (OSError, TimeoutError) as exc:
+            return await numeric_host(name, family=self._family)
+        except OSError as exc:
             raise OfferRejected(488, f"media host {name[:80]!r} does not resolve: {exc}") from None
-        if not infos:
-            raise OfferRejected(488, f"media host {name[:80]!r} does not resolve")
-        return str(infos[0][4][0])
 
     async def _reoffer(self, call: Call, request: SipRequest) -> bytes:
         """A re-INVITE (hold/resume, new address): same port, new direction."""

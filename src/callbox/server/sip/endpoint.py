@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -32,6 +30,7 @@ from callbox.server.sip.message import (
     parse_message,
     unsupported_version,
 )
+from callbox.server.sip.resolve import numeric_host
 from callbox.server.sip.transaction import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
@@ -75,20 +74,6 @@ class OfferRejected(Exception):
 
 def _quote(text: str) -> str:
     return "".join(ch for ch in text if ch.isprintable()).replace("\\", "").replace('"', "'")[:200]
-
-
-async def resolve_address(address: Address) -> Address:
-    """A numeric address for `address`; a host name is looked up off the event loop."""
-    host, port = address
-    try:
-        ipaddress.ip_address(host)
-        return address
-    except ValueError:
-        pass
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    if not infos:
-        raise OSError(f"{host!r} does not resolve")
-    return str(infos[0][4][0]), port
 
 
 class CallFailed(RuntimeError):
@@ -509,6 +494,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if response.status >= 300:
             raise CallFailed(response.status, response.reason)
         leg = OutboundLeg(self, Dialog.as_uac(request, response), request, response)
+        try:
+            await leg._resolve_dest()
+        except OSError as exc:
+            log.warning("call %s: the callee's Contact does not resolve: %s", request.call_id, exc)
         leg.send_ack()
         return leg
 
@@ -532,6 +521,7 @@ class Leg:
         self.on_reoffer: Callable[[SipRequest], Awaitable[bytes]] | None = None
         self.on_info: Callable[[SipRequest], None] | None = None
         self._reinvites: dict[int, ServerInviteTransaction] = {}
+        self._numeric_dest: tuple[Address, Address] | None = None  # (dest, resolved)
 
     def _register(self) -> None:
         assert self.dialog is not None
@@ -555,6 +545,21 @@ class Leg:
             first = NameAddr.parse(self.dialog.route_set[0]).uri
             return first.host.strip("[]"), first.port or 5060
         return uri_address(self.dialog.remote_target)
+
+    async def _resolve_dest(self) -> Address:
+        """Where in-dialog requests go, with a host name looked up (off the loop, once per
+        target)."""
+        dest = self._dest()
+        if self._numeric_dest is None or self._numeric_dest[0] != dest:
+            self._numeric_dest = (dest, (await numeric_host(dest[0]), dest[1]))
+        return self._numeric_dest[1]
+
+    def _known_dest(self) -> Address:
+        """The resolved destination when `_resolve_dest` ran for the current target."""
+        dest = self._dest()
+        if self._numeric_dest is not None and self._numeric_dest[0] == dest:
+            return self._numeric_dest[1]
+        return dest
 
     def on_request(self, request: SipRequest) -> None:
         assert self.dialog is not None
@@ -620,7 +625,7 @@ class Leg:
             extra_headers=[("User-Agent", self.endpoint.user_agent)],
         )
         try:
-            dest = await resolve_address(self._dest())
+            dest = await self._resolve_dest()
         except OSError as exc:
             log.warning("BYE for %s not sent: %s", self.dialog.call_id, exc)
             return
@@ -730,4 +735,4 @@ class OutboundLeg(Leg):
             "ACK", via=self.endpoint.via_value(), contact=self.endpoint.contact,
             cseq=self.invite.cseq.seq,
         )
-        self.endpoint.send(ack, self._dest())
+        self.endpoint.send(ack, self._known_dest())
