@@ -122,6 +122,11 @@ class InboundCalls:
                 log.info("call %s: %s: %s", invite.call_id, exc, exc.status)
                 invite.reject(exc.status, headers=exc.headers)
                 return
+            except Exception:
+                self.ports.release(media.sock)
+                log.exception("call %s: answering the offer failed: 500", invite.call_id)
+                invite.reject(500)
+                return
             if invite.finished:  # cancelled while we resolved the offer's host
                 self.ports.release(media.sock)
                 return
