@@ -167,7 +167,10 @@ async def expect_bye_at_host_name_contact(platform: RunningPlatform, raw: RawSip
     while True:
         left = deadline - asyncio.get_running_loop().time()
         assert left > 0, "no BYE came"
-        message = parse_message(await raw.datagram(timeout=left))
+        try:
+            message = parse_message(await raw.datagram(timeout=left))
+        except TimeoutError:
+            pytest.fail("no BYE came")
         if isinstance(message, SipRequest) and message.method == "BYE":
             break
     assert message.call_id == dialog.invite.call_id
