@@ -24,6 +24,7 @@ from callbox.server.media.session import MediaSession
 from callbox.server.media.sources import render_media_url
 from callbox.server.sip.endpoint import CallFailed, SipEndpoint
 from callbox.server.sip.headers import SipParseError, SipUri
+from callbox.server.sip.resolve import numeric_host
 from callbox.server.sip.sdp import accept_answer, make_offer, parse_sdp
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ async def place_call(
         except CallFailed as exc:
             return CallResult(exc.status, exc.reason)
         negotiated = accept_answer(offer, parse_sdp(leg.response.body))
-        media.configure(negotiated.remote_host, negotiated.remote_port, negotiated.payload_type,
+        remote_host = await numeric_host(negotiated.remote_host, family=family)
+        media.configure(remote_host, negotiated.remote_port, negotiated.payload_type,
                         negotiated.dtmf_payload_type, negotiated.local_direction)
         ended = asyncio.Event()
         result = CallResult(leg.response.status, leg.response.reason)
