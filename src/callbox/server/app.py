@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from callbox import __version__
+from callbox.server import ai  # noqa: F401  (registers the SWML `ai` verb)
 from callbox.server.auth import ProjectAuth
 from callbox.server.call import Call
 from callbox.server.config import Config, Route, parse_host_port, parse_port_range
