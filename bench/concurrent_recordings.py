@@ -9,7 +9,7 @@ directory), drives N concurrent calls with sipp (each streams the same known spe
   threads, from /proc, over the window where all N calls are up), its event-loop thread's share,
   the machine's CPU (/proc/stat) and sipp's;
 - peak RSS (VmHWM) and RSS per call over the idle platform;
-- RTP packets sent by sipp vs received by the platform (`/health` totals: received, late);
+- RTP packets sent by sipp vs received by the platform (`/metrics` totals: received, late);
 - every recording decoded and compared with the source, 20 ms frame by 20 ms frame, after
   aligning by cross-correlation: a frame is lost when it differs from the source by more than
   G.711 noise (WAV: the file must equal the decoded G.711 stream) or, for MP3, by more than the
@@ -50,10 +50,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -385,7 +386,8 @@ class ServedPlatform:
     def sip_target(self) -> str:
         return f"127.0.0.1:{self.ports['sip']}"
 
-    async def start(self, session: aiohttp.ClientSession, timeout: float = 30.0) -> dict:
+    async def start(self, session: aiohttp.ClientSession, timeout: float = 30.0
+                    ) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "callbox.cli", "serve", "--config", str(self.config),
                "--loop", self.loop]
         with self.log_path.open("wb") as log:
@@ -398,19 +400,25 @@ class ServedPlatform:
                 raise RuntimeError(f"callbox serve exited ({self.proc.returncode}):\n"
                                    + self.log_path.read_text(errors="replace")[-3000:])
             with contextlib.suppress(aiohttp.ClientError, OSError):
-                health = await self.health(session)
-                if health.get("status") == "healthy":
-                    return health
+                async with session.get(self.base + "/health") as response:
+                    alive = response.status == 200 and (await response.json()).get("status")
+                if alive == "ok":
+                    return await self.metrics(session)
             await asyncio.sleep(0.1)
         raise RuntimeError("callbox serve did not become healthy")
 
-    async def health(self, session: aiohttp.ClientSession) -> dict:
-        async with session.get(self.base + "/health") as response:
-            return await response.json()
+    async def metrics(self, session: aiohttp.ClientSession) -> dict[str, Any]:
+        """The platform's /metrics (Prometheus text, project credentials) as a dict: calls,
+        recordings, media_late_ticks, media_max_behind_ms, event_loop, rtp {name: total}."""
+        token = base64.b64encode(f"{PROJECT}:{TOKEN}".encode()).decode()
+        async with session.get(self.base + "/metrics",
+                               headers={"Authorization": f"Basic {token}"}) as response:
+            response.raise_for_status()
+            return parse_metrics(await response.text())
 
-    async def recordings(self, session: aiohttp.ClientSession) -> list[dict]:
+    async def recordings(self, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
         """Every recording of the project, through the REST API (all pages)."""
-        rows: list[dict] = []
+        rows: list[dict[str, Any]] = []
         url: str | None = f"{self.base}/api/relay/rest/recordings?page_size=1000"
         token = base64.b64encode(f"{PROJECT}:{TOKEN}".encode()).decode()
         headers = {"Authorization": f"Basic {token}"}
@@ -538,6 +546,28 @@ def sipp_response_times(workdir: Path) -> list[float]:
     return values
 
 
+def parse_metrics(text: str) -> dict[str, Any]:
+    """The counters this benchmark reads, from /metrics' Prometheus text exposition."""
+    samples: dict[str, str] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = value
+    info = next((name for name in samples if name.startswith("callbox_info{")), "")
+    loop_label = re.search(r'event_loop="([^"]*)"', info)
+    rtp = {name[len("callbox_rtp_"):-len("_total")]: int(float(value))
+           for name, value in samples.items()
+           if name.startswith("callbox_rtp_") and name.endswith("_total")}
+    return {
+        "calls": int(float(samples["callbox_calls"])),
+        "recordings": int(float(samples["callbox_recordings_active"])),
+        "media_late_ticks": int(float(samples["callbox_media_late_ticks_total"])),
+        "media_max_behind_ms": round(float(samples["callbox_media_max_behind_seconds"]) * 1000, 1),
+        "event_loop": loop_label.group(1) if loop_label else "",
+        "rtp": rtp,
+    }
+
+
 def _iso_to_unix(text: str | None) -> float:
     if not text:
         return math.nan
@@ -548,7 +578,7 @@ async def _sample(platform: ServedPlatform, session: aiohttp.ClientSession,
                   relay_pid: int | None) -> Sample:
     busy, total = machine_cpu()
     try:
-        calls = (await platform.health(session))["calls"]
+        calls = (await platform.metrics(session))["calls"]
     except (aiohttp.ClientError, OSError, KeyError):
         calls = -1
     return Sample(
@@ -580,7 +610,7 @@ def _steady_window(samples: list[Sample], calls: int) -> tuple[Sample, Sample] |
 async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate: float = 50.0,
                    loop: str = "uvloop", workdir: Path, source: Source | None = None,
                    max_cpu_pct: float = 80.0, analysis_workers: int = 2,
-                   progress=None) -> StepResult:
+                   progress: Callable[[str], object] | None = None) -> StepResult:
     """Run N concurrent recorded calls against a fresh platform and measure everything."""
     started = time.monotonic()
     say = progress or (lambda _msg: None)
@@ -594,8 +624,8 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         try:
-            health = await platform.start(session)
-            result.loop = health.get("event_loop", loop)
+            metrics = await platform.start(session)
+            result.loop = metrics.get("event_loop", loop)
             if loop != "auto" and result.loop != loop:
                 result.problems.append(f"asked for the {loop} loop, got {result.loop}")
             if variant.relay:
@@ -623,18 +653,18 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
             say(f"{variant.name} {loop} N={calls}: calls done, waiting for the recordings")
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                health = await platform.health(session)
-                if health["recordings"] == 0 and health["calls"] == 0:
+                metrics = await platform.metrics(session)
+                if metrics["recordings"] == 0 and metrics["calls"] == 0:
                     break
                 await asyncio.sleep(0.2)
             result.peak_rss_mb = proc_status_kb(platform.pid, "VmHWM") / 1024
             result.rss_per_call_kb = (proc_status_kb(platform.pid, "VmHWM") - idle_rss) / calls
             result.udp_drops = udp_drops() - drops_before
-            rtp = health.get("rtp", {})
+            rtp = metrics.get("rtp", {})
             result.rtp_received = rtp.get("packets_received", 0)
             result.rtp_late = rtp.get("packets_late", 0)
-            result.late_ticks = health.get("media_late_ticks", 0)
-            result.max_stall_ms = health.get("media_max_behind_ms", 0.0)
+            result.late_ticks = metrics.get("media_late_ticks", 0)
+            result.max_stall_ms = metrics.get("media_max_behind_ms", 0.0)
             rows = await platform.recordings(session)
         finally:
             if relay_proc is not None:
@@ -738,7 +768,7 @@ RELAY_PROGRAM = Path(__file__).resolve().parent / "relay_recorder.py"
 
 
 async def start_relay_program(platform: ServedPlatform, variant: Variant,
-                              workdir: Path) -> subprocess.Popen:
+                              workdir: Path) -> subprocess.Popen[bytes]:
     """The RELAY program that answers and records every call (its own process, so its CPU is
     not the platform's); returns once it is connected."""
     ready = workdir / "relay.ready"
@@ -759,7 +789,7 @@ async def start_relay_program(platform: ServedPlatform, variant: Variant,
     return proc
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:

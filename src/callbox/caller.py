@@ -7,6 +7,7 @@ after N seconds (or when the other side does) and can save what it heard to a WA
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import socket
@@ -23,11 +24,14 @@ from callbox.server.media.playback import Playback
 from callbox.server.media.session import MediaSession
 from callbox.server.media.sources import render_media_url
 from callbox.server.sip.endpoint import CallFailed, SipEndpoint
+from callbox.server.sip.headers import SipParseError, SipUri
+from callbox.server.sip.resolve import numeric_host
 from callbox.server.sip.sdp import accept_answer, make_offer, parse_sdp
 
 log = logging.getLogger(__name__)
 
 DTMF_SPEC = re.compile(r"^([0-9A-D*#]+)@(\d+(?:\.\d+)?)$")
+URI_EXAMPLE = "sip:USER@HOST[:PORT], e.g. sip:prompt@127.0.0.1:5060"
 
 
 @dataclass
@@ -51,6 +55,28 @@ def parse_dtmf_schedule(spec: str) -> list[tuple[str, float]]:
             raise ValueError(f"--dtmf items are DIGITS@SECONDS (digits 0-9 A-D * #), got {item!r}")
         schedule.append((match.group(1), float(match.group(2))))
     return sorted(schedule, key=lambda entry: entry[1])
+
+
+def parse_call_target(uri: str) -> SipUri:
+    """The SIP URI to call, checked: sip:/sips:, a host, a port in 1-65535 (ValueError else)."""
+    try:
+        target = SipUri.parse(uri)
+    except SipParseError as exc:
+        raise ValueError(f"bad SIP URI {uri!r} ({exc}); expected {URI_EXAMPLE}") from None
+    if target.scheme not in ("sip", "sips") or not target.host:
+        raise ValueError(f"cannot call {uri!r}: expected {URI_EXAMPLE}")
+    if target.port is not None and not 1 <= target.port <= 65535:
+        raise ValueError(f"bad port {target.port} in {uri!r}: it must be 1-65535")
+    return target
+
+
+def parse_local_host(text: str) -> str:
+    """--local-host: an IP address (it goes into the SDP offer as it is)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"--local-host must be an IP address of this machine, got {text!r}"
+                         ) from None
 
 
 class WavTap:
@@ -99,7 +125,8 @@ async def place_call(
         except CallFailed as exc:
             return CallResult(exc.status, exc.reason)
         negotiated = accept_answer(offer, parse_sdp(leg.response.body))
-        media.configure(negotiated.remote_host, negotiated.remote_port, negotiated.payload_type,
+        remote_host = await numeric_host(negotiated.remote_host, family=family)
+        media.configure(remote_host, negotiated.remote_port, negotiated.payload_type,
                         negotiated.dtmf_payload_type, negotiated.local_direction)
         ended = asyncio.Event()
         result = CallResult(leg.response.status, leg.response.reason)

@@ -1,15 +1,23 @@
-"""The `callbox` command: serve | call | demo | swaig."""
+"""The `callbox` command: serve | call | demo | swaig.
+
+Every error a user can cause is one line on stderr that says what is wrong, and exit status 2
+(bad arguments, bad configuration, an address that cannot be used). A call that the other side
+refuses is exit status 1 (see `callbox call`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from callbox import __version__
 
@@ -18,9 +26,21 @@ log = logging.getLogger("callbox")
 
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 EVENT_LOOP_ENV = "CALLBOX_EVENT_LOOP"
+USAGE_ERROR = 2
 
 
-def _event_loop_policy(choice: str = "auto") -> None:
+class CliError(Exception):
+    """A user's mistake: printed as one line after the command's name, exit status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and a pointer to --help), not the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def use_event_loop(choice: str = "auto") -> None:
     """`auto`: uvloop when importable (about 4x cheaper per UDP packet than the stdlib loop);
     `uvloop`: uvloop or fail; `asyncio`: the stdlib loop (for comparison)."""
     if choice == "asyncio":
@@ -29,7 +49,7 @@ def _event_loop_policy(choice: str = "auto") -> None:
         import uvloop
     except ImportError:
         if choice == "uvloop":
-            raise SystemExit("callbox: --loop uvloop, but uvloop is not installed") from None
+            raise CliError("--loop uvloop, but uvloop is not installed") from None
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
@@ -54,16 +74,17 @@ async def _serve(args: argparse.Namespace) -> int:
             "storage.data_dir": args.data_dir, "log.level": args.log_level,
         })
     except ConfigError as exc:
-        print(f"callbox: configuration error: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(f"configuration error: {exc}") from None
     _setup_logging(config.log.level)
-    platform = Platform(config)
+    try:
+        platform = Platform(config)
+    except ValueError as exc:  # a value the loader could not check on its own
+        raise CliError(f"configuration error: {exc}") from None
     try:
         await platform.start()
     except OSError as exc:
-        print(f"callbox: cannot listen: {exc}", file=sys.stderr)
         await platform.stop()
-        return 1
+        raise CliError(f"cannot listen: {exc}") from None
     print(platform.banner(), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -78,21 +99,39 @@ async def _serve(args: argparse.Namespace) -> int:
 # -- call ---------------------------------------------------------------------------------
 
 async def _call(args: argparse.Namespace) -> int:
-    from callbox.caller import parse_dtmf_schedule, place_call
+    from callbox.caller import (
+        parse_call_target,
+        parse_dtmf_schedule,
+        parse_local_host,
+        place_call,
+    )
 
     try:
+        target = parse_call_target(args.uri)
         schedule = parse_dtmf_schedule(args.dtmf or "")
+        local_host = parse_local_host(args.local_host)
     except ValueError as exc:
-        print(f"callbox call: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc)) from None
+    if args.hangup_after is not None and not 0 < args.hangup_after < 86400:
+        raise CliError(f"--hangup-after must be a number of seconds above 0, "
+                       f"got {args.hangup_after}")
     play = args.play
     if play and "://" not in play and ":" not in play.split("/")[0] and not Path(play).exists():
-        print(f"callbox call: --play file not found: {play}", file=sys.stderr)
-        return 2
+        raise CliError(f"--play file not found: {play}")
+    record_heard = Path(args.record_heard) if args.record_heard else None
+    if record_heard is not None and not record_heard.parent.is_dir():
+        raise CliError(f"--record-heard: no such directory: {record_heard.parent}")
+    family = socket.AF_INET6 if ":" in local_host else socket.AF_INET
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(
+            target.host, target.port or 5060, family=family, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise CliError(f"cannot resolve {target.host!r} in {args.uri!r}: {exc}") from None
+    # the SIP layer sends to addresses, not names: call the address the name resolved to
+    resolved = dataclasses.replace(target, host=str(found[0][4][0]))
     result = await place_call(
-        args.uri, play=play, dtmf=schedule, hangup_after=args.hangup_after,
-        record_heard=Path(args.record_heard) if args.record_heard else None,
-        local_host=args.local_host,
+        str(resolved), play=play, dtmf=schedule, hangup_after=args.hangup_after,
+        record_heard=record_heard, local_host=local_host,
     )
     if result.status >= 300:
         print(f"call failed: {result.status} {result.reason}", file=sys.stderr)
@@ -115,9 +154,11 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="callbox", description=__doc__)
+    parser = OneLineParser(prog="callbox", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"callbox {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the platform")
     serve.add_argument("--config", help="TOML configuration file (see README)")
@@ -156,15 +197,28 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "call":
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    name = f"callbox {args.command}"
     choice = getattr(args, "loop", None) or os.environ.get(EVENT_LOOP_ENV) or "auto"
-    if choice not in EVENT_LOOPS:
-        print(f"callbox: {EVENT_LOOP_ENV} must be one of {', '.join(EVENT_LOOPS)}, "
-              f"got {choice!r}", file=sys.stderr)
-        return 2
-    _event_loop_policy(choice)
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(args.run(args))
-    return 130
+    try:
+        if choice not in EVENT_LOOPS:
+            raise CliError(f"{EVENT_LOOP_ENV} must be one of {', '.join(EVENT_LOOPS)}, "
+                           f"got {choice!r}")
+        use_event_loop(choice)
+        with contextlib.suppress(KeyboardInterrupt):
+            code: int = asyncio.run(args.run(args))
+            return code
+        return 130
+    except CliError as exc:
+        return _fail(name, str(exc))
+    except OSError as exc:  # the machine refused something we asked (a port, a directory)
+        log.debug("%s failed", name, exc_info=True)
+        return _fail(name, f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename
+                                                        else ""))
+
+
+def _fail(name: str, message: str) -> int:
+    print(f"{name}: {message}", file=sys.stderr)
+    return USAGE_ERROR
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from callbox.wire.basic_auth import basic_auth_header
+
 DEFAULT_URL = "https://127.0.0.1:8443"
 TIMEOUT_SECONDS = 90.0  # an invocation waits for a turn in progress and for spoken replies
 
@@ -34,7 +36,7 @@ def add_parser(commands: Any) -> None:
         "swaig", help="list or invoke a live call's AI agent functions",
         description="List or invoke the SWAIG functions of a live call's ai verb, through the "
                     "platform's HTTPS API; invoked functions' actions run on the call.")
-    actions = swaig.add_subparsers(dest="swaig_command", required=True)
+    actions = swaig.add_subparsers(dest="swaig_command", required=True, metavar="ACTION")
     for name, text in (("list", "list live calls, or a call's functions (--call)"),
                        ("invoke", "invoke a function and run its actions on the call")):
         sub = actions.add_parser(name, help=text)
@@ -59,9 +61,10 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | bool | None:
+def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | bool:
+    """What aiohttp's `ssl=` gets: a context (--ca-file), False (--insecure), True (plain)."""
     if not args.url.startswith("https://"):
-        return None
+        return True  # plain HTTP: nothing to verify
     if args.ca_file:
         try:
             return ssl.create_default_context(cafile=args.ca_file)
@@ -96,10 +99,10 @@ async def run(args: argparse.Namespace) -> int:
         method, url, body = "GET", f"{base}/{quote(args.call, safe='')}/swaig", None
     else:
         method, url, body = "GET", base, None
-    auth = aiohttp.BasicAuth(args.project, args.token)
+    headers = {"Authorization": basic_auth_header(args.project, args.token)}
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_SECONDS)
     try:
-        async with aiohttp.ClientSession(timeout=timeout, auth=auth) as session, \
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session, \
                 session.request(method, url, json=body, ssl=ssl_option) as response:
             text = await response.text()
             status = response.status

@@ -6,11 +6,10 @@ error paths. The same scripts also run on the official `signalwire-sdk` (its own
 `.venv-sw`), and the SWAIG replies of both must be identical.
 
 Differences from the official server (by design), and how the comparison handles them:
-- The official package adds a per-call HMAC token (`?__token=...`) to each function's
-  `web_hook_url` and refuses calls without a valid one (its reply: "the security token for this
-  function is invalid or expired"); callbox serves the plain URL it rendered, as agents.md says a
-  compatible server does. So official calls here first fetch the SWML document for a call_id
-  and then call the URL (token included) that document gives; callbox calls use its own URL.
+- Both packages add a per-call token (`?__token=...`) to each secure function's `web_hook_url`
+  and refuse calls without a valid one (official: a 200 whose reply says "the security token for
+  this function is invalid or expired"; callbox: 403). So calls here first fetch the SWML
+  document for a call_id and then call the URL (token included) that document gives.
 - The official `web_hook_url` is built on the configured host ("localhost:PORT") and ends with
   "/swaig/"; callbox uses the request's scheme and Host header and ".../swaig". Documents are
   compared with the host, the token and the trailing slash taken out.
@@ -228,10 +227,8 @@ def http(
     parts = urlsplit(url)
     if parts.username is not None:
         auth = (parts.username, parts.password or "")
-        url = urlunsplit(
-            (parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), parts.path,
-             parts.query, parts.fragment)
-        )
+        netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+        url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     request = urllib.request.Request(url, data=data, method=method)
     if data is not None and content_type is not None:
@@ -267,14 +264,15 @@ class AgentProcess:
     def document(self, call_id: str | None = None) -> dict[str, Any]:
         reply = http("POST", self.url, {"call_id": call_id} if call_id else {})
         assert reply.status == 200, reply.text
-        return reply.json
+        document: dict[str, Any] = reply.json
+        return document
 
     def function_url(self, function: str, call_id: str) -> str:
         """The URL the SWML document gives for `function` (official: with its call token)."""
         ai = self.document(call_id)["sections"]["main"][-1]["ai"]
         for entry in ai["SWAIG"]["functions"]:
             if entry["function"] == function:
-                return entry["web_hook_url"]
+                return str(entry["web_hook_url"])
         raise AssertionError(f"{function} not in the document")
 
     def call(self, function: str, body: dict[str, Any] | None = None) -> Reply:
@@ -362,6 +360,8 @@ def normalized_document(document: dict[str, Any]) -> dict[str, Any]:
 # Fixtures: 3 agents x 2 implementations, started in parallel
 # ---------------------------------------------------------------------------------------------
 
+Agents = dict[tuple[str, str], AgentProcess]  # (impl, key) -> the running agent
+
 AGENTS = {
     "continuous": (SEED_CONTINUOUS, "/agent"),
     "voicemail": (SEED_VOICEMAIL, "/agent"),
@@ -372,7 +372,7 @@ AGENTS = {
 @pytest.fixture(scope="module")
 def agents(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict[tuple[str, str], AgentProcess]]:
+) -> Iterator[Agents]:
     workdir = tmp_path_factory.mktemp("agents")
     oracle_python()  # before the clock starts: it may have to install the package
     started: dict[tuple[str, str], AgentProcess] = {}
@@ -389,11 +389,11 @@ def agents(
             stop_agent(agent)
 
 
-def ours(agents: dict[tuple[str, str], AgentProcess], key: str) -> AgentProcess:
+def ours(agents: Agents, key: str) -> AgentProcess:
     return agents[("callbox", key)]
 
 
-def theirs(agents: dict[tuple[str, str], AgentProcess], key: str) -> AgentProcess:
+def theirs(agents: Agents, key: str) -> AgentProcess:
     return agents[("official", key)]
 
 
@@ -409,7 +409,7 @@ def theirs(agents: dict[tuple[str, str], AgentProcess], key: str) -> AgentProces
         ("voicemail", "record_voicemail", "Record a voicemail message"),
     ],
 )
-def test_seed_swml_document(agents, key: str, function: str, description: str) -> None:
+def test_seed_swml_document(agents: Agents, key: str, function: str, description: str) -> None:
     agent = ours(agents, key)
     hook = f"http://{USER}:{PASSWORD}@127.0.0.1:{agent.port}/agent/swaig"
     expected = {
@@ -445,13 +445,13 @@ def test_seed_swml_document(agents, key: str, function: str, description: str) -
 
 
 @pytest.mark.parametrize("key", list(AGENTS))
-def test_document_matches_official_but_for_urls(agents, key: str) -> None:
+def test_document_matches_official_but_for_urls(agents: Agents, key: str) -> None:
     mine = normalized_document(ours(agents, key).document("call-doc"))
     official = normalized_document(theirs(agents, key).document("call-doc"))
     assert json.dumps(mine) == json.dumps(official)
 
 
-def test_webhook_url_follows_the_host_header(agents) -> None:
+def test_webhook_url_follows_the_host_header(agents: Agents) -> None:
     agent = ours(agents, "continuous")
     reply = http("GET", agent.url, headers={"Host": "agents.example.com:8443"})
     swaig = reply.json["sections"]["main"][1]["ai"]["SWAIG"]
@@ -468,7 +468,8 @@ def test_webhook_url_follows_the_host_header(agents) -> None:
 @pytest.mark.parametrize(
     ("key", "function"), [("continuous", "start_recording"), ("voicemail", "record_voicemail")]
 )
-def test_seed_swaig_reply_is_exactly_the_documented_json(agents, key: str, function: str) -> None:
+def test_seed_swaig_reply_is_exactly_the_documented_json(agents: Agents, key: str,
+                                                         function: str) -> None:
     reply = ours(agents, key).call(function)
     assert reply.status == 200
     assert json.dumps(reply.json, separators=(",", ":")) == SEED_REPLIES[function]
@@ -477,7 +478,7 @@ def test_seed_swaig_reply_is_exactly_the_documented_json(agents, key: str, funct
 @pytest.mark.parametrize(
     ("key", "function"), [("continuous", "start_recording"), ("voicemail", "record_voicemail")]
 )
-def test_seed_swaig_reply_equals_official(agents, key: str, function: str) -> None:
+def test_seed_swaig_reply_equals_official(agents: Agents, key: str, function: str) -> None:
     mine = ours(agents, key).call(function)
     official = theirs(agents, key).call(function)
     assert (mine.status, mine.text and json.dumps(mine.json)) == (
@@ -486,9 +487,12 @@ def test_seed_swaig_reply_equals_official(agents, key: str, function: str) -> No
     )
 
 
-def test_swaig_with_trailing_slash(agents) -> None:
+def test_swaig_with_trailing_slash(agents: Agents) -> None:
     agent = ours(agents, "continuous")
-    reply = http("POST", agent.url + "/swaig/", {"function": "start_recording"})
+    url = agent.function_url("start_recording", "call-slash")
+    assert "/swaig?" in url
+    reply = http("POST", url.replace("/swaig?", "/swaig/?"),
+                 {"function": "start_recording", "call_id": "call-slash"})
     assert json.dumps(reply.json, separators=(",", ":")) == SEED_REPLIES["start_recording"]
 
 
@@ -518,7 +522,7 @@ def test_swaig_with_trailing_slash(agents) -> None:
     ],
     ids=lambda value: json.dumps(value)[:40] if isinstance(value, dict) else value,
 )
-def test_probe_reply_equals_official(agents, function: str, body: dict[str, Any]) -> None:
+def test_probe_reply_equals_official(agents: Agents, function: str, body: dict[str, Any]) -> None:
     mine = ours(agents, "probe").call(function, body)
     official = theirs(agents, "probe").call(function, body)
     assert mine.status == official.status == 200
@@ -530,13 +534,13 @@ def test_probe_reply_equals_official(agents, function: str, body: dict[str, Any]
     assert json.dumps(mine_json) == json.dumps(official_json)
 
 
-def test_handler_that_raises_gives_200_with_the_error(agents) -> None:
+def test_handler_that_raises_gives_200_with_the_error(agents: Agents) -> None:
     reply = ours(agents, "probe").call("boom")
     assert reply.status == 200
     assert reply.json == {"response": "Error executing function 'boom': kaboom"}
 
 
-def test_raw_data_is_the_whole_request(agents) -> None:
+def test_raw_data_is_the_whole_request(agents: Agents) -> None:
     reply = ours(agents, "probe").call("echo_args", {"argument": {"parsed": [{"x": "1"}]}})
     assert reply.json["response"] == '{"x": "1"}'
     seen = reply.json["action"][0]["set_global_data"]["seen_call_id"]
@@ -561,14 +565,15 @@ REFUSED = [
 
 
 @pytest.mark.parametrize(("label", "body", "options"), REFUSED, ids=[r[0] for r in REFUSED])
-def test_refused_requests_equal_official(agents, label: str, body: Any, options: dict) -> None:
+def test_refused_requests_equal_official(agents: Agents, label: str, body: Any,
+                                        options: dict[str, Any]) -> None:
     mine = ours(agents, "probe").post_swaig(body, **options)
     official = theirs(agents, "probe").post_swaig(body, **options)
     assert mine.status == official.status
     assert mine.json == official.json
 
 
-def test_status_codes(agents) -> None:
+def test_status_codes(agents: Agents) -> None:
     agent = ours(agents, "probe")
     missing = agent.post_swaig({"argument": {}})
     assert (missing.status, missing.json) == (400, {"error": "Missing function name"})
@@ -587,7 +592,8 @@ def test_status_codes(agents) -> None:
 
 @pytest.mark.parametrize("path", ["", "/", "/swaig", "/post_prompt"])
 @pytest.mark.parametrize("auth", [None, (USER, "wrong")], ids=["no_auth", "wrong_password"])
-def test_every_agent_route_needs_basic_auth(agents, path: str, auth) -> None:
+def test_every_agent_route_needs_basic_auth(agents: Agents, path: str,
+                                           auth: tuple[str, str] | None) -> None:
     agent = ours(agents, "continuous")
     reply = http("GET", agent.url + path, auth=auth)
     assert reply.status == 401
@@ -595,7 +601,7 @@ def test_every_agent_route_needs_basic_auth(agents, path: str, auth) -> None:
     assert reply.json == {"error": "Unauthorized"}
 
 
-def test_health_and_ready_without_auth(agents) -> None:
+def test_health_and_ready_without_auth(agents: Agents) -> None:
     for key in ("continuous", "probe"):
         agent = ours(agents, key)
         name = "my-agent" if key == "continuous" else "probe"
@@ -626,7 +632,8 @@ def test_ctrl_c_stops_the_server_cleanly(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-async def test_generated_credentials_and_embedding(monkeypatch, caplog) -> None:
+async def test_generated_credentials_and_embedding(monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     from aiohttp import ClientSession
 
     from callbox import AgentBase, FunctionResult
@@ -645,10 +652,10 @@ async def test_generated_credentials_and_embedding(monkeypatch, caplog) -> None:
 
     class Recorder(AgentBase):
         @AgentBase.tool(name="stop_it", description="Stop recording")
-        def stop_it(self, args, raw_data):
+        def stop_it(self, args: dict[str, Any], raw_data: dict[str, Any]) -> FunctionResult:
             return FunctionResult("Stopped.").stop_record_call(args.get("id"))
 
-        def on_summary(self, summary, raw_data=None):
+        def on_summary(self, summary: Any, raw_data: dict[str, Any] | None = None) -> None:
             summaries.append(summary)
 
     sub = Recorder(name="sub", basic_auth=("a", "b"))
@@ -670,24 +677,33 @@ async def test_generated_credentials_and_embedding(monkeypatch, caplog) -> None:
             async with session.get(f"http://127.0.0.1:{port}/bot") as r:
                 assert r.status == 401
             url = f"http://127.0.0.1:{sub_port}/"
-            async with session.get(url, headers=ab) as r:
+            async with session.get(url + "?call_id=c1", headers=ab) as r:
                 ai = (await r.json())["sections"]["main"][1]["ai"]
             functions = ai["SWAIG"]["functions"]
             assert [f["function"] for f in functions] == ["stop_it", "greet"]
             assert functions[1]["parameters"] == {
                 "type": "object", "properties": {"who": {"type": "string"}}, "required": ["who"],
             }
-            assert functions[0]["web_hook_url"] == f"http://a:b@127.0.0.1:{sub_port}/swaig"
+            stop_url, greet_url = (f["web_hook_url"] for f in functions)
+            prefix = f"http://a:b@127.0.0.1:{sub_port}"
+            assert stop_url.startswith(prefix + "/swaig?__token=")
+            assert greet_url.startswith(prefix + "/swaig?__token=") and greet_url != stop_url
             assert ai["post_prompt"] == {"text": "Summarize the call as JSON."}
-            assert ai["post_prompt_url"] == f"http://a:b@127.0.0.1:{sub_port}/post_prompt"
-            body = {"function": "stop_it", "argument": {"parsed": [{"id": "r1"}]}}
-            async with session.post(url + "swaig", json=body, headers=ab) as r:
+            assert ai["post_prompt_url"].startswith(prefix + "/post_prompt?__token=")
+
+            def plain(url: str) -> str:  # the credentials go in the header
+                return url.replace("a:b@", "")
+
+            body = {"function": "stop_it", "argument": {"parsed": [{"id": "r1"}]},
+                    "call_id": "c1"}
+            async with session.post(plain(stop_url), json=body, headers=ab) as r:
                 assert await r.json() == FunctionResult("Stopped.").stop_record_call("r1").to_dict()
-            body = {"function": "greet", "argument": {"raw": '{"who": "Bob"}'}}
-            async with session.post(url + "swaig", json=body, headers=ab) as r:
+            body = {"function": "greet", "argument": {"raw": '{"who": "Bob"}'}, "call_id": "c1"}
+            async with session.post(plain(greet_url), json=body, headers=ab) as r:
                 assert await r.json() == {"response": "hi Bob"}
-            body = {"post_prompt_data": {"parsed": [{"outcome": "voicemail"}], "raw": "..."}}
-            async with session.post(url + "post_prompt", json=body, headers=ab) as r:
+            body = {"post_prompt_data": {"parsed": [{"outcome": "voicemail"}], "raw": "..."},
+                    "call_id": "c1"}
+            async with session.post(plain(ai["post_prompt_url"]), json=body, headers=ab) as r:
                 assert await r.json() == {"success": True}
             assert summaries == [{"outcome": "voicemail"}]
     finally:
@@ -695,7 +711,7 @@ async def test_generated_credentials_and_embedding(monkeypatch, caplog) -> None:
         await sub.stop()
 
 
-def test_port_and_credentials_from_the_environment(monkeypatch) -> None:
+def test_port_and_credentials_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from callbox import AgentBase
 
     monkeypatch.setenv("PORT", "4321")

@@ -8,6 +8,8 @@ frame by 20 ms frame. Nothing about speed is asserted here (the bench measures i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from bench.concurrent_recordings import DURATION_TOLERANCE, VARIANTS, run_step, table_row
 
@@ -17,7 +19,8 @@ CALLS = 20
 SECONDS = 10.0
 
 
-async def test_twenty_concurrent_recorded_calls_are_all_complete(tmp_path, peer_env):
+async def test_twenty_concurrent_recorded_calls_are_all_complete(tmp_path: Path,
+                                                                peer_env: object) -> None:
     result = await run_step(VARIANTS["wav-stereo"], CALLS, seconds=SECONDS, rate=20, loop="auto",
                             workdir=tmp_path / "step", analysis_workers=1)
     summary = table_row(result)
@@ -34,4 +37,4 @@ async def test_twenty_concurrent_recorded_calls_are_all_complete(tmp_path, peer_
         assert check.skipped == 0, check  # record_call started before the caller's audio
         assert check.score > 0.99, check
     assert result.complete == CALLS, summary
-    assert result.rtp_received == result.rtp_sent, summary  # the platform's /health counters
+    assert result.rtp_received == result.rtp_sent, summary  # the platform's /metrics counters

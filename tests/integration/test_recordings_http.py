@@ -8,7 +8,6 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -16,9 +15,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from callbox.server.auth import ProjectAuth
 from callbox.server.config import Config, HttpConfig, Project, StorageConfig
 from callbox.server.http.app import make_app
+from callbox.server.media.clock import MediaClock
 from callbox.server.recording.writers import open_writer
+from callbox.server.services import Services
 from callbox.server.store import RecordingRow, SqliteRecordingStore
 
 PUBLIC = "https://rec.example:8443"
@@ -37,7 +39,7 @@ P2 = basic("project-2", "token-two")
 
 @dataclass
 class Env:
-    client: TestClient
+    client: TestClient[web.Request, web.Application]
     store: SqliteRecordingStore
     rec_dir: Path
     data_dir: Path
@@ -55,11 +57,12 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         projects=[Project("project-1", "token-one"), Project("project-2", "token-two")],
     )
     store = SqliteRecordingStore(tmp_path / "recordings.db")
-    platform = SimpleNamespace(config=config, recordings=store,
-                               relay=SimpleNamespace(websocket=_websocket))
+    services = Services(calls={}, auth=ProjectAuth(config), node_id="node-1",
+                        clock=MediaClock(), media_counters=dict,
+                        public_url=config.http.public_url, recordings=store)
     rec_dir = tmp_path / "recordings"
     rec_dir.mkdir()
-    server = TestServer(make_app(platform), host="127.0.0.1")  # type: ignore[arg-type]
+    server = TestServer(make_app(services, _websocket), host="127.0.0.1")
     client = TestClient(server)
     await client.start_server()
     try:
@@ -277,3 +280,41 @@ async def test_download_404s(env: Env) -> None:
         status, body = await raw_get(env, target)
         assert status == 404, target
         assert b"SECRET" not in body and b"root:" not in body
+
+
+async def test_download_empty_suffix_range_is_416(env: Env) -> None:
+    """`bytes=-0` asks for the last 0 bytes: nothing is satisfiable (RFC 9110 14.1.1)."""
+    row = add_recording(env, seconds=1)
+    size = Path(row.path).stat().st_size
+    for header in ("bytes=-0", "bytes=-000"):
+        response = await env.client.get(f"/recordings/{row.id}.wav", headers={"Range": header})
+        assert response.status == 416, header
+        assert response.headers["Content-Range"] == f"bytes */{size}"
+        assert await response.read() == b""
+
+
+async def test_download_several_ranges_gets_the_whole_file(env: Env) -> None:
+    row = add_recording(env, seconds=1)
+    content = Path(row.path).read_bytes()
+    response = await env.client.get(f"/recordings/{row.id}.wav",
+                                    headers={"Range": "bytes=0-9, 20-29"})
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "audio/wav"
+    assert int(response.headers["Content-Length"]) == len(content)
+    assert await response.read() == content
+
+    response = await env.client.head(f"/recordings/{row.id}.wav",
+                                     headers={"Range": "bytes=0-9, 20-29"})
+    assert response.status == 200
+    assert int(response.headers["Content-Length"]) == len(content)
+    assert await response.read() == b""
+    response = await env.client.get(f"/recordings/{row.id}.wav")  # the connection is still sane
+    assert response.status == 200 and await response.read() == content
+
+
+async def test_download_several_ranges_of_a_vanished_file_is_404(env: Env) -> None:
+    row = add_recording(env, seconds=1)
+    Path(row.path).unlink()
+    response = await env.client.get(f"/recordings/{row.id}.wav",
+                                    headers={"Range": "bytes=0-9,20-29"})
+    assert response.status == 404

@@ -534,3 +534,36 @@ async def test_pings_resume_grace_and_connection_cap(tmp_path):
                 with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                     await http.ws_connect(ws_url(running))
                 assert refused.value.status == 503
+
+
+async def test_deeply_nested_json_gets_a_parse_error_and_the_socket_stays_open(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def reply_to(ws: aiohttp.ClientWebSocketResponse, frame: str) -> dict[str, Any]:
+        await ws.send_str(frame)
+        message = await ws.receive(timeout=5)
+        assert message.type == aiohttp.WSMsgType.TEXT, f"the socket went away: {message}"
+        reply: dict[str, Any] = json.loads(message.data)
+        return reply
+
+    def ping(params: dict[str, Any]) -> str:
+        return json.dumps({"jsonrpc": "2.0", "id": "p", "method": "signalwire.ping",
+                           "params": params})
+
+    async with relay_platform(tmp_path) as running, aiohttp.ClientSession() as http, \
+            http.ws_connect(ws_url(running)) as ws:
+        # before authentication, as an attacker would send it
+        for frame in ("[" * 100_000, '{"a":' * 100_000, ping({"x": "y"})[:-1] + "[" * 100_000):
+            reply = await reply_to(ws, frame)
+            assert reply["id"] is None and reply["error"]["code"] == -32700
+            assert "nested deeper than" in reply["error"]["message"]
+        # nesting a frame may use, and brackets inside strings, are parsed as usual
+        nested: Any = "leaf"
+        for _ in range(60):
+            nested = [nested]
+        for params in ({"x": nested}, {"text": "[" * 100_000 + '\\"{'}):
+            reply = await reply_to(ws, ping(params))
+            assert reply["id"] == "p" and reply["error"]["code"] == -32003  # connect first
+        # the same socket still authenticates and answers
+        assert (await raw_connect(ws))["protocol"].startswith("signalwire_")
+        assert "result" in await reply_to(ws, ping({}))
+    assert "RecursionError" not in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import pytest
 
@@ -10,25 +11,26 @@ from callbox import cli
 
 
 @pytest.fixture(autouse=True)
-def _restore_policy():
+def _restore_policy() -> Iterator[None]:
     yield
     asyncio.set_event_loop_policy(None)
 
 
-def test_asyncio_keeps_the_stdlib_loop():
+def test_asyncio_keeps_the_stdlib_loop() -> None:
     asyncio.set_event_loop_policy(None)
-    cli._event_loop_policy("asyncio")
+    cli.use_event_loop("asyncio")
     assert type(asyncio.get_event_loop_policy()).__module__.startswith("asyncio")
 
 
-def test_uvloop_and_auto_use_uvloop_when_installed():
+def test_uvloop_and_auto_use_uvloop_when_installed() -> None:
     for choice in ("uvloop", "auto"):
         asyncio.set_event_loop_policy(None)
-        cli._event_loop_policy(choice)
+        cli.use_event_loop(choice)
         assert type(asyncio.get_event_loop_policy()).__module__.startswith("uvloop")
 
 
-def test_the_flag_is_parsed_and_a_bad_environment_value_is_refused(monkeypatch, capsys):
+def test_the_flag_is_parsed_and_a_bad_environment_value_is_refused(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     args = cli.build_parser().parse_args(["serve", "--loop", "asyncio"])
     assert args.loop == "asyncio"
     with pytest.raises(SystemExit):

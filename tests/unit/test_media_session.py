@@ -38,3 +38,12 @@ def test_another_source_latches_only_after_a_second_without_the_sdp_host(session
     session.on_datagram(packet(2), ("198.51.100.7", 6000))
     assert session.remote == ("198.51.100.7", 6000)
     assert session.stats.packets_received == 1
+
+
+@pytest.mark.parametrize("host", ["localhost", "media.example", "::1"])
+def test_only_a_numeric_address_of_the_sockets_family_is_accepted(session, host):
+    """A host name would be looked up by every sendto in the media tick; an IPv6 address
+    cannot be reached from an IPv4 socket."""
+    with pytest.raises(ValueError, match="numeric IPv4 address"):
+        session.configure(host, 4000, 0, 101)
+    assert session.remote == ("192.0.2.10", 4000)

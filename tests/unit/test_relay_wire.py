@@ -8,16 +8,19 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from callbox.relay.client import relay_url
 from callbox.relay.events import RelayEvent
 from callbox.server.relay.session import MAX_UNACKED, Session
 from callbox.wire import relay as wire
+from callbox.wire.json_depth import nesting_depth, nests_deeper_than
 
 # -- envelopes ---------------------------------------------------------------------------------
 
 
-def test_request_result_error_envelopes_round_trip():
+def test_request_result_error_envelopes_round_trip() -> None:
     frame = wire.request(wire.PLAY, {"call_id": "c"}, "id-1")
     parsed = wire.parse_message(wire.dumps(frame))
     assert parsed == wire.Request("id-1", "calling.play", {"call_id": "c"})
@@ -38,25 +41,77 @@ def test_request_result_error_envelopes_round_trip():
     ('{"jsonrpc": "2.0", "id": "x", "method": "m", "params": [1]}', wire.INVALID_PARAMS),
     ('{"jsonrpc": "2.0", "id": "x"}', wire.INVALID_REQUEST),
 ])
-def test_bad_frames_raise_protocol_errors_with_their_code(text, code):
+def test_bad_frames_raise_protocol_errors_with_their_code(text: str | bytes, code: int) -> None:
     with pytest.raises(wire.ProtocolError) as caught:
         wire.parse_message(text)
     assert caught.value.code == code
 
 
-def test_request_id_is_kept_in_protocol_errors_when_known():
+def nesting(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(nesting, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(nesting, value.values()), default=0)
+    return 0
+
+
+TRICKY_TEXT = st.text(alphabet=st.sampled_from('[]{}"\\/ a\u00e9\u2028\U0001f600\ud800\n'))
+JSON_VALUES = st.recursive(
+    st.none() | st.integers() | TRICKY_TEXT,
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(TRICKY_TEXT, children, max_size=3),
+    max_leaves=40,
+)
+
+
+@given(JSON_VALUES, st.booleans())
+@settings(max_examples=400, deadline=None)
+def test_nesting_depth_is_exact_and_ignores_brackets_in_strings(value: Any,
+                                                                ascii_only: bool) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    assert nesting_depth(text) == nesting(value)
+    assert nests_deeper_than(text, nesting(value)) is False
+    if nesting(value) > 0:
+        assert nests_deeper_than(text, nesting(value) - 1) is True
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"a":' * 100_000, "[{" * 50_000 + "]}",
+                                  '{"jsonrpc":"2.0","id":"1","method":"m","params":'
+                                  + "[" * 100_000, ("[" * 100_000).encode()])
+def test_json_nested_too_deep_is_a_parse_error_before_decoding(text: str | bytes) -> None:
+    with pytest.raises(wire.ProtocolError, match="nested deeper than 64 levels") as caught:
+        wire.parse_message(text)
+    assert caught.value.code == wire.PARSE_ERROR
+
+
+def test_json_nested_to_the_limit_parses_and_strings_do_not_count() -> None:
+    def frame(params: Any) -> str:
+        return wire.dumps(wire.request("m", {"p": params}, "1"))
+
+    deepest: Any = 0
+    for _ in range(wire.MAX_JSON_DEPTH - 2):  # the frame and its params are two levels
+        deepest = [deepest]
+    assert wire.parse_message(frame(deepest)) == wire.Request("1", "m", {"p": deepest})
+    with pytest.raises(wire.ProtocolError, match="nested deeper"):
+        wire.parse_message(frame([deepest]))
+    text = '[[[' * 1000 + '\\"{"\\\\'  # brackets, an escaped quote, escaped backslashes
+    assert wire.parse_message(frame(text)) == wire.Request("1", "m", {"p": text})
+
+
+def test_request_id_is_kept_in_protocol_errors_when_known() -> None:
     with pytest.raises(wire.ProtocolError) as caught:
         wire.parse_message('{"jsonrpc": "2.0", "id": "abc", "method": "m", "params": 3}')
     assert caught.value.request_id == "abc"
 
 
-def test_null_params_and_non_object_results_are_tolerated():
-    assert wire.parse_message('{"jsonrpc":"2.0","id":1,"method":"m","params":null}').params == {}
+def test_null_params_and_non_object_results_are_tolerated() -> None:
+    assert wire.parse_message('{"jsonrpc":"2.0","id":1,"method":"m","params":null}') == \
+        wire.Request(1, "m", {})
     assert wire.parse_message('{"jsonrpc":"2.0","id":1,"result":true}') == \
         wire.Response(1, {"value": True})
 
 
-def test_event_frame_shape():
+def test_event_frame_shape() -> None:
     frame = wire.event(wire.CALL_STATE, {"call_id": "c", "call_state": "answered"},
                        project_id="p1", channel="ch", timestamp=12.5, event_id="e1")
     assert frame == {"jsonrpc": "2.0", "id": "e1", "method": "signalwire.event", "params": {
@@ -66,22 +121,25 @@ def test_event_frame_shape():
 
 @pytest.mark.parametrize(("code", "ok"), [("200", True), (201, True), ("400", False),
                                           ("404", False), ("2000", False), (None, False)])
-def test_is_success(code, ok):
+def test_is_success(code: Any, ok: bool) -> None:
     assert wire.is_success(code) is ok
 
 
 # -- connect ---------------------------------------------------------------------------------
 
 
-def test_connect_params_round_trip():
+def test_connect_params_round_trip() -> None:
     sent = wire.ConnectParams(project="p1", token="t1", contexts=["default", "sales"],
-                              protocol="signalwire_x", agent="test").to_params()
+                              protocol="signalwire_x", agent="test",
+                              authorization_state="blob").to_params()
     assert sent["authentication"] == {"project": "p1", "token": "t1"}
     assert sent["version"] == {"major": 2, "minor": 0, "revision": 0}
-    assert sent["event_acks"] is True
+    assert sent["event_acks"] is True and sent["authorization_state"] == "blob"
     parsed = wire.ConnectParams.parse(sent)
-    assert (parsed.project, parsed.token, parsed.contexts, parsed.protocol) == \
-        ("p1", "t1", ["default", "sales"], "signalwire_x")
+    assert (parsed.project, parsed.token, parsed.contexts, parsed.protocol,
+            parsed.authorization_state) == \
+        ("p1", "t1", ["default", "sales"], "signalwire_x", "blob")
+    assert "authorization_state" not in wire.ConnectParams(project="p", token="t").to_params()
 
 
 @pytest.mark.parametrize(("params", "field"), [
@@ -91,14 +149,16 @@ def test_connect_params_round_trip():
     ({"authentication": {"project": "p", "token": "t"}, "contexts": "default"}, "contexts"),
     ({"authentication": {"project": "p", "token": "t"}, "contexts": [""]}, "contexts"),
     ({"authentication": {"project": "p", "token": "t"}, "protocol": 5}, "protocol"),
+    ({"authentication": {"project": "p", "token": "t"}, "authorization_state": [1]},
+     "authorization_state"),
 ])
-def test_connect_params_errors_name_the_field(params, field):
+def test_connect_params_errors_name_the_field(params: dict[str, Any], field: str) -> None:
     with pytest.raises(wire.ParamError) as caught:
         wire.ConnectParams.parse(params)
     assert caught.value.field == field
 
 
-def test_connect_result_has_what_the_official_client_reads():
+def test_connect_result_has_what_the_official_client_reads() -> None:
     result = wire.connect_result(project="p1", node_id="n", protocol="signalwire_a",
                                  restored=True)
     assert result["protocol"] == "signalwire_a" and result["identity"] == "p1@n"
@@ -125,7 +185,7 @@ def test_connect_result_has_what_the_official_client_reads():
     ({"type": "ringtone", "params": {"name": "uk", "duration": 3}}, "ring:3:uk"),
     ({"type": "ringtone", "params": {"name": "US"}}, "ring:us"),
 ])
-def test_media_items_nested_and_flat(item, url):
+def test_media_items_nested_and_flat(item: dict[str, Any], url: str) -> None:
     assert wire.media_url(item) == url
 
 
@@ -142,14 +202,14 @@ def test_media_items_nested_and_flat(item, url):
     ({"type": "tts", "params": "text"}, "play[0].params"),
     ("say:hello", "play[0]"),
 ])
-def test_media_errors_name_the_field(item, field):
+def test_media_errors_name_the_field(item: Any, field: str) -> None:
     with pytest.raises(wire.ParamError) as caught:
         wire.media_url(item)
     assert caught.value.field == field
     assert field in str(caught.value)
 
 
-def test_play_list_volume_loop_control_id():
+def test_play_list_volume_loop_control_id() -> None:
     assert wire.play_urls([{"type": "silence", "duration": 1},
                            {"type": "tts", "text": "hi"}]) == ["silence:1", "say:hi"]
     with pytest.raises(wire.ParamError, match="play must be"):
@@ -168,7 +228,7 @@ def test_play_list_volume_loop_control_id():
         wire.parse_control_id(5)
 
 
-def test_state_and_play_params():
+def test_state_and_play_params() -> None:
     device = wire.sip_device(from_uri="sip:a@h", to_uri="sip:b@h", from_number="a",
                              to_number="b")
     ended = wire.state_params(call_id="c", node_id="n", tag="t", state="ended",
@@ -190,17 +250,17 @@ def test_state_and_play_params():
     ("ws://127.0.0.1:8080", "ws://127.0.0.1:8080/"),
     ("wss://h:1/relay", "wss://h:1/relay"),
 ])
-def test_relay_url(host, url):
+def test_relay_url(host: str, url: str) -> None:
     assert relay_url(host) == url
 
 
 @pytest.mark.parametrize("host", ["http://h/", "h/path", "user@h", "", "ws://"])
-def test_relay_url_rejects_what_it_cannot_use(host):
+def test_relay_url_rejects_what_it_cannot_use(host: str) -> None:
     with pytest.raises(ValueError, match="host must be"):
         relay_url(host)
 
 
-def test_relay_event_reads_record_fields_nested_or_top_level():
+def test_relay_event_reads_record_fields_nested_or_top_level() -> None:
     nested = RelayEvent.from_payload({"event_type": "calling.call.record", "timestamp": 3,
                                       "params": {"control_id": "c", "state": "finished",
                                                  "url": "top", "record": {
@@ -236,7 +296,7 @@ def events_of(connection: FakeConnection) -> list[str]:
     return [f["params"]["params"]["n"] for f in connection.sent]
 
 
-async def test_session_redelivers_unacked_events_in_order_on_resume():
+async def test_session_redelivers_unacked_events_in_order_on_resume() -> None:
     session = Session(protocol="signalwire_x", project_id="p1", contexts=["default"],
                       event_acks=True)
     first = FakeConnection()
@@ -256,7 +316,7 @@ async def test_session_redelivers_unacked_events_in_order_on_resume():
     session.expire()
 
 
-async def test_session_expires_after_grace_and_caps_its_queue():
+async def test_session_expires_after_grace_and_caps_its_queue() -> None:
     expired: list[Session] = []
     session = Session(protocol="signalwire_y", project_id="p1", contexts=[], event_acks=True)
     session.on_expired = expired.append
@@ -270,7 +330,7 @@ async def test_session_expires_after_grace_and_caps_its_queue():
     assert expired == [session] and session.unacked == 0
 
 
-async def test_session_without_acks_keeps_only_what_it_could_not_send():
+async def test_session_without_acks_keeps_only_what_it_could_not_send() -> None:
     session = Session(protocol="signalwire_z", project_id="p1", contexts=[], event_acks=False)
     connection = FakeConnection()
     session.attach(connection)  # type: ignore[arg-type]

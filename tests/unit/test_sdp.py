@@ -10,10 +10,12 @@ from callbox.server.sip.sdp import (
     NoCommonCodec,
     SdpError,
     SessionDescription,
+    UnsupportedContentType,
     accept_answer,
     answer_offer,
     make_offer,
     parse_sdp,
+    sdp_body,
 )
 
 SIPP_OFFER = (
@@ -377,10 +379,6 @@ def test_accept_answer_rejections() -> None:
         b"v=0\r\no=- 1 1 IN IP4 h\r\nm=audio x RTP/AVP 0\r\n",
         b"v=0\r\no=- 1 1 IN IP4 h\r\nm=audio 70000 RTP/AVP 0\r\n",
         b"v=0\r\no=- 1 1 IN IP4 h\r\nm=audio 4000 RTP/AVP\r\n",
-        b"v=0\r\no=- 1 1 IN IP4 h\r\nm=audio 4000 RTP/AVP 0\r\na=rtpmap:x PCMU/8000\r\n",
-        b"v=0\r\no=- 1 1 IN IP4 h\r\nm=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU\r\n",
-        b"v=0\r\no=- 1 1 IN IP4 h\r\nm=audio 4000 RTP/AVP 0\r\na=fmtp:abc\r\n",
-        b"v=0\r\no=- 1 1 IN IP4 h\r\nm=audio 4000 RTP/AVP 0\r\na=ptime:fast\r\n",
         b"v=0\r\no=- 1 1 IN IP4 h\r\na=\r\n",
         b"v=0\r\no=- 1 1 IN IP4 h\r\nbogus line\r\n",
     ],
@@ -388,6 +386,61 @@ def test_accept_answer_rejections() -> None:
 def test_parse_errors(data: bytes) -> None:
     with pytest.raises(SdpError):
         parse_sdp(data)
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["a=rtpmap:x PCMU/8000", "a=rtpmap:0 PCMU", "a=fmtp:abc", "a=ptime:fast", "c=IN IP4", "junk"],
+)
+def test_a_malformed_line_marks_only_its_stream_unusable(line: str) -> None:
+    data = offer_with(f"m=audio 4000 RTP/AVP 0\r\n{line}\r\na=sendrecv\r\n")
+    sdp = parse_sdp(data)
+    assert sdp.media[0].error is not None and sdp.media[0].direction is None
+    with pytest.raises(NoCommonCodec):
+        answer_offer(sdp, local_host="192.0.2.10", local_port=1, session_id=1, session_version=1)
+
+
+def test_a_malformed_unused_stream_is_rejected_alone() -> None:
+    data = offer_with("m=audio 4000 RTP/AVP 0\r\n"
+                      "m=video 5000 RTP/AVP 96\r\na=rtpmap:96 H264\r\n")
+    ans, negotiated = answer(data)
+    assert [m.port for m in ans.media] == [20000, 0]
+    assert ans.media[1].media == "video"
+    assert negotiated.remote_port == 4000
+
+
+@pytest.mark.parametrize("address", ["224.2.1.1", "ff0e::1"])
+def test_multicast_connection_is_refused(address: str) -> None:
+    with pytest.raises(SdpError, match="multicast"):
+        answer(offer_with("m=audio 4000 RTP/AVP 0\r\n", connection=address))
+
+
+def test_host_name_connection_is_left_to_the_caller_to_resolve() -> None:
+    _, negotiated = answer(offer_with("m=audio 4000 RTP/AVP 0\r\n", connection="media.example"))
+    assert negotiated.remote_host == "media.example"
+
+
+def test_maxptime_below_our_packet_time_is_refused() -> None:
+    with pytest.raises(SdpError, match="maxptime 10"):
+        answer(offer_with("m=audio 4000 RTP/AVP 0\r\na=maxptime:10\r\n"))
+    ans, _ = answer(offer_with("m=audio 4000 RTP/AVP 0\r\na=maxptime:40\r\n"))
+    assert ans.media[0].ptime == 20
+
+
+def test_sdp_body_takes_the_sdp_part_of_multipart_mixed() -> None:
+    sdp = offer_with("m=audio 4000 RTP/AVP 0\r\n")
+    body = (b"--xyz\r\nContent-Type: application/isup\r\n\r\n\x01\x02\r\n"
+            b"--xyz\r\nContent-Type: application/sdp\r\n\r\n" + sdp + b"\r\n--xyz--\r\n")
+    extracted = sdp_body(body, 'multipart/mixed; boundary="xyz"')
+    assert parse_sdp(extracted).media[0].port == 4000
+    assert sdp_body(sdp, "application/SDP") == sdp
+    assert sdp_body(sdp, None) == sdp
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "multipart/mixed; boundary=q"])
+def test_sdp_body_refuses_other_content(content_type: str) -> None:
+    with pytest.raises(UnsupportedContentType):
+        sdp_body(b"--q\r\nContent-Type: text/plain\r\n\r\nhi\r\n--q--\r\n", content_type)
 
 
 def test_parse_is_lenient_about_line_endings_and_unknown_lines() -> None:

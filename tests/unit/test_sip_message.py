@@ -6,6 +6,8 @@ import pytest
 
 from callbox.server.sip.headers import CSeq, NameAddr, SipUri, Via
 from callbox.server.sip.message import (
+    MAX_HEADER_LINES,
+    MAX_MESSAGE_BYTES,
     REASON_PHRASES,
     Headers,
     SipParseError,
@@ -17,7 +19,9 @@ from callbox.server.sip.message import (
     new_branch,
     new_call_id,
     new_tag,
+    oversize_reason,
     parse_message,
+    unsupported_version,
 )
 
 SIPP_SDP = (
@@ -672,3 +676,33 @@ def test_cseq() -> None:
     assert str(CSeq(42, "BYE")) == "42 BYE"
     with pytest.raises(SipParseError):
         CSeq.parse(str(2**31) + " BYE")
+
+
+OPTIONS_HEAD = (b"OPTIONS sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
+                b"From: <sip:b@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n")
+
+
+def test_oversize_reason_bounds_bytes_and_header_lines_before_parsing() -> None:
+    ok = OPTIONS_HEAD + b"Content-Length: 0\r\n\r\n"
+    assert oversize_reason(ok) is None
+    padded = OPTIONS_HEAD + b"X-Pad: " + b"p" * MAX_MESSAGE_BYTES + b"\r\n\r\n"
+    assert "bytes exceeds" in (oversize_reason(padded) or "")
+    many = OPTIONS_HEAD + b"X-A: 1\r\n" * MAX_HEADER_LINES + b"\r\n"
+    assert "header lines exceed" in (oversize_reason(many) or "")
+    # body lines do not count as header lines
+    body = b"a=x\r\n" * (MAX_HEADER_LINES + 10)
+    with_body = OPTIONS_HEAD + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    assert oversize_reason(with_body) is None
+    parse_message(with_body)
+
+
+@pytest.mark.parametrize(("line", "version"), [
+    (b"OPTIONS sip:a@h SIP/7.0", "SIP/7.0"),
+    (b"INVITE sip:a@h SIP/2.1", "SIP/2.1"),
+    (b"OPTIONS sip:a@h SIP/2.0", None),
+    (b"OPTIONS sip:a@h sip/2.0", None),
+    (b"SIP/3.0 200 OK", None),  # a response: nothing to answer
+    (b"OPTIONS sip:a@h HTTP/1.1", None),
+])
+def test_unsupported_version(line: bytes, version: str | None) -> None:
+    assert unsupported_version(line + b"\r\nVia: x\r\n\r\n") == version

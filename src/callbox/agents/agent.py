@@ -12,9 +12,13 @@
 Routes (one aiohttp application, built by `get_app()`):
 
 - `GET|POST <route>`: the SWML document (`answer`, then `ai` with the prompt and the SWAIG
-  functions, whose `web_hook_url` is `<scheme>://USER:PASS@<Host header><route>/swaig`);
-- `POST <route>/swaig`: a function call (see `callbox.agents.swaig`); GET gives the document;
-- `POST <route>/post_prompt`: the conversation summary, passed to `on_summary()`;
+  functions, whose `web_hook_url` is `<scheme>://USER:PASS@<Host header><route>/swaig`); for a
+  call (`call_id` or `call.call_id` in the POST body, or `?call_id=`), each secure function's
+  URL and the post-prompt URL carry a token for that call, `?__token=...`;
+- `POST <route>/swaig`: a function call (see `callbox.agents.swaig`); a secure function (the
+  default) runs only with its call's token, else 403; GET gives the document;
+- `POST <route>/post_prompt`: the conversation summary, passed to `on_summary()` (its call's
+  token required, else 403);
 - `GET /health` -> `{"status": "healthy", "agent": name}`, `GET /ready` (no auth).
 
 HTTP Basic auth is always on: `basic_auth=(user, password)`, else `SWML_BASIC_AUTH_USER` /
@@ -25,18 +29,15 @@ process and logged at start-up.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import hmac
 import logging
 import os
 import secrets
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import Any, Final, Literal, overload
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -54,6 +55,8 @@ from callbox.agents.swaig import (
     reply_for,
 )
 from callbox.agents.swml import AiVerb, SwaigFunctionSpec, agent_document, function_parameters
+from callbox.agents.tool_tokens import POST_PROMPT, TOKEN_PARAM, ToolTokens
+from callbox.wire.basic_auth import credentials_equal, parse_basic_auth
 from callbox.wire.recording import FORMATS
 
 log = logging.getLogger("callbox.agents")
@@ -81,6 +84,17 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return web.json_response(body, status=status, headers=headers)
 
 
+def _call_id_of(request: web.Request, body: Any) -> str | None:
+    """The call a SWML fetch is for: `call_id` or `call.call_id` in the body, else the query."""
+    if isinstance(body, dict):
+        call = body.get("call")
+        nested = call.get("call_id") if isinstance(call, dict) else None
+        for given in (body.get("call_id"), nested):
+            if isinstance(given, str) and given:
+                return given
+    return request.query.get("call_id") or None
+
+
 def _resolve_port(port: int | None) -> int:
     if port is not None:
         return int(port)
@@ -98,10 +112,10 @@ def _resolve_credentials(basic_auth: tuple[str, str] | None) -> tuple[str, str, 
     if basic_auth is not None:
         user, password = basic_auth
         return str(user), str(password), "provided"
-    user = os.environ.get(ENV_AUTH_USER)
-    password = os.environ.get(ENV_AUTH_PASSWORD)
-    if user and password:
-        return user, password, "environment"
+    env_user = os.environ.get(ENV_AUTH_USER)
+    env_password = os.environ.get(ENV_AUTH_PASSWORD)
+    if env_user and env_password:
+        return env_user, env_password, "environment"
     return DEFAULT_USER, secrets.token_urlsafe(18), "generated"
 
 
@@ -175,6 +189,7 @@ class AgentBase:
         user, password, source = _resolve_credentials(basic_auth)
         self._auth = (user, password)
         self._auth_source = source
+        self._tokens = ToolTokens()
         self._auto_answer = auto_answer
         self._record_call = record_call
         self._record_format = record_format
@@ -195,6 +210,14 @@ class AgentBase:
 
     def get_name(self) -> str:
         return self.name
+
+    @overload
+    def get_basic_auth_credentials(
+        self, include_source: Literal[False] = False
+    ) -> tuple[str, str]: ...
+
+    @overload
+    def get_basic_auth_credentials(self, include_source: Literal[True]) -> tuple[str, str, str]: ...
 
     def get_basic_auth_credentials(
         self, include_source: bool = False
@@ -422,12 +445,25 @@ class AgentBase:
             return self.get_full_url()
         return f"{request.scheme}://{request.host}{self.route}"
 
-    def render_swml(self, base_url: str | None = None) -> dict[str, Any]:
+    def render_swml(
+        self, base_url: str | None = None, call_id: str | None = None
+    ) -> dict[str, Any]:
         """The SWML document, its webhook URLs built on `base_url` (scheme://host:port/route,
-        without credentials: they are added). Default: `get_full_url()`."""
+        without credentials: they are added). Default: `get_full_url()`.
+
+        For a `call_id`, each secure function's URL and the post-prompt URL carry a token for
+        that call (`?__token=`); without one, secure functions cannot be called."""
         agent_url = self._with_credentials((base_url or self.get_full_url()).rstrip("/"))
+        swaig_url = agent_url + "/swaig"
+        post_prompt_url = agent_url + "/post_prompt"
+        function_urls: dict[str, str] = {}
+        if call_id:
+            for name, tool in self._tools.items():
+                if tool.spec.secure and not tool.spec.webhook_url:
+                    function_urls[name] = self._with_token(swaig_url, name, call_id)
+            post_prompt_url = self._with_token(post_prompt_url, POST_PROMPT, call_id)
         ai = self._ai.render(
-            swaig_url=agent_url + "/swaig", post_prompt_url=agent_url + "/post_prompt"
+            swaig_url=swaig_url, post_prompt_url=post_prompt_url, function_urls=function_urls
         )
         post_answer = list(self._post_answer)
         if self._record_call:
@@ -441,23 +477,29 @@ class AgentBase:
             post_ai=self._post_ai,
         )
 
+    def _with_token(self, url: str, function: str, call_id: str) -> str:
+        token = self._tokens.issue(function, call_id)
+        return f"{url}?{urlencode({TOKEN_PARAM: token})}"
+
+    def _token_refused(self, request: web.Request, function: str,
+                       call_id: str | None) -> web.Response | None:
+        """403 unless the request carries the token minted for `function` on `call_id`."""
+        if self._tokens.valid(function, call_id, request.query.get(TOKEN_PARAM)):
+            return None
+        log.warning("agent %s: %s refused: missing or invalid token (call_id=%s)",
+                    self.name, function, call_id)
+        return _json({"error": f"invalid or missing token for {function} on this call"},
+                     status=403)
+
+    def _needs_token(self, function: str) -> bool:
+        tool = self._tools.get(function)
+        return tool is not None and tool.spec.secure and not tool.spec.webhook_url
+
     # -- HTTP --------------------------------------------------------------------------------
 
     def _authorized(self, request: web.Request) -> bool:
-        header = request.headers.get("Authorization", "")
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic" or not encoded:
-            return False
-        try:
-            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        user, sep, password = decoded.partition(":")
-        if not sep:
-            return False
-        user_ok = hmac.compare_digest(user.encode(), self._auth[0].encode())
-        password_ok = hmac.compare_digest(password.encode(), self._auth[1].encode())
-        return user_ok and password_ok
+        credentials = parse_basic_auth(request.headers.get("Authorization", ""))
+        return credentials is not None and credentials_equal(credentials, self._auth)
 
     def _protected(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -472,7 +514,8 @@ class AgentBase:
         return guarded
 
     async def _handle_document(self, request: web.Request) -> web.StreamResponse:
-        return _json(self.render_swml(self._base_url(request)))
+        body = parse_body(await request.read()) if request.method == "POST" else None
+        return _json(self.render_swml(self._base_url(request), _call_id_of(request, body)))
 
     async def _handle_swaig(self, request: web.Request) -> web.StreamResponse:
         if request.method == "GET":
@@ -482,6 +525,10 @@ class AgentBase:
         parsed = parse_request(parse_body(await request.read()))
         if isinstance(parsed, SwaigError):
             return _json(parsed.body, status=parsed.status)
+        if self._needs_token(parsed.function):
+            refused = self._token_refused(request, parsed.function, parsed.call_id)
+            if refused is not None:
+                return refused
         reply = await reply_for(
             parsed, self.on_function_call, self._dispatch_is_async(parsed.function)
         )
@@ -496,6 +543,12 @@ class AgentBase:
             return _json(UNSUPPORTED_MEDIA_TYPE.body, status=UNSUPPORTED_MEDIA_TYPE.status)
         body = parse_body(await request.read())
         body = body if isinstance(body, dict) else {}
+        call_id = body.get("call_id")
+        refused = self._token_refused(
+            request, POST_PROMPT, call_id if isinstance(call_id, str) else None
+        )
+        if refused is not None:
+            return refused
         data = body.get("post_prompt_data")
         summary: Any = None
         if isinstance(data, dict):

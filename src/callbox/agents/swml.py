@@ -119,9 +119,12 @@ class AiVerb:
     languages: list[dict[str, Any]] = field(default_factory=list)
     global_data: dict[str, Any] = field(default_factory=dict)
 
-    def render(self, swaig_url: str, post_prompt_url: str | None = None) -> dict[str, Any]:
+    def render(self, swaig_url: str, post_prompt_url: str | None = None,
+               function_urls: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The `ai` verb's object. `swaig_url` is this agent's SWAIG endpoint (with credentials);
-        `post_prompt_url` is where summaries go when a post-prompt is set."""
+        `post_prompt_url` is where summaries go when a post-prompt is set; `function_urls`
+        gives some functions their own endpoint URL (e.g. with a per-call token)."""
+        own_urls = function_urls or {}
         ai: dict[str, Any] = {
             "prompt": {"text": self.prompt_text} if self.prompt_text is not None else {"pom": []}
         }
@@ -135,7 +138,8 @@ class AiVerb:
             swaig["native_functions"] = list(self.native_functions)
         if self.functions:
             swaig["functions"] = [
-                copy.deepcopy(f) if isinstance(f, dict) else f.render(swaig_url)
+                copy.deepcopy(f) if isinstance(f, dict)
+                else f.render(own_urls.get(f.name, swaig_url))
                 for f in self.functions
             ]
             swaig["defaults"] = {"web_hook_url": swaig_url}

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar
 
-from callbox.relay.events import RelayEvent
+from callbox.relay.channel import CallHandle, Unsubscribe
+from callbox.relay.events import RelayError, RelayEvent
 from callbox.wire import relay as wire
 from callbox.wire.recording import TERMINAL_STATES as RECORD_TERMINAL_STATES
-
-if TYPE_CHECKING:
-    from callbox.relay.call import Call
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +25,9 @@ class Action:
     """
 
     terminal_states: ClassVar[tuple[str, ...]] = ()
-    method_prefix: ClassVar[str] = ""
+    method_prefix: ClassVar[str] = ""  # the command that starts it; its controls add a suffix
 
-    def __init__(self, call: Call, control_id: str,
+    def __init__(self, call: CallHandle, control_id: str,
                  on_completed: Completion | None = None) -> None:
         self.call = call
         self.control_id = control_id
@@ -38,6 +36,7 @@ class Action:
         self.events: list[RelayEvent] = []
         self._on_completed = on_completed
         self._done: asyncio.Future[RelayEvent] = asyncio.get_running_loop().create_future()
+        self._unsubscribe: Unsubscribe | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.control_id} {self.state or 'starting'}>"
@@ -50,7 +49,21 @@ class Action:
         """The terminal event; `TimeoutError` after `timeout` seconds (the action goes on)."""
         return await asyncio.wait_for(asyncio.shield(self._done), timeout)
 
-    # -- from the call ----------------------------------------------------------------------
+    async def start(self, params: Mapping[str, Any]) -> None:
+        """Send the command that starts the action (`calling.play`, `calling.record`) with
+        `params`. Its events are taken from before it goes out (the first may beat the reply);
+        when the command fails, it raises and `wait()` raises the same."""
+        self._unsubscribe = self.call.channel.subscribe(self.call.call_id, self._on_event,
+                                                        self.control_id)
+        try:
+            await self.call.execute(self.method_prefix, {"control_id": self.control_id,
+                                                         **params})
+        except BaseException as exc:
+            self._stop_listening()
+            self._fail(exc if isinstance(exc, Exception) else RelayError("cancelled"))
+            raise
+
+    # -- events ---------------------------------------------------------------------------
 
     def _on_event(self, event: RelayEvent) -> None:
         self.events.append(event)
@@ -58,13 +71,19 @@ class Action:
         if event.state in self.terminal_states and not self._done.done():
             self.result = event
             self._done.set_result(event)
+            self._stop_listening()
             if self._on_completed is not None:
                 try:
                     outcome = self._on_completed(event)
                     if asyncio.iscoroutine(outcome):
-                        self.call._client._spawn(outcome, f"on-completed-{self.control_id}")
+                        self.call.channel.spawn(outcome, f"on-completed-{self.control_id}")
                 except Exception:
                     log.exception("on_completed callback of %s failed", self.control_id)
+
+    def _stop_listening(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
 
     def _fail(self, exc: BaseException) -> None:
         if not self._done.done():
@@ -74,8 +93,8 @@ class Action:
     async def _command(self, suffix: str, **params: Any) -> dict[str, Any]:
         if self.is_done:
             return {}
-        return await self.call._execute(f"{self.method_prefix}.{suffix}",
-                                        {"control_id": self.control_id, **params})
+        return await self.call.execute(f"{self.method_prefix}.{suffix}",
+                                       {"control_id": self.control_id, **params})
 
 
 class PlayAction(Action):
@@ -108,7 +127,7 @@ class RecordAction(Action):
     terminal_states = RECORD_TERMINAL_STATES
     method_prefix = wire.RECORD
 
-    def __init__(self, call: Call, control_id: str,
+    def __init__(self, call: CallHandle, control_id: str,
                  on_completed: Completion | None = None) -> None:
         super().__init__(call, control_id, on_completed)
         self.url = ""

@@ -6,14 +6,12 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from callbox.relay.actions import Action, Completion, PlayAction, RecordAction
+from callbox.relay.channel import RelayChannel
 from callbox.relay.events import RelayError, RelayEvent
 from callbox.wire import relay as wire
-
-if TYPE_CHECKING:
-    from callbox.relay.client import RelayClient
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +31,13 @@ class Call:
 
     `play()` and `record()` return their action once the server accepted the command; they do
     not wait for the end (use `await action.wait()`), as in SignalWire's own SDK.
+
+    It talks to the server through `channel` (the client), and takes the events of its call
+    from the moment it is made.
     """
 
-    def __init__(self, client: RelayClient, params: Mapping[str, Any]) -> None:
-        self._client = client
+    def __init__(self, channel: RelayChannel, params: Mapping[str, Any]) -> None:
+        self.channel = channel
         self.call_id = str(params.get("call_id", ""))
         self.node_id = str(params.get("node_id", ""))
         self.project_id = str(params.get("project_id", ""))
@@ -51,6 +52,7 @@ class Call:
         self._listeners: dict[str, list[Listener]] = {}
         self._actions: dict[str, Action] = {}
         self._ended: asyncio.Future[RelayEvent] = asyncio.get_running_loop().create_future()
+        channel.subscribe(self.call_id, self._on_event)
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id} {self.state}>"
@@ -84,54 +86,51 @@ class Call:
         """The `ended` state event (at once if the call has ended already)."""
         return await asyncio.wait_for(asyncio.shield(self._ended), timeout)
 
-    def _dispatch(self, event: RelayEvent) -> None:
+    def _on_event(self, event: RelayEvent) -> None:
         if event.event_type == wire.CALL_STATE:
             self.state = event.state or self.state
             if self.state in ("ending", "ended"):
                 self.end_reason = str(event.params.get("end_reason", "") or self.end_reason)
             if self.state == "ended" and not self._ended.done():
                 self._ended.set_result(event)
-        action = self._actions.get(event.control_id) if event.control_id else None
-        if action is not None:
-            action._on_event(event)
         for listener in tuple(self._listeners.get(event.event_type, ())):
             try:
                 outcome = listener(event)
                 if asyncio.iscoroutine(outcome):
-                    self._client._spawn(outcome, f"listener-{event.event_type}")
+                    self.channel.spawn(outcome, f"listener-{event.event_type}")
             except Exception:
                 log.exception("listener for %s on call %s failed", event.event_type,
                               self.call_id)
 
     # -- commands ---------------------------------------------------------------------------
 
-    async def _execute(self, method: str, params: Mapping[str, Any] | None = None
-                       ) -> dict[str, Any]:
+    async def execute(self, method: str, params: Mapping[str, Any] | None = None
+                      ) -> dict[str, Any]:
+        """Send a calling command for this call (`node_id` and `call_id` filled in) and
+        return its result; `RelayError` for a non-2xx code."""
         payload = {"node_id": self.node_id, "call_id": self.call_id, **(params or {})}
-        return await self._client.execute(method, payload)
+        return await self.channel.execute(method, payload)
 
     async def answer(self, max_duration: float | None = None) -> dict[str, Any]:
         """Answer; `max_duration` (seconds) ends the call after that long."""
         params = {"max_duration": max_duration} if max_duration is not None else {}
-        return await self._execute(wire.ANSWER, params)
+        return await self.execute(wire.ANSWER, params)
 
     async def hangup(self, reason: str = "hangup") -> dict[str, Any]:
         """End the call. Hanging up a call that has already ended is not an error."""
         try:
-            return await self._execute(wire.END, {"reason": reason})
+            return await self.execute(wire.END, {"reason": reason})
         except RelayError as exc:
             if exc.code in GONE_CODES:
                 return {}
             raise
 
-    async def _start(self, action: A, method: str, params: dict[str, Any]) -> A:
-        # registered before the command goes out: its first events may beat the reply
+    async def _start(self, action: A, params: dict[str, Any]) -> A:
         self._actions[action.control_id] = action
         try:
-            await self._execute(method, {"control_id": action.control_id, **params})
-        except BaseException as exc:
+            await action.start(params)
+        except BaseException:
             self._actions.pop(action.control_id, None)
-            action._fail(exc if isinstance(exc, Exception) else RelayError("cancelled"))
             raise
         return action
 
@@ -153,7 +152,7 @@ class Call:
         if direction is not None:
             params["direction"] = direction
         action = PlayAction(self, control_id or str(uuid.uuid4()), on_completed)
-        return await self._start(action, wire.PLAY, params)
+        return await self._start(action, params)
 
     async def play_tts(self, text: str, *, language: str | None = None,
                        gender: str | None = None, voice: str | None = None,
@@ -191,4 +190,4 @@ class Call:
         beep, terminators, initial_timeout, end_silence_timeout, input_sensitivity,
         max_length, status_url). Returns once the server accepted the command."""
         action = RecordAction(self, control_id or str(uuid.uuid4()), on_completed)
-        return await self._start(action, wire.RECORD, {"record": {"audio": dict(audio or {})}})
+        return await self._start(action, {"record": {"audio": dict(audio or {})}})

@@ -32,7 +32,6 @@ import os
 import random
 import signal
 import ssl
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,7 +39,9 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from callbox import __version__
+from callbox.relay import protocol as core
 from callbox.relay.call import Call
+from callbox.relay.channel import EventListener, EventRouter, Unsubscribe
 from callbox.relay.events import AuthenticationError, RelayError, RelayEvent
 from callbox.wire import relay as wire
 
@@ -51,13 +52,9 @@ CallHandler = Callable[[Call], Awaitable[Any]]
 DEFAULT_HOST = "relay.signalwire.com"
 REQUEST_TIMEOUT = 15.0
 CONNECT_TIMEOUT = 10.0
-PING_INTERVAL = 30.0
-PING_TIMEOUT = 10.0
-PING_MAX_FAILURES = 3
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 MAX_FRAME_BYTES = 10 * 1024 * 1024
-SEEN_EVENTS = 2048  # event ids remembered to drop re-deliveries
 
 
 def relay_url(host: str) -> str:
@@ -83,7 +80,12 @@ def _env(*names: str) -> str:
 
 
 class RelayClient:
-    """A RELAY client: one WebSocket to the server, inbound calls for `contexts`."""
+    """A RELAY client: one WebSocket to the server, inbound calls for `contexts`.
+
+    The I/O shell around the protocol core (`callbox.relay.protocol.RelayProtocol`): it owns
+    the socket, the reconnects and the tasks, while the core decides what each frame means and
+    what to answer. Its calls talk to it as their `RelayChannel`.
+    """
 
     def __init__(self, project: str | None = None, token: str | None = None,
                  host: str | None = None, contexts: list[str] | None = None, *,
@@ -98,17 +100,16 @@ class RelayClient:
         self.host = (_env("CALLBOX_RELAY_URL") or host
                      or _env("SIGNALWIRE_SPACE", "SIGNALWIRE_HOST") or DEFAULT_HOST)
         self.url = relay_url(self.host)
-        self.contexts = list(contexts or [])
         self.ca_file = ca_file or _env("SIGNALWIRE_RELAY_CA_FILE") or None
         if self.ca_file and not os.path.isfile(self.ca_file):
             raise ValueError(f"CA file {self.ca_file!r} (ca_file / SIGNALWIRE_RELAY_CA_FILE) "
                              "does not exist")
         self.agent = agent or f"callbox-relay/{__version__}"
-        self.protocol = ""  # the server's session name, sent back to resume
-        self.identity = ""
-        self.session_restored = False
         self.reconnects = 0
         self.calls: dict[str, Call] = {}
+        self._core = core.RelayProtocol(self.project, self.token, contexts or [],
+                                        agent=self.agent)
+        self._router = EventRouter()
         self._handler: CallHandler | None = None
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -119,8 +120,7 @@ class RelayClient:
         self._stopped: asyncio.Event | None = None
         self._fatal: BaseException | None = None
         self._closing = False
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
@@ -129,6 +129,33 @@ class RelayClient:
     @property
     def connected(self) -> bool:
         return self._ready is not None and self._ready.is_set()
+
+    # -- the session, as the protocol core keeps it -------------------------------------------
+
+    @property
+    def protocol(self) -> str:
+        """The server's session name, sent back to resume ("" before the first connect)."""
+        return self._core.protocol
+
+    @protocol.setter
+    def protocol(self, value: str) -> None:
+        self._core.protocol = value
+
+    @property
+    def identity(self) -> str:
+        return self._core.identity
+
+    @property
+    def session_restored(self) -> bool:
+        return self._core.session_restored
+
+    @property
+    def contexts(self) -> list[str]:
+        return self._core.contexts
+
+    @contexts.setter
+    def contexts(self, value: list[str]) -> None:
+        self._core.contexts = list(value)
 
     # -- handlers ---------------------------------------------------------------------------
 
@@ -218,7 +245,8 @@ class RelayClient:
         if self._reader is not None and self._reader is not asyncio.current_task():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._reader, 2)
-        self._fail_pending("the client disconnected")
+        if ws is not None:
+            self._lost(ws, "the client disconnected")
         tasks = [t for t in self._tasks if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
@@ -256,34 +284,24 @@ class RelayClient:
             autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
         )
         self._ws = ws
+        connect_id = self._core.connect()
+        reply = self._wait_for(connect_id)
         self._reader = asyncio.get_running_loop().create_task(self._read_loop(ws))
-        params = wire.ConnectParams(project=self.project, token=self.token,
-                                    contexts=self.contexts, protocol=self.protocol,
-                                    agent=self.agent).to_params()
         try:
-            result = await self._request(ws, wire.CONNECT, params, CONNECT_TIMEOUT)
-        except RelayError as exc:
+            await self._flush(ws)
+            await asyncio.wait_for(reply, CONNECT_TIMEOUT)
+        except BaseException as exc:
+            self._lost(ws, "the connection closed while authenticating")
             await ws.close()
-            if exc.code is not None:  # a JSON-RPC error reply: the server said no
-                raise AuthenticationError(
-                    f"authentication failed for project {self.project!r}: {exc.message}",
-                    exc.code) from None
+            if isinstance(exc, TimeoutError):
+                raise RelayError(f"no reply to {wire.CONNECT} within {CONNECT_TIMEOUT:g} s"
+                                 ) from None
             raise
-        except BaseException:
-            await ws.close()
-            raise
-        resumed_from = self.protocol
-        self.protocol = str(result.get("protocol", ""))
-        self.identity = str(result.get("identity", ""))
-        self.session_restored = bool(result.get("session_restored"))
-        if resumed_from and not self.session_restored and self.calls:
-            log.warning("RELAY: session %s could not be resumed; %d call(s) lost", resumed_from,
-                        len(self.calls))
+        finally:
+            self._waiting.pop(connect_id, None)
         assert self._ready is not None
         self._ready.set()
         self._pinger = asyncio.get_running_loop().create_task(self._ping_loop(ws))
-        log.info("RELAY: connected to %s as %s (%s)", self.url, self.identity,
-                 "session resumed" if self.session_restored else "new session")
 
     async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:
@@ -298,19 +316,23 @@ class RelayClient:
         except Exception:
             log.exception("RELAY: reading from the socket failed")
         finally:
-            self._lost(ws)
+            self._lost(ws, "the connection to the RELAY server was lost")
 
-    def _lost(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def _lost(self, ws: aiohttp.ClientWebSocketResponse, why: str) -> None:
+        """`ws` is gone (or given up on): pending requests fail with `why`; a connection that
+        was up is reconnected. Only the first call for a socket counts."""
         if ws is not self._ws:
             return
+        self._ws = None
         # only a socket that was up is reconnected from here; one that fails while connecting
         # is retried by whoever was connecting (connect() raises, _reconnect() loops)
         was_up = self._ready is not None and self._ready.is_set()
         if self._ready is not None:
             self._ready.clear()
-        if self._pinger is not None:
+        if self._pinger is not None and self._pinger is not asyncio.current_task():
             self._pinger.cancel()
-        self._fail_pending("the connection to the RELAY server was lost")
+        for failed in self._core.connection_lost(why):
+            self._settle(failed)
         if self._closing or not was_up:
             return
         log.warning("RELAY: connection to %s lost; reconnecting", self.url)
@@ -339,113 +361,103 @@ class RelayClient:
             delay = min(delay * 2, BACKOFF_MAX)
 
     async def _ping_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        failures = 0
+        """Tick the core's ping clock; close the socket when it says the server is gone."""
+        loop = asyncio.get_running_loop()
         with contextlib.suppress(asyncio.CancelledError):
-            while not ws.closed:
-                await asyncio.sleep(PING_INTERVAL)
-                try:
-                    await self._request(ws, wire.PING, {}, PING_TIMEOUT)
-                    failures = 0
-                except (RelayError, TimeoutError):
-                    failures += 1
-                    if failures >= PING_MAX_FAILURES:
-                        log.warning("RELAY: %d pings unanswered; reconnecting", failures)
-                        await ws.close()
-                        return
+            while ws is self._ws and not ws.closed:
+                outcome = self._core.tick(loop.time())
+                await self._flush(ws)
+                if any(isinstance(event, core.PingsUnanswered) for event in outcome):
+                    log.warning("RELAY: %d pings unanswered; reconnecting",
+                                self._core.missed_pings)
+                    await ws.close()
+                    return
+                wake_at = self._core.next_tick_at()
+                if wake_at is None:
+                    return
+                await asyncio.sleep(max(0.0, wake_at - loop.time()))
 
     # -- frames -----------------------------------------------------------------------------
 
-    async def _send(self, ws: aiohttp.ClientWebSocketResponse, frame: Mapping[str, Any]
-                    ) -> None:
-        await ws.send_str(wire.dumps(frame))
-
-    async def _reply(self, ws: aiohttp.ClientWebSocketResponse, frame: Mapping[str, Any]
-                     ) -> None:
-        """Answer the server (acks, pongs); a socket closing meanwhile is not an error: an
-        event not acknowledged is sent again after the reconnect."""
-        with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
-            await ws.send_str(wire.dumps(frame))
-
-    async def _request(self, ws: aiohttp.ClientWebSocketResponse, method: str,
-                       params: Mapping[str, Any], timeout: float) -> dict[str, Any]:
-        frame = wire.request(method, params)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[frame["id"]] = future
-        try:
-            await self._send(ws, frame)
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise RelayError(f"no reply to {method} within {timeout:g} s") from None
-        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
-            raise RelayError(f"could not send {method}: {_describe(exc)}") from None
-        finally:
-            self._pending.pop(frame["id"], None)
-
-    def _fail_pending(self, why: str) -> None:
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(RelayError(why))
+    async def _flush(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Write what the core queued. A socket closing meanwhile is not an error here: an
+        event not acknowledged is sent again after the reconnect, and a request fails when the
+        connection's loss is noticed."""
+        for text in self._core.data_to_send():
+            with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
+                await ws.send_str(text)
 
     async def _on_frame(self, ws: aiohttp.ClientWebSocketResponse, text: str) -> None:
-        try:
-            message = wire.parse_message(text)
-        except wire.ProtocolError as exc:
-            log.warning("RELAY: bad frame from the server: %s", exc)
-            return
-        if isinstance(message, wire.Response):
-            future = self._pending.get(message.id) if isinstance(message.id, str) else None
-            if future is not None and not future.done():
-                future.set_result(message.result)
-            return
-        if isinstance(message, wire.ErrorResponse):
-            future = self._pending.get(message.id) if isinstance(message.id, str) else None
-            if future is not None and not future.done():
-                future.set_exception(RelayError(message.message or "error", message.code))
-            elif message.id is None:
-                log.warning("RELAY: server error: %s (code %s)", message.message, message.code)
-            return
-        if message.method == wire.EVENT:
-            await self._reply(ws, wire.result(message.id))  # ack first: it was received
-            self._on_event(message)
-        elif message.method == wire.PING:
-            await self._reply(ws, wire.result(message.id))
-        elif message.method == wire.DISCONNECT:
-            await self._reply(ws, wire.result(message.id))
-            if message.params.get("restart"):
-                self.protocol = ""  # start afresh next time
-            log.info("RELAY: the server asked us to reconnect")
-        else:
-            await self._reply(ws, wire.error(message.id, wire.METHOD_NOT_FOUND,
-                                             f"unknown method {message.method!r}"))
+        if ws is not self._ws or self._core.state is core.State.IDLE:
+            return  # a socket given up on, or one whose connect was refused
+        outcome = self._core.receive(text)
+        await self._flush(ws)  # acks first: the events were received
+        for event in outcome:
+            self._on_protocol_event(event)
 
-    def _on_event(self, message: wire.Request) -> None:
-        event_id = str(message.id)
-        if event_id in self._seen:
-            return  # re-delivered after a reconnect; handled already
-        self._seen[event_id] = None
-        while len(self._seen) > SEEN_EVENTS:
-            self._seen.popitem(last=False)
-        event = RelayEvent.from_payload(message.params, event_id)
+    def _on_protocol_event(self, event: core.ProtocolEvent) -> None:
+        match event:
+            case core.EventReceived(event=relay_event):
+                self._on_event(relay_event)
+            case core.RequestSucceeded() | core.RequestFailed():
+                self._settle(event)
+            case core.Connected():
+                self._on_connected(event)
+            case core.DisconnectRequested(restart=restart):
+                log.info("RELAY: the server asked us to reconnect%s",
+                         " with a new session" if restart else "")
+            case core.BadFrame(reason=reason):
+                log.warning("RELAY: bad frame from the server: %s", reason)
+            case core.ServerError(code=code, message=message):
+                log.warning("RELAY: server error: %s (code %s)", message, code)
+            case core.PingsUnanswered():
+                pass  # only tick() reports it; the ping loop acts on it
+
+    def _wait_for(self, request_id: str) -> asyncio.Future[dict[str, Any]]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        return future
+
+    def _settle(self, outcome: core.RequestSucceeded | core.RequestFailed | core.Connected
+                ) -> None:
+        future = self._waiting.get(outcome.request_id)
+        if future is None or future.done():
+            return
+        if isinstance(outcome, core.RequestFailed):
+            future.set_exception(outcome.error)
+        else:
+            future.set_result(outcome.result if isinstance(outcome, core.RequestSucceeded)
+                              else {})
+
+    def _on_connected(self, event: core.Connected) -> None:
+        if event.resumed_from and not event.session_restored and self.calls:
+            log.warning("RELAY: session %s could not be resumed; %d call(s) lost",
+                        event.resumed_from, len(self.calls))
+        log.info("RELAY: connected to %s as %s (%s)", self.url, event.identity,
+                 "session resumed" if event.session_restored else "new session")
+        self._settle(event)
+
+    def _on_event(self, event: RelayEvent) -> None:
         if event.event_type == wire.CALL_RECEIVE:
             self._on_receive(event)
             return
-        call = self.calls.get(event.call_id)
-        if call is None:
+        if not self._router.dispatch(event):
             log.debug("RELAY: %s for unknown call %s", event.event_type, event.call_id)
             return
-        call._dispatch(event)
-        self._forget_if_done(call)
+        call = self.calls.get(event.call_id)
+        if call is not None and call.state == "ended" and not call.active_actions:
+            self.calls.pop(call.call_id, None)
+            self._router.drop(call.call_id)
 
     def _on_receive(self, event: RelayEvent) -> None:
-        call = Call(self, event.params)
-        if not call.call_id or call.call_id in self.calls:
+        if not event.call_id or event.call_id in self.calls:
             return
+        call = Call(self, event.params)
         self.calls[call.call_id] = call
         if self._handler is None:
             log.warning("RELAY: call %s offered but no @on_call handler is set", call.call_id)
             return
-        self._spawn(self._handle(call), f"call-{call.call_id}")
+        self.spawn(self._handle(call), f"call-{call.call_id}")
 
     async def _handle(self, call: Call) -> None:
         assert self._handler is not None
@@ -456,17 +468,19 @@ class RelayClient:
         except Exception:
             log.exception("RELAY: the handler for call %s failed", call.call_id)
 
-    def _forget_if_done(self, call: Call) -> None:
-        if call.state == "ended" and not call.active_actions:
-            self.calls.pop(call.call_id, None)
+    # -- the channel of its calls -------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    def subscribe(self, call_id: str, listener: EventListener, control_id: str = ""
+                  ) -> Unsubscribe:
+        """`listener(event)` for every event of `call_id` (or only of its `control_id`)."""
+        return self._router.subscribe(call_id, listener, control_id)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run `coro` as a task of this client (cancelled by `disconnect()`)."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    # -- commands ---------------------------------------------------------------------------
 
     async def execute(self, method: str, params: Mapping[str, Any],
                       timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
@@ -486,26 +500,26 @@ class RelayClient:
             except TimeoutError:
                 raise RelayError(f"not connected to {self.url}; {method} not sent") from None
         ws = self._ws
-        assert ws is not None
-        result = await self._request(ws, method, params, max(0.1, deadline - loop.time()))
-        code = result.get("code")
-        if code is not None and not wire.is_success(code):
-            try:
-                number: int | None = int(str(code))
-            except ValueError:
-                number = None
-            raise RelayError(str(result.get("message") or f"{method} failed"), number)
-        return result
+        if ws is None:
+            raise RelayError(f"not connected to {self.url}; {method} not sent")
+        request_id = self._core.send_request(method, params)
+        reply = self._wait_for(request_id)
+        try:
+            await self._flush(ws)
+            return await asyncio.wait_for(reply, max(0.1, deadline - loop.time()))
+        except TimeoutError:
+            raise RelayError(f"no reply to {method} within {timeout:g} s") from None
+        finally:
+            self._waiting.pop(request_id, None)
+            self._core.abandon(request_id)
 
     async def receive(self, contexts: list[str]) -> None:
-        """Also take calls for `contexts`."""
+        """Also take calls for `contexts` (kept for the next reconnect)."""
         await self.execute(wire.RECEIVE, {"contexts": list(contexts)})
-        self.contexts += [c for c in contexts if c not in self.contexts]
 
     async def unreceive(self, contexts: list[str]) -> None:
         """Stop taking calls for `contexts`."""
         await self.execute(wire.UNRECEIVE, {"contexts": list(contexts)})
-        self.contexts = [c for c in self.contexts if c not in contexts]
 
 
 def _describe(exc: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,7 @@ class RelayEvent:
         return cls(
             event_type=str(payload.get("event_type", "")),
             params=dict(params) if isinstance(params, Mapping) else {},
-            timestamp=float(timestamp) if isinstance(timestamp, int | float) else 0.0,
+            timestamp=_finite(timestamp, 0.0),
             event_id=event_id,
         )
 
@@ -73,14 +74,23 @@ class RelayEvent:
 
     @property
     def duration(self) -> float:
-        value = self._record_field("duration", 0.0)
-        return float(value) if isinstance(value, int | float) else 0.0
+        return _finite(self._record_field("duration", 0.0), 0.0)
 
     @property
     def size(self) -> int:
-        value = self._record_field("size", 0)
-        return int(value) if isinstance(value, int | float) else 0
+        return int(_finite(self._record_field("size", 0), 0.0))
 
     @property
     def reason(self) -> str:
         return str(self._get("reason", "") or self._get("end_reason", "") or "")
+
+
+def _finite(value: Any, default: float) -> float:
+    """`value` as a float when it is a finite number (JSON may carry 1e999 or a huge int)."""
+    if not isinstance(value, int | float):
+        return default
+    try:
+        number = float(value)
+    except OverflowError:
+        return default
+    return number if math.isfinite(number) else default

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import ssl
 import uuid
 from collections import Counter
@@ -15,17 +14,19 @@ from pathlib import Path
 from aiohttp import web
 
 from callbox import __version__
+from callbox.server import ai  # noqa: F401  (registers the SWML `ai` verb)
+from callbox.server.auth import ProjectAuth
 from callbox.server.call import Call
 from callbox.server.config import Config, Route, parse_host_port, parse_port_range
 from callbox.server.http.app import make_app
+from callbox.server.inbound import InboundCalls
 from callbox.server.media.clock import MediaClock
-from callbox.server.media.ports import NoPortsAvailable, RtpPortPool
+from callbox.server.media.ports import RtpPortPool
 from callbox.server.media.session import MediaSession
 from callbox.server.recording.engine import RecordingEngine
 from callbox.server.relay.hub import RelayHub
-from callbox.server.sip.endpoint import InboundInvite, SipEndpoint
-from callbox.server.sip.headers import NameAddr
-from callbox.server.sip.sdp import NoCommonCodec, SdpError, answer_offer, parse_sdp
+from callbox.server.services import Services
+from callbox.server.sip.endpoint import SipEndpoint
 from callbox.server.sip.transaction import Timers
 from callbox.server.store.recordings import RecordingRow, RecordingStore
 from callbox.server.swml.fetch import SwmlFetchError, fetch_swml
@@ -36,7 +37,6 @@ from callbox.server.webhooks import WebhookQueue
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_SECONDS = "5"
 ERROR_PROMPT = "say:Sorry, this number is not available right now. Goodbye."
 
 
@@ -63,7 +63,6 @@ class Platform:
         self.ports = RtpPortPool(sip_host, first, last)
         self.sip = SipEndpoint(advertised_host=self.advertised_host,
                                user_agent=f"callbox/{__version__}", timers=sip_timers)
-        self.sip.on_invite = self._on_invite
         self._runners: list[web.AppRunner] = []
         self.listening: Listening | None = None
         self.node_id = str(uuid.uuid4())
@@ -71,13 +70,21 @@ class Platform:
         self.recordings: RecordingStore | None = None  # the recorder's metadata (REST reads it)
         self.webhooks: WebhookQueue | None = None  # the recorder's webhook queue
         self.recovered: list[RecordingRow] = []
-        self.relay = RelayHub(self)
-        self.accepting = True
-        self._sdp_version = secrets.randbelow(2**31)
+        self.services = Services(
+            calls=self.calls, auth=ProjectAuth(config), node_id=self.node_id, clock=self.clock,
+            media_counters=self.media_counters, public_url=config.http.public_url,
+        )
+        self.relay = RelayHub(self.services)
+        self.inbound = InboundCalls(
+            config=config, ports=self.ports, advertised_host=self.advertised_host,
+            clock=self.clock, calls=self.calls, has_relay_session=self.relay.has_session_for,
+            on_new_call=self._on_new_call, on_call_ended=self._on_call_ended,
+        )
+        self.sip.on_invite = self.inbound.on_invite
         self._ended_media: Counter[str] = Counter()  # RTP counters of the calls that ended
 
     def media_counters(self) -> dict[str, int]:
-        """RTP totals since start (ended calls + live ones), for /health and benchmarks."""
+        """RTP totals since start (ended calls + live ones), for /metrics and benchmarks."""
         totals = Counter(self._ended_media)
         for call in self.calls.values():
             totals.update(_media_counters(call.media))
@@ -92,19 +99,22 @@ class Platform:
             cert, key = Path(self.config.http.tls_cert), Path(self.config.http.tls_key)
         else:
             cert, key = ensure_self_signed(data_dir / "tls")
-        app = make_app(self)
+        app = make_app(self.services, self.relay.websocket)
         https = await self._serve(app, self.config.http.listen, server_context(cert, key))
         plain = None
         if self.config.http.plain_listen:
             plain = await self._serve(app, self.config.http.plain_listen, None)
         if parse_host_port(self.config.http.listen, "http.listen")[1] == 0:
             self.config.http.public_url = f"https://{https[0]}:{https[1]}"  # ephemeral port
+        self.services.public_url = self.config.http.public_url
         self.recorder = RecordingEngine(
             data_dir=data_dir, public_url=self.config.http.public_url, node_id=self.node_id,
             signing_keys={p.id: p.signing_key or p.token for p in self.config.projects},
         )
         self.recordings = self.recorder.store
         self.webhooks = self.recorder.webhooks.queue
+        self.services.recordings = self.recordings
+        self.services.recorder = self.recorder
         self.recovered = await self.recorder.start()
         self.clock.start()
         sip_host, sip_port = parse_host_port(self.config.sip.listen, "sip.listen")
@@ -120,13 +130,13 @@ class Platform:
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         self._runners.append(runner)
-        addresses = runner.addresses  # one site per runner: its socket's (host, port, ...)
+        addresses = runner.addresses  # the bound (host, port, ...) of each listening socket
         return host, int(addresses[0][1]) if addresses else port
 
     async def stop(self) -> None:
         """Graceful: refuse new calls (503), hang up the active ones (their recordings finish
         with complete files), deliver queued webhooks, then close everything."""
-        self.accepting = False
+        self.inbound.accepting = False
         await self.relay.close()
         for call in list(self.calls.values()):
             await call.hangup()
@@ -153,84 +163,11 @@ class Platform:
 
     # -- calls ----------------------------------------------------------------------------
 
-    def _on_invite(self, invite: InboundInvite) -> None:
-        request = invite.request
-        user = _request_user(request.uri)
-        route = self.config.route_for(user)
-        if route is None:
-            log.info("no route for %r (call %s): 404", user, invite.call_id)
-            invite.reject(404)
-            return
-        if not self.accepting:
-            invite.reject(503, headers=[("Retry-After", RETRY_AFTER_SECONDS)])
-            return
-        if len(self.calls) >= self.config.sip.max_calls:
-            invite.reject(503, headers=[("Retry-After", RETRY_AFTER_SECONDS)])
-            return
-        project_id = route.project or (self.config.projects[0].id if self.config.projects
-                                       else "")
-        if route.context and not self.relay.has_session_for(project_id, route.context):
-            log.info("route %r: no RELAY client on context %r: 480", user, route.context)
-            invite.reject(480)
-            return
-        try:
-            offer = parse_sdp(request.body)
-        except SdpError as exc:
-            log.info("call %s: bad SDP: %s", invite.call_id, exc)
-            invite.reject(488 if request.body else 400, headers=[
-                ("Warning", f'399 callbox "{_quote(str(exc))}"')])
-            return
-        try:
-            sock = self.ports.open()
-        except NoPortsAvailable as exc:
-            log.warning("call %s: %s: 503", invite.call_id, exc)
-            invite.reject(503, headers=[("Retry-After", RETRY_AFTER_SECONDS)])
-            return
-        media = MediaSession(sock, self.advertised_host)
-        try:
-            answer, negotiated = answer_offer(
-                offer, local_host=self.advertised_host, local_port=media.local_port,
-                session_id=self._sdp_version, session_version=self._sdp_version,
-            )
-        except (NoCommonCodec, SdpError) as exc:
-            self.ports.release(sock)
-            log.info("call %s: %s: 488", invite.call_id, exc)
-            invite.reject(488, headers=[("Warning", f'304 callbox "{_quote(str(exc))}"')])
-            return
-        media.configure(negotiated.remote_host, negotiated.remote_port, negotiated.payload_type,
-                        negotiated.dtmf_payload_type, negotiated.local_direction)
-        from_addr = NameAddr.parse(request.headers.get("From") or "")
-        call = Call(
-            leg=invite, media=media, clock=self.clock, sdp_answer=answer.serialize(),
-            from_uri=str(from_addr.uri), to_uri=request.uri,
-            from_user=from_addr.uri.user or "", to_user=user, on_ended=self._on_call_ended,
-        )
-        call.project_id = project_id
-        invite.on_reoffer = lambda body: self._reoffer(call, body)
-        self.calls[call.id] = call
-        log.info("call %s from %s to %s (SIP %s)", call.id, call.from_user, user, invite.call_id)
+    def _on_new_call(self, call: Call, route: Route) -> None:
         for observer in tuple(self.call_observers):
             observer(call)
         call.ring()
         spawn(self._run_route(call, route), name=f"route-{call.id}")
-
-    def _reoffer(self, call: Call, body: bytes) -> bytes | None:
-        """A re-INVITE (hold/resume, new address): same port, new direction."""
-        try:
-            offer = parse_sdp(body)
-            self._sdp_version += 1
-            answer, negotiated = answer_offer(
-                offer, local_host=self.advertised_host, local_port=call.media.local_port,
-                session_id=self._sdp_version, session_version=self._sdp_version,
-            )
-        except SdpError as exc:
-            log.info("call %s: re-INVITE rejected: %s", call.id, exc)
-            return None
-        call.media.configure(negotiated.remote_host, negotiated.remote_port,
-                             negotiated.payload_type, negotiated.dtmf_payload_type,
-                             negotiated.local_direction)
-        log.info("call %s: re-INVITE, now %s", call.id, negotiated.local_direction)
-        return answer.serialize()
 
     def _on_call_ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
@@ -270,13 +207,3 @@ def _media_counters(media: MediaSession) -> dict[str, int]:
     counters["receive_resyncs"] = media.receive_buffer.resyncs
     return counters
 
-
-def _request_user(uri: str) -> str:
-    """The user part of the request-URI ("sip:prompt@host" -> "prompt")."""
-    rest = uri.split(":", 1)[1] if ":" in uri else uri
-    user, at, _ = rest.partition("@")
-    return user.split(";", 1)[0] if at else ""
-
-
-def _quote(text: str) -> str:
-    return text.replace("\\", "").replace('"', "'")[:200]

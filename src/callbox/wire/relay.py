@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from callbox.wire.json_depth import nests_deeper_than
 from callbox.wire.recording import RECORD_EVENT
 
 JSONRPC: Final = "2.0"
@@ -63,6 +64,9 @@ CALL_RECEIVE: Final = "calling.call.receive"
 CALL_STATE: Final = "calling.call.state"
 CALL_PLAY: Final = "calling.call.play"
 CALL_RECORD: Final = RECORD_EVENT  # "calling.call.record"; payload in callbox.wire.recording
+# The server's opaque re-authorization blob (`params.authorization_state`): a client sends the
+# last one back in `signalwire.connect` when it reconnects.
+AUTHORIZATION_STATE: Final = "signalwire.authorization.state"
 
 CALL_STATES: Final = ("created", "ringing", "answered", "ending", "ended")
 END_REASONS: Final = (
@@ -96,6 +100,10 @@ INTERNAL_ERROR: Final = -32603
 AUTH_FAILED: Final = -32002
 NOT_CONNECTED: Final = -32003
 TOO_BUSY: Final = -32004
+
+# Arrays and objects one frame may nest (RELAY frames use fewer than 10): deeper JSON is a
+# parse error, so that decoding never recurses without bound.
+MAX_JSON_DEPTH: Final = 64
 
 
 def is_success(code: Any) -> bool:
@@ -178,10 +186,21 @@ Message = Request | Response | ErrorResponse
 
 
 def parse_message(text: str | bytes) -> Message:
-    """Parse one frame; raises `ProtocolError` (with the code to answer) when it is bad."""
+    """Parse one frame; raises `ProtocolError` (with the code to answer) when it is bad.
+
+    JSON nested deeper than `MAX_JSON_DEPTH` is a parse error, found before decoding.
+    """
+    try:
+        if isinstance(text, bytes):  # as json.loads reads bytes
+            text = text.decode(json.detect_encoding(text), "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(PARSE_ERROR, f"invalid JSON: {exc}") from None
+    if nests_deeper_than(text, MAX_JSON_DEPTH):
+        raise ProtocolError(PARSE_ERROR,
+                            f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         raise ProtocolError(PARSE_ERROR, f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError(INVALID_REQUEST, "a frame must be a JSON object")
@@ -257,6 +276,7 @@ class ConnectParams:
     protocol: str = ""
     agent: str = ""
     event_acks: bool = True
+    authorization_state: str = ""
 
     def to_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -269,6 +289,8 @@ class ConnectParams:
             params["contexts"] = list(self.contexts)
         if self.protocol:
             params["protocol"] = self.protocol
+        if self.authorization_state:
+            params["authorization_state"] = self.authorization_state
         return params
 
     @classmethod
@@ -284,10 +306,14 @@ class ConnectParams:
         protocol = params.get("protocol") or ""
         if not isinstance(protocol, str):
             raise ParamError("protocol", "protocol must be a string")
+        authorization_state = params.get("authorization_state") or ""
+        if not isinstance(authorization_state, str):
+            raise ParamError("authorization_state", "authorization_state must be a string")
         agent = params.get("agent") or ""
         return cls(project=project, token=token, contexts=parse_contexts(params.get("contexts")),
                    protocol=protocol, agent=str(agent)[:200],
-                   event_acks=params.get("event_acks", True) is not False)
+                   event_acks=params.get("event_acks", True) is not False,
+                   authorization_state=authorization_state)
 
 
 def connect_result(*, project: str, node_id: str, protocol: str, restored: bool

@@ -1,44 +1,35 @@
 """The web side: one aiohttp Application, routes in one place, thin handlers.
 
-HTTPS (and WSS, RELAY at "/" from issue 3/6) on `[http] listen`; the REST API and recording
-downloads come with issue 2/6.
+HTTPS (and WSS: RELAY at "/") on `[http] listen`; the REST API, recording downloads, live calls
+and the operators' metrics. Handlers get the platform's `Services` (never the platform).
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from callbox.server.http.calls import add_call_routes
+from callbox.server.http.context import SERVICES_KEY
+from callbox.server.http.metrics import add_metrics_routes
 from callbox.server.http.recordings import add_recording_routes
+from callbox.server.services import Services
 
-if TYPE_CHECKING:
-    from callbox.server.app import Platform
-
-PLATFORM_KEY: web.AppKey[Platform] = web.AppKey("platform")
+WebSocketHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def health(request: web.Request) -> web.Response:
-    platform = request.app[PLATFORM_KEY]
-    return web.json_response({
-        "status": "healthy",
-        "calls": len(platform.calls),
-        "recordings": len(platform.recorder.active) if platform.recorder else 0,
-        "media_ticks": platform.clock.ticks,
-        "media_late_ticks": platform.clock.late_ticks,
-        "media_max_behind_ms": round(platform.clock.max_behind * 1000, 1),
-        "rtp": platform.media_counters(),  # totals since start: packets_received, ...
-        "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
-    })
+    """Liveness only, for load balancers (no credentials, so no counts: see /metrics)."""
+    return web.json_response({"status": "ok"})
 
 
-def make_app(platform: Platform) -> web.Application:
+def make_app(services: Services, relay: WebSocketHandler) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
-    app[PLATFORM_KEY] = platform
+    app[SERVICES_KEY] = services
     app.router.add_get("/health", health)
+    add_metrics_routes(app)  # /metrics: counts for operators (project credentials)
     add_recording_routes(app)  # REST /api/relay/rest/recordings and /recordings/<id>.<ext>
     add_call_routes(app)  # /api/callbox/calls[/{id}/swaig]: live calls, SWAIG by hand
-    app.router.add_get("/", platform.relay.websocket)  # RELAY (JSON-RPC over WebSocket)
+    app.router.add_get("/", relay)  # RELAY (JSON-RPC over WebSocket)
     return app

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 
 from callbox.server.ai.conversation import Conversation, ConversationEnded, active_conversation
-from callbox.server.http.recordings import _authenticate, _error, _platform
+from callbox.server.http.auth import require_project
+from callbox.server.http.context import services_of
+from callbox.server.http.errors import json_error
 
 if TYPE_CHECKING:
     from callbox.server.call import Call
@@ -40,8 +42,8 @@ def add_call_routes(app: web.Application) -> None:
 
 
 async def list_calls(request: web.Request) -> web.Response:
-    project = _authenticate(request)
-    calls = [c for c in _platform(request).calls.values() if _owns(project, c)]
+    project = require_project(request)
+    calls = [c for c in services_of(request).calls.values() if _owns(project, c)]
     return web.json_response({"data": [{
         "call_id": call.id, "from": call.from_user, "to": call.to_user,
         "state": str(call.state), "ai": active_conversation(call.id) is not None,
@@ -49,36 +51,36 @@ async def list_calls(request: web.Request) -> web.Response:
 
 
 async def list_functions(request: web.Request) -> web.Response:
-    project = _authenticate(request)
+    project = require_project(request)
     call = _own_call(request, project)
     conversation = _conversation(call)
     return web.json_response({"call_id": call.id, "functions": conversation.describe()})
 
 
 async def invoke_function(request: web.Request) -> web.Response:
-    project = _authenticate(request)
+    project = require_project(request)
     call = _own_call(request, project)
     body = await _json_body(request)
     name = body.get("function")
     args = body.get("args", {})
     if not isinstance(name, str) or not name:
-        raise _error(web.HTTPBadRequest, "invalid_parameter",
+        raise json_error(web.HTTPBadRequest, "invalid_parameter",
                      "`function` (the SWAIG function's name) is required",
                      attribute="function")
     if not isinstance(args, dict):
-        raise _error(web.HTTPBadRequest, "invalid_parameter",
+        raise json_error(web.HTTPBadRequest, "invalid_parameter",
                      "`args` must be a JSON object of the function's arguments",
                      attribute="args")
     conversation = _conversation(call)
     if name not in conversation.functions:
         known = ", ".join(conversation.functions) or "none"
-        raise _error(web.HTTPNotFound, "not_found",
+        raise json_error(web.HTTPNotFound, "not_found",
                      f"the call's ai verb has no function {name!r}; it has: {known}",
                      attribute="function")
     try:
         result = await conversation.invoke(name, args)
     except ConversationEnded as exc:
-        raise _error(web.HTTPConflict, "no_ai", f"cannot invoke {name}: {exc}") from None
+        raise json_error(web.HTTPConflict, "no_ai", f"cannot invoke {name}: {exc}") from None
     return web.json_response({"call_id": call.id, **result.to_json()})
 
 
@@ -90,16 +92,16 @@ def _owns(project: Project, call: Call) -> bool:
 
 
 def _own_call(request: web.Request, project: Project) -> Call:
-    call = _platform(request).calls.get(request.match_info["call_id"])
+    call = services_of(request).calls.get(request.match_info["call_id"])
     if call is None or not _owns(project, call):
-        raise _error(web.HTTPNotFound, "not_found", "no such live call")
+        raise json_error(web.HTTPNotFound, "not_found", "no such live call")
     return call
 
 
 def _conversation(call: Call) -> Conversation:
     conversation = active_conversation(call.id)
     if conversation is None:
-        raise _error(web.HTTPConflict, "no_ai",
+        raise json_error(web.HTTPConflict, "no_ai",
                      f"call {call.id} has no running ai verb (no agent is talking on it)")
     return conversation
 
@@ -107,15 +109,15 @@ def _conversation(call: Call) -> Conversation:
 async def _json_body(request: web.Request) -> dict[str, Any]:
     raw = await request.content.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
-        raise _error(web.HTTPRequestEntityTooLarge, "too_large",
+        raise json_error(web.HTTPRequestEntityTooLarge, "too_large",
                      f"the body must be at most {MAX_BODY_BYTES} bytes",
                      max_size=MAX_BODY_BYTES, actual_size=len(raw))
     try:
         body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
-        raise _error(web.HTTPBadRequest, "invalid_json",
+        raise json_error(web.HTTPBadRequest, "invalid_json",
                      'the body must be JSON: {"function": NAME, "args": {...}}') from None
     if not isinstance(body, dict):
-        raise _error(web.HTTPBadRequest, "invalid_json",
+        raise json_error(web.HTTPBadRequest, "invalid_json",
                      'the body must be a JSON object: {"function": NAME, "args": {...}}')
     return body

@@ -14,21 +14,22 @@ and only the file the store names for that id, under that exact name, is ever se
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
-import json
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, TypeVar
 from urllib.parse import urlencode
 
 from aiohttp import hdrs, web
 
+from callbox.server.http.auth import require_project
+from callbox.server.http.context import services_of
+from callbox.server.http.errors import json_error
 from callbox.server.store.recordings import RecordingRow
 
 if TYPE_CHECKING:
-    from callbox.server.app import Platform
     from callbox.server.config import Project
     from callbox.server.store.recordings import RecordingStore
 
@@ -39,11 +40,13 @@ MAX_PAGE_SIZE: Final = 1000
 CONTENT_TYPES: Final = {"wav": "audio/wav", "mp3": "audio/mpeg"}
 # A finished file exists in these states (an `error` recording keeps what was written).
 SERVABLE_STATES: Final = frozenset({"finished", "error"})
-REALM: Final = "callbox"
 
 _ID: Final = re.compile(r"[0-9a-f]{32}")
 _FILE_NAME: Final = re.compile(r"([0-9a-f]{32})\.(wav|mp3)")
 _PAGE_SIZE: Final = re.compile(r"[0-9]{1,7}")
+_EMPTY_SUFFIX_RANGE: Final = re.compile(r"bytes\s*=\s*-\s*0+", re.ASCII | re.IGNORECASE)
+DOWNLOAD_CHUNK_BYTES: Final = 256 * 1024
+T = TypeVar("T")
 
 
 def add_recording_routes(app: web.Application) -> None:
@@ -57,14 +60,14 @@ def add_recording_routes(app: web.Application) -> None:
 
 
 async def list_recordings(request: web.Request) -> web.Response:
-    project = _authenticate(request)
+    project = require_project(request)
     page_size = _page_size(request.query.get("page_size"))
     page_token = request.query.get("page_token") or None
     try:
         rows, next_token = _store(request).list(project.id, page_size=page_size,
                                                 cursor=page_token)
     except ValueError:
-        raise _error(web.HTTPBadRequest, "invalid_parameter",
+        raise json_error(web.HTTPBadRequest, "invalid_parameter",
                      "page_token is not valid: use the `next` link of a previous page",
                      attribute="page_token") from None
     base = _public_url(request) + API_PATH
@@ -79,16 +82,16 @@ async def list_recordings(request: web.Request) -> web.Response:
 
 
 async def get_recording(request: web.Request) -> web.Response:
-    project = _authenticate(request)
+    project = require_project(request)
     row = _own_row(request, project)
     return web.json_response(row.to_api())
 
 
 async def delete_recording(request: web.Request) -> web.Response:
-    project = _authenticate(request)
+    project = require_project(request)
     row = _own_row(request, project)
     if row.is_active:
-        raise _error(web.HTTPConflict, "recording_in_progress",
+        raise json_error(web.HTTPConflict, "recording_in_progress",
                      f"recording {row.id} is still in progress (state {row.state!r}); "
                      "stop it, then delete it")
     path = _file_of(row)
@@ -110,85 +113,36 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
     path = _file_of(row)
     if path is None:
         raise _not_found()
-    return web.FileResponse(path, headers={
-        hdrs.CONTENT_TYPE: CONTENT_TYPES[ext],
-        hdrs.CACHE_CONTROL: "private",
-    })
+    headers: dict[str, str] = {hdrs.CONTENT_TYPE: CONTENT_TYPES[ext],
+                               hdrs.CACHE_CONTROL: "private"}
+    byte_range = request.headers.get(hdrs.RANGE, "").strip()
+    if "," in byte_range:  # several ranges: allowed to ignore them, so the whole file
+        return await _send_whole_file(request, path, headers)
+    if _EMPTY_SUFFIX_RANGE.fullmatch(byte_range):  # "the last 0 bytes": unsatisfiable
+        size = await _run_blocking(_file_size, path)
+        if size is None:
+            raise _not_found()
+        return web.Response(status=416, headers={hdrs.CONTENT_RANGE: f"bytes */{size}"})
+    return web.FileResponse(path, headers=headers)
 
 
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _error(cls: type[web.HTTPException], code: str, message: str, *,
-           attribute: str | None = None,
-           headers: dict[str, str] | None = None, **init: Any) -> web.HTTPException:
-    """A JSON error response; `init` goes to the exception class (413 needs its sizes)."""
-    detail: dict[str, Any] = {"code": code, "message": message}
-    if attribute is not None:
-        detail["attribute"] = attribute
-    return cls(text=json.dumps({"errors": [detail]}), content_type="application/json",
-               headers=headers, **init)
-
-
 def _not_found() -> web.HTTPException:
-    return _error(web.HTTPNotFound, "not_found", "no such recording")
-
-
-def _platform(request: web.Request) -> Platform:
-    # Imported here: http/app.py imports this module to register the routes.
-    from callbox.server.http.app import PLATFORM_KEY
-
-    return request.app[PLATFORM_KEY]
+    return json_error(web.HTTPNotFound, "not_found", "no such recording")
 
 
 def _store(request: web.Request) -> RecordingStore:
-    store: RecordingStore | None = getattr(_platform(request), "recordings", None)
+    store = services_of(request).recordings
     if store is None:
-        raise _error(web.HTTPServiceUnavailable, "unavailable",
-                     "the recording store is not open yet; try again")
+        raise json_error(web.HTTPServiceUnavailable, "unavailable",
+                         "the recording store is not open yet; try again")
     return store
 
 
 def _public_url(request: web.Request) -> str:
-    return _platform(request).config.http.public_url.rstrip("/")
-
-
-def _authenticate(request: web.Request) -> Project:
-    """The project whose id:token the request carries (HTTP Basic), else 401."""
-    project = None
-    credentials = _basic_credentials(request.headers.get(hdrs.AUTHORIZATION, ""))
-    if credentials is not None:
-        project = _match_project(_platform(request).config.projects, *credentials)
-    if project is None:
-        raise _error(web.HTTPUnauthorized, "unauthorized",
-                     "HTTP Basic authentication with a project id and its token is required",
-                     headers={hdrs.WWW_AUTHENTICATE: f'Basic realm="{REALM}"'})
-    return project
-
-
-def _basic_credentials(header: str) -> tuple[str, str] | None:
-    """``Basic base64(login:password)`` -> (login, password); None for anything else."""
-    scheme, _, encoded = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    login, colon, password = decoded.partition(":")
-    return (login, password) if colon else None
-
-
-def _match_project(projects: list[Project], login: str, password: str) -> Project | None:
-    """Constant-time: every project is compared, on both fields, whatever matches."""
-    found = None
-    given_id, given_token = login.encode(), password.encode()
-    for project in projects:
-        id_ok = hmac.compare_digest(project.id.encode(), given_id)
-        token_ok = hmac.compare_digest(project.token.encode(), given_token)
-        if id_ok & token_ok:
-            found = project
-    return found
+    return services_of(request).public_url.rstrip("/")
 
 
 def _page_size(raw: str | None) -> int:
@@ -196,7 +150,7 @@ def _page_size(raw: str | None) -> int:
         return DEFAULT_PAGE_SIZE
     if _PAGE_SIZE.fullmatch(raw) and 1 <= int(raw) <= MAX_PAGE_SIZE:
         return int(raw)
-    raise _error(web.HTTPBadRequest, "invalid_parameter",
+    raise json_error(web.HTTPBadRequest, "invalid_parameter",
                  f"page_size must be an integer from 1 to {MAX_PAGE_SIZE}, got {raw!r}",
                  attribute="page_size")
 
@@ -231,3 +185,39 @@ def _file_of(row: RecordingRow) -> Path | None:
 
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+async def _run_blocking(func: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _read_chunk(file: BinaryIO) -> bytes:
+    return file.read(DOWNLOAD_CHUNK_BYTES)
+
+
+async def _send_whole_file(request: web.Request, path: Path,
+                           headers: dict[str, str]) -> web.StreamResponse:
+    """200 with the whole file, read off the event loop chunk by chunk."""
+    try:
+        file = await _run_blocking(path.open, "rb")
+    except OSError:
+        raise _not_found() from None
+    try:
+        size = os.fstat(file.fileno()).st_size
+        response = web.StreamResponse(headers={**headers, hdrs.ACCEPT_RANGES: "bytes"})
+        response.content_length = size
+        await response.prepare(request)
+        while request.method != hdrs.METH_HEAD and (
+                chunk := await _run_blocking(_read_chunk, file)):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        await _run_blocking(file.close)

@@ -47,7 +47,8 @@ class RtpPortPool:
         except OSError:
             port = None
         sock.close()
-        self._in_use.discard(port)  # type: ignore[arg-type]
+        if port is not None:
+            self._in_use.discard(port)
 
     @property
     def in_use(self) -> int:

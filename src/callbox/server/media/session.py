@@ -15,6 +15,7 @@ callback per packet (500 calls = 25,000 a second) and, mostly, the read that end
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import socket
@@ -55,6 +56,14 @@ _PLAIN_HEADER = struct.Struct("!xB2xII")
 _PLAIN_HEADER_SIZE = 12
 
 log = logging.getLogger(__name__)
+
+
+def _is_numeric_address(host: str, family: int) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.version == (6 if family == socket.AF_INET6 else 4)
 
 
 class FrameTap(Protocol):
@@ -116,7 +125,13 @@ class MediaSession:
         direction: str = "sendrecv",
     ) -> None:
         """Apply negotiated SDP. Until the first packet arrives we send to the SDP address;
-        afterwards to where the packets come from (symmetric RTP)."""
+        afterwards to where the packets come from (symmetric RTP). `remote_host` must be a
+        numeric address of the socket's family: a host name would be looked up by every
+        `sendto` in the media tick."""
+        if not _is_numeric_address(remote_host, self.sock.family):
+            family = "IPv6" if self.sock.family == socket.AF_INET6 else "IPv4"
+            raise ValueError(f"remote RTP host must be a numeric {family} address, "
+                             f"got {remote_host[:80]!r}")
         codec = codec_for_payload_type(payload_type)
         if codec is None:
             raise ValueError(f"unsupported payload type {payload_type}")

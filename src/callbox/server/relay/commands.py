@@ -258,7 +258,7 @@ class Commands:
         if control_id in entry.records:
             raise CommandError(wire.CODE_BAD_REQUEST,
                                f"control_id {control_id!r} is already recording on this call")
-        recorder = self.hub.platform.recorder
+        recorder = self.hub.services.recorder
         if recorder is None:
             raise CommandError(wire.CODE_SERVER_ERROR, "recording is not available yet")
         try:

@@ -1,6 +1,7 @@
 """The RELAY server: WebSocket endpoint, authentication, sessions, call offers, dispatch.
 
-`RelayHub(platform)` is what the platform talks to:
+`RelayHub(services)` is what the platform talks to (it gets the platform's `Services`: calls,
+project authentication, node id, recorder; never the platform itself):
 
 - `websocket(request)` - the aiohttp handler at `GET /` (WSS on `[http] listen`, WS on
   `[http] plain_listen`);
@@ -18,12 +19,10 @@ the socket is closed.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import secrets
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -31,11 +30,9 @@ from callbox.server.call import Call
 from callbox.server.relay.calls import CallEntry
 from callbox.server.relay.commands import Commands
 from callbox.server.relay.session import Connection, Session
+from callbox.server.services import Services
 from callbox.server.tasks import spawn
 from callbox.wire import relay as wire
-
-if TYPE_CHECKING:
-    from callbox.server.app import Platform
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +50,8 @@ SESSION_METHODS = (wire.PING, wire.RECEIVE, wire.UNRECEIVE, wire.DISCONNECT)
 
 
 class RelayHub:
-    def __init__(self, platform: Platform) -> None:
-        self.platform = platform
+    def __init__(self, services: Services) -> None:
+        self.services = services
         self.max_connections = MAX_CONNECTIONS
         self.resume_grace = RESUME_GRACE
         self.ping_interval = PING_INTERVAL
@@ -114,14 +111,14 @@ class RelayHub:
     def _entry(self, call: Call) -> CallEntry:
         entry = self.entries.get(call.id)
         if entry is None:
-            entry = CallEntry(call, self.platform.node_id, on_ended=self._call_ended)
+            entry = CallEntry(call, self.services.node_id, on_ended=self._call_ended)
             self.entries[call.id] = entry
         return entry
 
     def entry_for(self, session: Session, call_id: str) -> CallEntry | None:
         """The call `session` may command: one of its project's calls that is still active."""
         known = self.entries.get(call_id)
-        call = known.call if known is not None else self.platform.calls.get(call_id)
+        call = known.call if known is not None else self.services.calls.get(call_id)
         if call is None or call.project_id != session.project_id or not call.is_active:
             return None
         entry = self._entry(call)
@@ -298,9 +295,7 @@ class RelayHub:
             connection.send(wire.error(message.id, wire.INVALID_PARAMS, str(exc)))
             connection.close_after_flush()
             return
-        project = self.platform.config.project(params.project)
-        if project is None or not hmac.compare_digest(project.token.encode(),
-                                                      params.token.encode()):
+        if self.services.auth.authenticate(params.project, params.token) is None:
             log.info("RELAY %s: authentication failed for project %r", connection.peer,
                      params.project)
             await asyncio.sleep(AUTH_FAILURE_DELAY)
@@ -319,7 +314,7 @@ class RelayHub:
         elif params.contexts:
             session.contexts = list(params.contexts)
         connection.send(wire.result(message.id, wire.connect_result(
-            project=params.project, node_id=self.platform.node_id, protocol=session.protocol,
+            project=params.project, node_id=self.services.node_id, protocol=session.protocol,
             restored=restored)))
         session.attach(connection)  # after the reply: queued events follow it
         connection.start_pings(self.ping_interval, self.ping_timeout, PING_MAX_MISSED)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from callbox.server.sip.dialog import Dialog, dialog_key_from_request
+from callbox.server.sip.dialog import Dialog, DialogKey, dialog_key_from_request
 from callbox.server.sip.headers import NameAddr, SipUri, Via
 from callbox.server.sip.message import (
+    MAX_MESSAGE_BYTES,
+    Headers,
     SipMessage,
     SipParseError,
     SipRequest,
@@ -24,8 +26,11 @@ from callbox.server.sip.message import (
     new_branch,
     new_call_id,
     new_tag,
+    oversize_reason,
     parse_message,
+    unsupported_version,
 )
+from callbox.server.sip.resolve import numeric_host
 from callbox.server.sip.transaction import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
@@ -44,6 +49,7 @@ from callbox.server.tasks import spawn
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
+TransactionKey = tuple[object, ...]
 ServerTransaction = ServerInviteTransaction | ServerNonInviteTransaction
 ClientTransaction = ClientInviteTransaction | ClientNonInviteTransaction
 
@@ -52,7 +58,22 @@ ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
 KNOWN_METHODS = frozenset(
     {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "PUBLISH", "REFER", "PRACK", "UPDATE"}
 )
-MAX_DATAGRAM = 65535
+URI_SCHEMES = frozenset({"sip", "sips", "tel"})
+# Option tags we implement (RFC 3261 §8.2.2.3): none, so any Require gets 420.
+SUPPORTED_OPTIONS: frozenset[str] = frozenset()
+
+
+class OfferRejected(Exception):
+    """An SDP offer (INVITE or re-INVITE) we refuse: the status and headers to answer with."""
+
+    def __init__(self, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.headers = [*headers, ("Warning", f'399 callbox "{_quote(reason)}"')]
+
+
+def _quote(text: str) -> str:
+    return "".join(ch for ch in text if ch.isprintable()).replace("\\", "").replace('"', "'")[:200]
 
 
 class CallFailed(RuntimeError):
@@ -88,15 +109,16 @@ def response_address(response: SipResponse) -> Address:
     return host, port
 
 
-def best_effort_400(data: bytes, reason: str) -> bytes | None:
-    """A 400 for a request we could not parse, when its headers are there to copy."""
+def best_effort_response(data: bytes, status: int, phrase: str, reason: str) -> bytes | None:
+    """A response to a request we do not parse (bad, too large, another SIP version), when its
+    headers are there to copy and the response stays small."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
     head, _, _ = text.replace("\r\n", "\n").partition("\n\n")
     lines = head.split("\n")
-    if not lines or lines[0].startswith("SIP/2.0") or " SIP/2.0" not in lines[0]:
+    if not lines or lines[0].startswith("SIP/") or " SIP/" not in lines[0]:
         return None
     wanted = ("via", "v", "from", "f", "to", "t", "call-id", "i", "cseq")
     copied = [ln for ln in lines[1:] if ln.split(":", 1)[0].strip().lower() in wanted]
@@ -104,8 +126,9 @@ def best_effort_400(data: bytes, reason: str) -> bytes | None:
     if not ({"via", "v"} & names and "cseq" in names):
         return None
     safe_reason = "".join(ch for ch in reason if ch.isprintable())[:120]
-    lines_out = ["SIP/2.0 400 Bad Request", *copied, f'Warning: 399 callbox "{safe_reason}"']
-    return ("\r\n".join([*lines_out, "Content-Length: 0", "", ""])).encode()
+    lines_out = [f"SIP/2.0 {status} {phrase}", *copied, f'Warning: 399 callbox "{safe_reason}"']
+    reply = ("\r\n".join([*lines_out, "Content-Length: 0", "", ""])).encode()
+    return reply if len(reply) <= MAX_MESSAGE_BYTES else None
 
 
 class SipEndpoint(asyncio.DatagramProtocol):
@@ -124,12 +147,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._advertised = advertised_host
         self._transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: dict[tuple, tuple[ServerTransaction, Address]] = {}
-        self._client: dict[tuple[str, str], _ClientEntry] = {}
+        self._server: dict[TransactionKey, tuple[ServerTransaction, Address]] = {}
+        self._client: dict[tuple[str | None, str], _ClientEntry] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._invites: dict[tuple, InboundInvite] = {}
-        self.legs: dict[tuple, Leg] = {}
+        self._invites: dict[TransactionKey, InboundInvite] = {}
+        self.legs: dict[DialogKey, Leg] = {}
         self.malformed = 0
+        self.oversized = 0  # datagrams refused unparsed for their size or header count
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -138,7 +162,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         transport, _ = await self._loop.create_datagram_endpoint(
             lambda: self, local_addr=(host, port)
         )
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
         self.host, self.port = transport.get_extra_info("sockname")[:2]
 
     def close(self) -> None:
@@ -178,7 +202,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return
         self._transport.sendto(message.serialize(), dest)
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         try:
             self._on_datagram(data, (addr[0], addr[1]))
         except Exception:  # a bad message must never take the endpoint down
@@ -188,22 +212,37 @@ class SipEndpoint(asyncio.DatagramProtocol):
         log.debug("SIP socket error: %s", exc)
 
     def _on_datagram(self, data: bytes, addr: Address) -> None:
+        too_large = oversize_reason(data)
+        if too_large is not None:
+            self.oversized += 1
+            log.info("SIP from %s:%s too large: %s", addr[0], addr[1], too_large)
+            self._reply_unparsed(data, 513, "Message Too Large", too_large, addr)
+            return
         if not data.strip(b"\r\n\x00 "):
             return  # keep-alive
+        version = unsupported_version(data)
+        if version is not None:
+            self._reply_unparsed(data, 505, "Version Not Supported",
+                                 f"{version} is not supported; use SIP/2.0", addr)
+            return
         try:
             message = parse_message(data)
         except SipParseError as exc:
             self.malformed += 1
             log.info("malformed SIP from %s:%s: %s", addr[0], addr[1], exc.reason)
-            reply = best_effort_400(data[:MAX_DATAGRAM], exc.reason)
-            if reply is not None and self._transport is not None:
-                self._transport.sendto(reply, addr)
+            self._reply_unparsed(data, 400, "Bad Request", exc.reason, addr)
             return
         if isinstance(message, SipRequest):
             self._stamp_via(message, addr)
             self._on_request(message, addr)
         else:
             self._on_response(message)
+
+    def _reply_unparsed(self, data: bytes, status: int, phrase: str, reason: str,
+                        addr: Address) -> None:
+        reply = best_effort_response(data, status, phrase, reason)
+        if reply is not None and self._transport is not None:
+            self._transport.sendto(reply, addr)
 
     @staticmethod
     def _stamp_via(request: SipRequest, addr: Address) -> None:
@@ -265,7 +304,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             if message.method == "ACK" and isinstance(txn, ServerInviteTransaction):
                 invite = self._invites.get(server_key(txn.request))
                 if invite is not None:
-                    invite.acked.set()
+                    invite._confirmed(message)
             return
         entry = self._client.get((message.branch, message.cseq.method))
         if entry is None:
@@ -353,6 +392,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if max_forwards is not None and max_forwards.strip() == "0" and request.method != "OPTIONS":
             self.respond(request, 483)
             return
+        unsupported = self._unsupported(request)
+        if unsupported is not None:
+            status, headers = unsupported
+            self.respond(request, status, headers=headers)
+            return
         if request.to_tag:
             leg = self.legs.get(dialog_key_from_request(request, uas=True))
             if leg is None:
@@ -373,7 +417,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         else:
             self.respond(request, 501)
 
-    def _on_ack(self, ack: SipRequest, key: tuple) -> None:
+    def _on_ack(self, ack: SipRequest, key: TransactionKey) -> None:
         found = self._server.get(key)
         if found is not None:  # ACK for a non-2xx final: same transaction
             txn, dest = found
@@ -391,11 +435,20 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.respond(cancel, 200)
         invite.cancelled()
 
-    def _on_new_invite(self, request: SipRequest, key: tuple) -> None:
-        if request.headers.get("Require"):
-            self.respond(request, 420, headers=[("Unsupported", request.headers.get("Require")
-                                                  or "")])
-            return
+    @staticmethod
+    def _unsupported(request: SipRequest) -> tuple[int, list[tuple[str, str]]] | None:
+        """416 for a request-URI scheme we do not serve, 420 for a Require we do not
+        implement (RFC 3261 §8.2.2.1, §8.2.2.3)."""
+        scheme = request.uri.split(":", 1)[0].lower()
+        if scheme not in URI_SCHEMES:
+            return 416, []
+        required = [tag.strip() for tag in request.headers.get_all("Require")]
+        unknown = [tag for tag in required if tag and tag.lower() not in SUPPORTED_OPTIONS]
+        if unknown:
+            return 420, [("Unsupported", ", ".join(unknown))]
+        return None
+
+    def _on_new_invite(self, request: SipRequest, key: TransactionKey) -> None:
         invite = InboundInvite(self, request)
         self._invites[key] = invite
         self.respond(request, 100)
@@ -441,13 +494,15 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if response.status >= 300:
             raise CallFailed(response.status, response.reason)
         leg = OutboundLeg(self, Dialog.as_uac(request, response), request, response)
+        try:
+            await leg._resolve_dest()
+        except OSError as exc:
+            log.warning("call %s: the callee's Contact does not resolve: %s", request.call_id, exc)
         leg.send_ack()
         return leg
 
 
-def _headers(pairs: Iterable[tuple[str, str]]):
-    from callbox.server.sip.message import Headers
-
+def _headers(pairs: Iterable[tuple[str, str]]) -> Headers:
     headers = Headers()
     for name, value in pairs:
         headers.add(name, value)
@@ -462,10 +517,11 @@ class Leg:
         self.dialog = dialog
         self.terminated = False
         self.on_terminated: Callable[[str], None] | None = None
-        # Called with the SDP body of a re-INVITE; returns our answer or None to reject (488).
-        self.on_reoffer: Callable[[bytes], bytes | None] | None = None
+        # Called with a re-INVITE carrying an offer; returns our answer or raises OfferRejected.
+        self.on_reoffer: Callable[[SipRequest], Awaitable[bytes]] | None = None
         self.on_info: Callable[[SipRequest], None] | None = None
         self._reinvites: dict[int, ServerInviteTransaction] = {}
+        self._numeric_dest: tuple[Address, Address] | None = None  # (dest, resolved)
 
     def _register(self) -> None:
         assert self.dialog is not None
@@ -490,6 +546,21 @@ class Leg:
             return first.host.strip("[]"), first.port or 5060
         return uri_address(self.dialog.remote_target)
 
+    async def _resolve_dest(self) -> Address:
+        """Where in-dialog requests go, with a host name looked up (off the loop, once per
+        target)."""
+        dest = self._dest()
+        if self._numeric_dest is None or self._numeric_dest[0] != dest:
+            self._numeric_dest = (dest, (await numeric_host(dest[0]), dest[1]))
+        return self._numeric_dest[1]
+
+    def _known_dest(self) -> Address:
+        """The resolved destination when `_resolve_dest` ran for the current target."""
+        dest = self._dest()
+        if self._numeric_dest is not None and self._numeric_dest[0] == dest:
+            return self._numeric_dest[1]
+        return dest
+
     def on_request(self, request: SipRequest) -> None:
         assert self.dialog is not None
         if request.method != "ACK" and not self.dialog.accept_remote_request(request):
@@ -510,10 +581,18 @@ class Leg:
             self.endpoint.respond(request, 501)
 
     def _on_reinvite(self, request: SipRequest) -> None:
-        answer = self.on_reoffer(request.body) if self.on_reoffer and request.body else None
-        if answer is None:
+        if self.on_reoffer is None or not request.body:
             self.endpoint.respond(request, 488, headers=[
                 ("Warning", '399 callbox "re-INVITE without a usable SDP offer"')])
+            return
+        spawn(self._answer_reinvite(request, self.on_reoffer), name="sip-reinvite")
+
+    async def _answer_reinvite(self, request: SipRequest,
+                               on_reoffer: Callable[[SipRequest], Awaitable[bytes]]) -> None:
+        try:
+            answer = await on_reoffer(request)
+        except OfferRejected as exc:
+            self.endpoint.respond(request, exc.status, headers=exc.headers)
             return
         found = self.endpoint._server.get(server_key(request))
         if found is not None and isinstance(found[0], ServerInviteTransaction):
@@ -546,7 +625,12 @@ class Leg:
             extra_headers=[("User-Agent", self.endpoint.user_agent)],
         )
         try:
-            await self.endpoint.request(request, self._dest())
+            dest = await self._resolve_dest()
+        except OSError as exc:
+            log.warning("BYE for %s not sent: %s", self.dialog.call_id, exc)
+            return
+        try:
+            await self.endpoint.request(request, dest)
         except CallFailed as exc:
             log.info("BYE for %s not answered: %s", self.dialog.call_id, exc)
 
@@ -561,6 +645,9 @@ class InboundInvite(Leg):
         self.answered = False
         self.finished = False  # a final response was sent
         self.acked = asyncio.Event()  # the ACK for our 2xx came (or will never come)
+        # Delayed offer (an INVITE without SDP): our 200 carried the offer; the ACK carries the
+        # answer, handed here as (body, Content-Type).
+        self.on_ack_body: Callable[[bytes, str | None], None] | None = None
 
     @property
     def call_id(self) -> str:
@@ -598,9 +685,17 @@ class InboundInvite(Leg):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.acked.wait(), self.endpoint.timers.timeout)
 
+    def _confirmed(self, ack: SipRequest) -> None:
+        """The ACK of our final response: the dialog is confirmed."""
+        if self.acked.is_set():
+            return
+        self.acked.set()
+        if self.answered and self.on_ack_body is not None:
+            self.on_ack_body(ack.body, ack.content_type)
+
     def on_ack(self, ack: SipRequest) -> None:
         if ack.cseq.seq == self.request.cseq.seq:
-            self.acked.set()
+            self._confirmed(ack)
             key = server_key(self.request)
             found = self.endpoint._server.get(key)
             if found is not None:
@@ -640,4 +735,4 @@ class OutboundLeg(Leg):
             "ACK", via=self.endpoint.via_value(), contact=self.endpoint.contact,
             cseq=self.invite.cseq.seq,
         )
-        self.endpoint.send(ack, self._dest())
+        self.endpoint.send(ack, self._known_dest())

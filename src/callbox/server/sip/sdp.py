@@ -7,6 +7,10 @@ types (b=, i=, k=, ...) are ignored.
 
 from __future__ import annotations
 
+import email.message
+import email.parser
+import email.policy
+import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +31,8 @@ SESSION_NAME = "callbox"
 ORIGIN_USERNAME = "callbox"
 HOLD_ADDRESSES = ("0.0.0.0", "::")  # RFC 2543-style hold (RFC 3264 §8.4)
 MAX_NUMBER_DIGITS = 20
+SDP_CONTENT_TYPE = "application/sdp"
+MULTIPART_MIXED = "multipart/mixed"
 
 _LINE_RE = re.compile(r"([a-z])=(.*)")
 _INT_RE = re.compile(r"[0-9]{1,20}")
@@ -42,6 +48,10 @@ class SdpError(ValueError):
 
 class NoCommonCodec(SdpError):
     """The offer (or answer) has no audio codec we can use; answer the INVITE with 488."""
+
+
+class UnsupportedContentType(ValueError):
+    """The body is neither SDP nor a multipart/mixed body holding SDP (answer 415)."""
 
 
 @dataclass
@@ -71,7 +81,11 @@ class MediaDescription:
     rtpmap: dict[int, tuple[str, int, int | None]] = field(default_factory=dict)
     fmtp: dict[int, str] = field(default_factory=dict)
     ptime: int | None = None
+    maxptime: int | None = None
     attributes: list[tuple[str, str | None]] = field(default_factory=list)
+    # Why this stream is unusable (a malformed line in its section); it is answered with port 0
+    # while the other streams of the offer are still negotiated (RFC 3264 §6).
+    error: str | None = None
 
     def codec_name(self, fmt: str) -> tuple[str, int, int | None] | None:
         """(encoding, clock rate, channels) for a format, from rtpmap or the static table."""
@@ -206,10 +220,50 @@ def _apply_media_attribute(media: MediaDescription, name: str, value: str | None
         if not match:
             raise SdpError(f"bad ptime: {value[:80]!r}")
         media.ptime = int(match.group(1))
+    elif name == "maxptime" and value is not None:
+        match = _PTIME_RE.fullmatch(value)
+        if not match:
+            raise SdpError(f"bad maxptime: {value[:80]!r}")
+        media.maxptime = int(match.group(1))
     elif name in DIRECTIONS and value is None:
         media.direction = name
     else:
         media.attributes.append((name, value))
+
+
+def _split_attribute(value: str, line: str) -> tuple[str, str | None]:
+    name, colon, attr_value = value.partition(":")
+    if not name:
+        raise SdpError(f"bad attribute line: {line[:80]!r}")
+    return name, attr_value if colon else None
+
+
+def _apply_media_line(media: MediaDescription, kind: str, value: str, line: str) -> None:
+    """A c= or a= line inside a media section."""
+    if kind == "c":
+        media.connection = _parse_connection(value)
+    else:
+        _apply_media_attribute(media, *_split_attribute(value, line))
+
+
+def sdp_body(body: bytes, content_type: str | None) -> bytes:
+    """The SDP in a message body: the body itself, or the SDP part of a multipart/mixed body
+    (RFC 5621). Raises UnsupportedContentType for anything else."""
+    media_type = (content_type or SDP_CONTENT_TYPE).split(";", 1)[0].strip().lower()
+    if media_type == SDP_CONTENT_TYPE:
+        return body
+    if media_type != MULTIPART_MIXED:
+        raise UnsupportedContentType(f"unsupported Content-Type {media_type[:60]!r}")
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("utf-8", "replace")
+    message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(head + body)
+    if message.is_multipart():
+        for part in message.get_payload():
+            if isinstance(part, email.message.Message) and \
+                    part.get_content_type() == SDP_CONTENT_TYPE:
+                payload = part.get_payload(decode=True)
+                if isinstance(payload, bytes):
+                    return payload
+    raise UnsupportedContentType("multipart/mixed body without an application/sdp part")
 
 
 def parse_sdp(data: bytes | str) -> SessionDescription:
@@ -232,9 +286,20 @@ def parse_sdp(data: bytes | str) -> SessionDescription:
         if not line.strip():
             continue
         match = _LINE_RE.fullmatch(line)
+        if current is not None and current.error is not None:
+            continue  # the rest of an unusable stream's section
         if not match:
+            if current is not None:
+                current.error = f"malformed SDP line: {line[:80]!r}"
+                continue
             raise SdpError(f"malformed SDP line: {line[:80]!r}")
         kind, value = match.group(1), match.group(2).strip()
+        if current is not None and kind in "ca":
+            try:
+                _apply_media_line(current, kind, value, line)
+            except SdpError as exc:
+                current.error = str(exc)
+            continue
         if kind == "v":
             if value != "0" or seen_version:
                 raise SdpError(f"unsupported SDP version line: {value[:20]!r}")
@@ -249,22 +314,13 @@ def parse_sdp(data: bytes | str) -> SessionDescription:
         elif kind == "t" and current is None:
             session.timing = value
         elif kind == "c":
-            address = _parse_connection(value)
-            if current is None:
-                session.connection = address
-            else:
-                current.connection = address
+            session.connection = _parse_connection(value)
         elif kind == "m":
             current = _parse_media(value)
             session.media.append(current)
         elif kind == "a":
-            name, colon, attr_value = value.partition(":")
-            attr: str | None = attr_value if colon else None
-            if not name:
-                raise SdpError(f"bad attribute line: {line[:80]!r}")
-            if current is not None:
-                _apply_media_attribute(current, name, attr)
-            elif name in DIRECTIONS and attr is None:
+            name, attr = _split_attribute(value, line)
+            if name in DIRECTIONS and attr is None:
                 session.direction = name
             else:
                 session.attributes.append((name, attr))
@@ -309,7 +365,19 @@ def _pick_dtmf(media: MediaDescription) -> int | None:
 
 
 def _is_rtp_audio(media: MediaDescription) -> bool:
-    return media.media == "audio" and media.port != 0 and media.proto.upper() in RTP_PROFILES
+    return (media.media == "audio" and media.port != 0 and media.error is None
+            and media.proto.upper() in RTP_PROFILES)
+
+
+def check_media_address(host: str) -> None:
+    """Refuse a multicast connection address: callbox speaks unicast RTP. A host name passes;
+    the caller resolves it (off the media clock) and checks the result again."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    if address.is_multicast:
+        raise SdpError(f"multicast connection address {host} is not supported")
 
 
 def _reverse_direction(direction: str) -> str:
@@ -342,12 +410,13 @@ def answer_offer(
                 chosen = (index, *picked)
                 break
     if chosen is None:
-        audio = [m for m in offer.media if m.media == "audio"]
+        audio_streams = [m for m in offer.media if m.media == "audio"]
         supported = ", ".join(c.upper() for c in codecs)
-        if not audio:
+        if not audio_streams:
             raise NoCommonCodec(f"no audio stream in offer; callbox supports {supported}")
         offered = "; ".join(
-            _describe_codecs(m) if _is_rtp_audio(m) else f"{m.proto} port {m.port}" for m in audio
+            _describe_codecs(m) if _is_rtp_audio(m) else f"{m.proto} port {m.port}"
+            for m in audio_streams
         )
         raise NoCommonCodec(f"no common codec: offer has {offered}; callbox supports {supported}")
     index, payload_type, codec = chosen
@@ -355,6 +424,10 @@ def answer_offer(
     remote_host = offer.media_connection(offered_media)
     if remote_host is None:
         raise SdpError("offer has no connection address for the audio stream")
+    check_media_address(remote_host)
+    if offered_media.maxptime is not None and offered_media.maxptime < DEFAULT_PTIME:
+        raise SdpError(f"maxptime {offered_media.maxptime} ms is below the {DEFAULT_PTIME} ms "
+                       "packets callbox sends")
     direction = _reverse_direction(_offer_direction(offer, offered_media))
     dtmf = _pick_dtmf(offered_media)
 

@@ -1,4 +1,4 @@
-"""The SWML `ai` verb: an AI agent's conversation on the call (see `callbox.server.ai`).
+"""The SWML `ai` verb: an AI agent's conversation on the call.
 
     {"ai": {"prompt": {"text": "You are a helpful assistant."},
             "SWAIG": {"functions": [{"function": "start_recording", "description": "...",
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from callbox.server.ai.conversation import Conversation
 from callbox.server.swml.runner import SwmlError, SwmlRunner, verb
 
 
@@ -23,7 +24,4 @@ async def ai(runner: SwmlRunner, params: Any) -> None:
         params = {}
     if not isinstance(params, dict):
         raise SwmlError(f"ai takes an object, got {params!r}")
-    # imported here: the ai package imports the SWML runner, whose package imports this module
-    from callbox.server.ai.conversation import Conversation
-
     await Conversation(runner, params, runner.ai).run()
