@@ -232,7 +232,8 @@ async def test_stop_record_call_by_control_id_and_last_started(tmp_path):
     assert second.duration - first.duration >= 0.9
     assert first.end_time is not None and second.end_time is not None
     assert first.end_time < second.end_time
-    assert len(decode(second)) / 8000 == pytest.approx(second.duration, abs=MP3_TOLERANCE)
+    # decoders add the encoder delay and the last frame's padding (up to 0.25 s at 8 kHz)
+    assert 0 <= len(decode(second)) / 8000 - second.duration <= 0.25
 
 
 async def test_hangup_finishes_every_active_recording_with_complete_files(tmp_path):
