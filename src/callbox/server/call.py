@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from callbox.server.media.clock import MediaClock
 from callbox.server.media.playback import PLAYING, REASON_DONE, Playback
 from callbox.server.media.session import FrameTap, MediaSession
 from callbox.server.media.sources import render_media_url
+from callbox.server.recording.target import AttachedRecording, Unsubscribe
 from callbox.server.sip.endpoint import InboundInvite, Leg
 from callbox.server.tasks import spawn
 
@@ -44,7 +45,6 @@ REJECT_STATUS = {"busy": 486, "decline": 603, "hangup": 480, "error": 500}
 # `ended` waits this long (seconds) for the call's recordings to report their end.
 ENDED_WAITS_FOR_RECORDINGS = 10.0
 
-Unsubscribe = Callable[[], None]
 
 
 class CallState(StrEnum):
@@ -57,18 +57,6 @@ class CallState(StrEnum):
 
 class CallGone(RuntimeError):
     """The call has ended; commands on it fail with this."""
-
-
-class CallRecording(Protocol):
-    """What the call needs of a recording it runs (the recording engine's `Recording`)."""
-
-    control_id: str
-    done: asyncio.Future[Any]  # completes with the terminal event
-
-    @property
-    def is_done(self) -> bool: ...
-
-    def stop(self) -> None: ...
 
 
 class PlayOperation:
@@ -119,7 +107,7 @@ class Call:
         self._state_listeners: list[Callable[[Call], None]] = []
         self.plays: list[PlayOperation] = []
         self._starting_plays: set[asyncio.Future[None]] = set()  # plays rendering their audio
-        self._recordings: list[CallRecording] = []  # newest last
+        self._recordings: list[AttachedRecording] = []  # newest last
         self.project_id = ""
         self._loop = asyncio.get_running_loop()
         self.ended = asyncio.Event()
@@ -134,7 +122,7 @@ class Call:
         return self.state not in (CallState.ENDING, CallState.ENDED)
 
     @property
-    def recordings(self) -> tuple[CallRecording, ...]:
+    def recordings(self) -> tuple[AttachedRecording, ...]:
         """Every recording started on the call, oldest first (running and ended)."""
         return tuple(self._recordings)
 
@@ -153,7 +141,7 @@ class Call:
         """Subscribe to received digits; returns the unsubscribe function."""
         return self.media.on_dtmf(listener)
 
-    def attach_recording(self, recording: CallRecording) -> None:
+    def attach_recording(self, recording: AttachedRecording) -> None:
         """Make `recording` one of the call's operations: it is stopped first when the call
         ends, and `ended` waits for its terminal event. Raises CallGone after the end."""
         self._require_active()

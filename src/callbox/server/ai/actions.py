@@ -92,7 +92,7 @@ def _swml_document(value: Any) -> dict[str, Any]:
 
 
 def _verbs(document: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    verbs = []
+    verbs: list[tuple[str, Any]] = []
     for verb in document["sections"]["main"]:
         if isinstance(verb, str):
             verbs.append((verb, {}))

@@ -222,7 +222,7 @@ def prepare_for_pocketsphinx(audio: np.ndarray, seed: int = 0) -> Pcm:
 _decoder: Any = None  # this process's pocketsphinx decoder (one per decoding process)
 
 
-def _load_decoder() -> Any:
+def load_decoder() -> Any:
     global _decoder
     if _decoder is None:
         try:
@@ -241,7 +241,7 @@ def _load_decoder() -> Any:
 def pocketsphinx_transcribe(audio: np.ndarray, seed: int = 0) -> str:
     """Blocking: an 8 kHz int16 utterance -> text, with this process's decoder."""
     pcm = prepare_for_pocketsphinx(audio, seed)
-    decoder = _load_decoder()
+    decoder = load_decoder()
     decoder.start_utt()
     decoder.process_raw(pcm.tobytes(), no_search=False, full_utt=True)
     decoder.end_utt()

@@ -17,7 +17,7 @@ from callbox.server.ai.stt import (
     REPLY_HEADER,
     REQUEST_HEADER,
     SttError,
-    _load_decoder,
+    load_decoder,
     pocketsphinx_transcribe,
     read_exact,
 )
@@ -36,7 +36,7 @@ def serve(stdin, stdout) -> None:  # type: ignore[no-untyped-def]
             if size:
                 reply = {"text": pocketsphinx_transcribe(np.frombuffer(data, "<i2"), seed)}
             else:
-                _load_decoder()
+                load_decoder()
                 reply = {"text": ""}
         except SttError as exc:
             reply = {"error": str(exc)}

@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 
-from callbox.server.call import Call
 from callbox.server.media.frames import FRAME_SAMPLES
 from callbox.server.media.sources import beep
 from callbox.server.recording.machine import (
@@ -49,6 +48,7 @@ from callbox.server.recording.machine import (
     check_pause_behavior,
 )
 from callbox.server.recording.notify import RecordWebhooks
+from callbox.server.recording.target import RecordedCall
 from callbox.server.recording.writers import (
     AudioWriter,
     RecordingFull,
@@ -82,7 +82,7 @@ class Recording:
     `state` is None until it records, then a `RecState`.
     """
 
-    def __init__(self, engine: RecordingEngine, call: Call, params: RecordParams,
+    def __init__(self, engine: RecordingEngine, call: RecordedCall, params: RecordParams,
                  control_id: str, project_id: str) -> None:
         self.engine = engine
         self.call = call
@@ -481,7 +481,7 @@ class RecordingEngine:
 
     # -- recordings -------------------------------------------------------------------------
 
-    def create_recording(self, call: Call, params: RecordParams, *,
+    def create_recording(self, call: RecordedCall, params: RecordParams, *,
                          control_id: str | None = None, project_id: str = "") -> Recording:
         """A recording on `call`, attached to it but not started (see `Recording.start`)."""
         if not call.is_active:
@@ -498,7 +498,7 @@ class RecordingEngine:
         recording.done.add_done_callback(lambda _: self.active.pop(recording.id, None))
         return recording
 
-    async def start_recording(self, call: Call, params: RecordParams, *,
+    async def start_recording(self, call: RecordedCall, params: RecordParams, *,
                               control_id: str | None = None,
                               project_id: str = "") -> Recording:
         """Start a recording on `call`; returns once it records (after the prompts and the

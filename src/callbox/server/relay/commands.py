@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from callbox.server.call import CallGone
 from callbox.server.media.sources import MediaError
@@ -28,8 +28,8 @@ from callbox.wire import relay as wire
 from callbox.wire.recording import PAUSE_BEHAVIORS, RecordParamError, RecordParams
 
 if TYPE_CHECKING:
-    from callbox.server.relay.hub import RelayHub
     from callbox.server.relay.session import Session
+    from callbox.server.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,18 @@ def ok(message: str, **extra: Any) -> Result:
     return wire.command_result(wire.CODE_OK, message, **extra)
 
 
+class CallDirectory(Protocol):
+    """What the commands need of the hub: the calls a session may command."""
+
+    services: Services
+
+    def entry_for(self, session: Session, call_id: str) -> CallEntry | None: ...
+
+    def recently_ended(self, project_id: str, call_id: str) -> bool: ...
+
+
 class Commands:
-    def __init__(self, hub: RelayHub) -> None:
+    def __init__(self, hub: CallDirectory) -> None:
         self.hub = hub
         self._handlers: dict[str, Handler] = {
             wire.ANSWER: self.answer,

@@ -66,7 +66,7 @@ async def hangup(runner: SwmlRunner, params: Any) -> None:
 @verb("sleep")
 async def sleep(runner: SwmlRunner, params: Any) -> None:
     """`{"sleep": 1500}` or `{"sleep": {"duration": 1500}}`: milliseconds."""
-    duration = params.get("duration") if isinstance(params, dict) else params
+    duration: Any = params.get("duration") if isinstance(params, dict) else params
     try:
         seconds = float(duration) / 1000
     except (TypeError, ValueError):
