@@ -49,7 +49,7 @@ USER, PASSWORD = "agent-user", "s3cret-pass"
 OFFICIAL_IMPORT = "from signalwire import AgentBase\nfrom signalwire import FunctionResult\n"
 CALLBOX_IMPORT = "from callbox import AgentBase, FunctionResult\n"
 
-# The seed's two examples, verbatim (shared/seeds/000_74f1dc60e91b86ce.txt).
+# The seed's two examples, verbatim (the official SDK's import lines).
 SEED_CONTINUOUS = '''from signalwire import AgentBase
 from signalwire import FunctionResult
 
