@@ -27,7 +27,8 @@ import aiohttp
 import numpy as np
 import pytest
 from tests.integration.conftest import RunningPlatform, running_platform
-from tests.peers import audio, missing_peer
+from tests.peers import audio
+from tests.peers.official_sdk import official_sdk_python
 from tests.peers.ports import free_port_range
 from tests.peers.sipp import SCENARIO_DIR, g711_stream, run_sipp
 
@@ -42,7 +43,6 @@ pytestmark = pytest.mark.peers
 PROJECT, TOKEN = "p1", "t1"
 ROUTES = [Route("voicemail", context="default"), Route("sales", context="sales")]
 REPO = Path(__file__).resolve().parents[2]
-OFFICIAL_PYTHON = REPO / ".venv-sw" / "bin" / "python"
 NO_TIMEOUTS = {"initial_timeout": 0, "end_silence_timeout": 0, "terminators": ""}
 MP3_TOLERANCE = 0.3  # seconds: encoder delay + padding (one MPEG frame at 8 kHz is 0.144 s)
 
@@ -186,14 +186,7 @@ async def stop_program(proc: asyncio.subprocess.Process) -> tuple[int, str, str]
 @pytest.mark.parametrize("kind", ["callbox", "signalwire-sdk"])
 async def test_seed_voicemail_program_records_the_message(tmp_path, peer_env, kind):
     peer_env.require_root()  # sipp play_dtmf
-    if kind == "callbox":
-        python = sys.executable
-    else:
-        if not OFFICIAL_PYTHON.exists():
-            message = ("the official SDK is not installed: python3 -m venv .venv-sw && "
-                       ".venv-sw/bin/pip install signalwire-sdk==3.7.5")
-            missing_peer(message)
-        python = str(OFFICIAL_PYTHON)
+    python = sys.executable if kind == "callbox" else str(official_sdk_python())
     speech = audio.speech(MESSAGE)
     spoken = audio.active_spans(speech, 8000, -40, min_gap_ms=600)
     spoken_seconds = spoken[-1][1] - spoken[0][0]
