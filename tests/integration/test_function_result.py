@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +23,6 @@ from tests.peers.official_sdk import official_sdk_python
 
 from callbox import FunctionResult
 from callbox.wire.recording import DIRECTIONS, FORMATS
-
 
 # ---------------------------------------------------------------------------------------------
 # The oracle: the official package, in its own venv, evaluating the whole table at once.
