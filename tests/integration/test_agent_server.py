@@ -39,7 +39,6 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from tests.peers.official_sdk import official_sdk_python
 
-ROOT = Path(__file__).resolve().parents[2]
 USER, PASSWORD = "agent-user", "s3cret-pass"
 
 OFFICIAL_IMPORT = "from signalwire import AgentBase\nfrom signalwire import FunctionResult\n"
