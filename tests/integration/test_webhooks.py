@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from tests.peers.poll import until
 
 from callbox.server.webhooks import (
     DELIVERY_HEADER,
@@ -141,13 +142,6 @@ def event(seq: int, recording_id: str = "rec-1", state: str = "recording") -> di
         "params": {"recording_id": recording_id, "state": state, "seq": seq,
                    "record": {"url": f"https://host/recordings/{recording_id}.wav"}},
     }
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_events_arrive_in_order_signed(receiver: Receiver, queues: list[WebhookQueue],
