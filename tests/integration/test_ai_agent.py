@@ -270,7 +270,6 @@ async def test_continuous_recording_agent_end_to_end(tmp_path, caplog):
             code, out, err = await callbox_swaig(
                 running, "invoke", "--call", call.id, "--function", "stop_recording",
                 "--args", "{}")
-            answered_at = time.time()
             assert code == 0, err
             invoked = json.loads(out)
             assert invoked["reply"]["response"] == "Stopped."
@@ -304,10 +303,12 @@ async def test_continuous_recording_agent_end_to_end(tmp_path, caplog):
     assert recording.path.suffix == ".mp3" and recording.path.exists()
     samples, rate = audio.decode_audio(recording.path)
     assert rate == 8000 and samples.ndim == 2 and samples.shape[1] == 2
-    # duration: the file, the wall clock from start to stop, and the moment it was stopped
+    # duration: the file, and the platform's start and end times (end_time is taken once the
+    # file is closed, in a thread: on a busy machine a while after the last frame)
     assert abs(len(samples) / 8000 - recording.duration) < 0.3  # MP3 encoder padding
-    assert abs((recording.end_time - recording.start_time) - recording.duration) < 0.3
-    assert asked_at - 0.2 < recording.end_time < answered_at + 0.2
+    lasted = recording.end_time - recording.start_time
+    assert lasted - 0.5 <= recording.duration <= lasted + 0.1
+    assert recording.end_time > asked_at  # stopped by the invoke, while the call was up
     assert recording.duration > len(speech) / 8000
 
     left, right = samples[:, 0], samples[:, 1]
