@@ -7,7 +7,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,12 +119,12 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-def queues(tmp_path: Path) -> Iterator[list[WebhookQueue]]:
+async def queues(tmp_path: Path) -> AsyncIterator[list[WebhookQueue]]:
+    """The queues a test made; each is stopped afterwards (stop() is idempotent)."""
     made: list[WebhookQueue] = []
     yield made
-    # stop() is async: the test's loop is gone at this point, so tests stop their own queues;
-    # this only checks they did.
-    assert all(not q._running for q in made), "a test left a WebhookQueue running"
+    for queue in made:
+        await queue.stop()
 
 
 def make(queues: list[WebhookQueue], db: Path, **options: Any) -> WebhookQueue:
