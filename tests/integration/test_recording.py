@@ -25,7 +25,7 @@ pytestmark = pytest.mark.peers
 
 CALLER_HZ, PLATFORM_HZ = 700, 1000
 WAV_TOLERANCE = 0.02  # seconds
-MP3_TOLERANCE = 0.2  # encoder delay and padding
+MP3_TOLERANCE = 0.3  # encoder delay and padding: up to 3 MPEG frames of 72 ms at 8 kHz
 
 
 def swml(*verbs: object) -> str:
@@ -84,7 +84,9 @@ async def test_direction_stereo_and_format(tmp_path, fmt, stereo, direction):
     assert channels == (2 if stereo else 1)
     tolerance = WAV_TOLERANCE if fmt == "wav" else MP3_TOLERANCE
     assert abs(len(samples) / 8000 - recording.duration) <= tolerance
-    assert 2.8 <= recording.duration <= 3.2  # the whole call after record_call started
+    # the whole call after record_call started: the caller hangs up 3 s (or, when busy, later)
+    # after the answer; no more than the platform's own start..end
+    assert 2.8 <= recording.duration <= recording.end_time - recording.start_time + 0.1
     head = samples[4000:12000]  # 0.5-1.5 s: both tones are on
     if stereo:
         left, right = head[:, 0], head[:, 1]
@@ -118,7 +120,8 @@ async def test_initial_timeout_gives_no_input_and_no_file(tmp_path):
         (recording,) = await finished_recordings(running)
     assert recording.state == "no_input"
     assert not recording.path.exists() and not list(recording.path.parent.glob("*.part"))
-    assert 1.4 <= recording.end_time - recording.start_time <= 1.7
+    # 1.5 s of frames; end_time is taken once the file is gone (in a thread): allow for a busy one
+    assert 1.4 <= recording.end_time - recording.start_time <= 1.5 + 0.5
     assert "url" not in recording.events[-1] or not recording.events[-1]["url"]
 
 
