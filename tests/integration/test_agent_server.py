@@ -20,14 +20,12 @@ Differences from the official server (by design), and how the comparison handles
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -38,17 +36,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from tests.peers import missing_peer
+from tests.peers.official_sdk import official_sdk_python
 
-ROOT = Path(__file__).resolve().parents[2]
-SW_VENV = Path(os.environ.get("CALLBOX_SW_VENV", ROOT / ".venv-sw"))
-SW_PACKAGE = "signalwire-sdk==3.7.5"
 USER, PASSWORD = "agent-user", "s3cret-pass"
 
 OFFICIAL_IMPORT = "from signalwire import AgentBase\nfrom signalwire import FunctionResult\n"
 CALLBOX_IMPORT = "from callbox import AgentBase, FunctionResult\n"
 
-# The seed's two examples, verbatim (shared/seeds/000_74f1dc60e91b86ce.txt).
+# The seed's two examples, verbatim (the official SDK's import lines).
 SEED_CONTINUOUS = '''from signalwire import AgentBase
 from signalwire import FunctionResult
 
@@ -162,36 +157,6 @@ SWAIG_REQUEST = {
 # ---------------------------------------------------------------------------------------------
 
 
-def _oracle_ready(python: Path) -> bool:
-    if not python.exists():
-        return False
-    probe = subprocess.run([str(python), "-c", "import signalwire"], capture_output=True)
-    return probe.returncode == 0
-
-
-def oracle_python() -> Path:
-    """The official package's interpreter; creates `.venv-sw` when missing (under a lock)."""
-    python = SW_VENV / "bin" / "python"
-    if _oracle_ready(python):
-        return python
-    with open(Path(tempfile.gettempdir()) / "callbox-venv-sw.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _oracle_ready(python):
-            try:
-                if not python.exists():
-                    subprocess.run([sys.executable, "-m", "venv", str(SW_VENV)], check=True)
-                subprocess.run(
-                    [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                     SW_PACKAGE],
-                    check=True,
-                    timeout=600,
-                )
-            except (subprocess.SubprocessError, OSError) as error:
-                message = f"cannot install the official {SW_PACKAGE} oracle: {error}"
-                missing_peer(message)
-    return python
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -295,7 +260,7 @@ def start_agent(
         source = source.replace(OFFICIAL_IMPORT, CALLBOX_IMPORT)
         python = sys.executable
     else:
-        python = str(oracle_python())
+        python = str(official_sdk_python())
     script = workdir / f"{impl}_{port}.py"
     script.write_text(source)
     log = workdir / f"{impl}_{port}.log"
@@ -374,7 +339,7 @@ def agents(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Agents]:
     workdir = tmp_path_factory.mktemp("agents")
-    oracle_python()  # before the clock starts: it may have to install the package
+    official_sdk_python()  # fails at once when the official SDK is not installed
     started: dict[tuple[str, str], AgentProcess] = {}
     try:
         for impl in ("official", "callbox"):

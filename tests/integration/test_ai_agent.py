@@ -36,12 +36,12 @@ from tests.integration.test_agent_server import (
     SEED_VOICEMAIL,
     USER,
     AgentProcess,
-    oracle_python,
     start_agent,
     stop_agent,
     wait_ready,
 )
 from tests.peers import audio
+from tests.peers.official_sdk import official_sdk_python
 
 from callbox.caller import CallResult, place_call
 from callbox.server.config import Project, Route
@@ -122,7 +122,7 @@ class FakeLlm:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = self._runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}/v1"
         return self
 
@@ -140,7 +140,7 @@ async def web_server(routes: list[web.RouteDef]) -> AsyncIterator[str]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -180,6 +180,11 @@ async def platform_with_llm(tmp_path: Path, routes: list[Route],
 def caller_wav(path: Path, *parts: np.ndarray) -> str:
     audio.write_wav(path, audio.concat(*parts))
     return str(path)
+
+
+# Speech-to-text runs pocketsphinx in a worker process started on first use: on a busy machine
+# the caller's words may take a while to reach the model. A deadline, not a measurement.
+STT_DEADLINE = 60.0
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -234,12 +239,15 @@ def correlation(haystack: np.ndarray, needle: np.ndarray) -> float:
 async def test_continuous_recording_agent_end_to_end(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="callbox")
     speech = audio.speech(CALLER_TEXT)
-    wav = caller_wav(tmp_path / "caller.wav", audio.silence(1.0), speech, audio.silence(8.0))
+    # the caller speaks once the recording runs: the model's first turn and the agent's SWAIG
+    # reply start it, which takes a while on a busy machine
+    lead = 4.0
+    wav = caller_wav(tmp_path / "caller.wav", audio.silence(lead), speech, audio.silence(8.0))
     with agents(tmp_path, ("callbox", CONTINUOUS_WITH_STOP)) as (agent,):
         async with FakeLlm(first_turn("start_recording")) as llm, \
                 platform_with_llm(tmp_path, [agent_route("agent", agent)], llm) as running:
             caller = asyncio.create_task(
-                place_call(running.uri("agent"), play=wav, hangup_after=40.0))
+                place_call(running.uri("agent"), play=wav, hangup_after=40 + STT_DEADLINE))
             seen = (await wait_until(lambda: running.observed, 10, "the call"))[0]
             call = seen.call
             (recording,) = await wait_until(lambda: call.recordings, 10, "the recording")
@@ -264,13 +272,12 @@ async def test_continuous_recording_agent_end_to_end(tmp_path, caplog):
             assert call.is_active and recording.state == "recording"
 
             # the caller has finished speaking (1 s + the speech) well before this
-            await asyncio.sleep(max(0.0, call.answered_at + 1.0 + len(speech) / 8000 + 1.0
+            await asyncio.sleep(max(0.0, call.answered_at + lead + len(speech) / 8000 + 1.0
                                     - time.time()))
             asked_at = time.time()
             code, out, err = await callbox_swaig(
                 running, "invoke", "--call", call.id, "--function", "stop_recording",
                 "--args", "{}")
-            answered_at = time.time()
             assert code == 0, err
             invoked = json.loads(out)
             assert invoked["reply"]["response"] == "Stopped."
@@ -280,7 +287,7 @@ async def test_continuous_recording_agent_end_to_end(tmp_path, caplog):
             await finished(recording)
             # the caller's speech reaches the model as text (pocketsphinx, in its own process)
             await wait_until(lambda: any(m["role"] == "user" for m in llm.requests[-1][
-                "messages"]), 20, "the caller's words at the model")
+                "messages"]), STT_DEADLINE, "the caller's words at the model")
             assert call.is_active  # stopping the recording did not end the call
             await call.hangup()
             result: CallResult = await caller
@@ -304,10 +311,12 @@ async def test_continuous_recording_agent_end_to_end(tmp_path, caplog):
     assert recording.path.suffix == ".mp3" and recording.path.exists()
     samples, rate = audio.decode_audio(recording.path)
     assert rate == 8000 and samples.ndim == 2 and samples.shape[1] == 2
-    # duration: the file, the wall clock from start to stop, and the moment it was stopped
+    # duration: the file, and the platform's start and end times (end_time is taken once the
+    # file is closed, in a thread: on a busy machine a while after the last frame)
     assert abs(len(samples) / 8000 - recording.duration) < 0.3  # MP3 encoder padding
-    assert abs((recording.end_time - recording.start_time) - recording.duration) < 0.3
-    assert asked_at - 0.2 < recording.end_time < answered_at + 0.2
+    lasted = recording.end_time - recording.start_time
+    assert lasted - 0.5 <= recording.duration <= lasted + 0.1
+    assert recording.end_time > asked_at  # stopped by the invoke, while the call was up
     assert recording.duration > len(speech) / 8000
 
     left, right = samples[:, 0], samples[:, 1]
@@ -396,13 +405,15 @@ async def test_voicemail_agent_beep_end_silence_and_max_length(tmp_path):
 
 async def test_official_agent_drives_the_platform(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="callbox")
-    await asyncio.to_thread(oracle_python)  # may install the package (before the clock starts)
+    await asyncio.to_thread(official_sdk_python)  # fails at once when it is not installed
     speech = audio.speech("Hello, I am calling the agent.")
-    wav = caller_wav(tmp_path / "caller.wav", audio.silence(0.5), speech, audio.silence(2.0))
+    lead = 4.0  # the caller speaks once the recording runs (see the test above)
+    wav = caller_wav(tmp_path / "caller.wav", audio.silence(lead), speech, audio.silence(2.0))
     with agents(tmp_path, ("official", SEED_CONTINUOUS)) as (agent,):
         async with FakeLlm(first_turn("start_recording")) as llm, \
                 platform_with_llm(tmp_path, [agent_route("agent", agent)], llm) as running:
-            result = await place_call(running.uri("agent"), play=wav, hangup_after=5.0)
+            result = await place_call(running.uri("agent"), play=wav,
+                                      hangup_after=lead + len(speech) / 8000 + 1.5)
             seen = await running.wait_call_ended(0)
             (recording,) = seen.call.recordings
             await finished(recording)
@@ -412,7 +423,10 @@ async def test_official_agent_drives_the_platform(tmp_path, caplog):
     assert llm.requests[0]["tools"][0]["function"]["name"] == "start_recording"
     assert recording.state == "finished" and recording.control_id == "main_recording"
     samples, _ = audio.decode_audio(recording.path)
-    assert samples.ndim == 2 and 3.5 < recording.duration < 5.2
+    assert samples.ndim == 2
+    # it holds the caller's speech (below), and no more than the platform's start..end
+    assert len(speech) / 8000 < recording.duration
+    assert recording.duration <= recording.end_time - recording.start_time + 0.1
     assert correlation(samples[:, 0], speech) > 0.7
 
 
@@ -498,9 +512,18 @@ async def test_bad_swaig_replies_are_logged_and_the_call_goes_on(tmp_path, caplo
         routes = [Route("ai", swml=swml({"answer": {}}, {"ai": ai}))]
         async with FakeLlm(first_turn("broken", "weird", later="Okay.")) as llm, \
                 platform_with_llm(tmp_path, routes, llm) as running:
-            result = await place_call(running.uri("ai"), play=wav, hangup_after=9.0)
+            caller = asyncio.create_task(place_call(running.uri("ai"), play=wav,
+                                                    hangup_after=STT_DEADLINE + 10))
+            call = (await wait_until(lambda: running.observed, 10, "the call"))[0].call
+            # the caller's words reach the model after the bad replies: the call went on
+            await wait_until(lambda: llm.requests and any(
+                m["role"] == "user" for m in llm.requests[-1]["messages"]), STT_DEADLINE,
+                "the caller's words at the model")
+            assert call.is_active
+            await call.hangup()
+            result = await caller
             seen = await running.wait_call_ended(0)
-    assert result.status == 200 and result.hung_up_by == "us"  # the call went on
+    assert result.status == 200 and result.hung_up_by == "remote"
     assert seen.call.end_reason == "hangup"
     follow_up = llm.requests[1]["messages"]
     tool_results = {m["tool_call_id"]: m["content"] for m in follow_up if m["role"] == "tool"}
@@ -509,6 +532,7 @@ async def test_bad_swaig_replies_are_logged_and_the_call_goes_on(tmp_path, caplo
     assert failure.startswith("The function broken failed:") and "not JSON" in failure
     # after the caller spoke, the model was asked again: the conversation went on
     assert any(m["role"] == "user" for m in llm.requests[-1]["messages"])
+    assert len(llm.requests) >= 2
     assert f"SWAIG function broken failed: {base}/broken answered something that is not JSON" \
         in caplog.text
     assert "action 'frobnicate' is not supported by callbox; ignored" in caplog.text

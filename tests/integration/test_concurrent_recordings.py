@@ -33,7 +33,7 @@ async def test_twenty_concurrent_recorded_calls_are_all_complete(tmp_path: Path,
         assert check.lost == 0, check  # every 20 ms frame of the source is in the file
         # from the recording's start to the BYE, and that is the whole call
         assert abs(check.duration - check.expected_duration) <= DURATION_TOLERANCE, check
-        assert abs(check.duration - SECONDS) <= 0.25, check
+        assert check.duration >= SECONDS - 0.25, check  # sipp hangs up 10 s (or later) in
         assert check.skipped == 0, check  # record_call started before the caller's audio
         assert check.score > 0.99, check
     assert result.complete == CALLS, summary

@@ -18,7 +18,7 @@ from tests.integration.conftest import make_config
 
 from callbox.server.app import Platform
 from callbox.server.config import Project
-from callbox.server.swml.runner import SwmlError, SwmlRunner, parse_document
+from callbox.server.swml.runner import VARIABLE, SwmlError, SwmlRunner, parse_document
 from callbox.wire import relay as wire
 
 JSON = st.recursive(
@@ -73,8 +73,14 @@ def test_swml_documents_parse_or_say_why(document):
 def test_swml_substitution_never_fails(value, variables):
     call = SimpleNamespace(id="c", from_user="a", to_user="b", direction="inbound", state="x")
     runner = SwmlRunner(call, {"sections": {"main": []}}, variables)  # type: ignore[arg-type]
-    runner.substitute(value)
-    runner.substitute(json.dumps(value).replace('"', "${x}"))
+    substituted = runner.substitute(value)
+    plain = VARIABLE.search(json.dumps(value)) is None
+    if plain:
+        assert substituted == value  # nothing to replace: left as it was
+    template = json.dumps(value).replace('"', "${x}")
+    replaced = runner.substitute(template)
+    if plain:  # every ${x}, and nothing else, becomes x's value
+        assert replaced == template.replace("${x}", str(runner.lookup("x")))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -183,15 +182,16 @@ def test_raw_g711_files(tmp_path: Path, peer_env) -> None:
     assert lag == 0
 
 
-def test_speech_is_cached(tmp_path: Path, peer_env) -> None:
+def test_speech_is_cached(tmp_path: Path, peer_env, monkeypatch: pytest.MonkeyPatch) -> None:
     text = "callbox speech cache check"
     first = audio.speech(text, tmp_path / "s.wav")
     assert first.dtype == np.int16
     assert 0.5 < first.size / RATE < 5
     assert audio.rms_dbfs(first) > -40
-    started = time.monotonic()
-    second = audio.speech(text)
-    assert time.monotonic() - started < 0.5
+    monkeypatch.setenv("PATH", "")  # espeak-ng and sox can no longer be found...
+    with pytest.raises(RuntimeError, match="espeak-ng is not installed"):
+        audio.speech("callbox speech cache check, never rendered")
+    second = audio.speech(text)  # ...yet the same text is still there: from the cache
     assert np.array_equal(first, second)
     copy, rate = audio.read_wav(tmp_path / "s.wav")
     assert rate == RATE and np.array_equal(copy, first)
@@ -313,15 +313,13 @@ async def test_harness_reports_failures_and_timeouts(peer_env) -> None:
 
     # Nobody hangs up on uac_hangup_by_server: the harness kills sipp at the timeout.
     async with start_sipp_uas("uas_answer", media_port=media_port()) as uas:
-        started = time.monotonic()
-        stuck = await run_sipp(
+        stuck = await asyncio.wait_for(run_sipp(  # the deadline only catches a harness hang
             "uac_hangup_by_server",
             uas.target,
             local_port=free_udp_port(),
             media_port=media_port(),
             timeout=1.5,
-        )
-        assert time.monotonic() - started < 6
+        ), 60)
     assert stuck.timed_out and not stuck.ok
 
 

@@ -7,13 +7,14 @@ import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from tests.peers.poll import until
 
 from callbox.server.webhooks import (
     DELIVERY_HEADER,
@@ -28,6 +29,19 @@ KEY = "project-signing-key"
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.2, "timeout": 2.0}
 
 Responder = Callable[[int], Awaitable[web.StreamResponse]]
+
+
+class ManualClock:
+    """The queue's clock, moved by the test: ages entries without waiting."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,10 @@ class Receiver:
     def on(self, path: str) -> list[Received]:
         return [r for r in self.requests if r.path == path]
 
+    def in_flight(self, path: str) -> int:
+        """Requests to `path` received and not answered yet."""
+        return self._in_flight.count(path)
+
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/{tail:.*}", self._handle)
@@ -101,12 +119,12 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-def queues(tmp_path: Path) -> Iterator[list[WebhookQueue]]:
+async def queues(tmp_path: Path) -> AsyncIterator[list[WebhookQueue]]:
+    """The queues a test made; each is stopped afterwards (stop() is idempotent)."""
     made: list[WebhookQueue] = []
     yield made
-    # stop() is async: the test's loop is gone at this point, so tests stop their own queues;
-    # this only checks they did.
-    assert all(not q._running for q in made), "a test left a WebhookQueue running"
+    for queue in made:
+        await queue.stop()
 
 
 def make(queues: list[WebhookQueue], db: Path, **options: Any) -> WebhookQueue:
@@ -126,17 +144,11 @@ def event(seq: int, recording_id: str = "rec-1", state: str = "recording") -> di
     }
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_events_arrive_in_order_signed(receiver: Receiver, queues: list[WebhookQueue],
                                              tmp_path: Path) -> None:
     await receiver.start()
-    q = make(queues, tmp_path / "wh.db")
+    clock = ManualClock()
+    q = make(queues, tmp_path / "wh.db", clock=clock)
     await q.start()
     sent = [event(i, state=s) for i, s in
             enumerate(["recording", "paused", "recording", "paused", "finished"])]
@@ -154,10 +166,10 @@ async def test_events_arrive_in_order_signed(receiver: Receiver, queues: list[We
         assert r.headers["User-Agent"] == "callbox-webhooks"
         header = r.headers[SIGNATURE_HEADER]
         t = int(header.split(",")[0].removeprefix("t="))
-        assert abs(t - time.time()) < 10
-        assert verify(r.body, KEY, header)
-        assert not verify(r.body, "another-key", header)
-        assert not verify(r.body.replace(b'"seq":', b'"seq":1'), KEY, header)
+        assert t == int(clock.now)  # signed with the queue's clock at send time
+        assert verify(r.body, KEY, header, now=clock.now)
+        assert not verify(r.body, "another-key", header, now=clock.now)
+        assert not verify(r.body.replace(b'"seq":', b'"seq":1'), KEY, header, now=clock.now)
         assert not verify(r.body, KEY, header, now=t + 301)  # a replay 5 minutes later
         assert not verify(r.body, KEY, sign(r.body, KEY, int(time.time()) - 3600))
 
@@ -189,24 +201,32 @@ async def test_5xx_retried_then_delivered_once_in_order(
 
 async def test_a_dead_receiver_does_not_block_other_keys(
         receiver: Receiver, queues: list[WebhookQueue], tmp_path: Path) -> None:
-    receiver.responders["/dead"] = status(then=503)
+    hung = asyncio.Event()  # set by the test: until then A's receiver holds its request
+
+    async def hang_once_then_503(n: int) -> web.StreamResponse:
+        if n == 0:
+            await hung.wait()
+        return web.Response(status=503)
+
+    receiver.responders["/dead"] = hang_once_then_503
     await receiver.start()
-    q = make(queues, tmp_path / "wh.db")
+    q = make(queues, tmp_path / "wh.db", timeout=60.0)
     await q.start()
     q.enqueue(receiver.url("/dead"), event(0, "rec-A"), KEY, ordering_key="rec-A")
     q.enqueue(receiver.url("/dead"), event(1, "rec-A"), KEY, ordering_key="rec-A")
-    await until(lambda: len(receiver.on("/dead")) >= 1)
-    started = time.monotonic()
+    await until(lambda: receiver.in_flight("/dead") == 1, timeout=10)
     for i in range(3):
         q.enqueue(receiver.url("/ok"), event(i, "rec-B"), KEY, ordering_key="rec-B")
-    await until(lambda: len(receiver.on("/ok")) == 3, timeout=2.0)
-    assert time.monotonic() - started < 1.0
+    # B is delivered while A's first request is still unanswered (if B waited behind A, it
+    # would wait for the test to release A: never)
+    await until(lambda: len(receiver.on("/ok")) == 3, timeout=10)
+    assert receiver.in_flight("/dead") == 1 and receiver.on("/dead") == []
     assert [r.seq for r in receiver.on("/ok")] == [0, 1, 2]
-    await asyncio.sleep(0.3)
+    hung.set()
+    await until(lambda: len(receiver.on("/dead")) >= 3, timeout=10)  # A keeps being retried...
     await q.stop()
 
     dead = receiver.on("/dead")
-    assert len(dead) >= 3  # A kept being retried meanwhile...
     assert {r.seq for r in dead} == {0}  # ...and its second event waited behind its first
     assert q.pending == 2 and q.delivered == 3
 
@@ -283,18 +303,21 @@ async def test_redirect_is_not_followed(receiver: Receiver, queues: list[Webhook
 
 async def test_timeout_is_retried(receiver: Receiver, queues: list[WebhookQueue],
                                   tmp_path: Path) -> None:
-    async def slow_once(n: int) -> web.StreamResponse:
+    never = asyncio.Event()
+
+    async def silent_once(n: int) -> web.StreamResponse:
         if n == 0:
-            await asyncio.sleep(0.5)
+            await never.wait()  # the first request never gets an answer
         return web.Response(status=200)
-    receiver.responders["/slow"] = slow_once
+    receiver.responders["/slow"] = silent_once
     await receiver.start()
-    q = make(queues, tmp_path / "wh.db", timeout=0.15)
+    q = make(queues, tmp_path / "wh.db", timeout=1.0)
     await q.start()
     q.enqueue(receiver.url("/slow"), event(0), KEY, ordering_key="rec-1")
-    assert await q.flush(5)
+    assert await q.flush(20)
     await q.stop()
     assert q.attempts == 2 and q.delivered == 1
+    assert [r.status for r in receiver.on("/slow")] == [200]  # the retry, answered
 
 
 async def test_undeliverable_event_is_dropped_after_max_age(
@@ -302,11 +325,15 @@ async def test_undeliverable_event_is_dropped_after_max_age(
         caplog: pytest.LogCaptureFixture) -> None:
     receiver.responders["/dead"] = status(then=500)
     await receiver.start()
-    q = make(queues, tmp_path / "wh.db", max_age=0.4)
+    clock = ManualClock()
+    q = make(queues, tmp_path / "wh.db", max_age=3600, clock=clock)
     await q.start()
     with caplog.at_level(logging.WARNING, logger="callbox.server.webhooks"):
         q.enqueue(receiver.url("/dead"), event(0), KEY, ordering_key="rec-1")
-        assert await q.flush(3)
+        await until(lambda: len(receiver.requests) >= 2, timeout=10)  # retried while young
+        assert q.pending == 1 and q.expired == 0
+        clock.advance(3600)
+        assert await q.flush(10)
     await q.stop()
     assert q.attempts >= 2 and len(receiver.requests) == q.attempts
     assert (q.failed_permanently, q.expired, q.delivered, q.pending) == (1, 1, 0, 0)
@@ -316,10 +343,12 @@ async def test_undeliverable_event_is_dropped_after_max_age(
 async def test_entry_expired_while_down_is_dropped_unsent(
         receiver: Receiver, queues: list[WebhookQueue], tmp_path: Path) -> None:
     db = tmp_path / "wh.db"
-    make(queues, db).enqueue(receiver.url("/hook"), event(0), KEY, ordering_key="rec-1")
-    await asyncio.sleep(0.25)
+    clock = ManualClock()
+    make(queues, db, clock=clock).enqueue(receiver.url("/hook"), event(0), KEY,
+                                          ordering_key="rec-1")
     await receiver.start()
-    q = make(queues, db, max_age=0.2)
+    clock.advance(3600)  # down for an hour
+    q = make(queues, db, max_age=3600, clock=clock)
     await q.start()
     assert await q.flush(3)
     await q.stop()

@@ -8,9 +8,8 @@ Modules:
 - :mod:`tests.peers.sipp`     run sipp scenarios (``tests/peers/scenarios/*.xml``)
 - :mod:`tests.peers.baresip`  a scripted softphone that records what it heard
 
-Background: ``/work/shared/spec/testing-with-real-peers.md``; the quirks found while building
-the harness are in the docstrings of :mod:`tests.peers.sipp` and :mod:`tests.peers.baresip`.
-The harness's own tests, which double as usage examples, are
+The quirks found while building the harness are in the docstrings of :mod:`tests.peers.sipp`
+and :mod:`tests.peers.baresip`.  The harness's own tests, which double as usage examples, are
 ``tests/integration/test_peer_harness.py``.
 
 Working directories (sipp traces, baresip config/logs/dumps) are created by

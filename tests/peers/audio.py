@@ -94,7 +94,7 @@ def concat(*parts: np.ndarray) -> np.ndarray:
 def _require(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        raise RuntimeError(f"{tool} is not installed (see docs: testing-with-real-peers.md)")
+        raise RuntimeError(f"{tool} is not installed (bash scripts/setup.sh --test installs it)")
     return path
 
 

@@ -29,7 +29,7 @@ Nothing here asserts: check ``result.ok`` (or ``result.returncode == 0``) in the
 ``result.describe()`` in the assertion message; it holds the command, exit status, error log
 and the tail of the SIP message trace.
 
-sipp facts measured with 3.6.1 (see also /work/shared/spec/testing-with-real-peers.md):
+sipp facts measured with 3.6.1:
 
 - Exit status 0 = every call passed; 1 = a call failed, *or* a fatal scenario error such as
   ``rtp_stream "[stream]" looks like a keyword value, but keyword not supplied!`` (read

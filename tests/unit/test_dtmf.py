@@ -2,7 +2,18 @@ from __future__ import annotations
 
 import pytest
 
-from callbox.server.media.dtmf import DTMF_EVENTS, DtmfReceiver, DtmfSender, TelephoneEvent
+from callbox.server.media.dtmf import (
+    REMEMBERED_PRESSES,
+    DtmfReceiver,
+    DtmfSender,
+    TelephoneEvent,
+)
+
+# RFC 4733 section 3.2, table 3: DTMF named events 0-15.
+RFC_4733_DTMF = {
+    0: "0", 1: "1", 2: "2", 3: "3", 4: "4", 5: "5", 6: "6", 7: "7", 8: "8", 9: "9",
+    10: "*", 11: "#", 12: "A", 13: "B", 14: "C", 15: "D",
+}
 
 
 def test_parse_known_payload() -> None:
@@ -19,10 +30,10 @@ def test_reserved_bit_and_extra_bytes_ignored() -> None:
     assert event.digit == "#"
 
 
-@pytest.mark.parametrize("code", range(16))
-def test_digits(code: int) -> None:
+@pytest.mark.parametrize(("code", "digit"), RFC_4733_DTMF.items())
+def test_digits(code: int, digit: str) -> None:
     event = TelephoneEvent(code, False, 10, 0)
-    assert event.digit == DTMF_EVENTS[code]
+    assert event.digit == digit
     assert TelephoneEvent.parse(event.serialize()) == event
 
 
@@ -100,9 +111,15 @@ def test_receiver_malformed_and_non_dtmf() -> None:
 
 def test_receiver_memory_is_bounded() -> None:
     rx = DtmfReceiver()
-    for press in range(1000):
-        assert rx.feed(press * 1600, _payload(press % 16, 160)) == DTMF_EVENTS[press % 16]
-    assert len(rx._recent) <= 16 and len(rx._recent_set) <= 16
+    presses = 1000
+    for press in range(presses):
+        assert rx.feed(press * 1600, _payload(press % 16, 160)) == RFC_4733_DTMF[press % 16]
+    # only the newest REMEMBERED_PRESSES are kept: a late repeat of the oldest of them is
+    # still dropped, one of the press before it is forgotten and heard as a new press
+    oldest = presses - REMEMBERED_PRESSES
+    assert rx.feed(oldest * 1600, _payload(oldest % 16, 160)) is None
+    forgotten = oldest - 1
+    assert rx.feed(forgotten * 1600, _payload(forgotten % 16, 160)) == RFC_4733_DTMF[forgotten % 16]
 
 
 def test_sender_packets_100ms() -> None:
@@ -133,7 +150,7 @@ def test_sender_roundtrip_through_receiver() -> None:
                 got = rx.feed(start * 8000, payload)
                 if got is not None:
                     heard.append(got)
-    assert "".join(heard) == DTMF_EVENTS
+    assert "".join(heard) == "0123456789*#ABCD"
 
 
 @pytest.mark.parametrize(

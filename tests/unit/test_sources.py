@@ -5,7 +5,6 @@ import itertools
 import math
 import shutil
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -147,9 +146,7 @@ async def test_tts_hello_is_speech_and_cached() -> None:
     assert 0.8 <= len(pcm) / RATE <= 3.0
     assert rms_dbfs(pcm) > -40.0
     assert sources.tts_stats.runs == runs + 1
-    started = time.perf_counter()
-    again = await render_tts("Hello from callbox")
-    assert time.perf_counter() - started < 0.05
+    again = await render_tts("Hello from callbox")  # from the cache: espeak-ng not run again
     assert again is pcm
     assert sources.tts_stats.runs == runs + 1
     assert not pcm.flags.writeable  # shared: nobody may modify it

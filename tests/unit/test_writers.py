@@ -13,6 +13,7 @@ import uuid
 import wave
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import miniaudio
 import numpy as np
@@ -50,7 +51,7 @@ def write_chunks(writer: WavWriter | Mp3Writer, pcm: np.ndarray) -> None:
         writer.write(pcm[start:start + CHUNK])
 
 
-def read_wav(path: Path) -> tuple[wave._wave_params, np.ndarray]:
+def read_wav(path: Path) -> tuple[Any, np.ndarray]:  # (wave's params namedtuple, samples)
     with wave.open(str(path), "rb") as w:
         params = w.getparams()
         data = np.frombuffer(w.readframes(params.nframes), dtype="<i2")

@@ -58,6 +58,7 @@ SNIPPET_BYTES = 200  # of a failed response's body, for the log line
 DB_BUSY_TIMEOUT = 1.0  # seconds; the database is this process's own, so it is never busy long
 
 SessionFactory = Callable[[], aiohttp.ClientSession]
+Clock = Callable[[], float]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhooks (
@@ -111,14 +112,17 @@ class WebhookQueue:
     """Durable, per-key ordered, retrying delivery of webhook POSTs.
 
     `session_factory`, when given, is called by `start()` to make the aiohttp session used for
-    every POST; the queue closes that session in `stop()`.
+    every POST; the queue closes that session in `stop()`. `clock` (seconds since the epoch)
+    dates entries, ages them against `max_age` and timestamps signatures; tests pass their own
+    to age an entry without waiting. Retry delays are real waits whatever the clock.
     """
 
     def __init__(self, db_path: Path, *, timeout: float = 10.0, backoff_initial: float = 1.0,
                  backoff_max: float = 60.0, max_age: float = 24 * 3600,
                  session_factory: SessionFactory | None = None,
-                 max_concurrency: int = MAX_CONCURRENT_POSTS) -> None:
+                 max_concurrency: int = MAX_CONCURRENT_POSTS, clock: Clock = time.time) -> None:
         self.db_path = Path(db_path)
+        self.clock = clock
         self.timeout = timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -163,7 +167,7 @@ class WebhookQueue:
             "INSERT INTO webhooks (ordering_key, url, event, body, signing_key, delivery_id,"
             " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (ordering_key, url, event if isinstance(event, str) else DEFAULT_EVENT, data,
-             signing_key, uuid.uuid4().hex, time.time()),
+             signing_key, uuid.uuid4().hex, self.clock()),
         )
         self._set_pending(self._pending + 1)
         if self._running and ordering_key not in self._workers:
@@ -246,7 +250,7 @@ class WebhookQueue:
         if entry is None:
             return True
         where = _for_log(entry.url)
-        age = time.time() - entry.created_at
+        age = self.clock() - entry.created_at
         if age >= self.max_age:
             log.warning("webhook to %s dropped: not delivered within max_age %g s "
                         "(%d attempts)", where, self.max_age, entry.attempts)
@@ -267,7 +271,7 @@ class WebhookQueue:
         delay = backoff_delay(attempt, self.backoff_initial, self.backoff_max)
         if result.retry_after is not None:
             delay = max(delay, min(result.retry_after, self.backoff_max))
-        if time.time() + delay - entry.created_at >= self.max_age:
+        if self.clock() + delay - entry.created_at >= self.max_age:
             log.warning("webhook to %s dropped: %s (attempt %d); giving up, max_age %g s "
                         "reached", where, result.detail, attempt, self.max_age)
             self._remove(entry, failed=True, expired=True)
@@ -289,7 +293,7 @@ class WebhookQueue:
         }
         async with self._semaphore:
             if entry.signing_key:  # signed now, not when queued: the time is the send time
-                headers[SIGNATURE_HEADER] = sign(entry.body, entry.signing_key, int(time.time()))
+                headers[SIGNATURE_HEADER] = sign(entry.body, entry.signing_key, int(self.clock()))
             try:
                 async with self._session.post(
                     entry.url, data=entry.body, headers=headers, allow_redirects=False,

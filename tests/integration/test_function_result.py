@@ -6,33 +6,23 @@ equal its output exactly, key order included (compared as `json.dumps` strings),
 raises must raise the same exception type (and, unless the case says otherwise, the same
 message).
 
-Create the oracle venv (CI does it in scripts/setup.sh --test; this module does it too when it
-is missing):
-
-    python3 -m venv .venv-sw && .venv-sw/bin/pip install "signalwire-sdk==3.7.5"
+The oracle venv is made by `bash scripts/setup.sh --test` (see `tests.peers.official_sdk`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.peers import missing_peer
+from tests.peers.official_sdk import official_sdk_python
 
 from callbox import FunctionResult
 from callbox.wire.recording import DIRECTIONS, FORMATS
-
-ROOT = Path(__file__).resolve().parents[2]
-SW_VENV = Path(os.environ.get("CALLBOX_SW_VENV", ROOT / ".venv-sw"))
-SW_PACKAGE = "signalwire-sdk==3.7.5"
 
 # ---------------------------------------------------------------------------------------------
 # The oracle: the official package, in its own venv, evaluating the whole table at once.
@@ -58,39 +48,6 @@ def run(case):
 cases = json.load(sys.stdin)
 json.dump({case["id"]: run(case) for case in cases}, sys.stdout)
 """
-
-
-def _oracle_ready(python: Path) -> bool:
-    if not python.exists():
-        return False
-    probe = subprocess.run(
-        [str(python), "-c", "import signalwire"], capture_output=True, timeout=60
-    )
-    return probe.returncode == 0
-
-
-def oracle_python() -> Path:
-    """The official package's interpreter; creates `.venv-sw` when missing (under a lock, as
-    other test modules may do the same at the same time)."""
-    python = SW_VENV / "bin" / "python"
-    if _oracle_ready(python):
-        return python
-    with open(Path(tempfile.gettempdir()) / "callbox-venv-sw.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _oracle_ready(python):
-            try:
-                if not python.exists():
-                    subprocess.run([sys.executable, "-m", "venv", str(SW_VENV)], check=True)
-                subprocess.run(
-                    [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                     SW_PACKAGE],
-                    check=True,
-                    timeout=600,
-                )
-            except (subprocess.SubprocessError, OSError) as error:
-                message = f"cannot install the official {SW_PACKAGE} oracle: {error}"
-                missing_peer(message)
-    return python
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,7 +376,7 @@ def run_ours(case: Case) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def official() -> dict[str, Any]:
-    python = oracle_python()
+    python = official_sdk_python()
     payload = json.dumps([case.as_json() for case in CASES])
     done = subprocess.run(
         [str(python), "-c", ORACLE_SCRIPT],

@@ -1,0 +1,19 @@
+"""Wait for a condition with a deadline, instead of sleeping a guessed time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+__all__ = ["until"]
+
+POLL_INTERVAL = 0.01  # seconds
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Return once `predicate()` is true; fail the test after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, f"not reached within {timeout:g} s: {what or predicate}"
+        await asyncio.sleep(POLL_INTERVAL)
