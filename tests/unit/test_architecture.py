@@ -8,7 +8,8 @@ from pathlib import Path
 
 import grimp
 
-SRC = Path(__file__).resolve().parents[2] / "src" / "callbox"
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src" / "callbox"
 
 
 def _module_cycles() -> list[list[str]]:
@@ -91,7 +92,8 @@ def _private_uses(path: Path) -> list[str]:
 
 
 def test_no_private_name_used_outside_its_module() -> None:
-    uses = [use for path in sorted(SRC.rglob("*.py")) for use in _private_uses(path)]
+    paths = sorted(SRC.rglob("*.py")) + sorted((ROOT / "tests").rglob("*.py"))
+    uses = [use for path in paths for use in _private_uses(path)]
     assert uses == []
 
 

@@ -68,7 +68,7 @@ async def test_bursts_are_read_in_time_and_the_drain_empties_the_socket(pair):
             peer.sendto(rtp(k, audio[k * FRAME:(k + 1) * FRAME]), address)
         media.tick()
     assert media.stats.packets_received < 40  # one fresh packet per tick...
-    while media._ticks % DRAIN_EVERY_TICKS:
+    while media.ticks % DRAIN_EVERY_TICKS:
         media.tick()
     media.tick()
     assert media.stats.packets_received == 40  # ...and the drain tick took the rest

@@ -201,8 +201,9 @@ async def test_tts_failure_reports_stderr(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(sources, "ESPEAK_BINARY", _fake_espeak(tmp_path, "echo broken >&2; exit 3"))
     with pytest.raises(MediaError, match=r"exit 3.*broken"):
         await render_tts("hello")
-    assert not sources._tts_inflight  # a failure is not cached and not left in flight
-    with pytest.raises(MediaError):
+    # a failure is neither cached nor left in flight: the next render runs espeak-ng again
+    monkeypatch.setattr(sources, "ESPEAK_BINARY", _fake_espeak(tmp_path, "echo other >&2; exit 4"))
+    with pytest.raises(MediaError, match=r"exit 4.*other"):
         await render_tts("hello")
 
 

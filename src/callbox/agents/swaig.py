@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from callbox.agents.function_result import as_reply
+from callbox.wire.json_depth import loads_bounded
 
 log = logging.getLogger("callbox.agents.swaig")
 
@@ -79,7 +79,7 @@ def extract_arguments(body: Mapping[str, Any]) -> dict[str, Any]:
             args = parsed[0]
         elif raw:
             try:
-                args = json.loads(raw)
+                args = loads_bounded(raw)
             except (TypeError, ValueError):
                 log.warning("SWAIG argument.raw is not JSON: %.200r", raw)
                 args = {}
@@ -91,7 +91,7 @@ def extract_arguments(body: Mapping[str, Any]) -> dict[str, Any]:
 def parse_body(raw: bytes) -> Any:
     """The request body as JSON; a body that is not JSON reads as `{}` (then: missing function)."""
     try:
-        return json.loads(raw) if raw else {}
+        return loads_bounded(raw) if raw else {}
     except (UnicodeDecodeError, ValueError):
         return {}
 

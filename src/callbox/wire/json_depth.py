@@ -7,10 +7,12 @@ numpy counts the brackets of the whole text at once, skipping those inside strin
 
 from __future__ import annotations
 
-from typing import Final
+import json
+from typing import Any, Final
 
 import numpy as np
 
+DEFAULT_MAX_DEPTH: Final = 64  # RELAY frames, SWML documents and SWAIG replies nest far less
 QUOTE: Final = ord('"')
 OPENERS: Final = (ord("["), ord("{"))
 CLOSERS: Final = (ord("]"), ord("}"))
@@ -39,3 +41,13 @@ def nests_deeper_than(text: str, limit: int) -> bool:
     if text.count("[") + text.count("{") <= limit:
         return False
     return nesting_depth(text) > limit
+
+
+def loads_bounded(data: str | bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+    """`json.loads` for untrusted input: JSON nested deeper than `max_depth` is a ValueError
+    (like any other invalid JSON), found before decoding, never a RecursionError."""
+    text = data.decode(json.detect_encoding(data), "surrogatepass") if isinstance(data, bytes) \
+        else data
+    if nests_deeper_than(text, max_depth):
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    return json.loads(text)

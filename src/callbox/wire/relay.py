@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from callbox.wire.json_depth import nests_deeper_than
+from callbox.wire.json_depth import loads_bounded
 from callbox.wire.recording import RECORD_EVENT
 
 JSONRPC: Final = "2.0"
@@ -191,16 +191,8 @@ def parse_message(text: str | bytes) -> Message:
     JSON nested deeper than `MAX_JSON_DEPTH` is a parse error, found before decoding.
     """
     try:
-        if isinstance(text, bytes):  # as json.loads reads bytes
-            text = text.decode(json.detect_encoding(text), "surrogatepass")
-    except UnicodeDecodeError as exc:
-        raise ProtocolError(PARSE_ERROR, f"invalid JSON: {exc}") from None
-    if nests_deeper_than(text, MAX_JSON_DEPTH):
-        raise ProtocolError(PARSE_ERROR,
-                            f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
+        data = loads_bounded(text, MAX_JSON_DEPTH)
+    except ValueError as exc:  # UnicodeDecodeError and too deep included
         raise ProtocolError(PARSE_ERROR, f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError(INVALID_REQUEST, "a frame must be a JSON object")

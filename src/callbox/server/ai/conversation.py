@@ -38,6 +38,7 @@ from callbox.server.ai.swaig_client import SwaigCallError, post_swaig, shown_url
 from callbox.server.call import Call, CallGone, PlayOperation
 from callbox.server.media.sources import MediaError, render_tts
 from callbox.server.swml.runner import StopScript
+from callbox.wire.json_depth import loads_bounded
 
 if TYPE_CHECKING:
     from callbox.server.config import AiConfig
@@ -355,7 +356,7 @@ class Conversation:
     async def _tool_call(self, tool_call: ToolCall) -> InvokeResult:
         function = self.functions.get(tool_call.name)
         try:
-            args = json.loads(tool_call.arguments or "{}")
+            args = loads_bounded(tool_call.arguments or "{}")
         except ValueError:
             args = None
         if function is None or not function.active:

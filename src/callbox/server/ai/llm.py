@@ -18,6 +18,8 @@ from typing import Any, Final
 
 import aiohttp
 
+from callbox.wire.json_depth import loads_bounded
+
 log = logging.getLogger(__name__)
 
 LLM_TIMEOUT_SECONDS: Final = 60.0
@@ -128,7 +130,7 @@ class LlmClient:
         if len(raw) > MAX_REPLY_BYTES:
             raise LlmError(f"{self.url} answered more than {MAX_REPLY_BYTES} bytes")
         try:
-            parsed = json.loads(raw)
+            parsed = loads_bounded(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise LlmError(f"{self.url} answered something that is not JSON: {exc}") from None
         try:

@@ -25,6 +25,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import aiohttp
 
 from callbox.server.swml.fetch import split_credentials
+from callbox.wire.json_depth import loads_bounded
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ async def post_swaig(session: aiohttp.ClientSession, url: str, body: Mapping[str
     if len(raw) > MAX_REPLY_BYTES:
         raise SwaigCallError(f"{shown} answered more than {MAX_REPLY_BYTES} bytes")
     try:
-        reply = json.loads(raw)
+        reply = loads_bounded(raw)
     except (ValueError, UnicodeDecodeError):
         excerpt = raw[:80].decode("utf-8", "replace")
         raise SwaigCallError(

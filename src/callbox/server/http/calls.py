@@ -17,7 +17,6 @@ project sees only its own calls (another project's call answers 404, like an unk
 from __future__ import annotations
 
 import hmac
-import json
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
@@ -26,6 +25,7 @@ from callbox.server.ai.conversation import Conversation, ConversationEnded, acti
 from callbox.server.http.auth import require_project
 from callbox.server.http.context import services_of
 from callbox.server.http.errors import json_error
+from callbox.wire.json_depth import loads_bounded
 
 if TYPE_CHECKING:
     from callbox.server.call import Call
@@ -113,7 +113,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
                      f"the body must be at most {MAX_BODY_BYTES} bytes",
                      max_size=MAX_BODY_BYTES, actual_size=len(raw))
     try:
-        body = json.loads(raw or b"{}")
+        body = loads_bounded(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
         raise json_error(web.HTTPBadRequest, "invalid_json",
                      'the body must be JSON: {"function": NAME, "args": {...}}') from None

@@ -116,6 +116,11 @@ class MediaSession:
 
     # -- set-up ---------------------------------------------------------------------------
 
+    @property
+    def ticks(self) -> int:
+        """Media clock ticks this session has run."""
+        return self._ticks
+
     def configure(
         self,
         remote_host: str,

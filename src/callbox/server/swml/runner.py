@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from callbox.server.call import Call, CallGone
+from callbox.wire.json_depth import loads_bounded
 
 if TYPE_CHECKING:
     from callbox.server.config import AiConfig
@@ -47,7 +48,7 @@ def parse_document(source: str | bytes | dict[str, Any]) -> dict[str, Any]:
         document = source
     else:
         try:
-            document = json.loads(source)
+            document = loads_bounded(source)
         except (ValueError, UnicodeDecodeError) as exc:
             raise SwmlError(f"SWML is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
