@@ -92,6 +92,11 @@ async def served() -> AsyncIterator[Served]:
             await agent.stop()
 
 
+def _tampered(token: str) -> str:
+    """The token with its last character changed (never the same token)."""
+    return token[:-1] + ("1" if token.endswith("0") else "0")
+
+
 async def test_a_secure_function_runs_with_its_calls_token(served: Served) -> None:
     urls = await served.urls("call-A")
     assert "__token=" in urls["transfer"]
@@ -109,7 +114,7 @@ async def test_a_secure_function_without_a_valid_token_is_refused(served: Served
         "missing": (plain, "call-A"),
         "empty": (_with_token(plain, ""), "call-A"),
         "wrong": (_with_token(plain, "1.2.3"), "call-A"),
-        "tampered": (_with_token(plain, _token(urls_a["transfer"])[:-1] + "0"), "call-A"),
+        "tampered": (_with_token(plain, _tampered(_token(urls_a["transfer"]))), "call-A"),
         "another call's": (urls_b["transfer"], "call-A"),
         "no call_id": (urls_a["transfer"], None),
         "another function's": (_with_token(plain, _token(urls_a["post_prompt"])), "call-A"),
