@@ -158,8 +158,13 @@ class TcpTransport:
         for connection in list(self.connections.values()):
             connection.abort()
 
-    def has_connection(self, peer: Address) -> bool:
-        return peer in self.connections
+    @property
+    def listening(self) -> Address | None:
+        """The bound address of the listening socket."""
+        if self._server is None or not self._server.sockets:
+            return None
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
 
     def send(self, data: bytes, dest: Address) -> None:
         """Write on the connection to `dest`, opening one when there is none."""
