@@ -47,7 +47,7 @@ from callbox.server.sip.transaction import (
     cancel_target_key,
     server_key,
 )
-from callbox.server.sip.transport import TCP, UDP, Transports
+from callbox.server.sip.transport import TCP, UDP, Transports, retransmissions_needed
 from callbox.server.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ KNOWN_METHODS = frozenset(
     {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "PUBLISH", "REFER", "PRACK", "UPDATE"}
 )
 URI_SCHEMES = frozenset({"sip", "sips", "tel"})
+# Binding port 0: UDP picks the port, and TCP may find it taken; then both try again.
+EPHEMERAL_PORT_ATTEMPTS = 5
 # Option tags we implement (RFC 3261 §8.2.2.3): none, so any Require gets 420.
 SUPPORTED_OPTIONS: frozenset[str] = frozenset()
 
@@ -164,13 +166,22 @@ class SipEndpoint(asyncio.DatagramProtocol):
     # -- life cycle -----------------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> None:
+        """Listen on UDP and TCP at host:port (an ephemeral port free for both when 0)."""
         self._loop = asyncio.get_running_loop()
-        transport, _ = await self._loop.create_datagram_endpoint(
-            lambda: self, local_addr=(host, port)
-        )
-        self._transport = self.transports.udp = transport
-        self.host, self.port = transport.get_extra_info("sockname")[:2]
-        await self.tcp.start(host, self.port)  # TCP on the same host:port (RFC 3261 §18)
+        for attempt in range(EPHEMERAL_PORT_ATTEMPTS):
+            transport, _ = await self._loop.create_datagram_endpoint(
+                lambda: self, local_addr=(host, port)
+            )
+            self.host, self.port = transport.get_extra_info("sockname")[:2]
+            try:
+                await self.tcp.start(host, self.port)
+            except OSError:
+                transport.close()
+                if port != 0 or attempt == EPHEMERAL_PORT_ATTEMPTS - 1:
+                    raise
+                continue
+            self._transport = self.transports.udp = transport
+            return
 
     def close(self) -> None:
         for handle in self._timers.values():
@@ -307,7 +318,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
         def fire() -> None:
             self._timers.pop(id(txn), None)
-            self._run(txn, txn.on_timer(self.now()), dest)
+            self._run(txn, retransmissions_needed(txn.request, txn.on_timer(self.now())), dest)
 
         self._timers[id(txn)] = self._loop.call_at(txn.deadline, fire)
 

@@ -10,12 +10,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 from callbox.server.sip.headers import Via
-from callbox.server.sip.message import SipMessage, SipRequest
+from callbox.server.sip.message import SipMessage, SipRequest, SipResponse
 from callbox.server.sip.tcp import Address, TcpTransport
+from callbox.server.sip.transaction import Action, Send
 
-__all__ = ["TCP", "UDP", "UDP_SIZE_LIMIT", "Transports", "set_top_via_transport"]
+__all__ = [
+    "TCP",
+    "UDP",
+    "UDP_SIZE_LIMIT",
+    "Transports",
+    "retransmissions_needed",
+    "set_top_via_transport",
+]
 
 UDP = "UDP"
 TCP = "TCP"
@@ -31,6 +40,19 @@ def set_top_via_transport(message: SipMessage, transport: str) -> None:
     message.headers.remove("Via")
     for value in [str(top), *vias[1:]]:
         message.headers.add("Via", value)
+
+
+def retransmissions_needed(request: SipRequest, actions: Iterable[Action]) -> list[Action]:
+    """The timer actions of a transaction on `request`, less the retransmissions a reliable
+    transport makes useless: over TCP only a 2xx is still retransmitted, end to end (RFC 3261
+    §17.1.1.2, §17.2.1, §13.3.1.4); the timeouts stay."""
+    if request.top_via.transport != TCP:
+        return list(actions)
+    return [
+        action for action in actions
+        if not isinstance(action, Send)
+        or (isinstance(action.message, SipResponse) and 200 <= action.message.status < 300)
+    ]
 
 
 class Transports:
