@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Collection
 
 from tests.unit.test_sip_stream import request
 
@@ -16,12 +17,13 @@ class Peer:
     """A TcpTransport listening on loopback that records what it receives."""
 
     def __init__(self, *, idle_timeout: float = IDLE_TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS,
+                 in_use: Callable[[], Collection[Address]] = frozenset) -> None:
         self.messages: list[tuple[bytes, Address]] = []
         self.errors: list[StreamError] = []
         self.arrived = asyncio.Event()
         self.transport = TcpTransport(self.on_message, self.on_error, idle_timeout=idle_timeout,
-                                      max_connections=max_connections)
+                                      max_connections=max_connections, in_use=in_use)
 
     def on_message(self, data: bytes, addr: Address) -> None:
         self.messages.append((data, addr))
@@ -126,4 +128,22 @@ async def test_connections_beyond_the_limit_are_refused():
     assert len(server.transport.connections) == 2
     for _, w in [*opened, (reader, writer)]:
         w.close()
+    server.transport.close()
+
+
+async def test_an_idle_connection_a_dialog_still_uses_stays_open():
+    dialog_peers: set[Address] = set()
+    server = Peer(idle_timeout=0.2, in_use=lambda: dialog_peers)
+    await server.start()
+    _, in_dialog = await asyncio.open_connection("127.0.0.1", server.port)
+    idle_reader, idle = await asyncio.open_connection("127.0.0.1", server.port)
+    dialog_peers.add(in_dialog.get_extra_info("sockname")[:2])
+    in_dialog.write(request("a"))
+    idle.write(request("b"))
+    await server.wait_for(2)
+    async with asyncio.timeout(5):
+        assert await idle_reader.read() == b""  # the idle one was closed by a sweep ...
+    assert list(server.transport.connections) == list(dialog_peers)  # ... not the other
+    in_dialog.close()
+    idle.close()
     server.transport.close()

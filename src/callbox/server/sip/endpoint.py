@@ -152,7 +152,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.port = 0
         self._advertised = advertised_host
         self._transport: asyncio.DatagramTransport | None = None
-        self.tcp = TcpTransport(self._on_stream_message, self._on_stream_error)
+        self.tcp = TcpTransport(self._on_stream_message, self._on_stream_error,
+                                in_use=self._tcp_dialog_peers)
         self.transports = Transports(self.tcp)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: dict[TransactionKey, tuple[ServerTransaction, Address]] = {}
@@ -236,6 +237,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self._on_datagram(data, addr, TCP)
         except Exception:  # a bad message must never take the endpoint down
             log.exception("error handling SIP over TCP from %s:%s", *addr)
+
+    def _tcp_dialog_peers(self) -> set[Address]:
+        """Where the TCP dialogs' in-dialog requests go: their connections stay open."""
+        return {leg._known_dest() for leg in self.legs.values() if leg.transport == TCP}
 
     def _on_stream_error(self, error: StreamError, addr: Address) -> bytes | None:
         """The reply written before a TCP connection that cannot be framed is closed."""

@@ -5,14 +5,15 @@ A connection, accepted or opened by us, is reused for every message to the same 
 (responses go back on the connection their request came on). Nothing here blocks or grows
 without bound, since signalling shares the event loop with the media clock: reads are framed
 into bounded messages, a peer that stops reading is dropped once its write buffer is full,
-idle connections are closed by a periodic sweep, and connections beyond the limit are refused.
+idle connections are closed by a periodic sweep (unless a dialog still uses them), and
+connections beyond the limit are refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from callbox.server.sip.stream import StreamError, StreamFramer
 from callbox.server.tasks import spawn
@@ -32,6 +33,8 @@ Address = tuple[str, int]
 MessageHandler = Callable[[bytes, Address], None]
 # Returns the bytes to write (a best-effort error response) before the connection is closed.
 StreamErrorHandler = Callable[[StreamError, Address], bytes | None]
+# The peer addresses whose connections must stay open however idle (their dialogs are active).
+InUse = Callable[[], Collection[Address]]
 
 IDLE_TIMEOUT = 120.0  # seconds without traffic before a connection is closed
 MAX_CONNECTIONS = 1024
@@ -130,9 +133,11 @@ class TcpTransport:
         *,
         idle_timeout: float = IDLE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        in_use: InUse = frozenset,
     ) -> None:
         self.on_message = on_message
         self.on_stream_error = on_stream_error
+        self.in_use = in_use
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.connections: dict[Address, SipConnection] = {}
@@ -215,7 +220,9 @@ class TcpTransport:
 
     def _sweep(self) -> None:
         cutoff = self.now() - self.idle_timeout
-        for connection in [c for c in self.connections.values() if c.last_active < cutoff]:
+        idle = [c for c in self.connections.values() if c.last_active < cutoff]
+        kept = self.in_use() if idle else frozenset()
+        for connection in [c for c in idle if c.peer not in kept]:
             log.debug("SIP over TCP to %s idle; closing", connection.peer)
             connection.close()
         self._schedule_sweep()
