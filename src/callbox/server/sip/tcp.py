@@ -59,6 +59,9 @@ class SipConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        if self.closed:  # given up (endpoint closed) while connecting
+            transport.abort()
+            return
         self._transport = transport
         transport.set_write_buffer_limits(high=MAX_PENDING_BYTES)
         if self.peer is None:
