@@ -50,7 +50,7 @@ def sipp_messages(trace: str, start: str, *, received: bool = True) -> list[str]
     with `start`."""
     messages = []
     for block in trace.split("-" * 47):
-        intro, _, message = block.partition(" bytes :\n")
+        intro, _, message = block.partition("\n\n")  # "TCP message sent (N bytes):"
         message = message.strip()
         if ("received" in intro) == received and message.startswith(start):
             messages.append(message)
