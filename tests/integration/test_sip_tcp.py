@@ -16,12 +16,14 @@ from tests.integration.test_recording import (
     finished_recordings,
     level,
     route,
+    wav_file,
 )
 from tests.peers import audio
 from tests.peers.ports import free_port_range
 from tests.peers.rawsip import RawSip
 from tests.peers.sipp import g711_stream, run_sipp
 
+from callbox.caller import place_call
 from callbox.server.media.g711 import ulaw_decode
 from callbox.server.sip.endpoint import SipEndpoint
 from callbox.server.sip.message import (
@@ -96,6 +98,23 @@ async def test_sipp_over_tcp_is_answered_and_recorded(tmp_path):
     assert recording.duration >= 2.0  # sipp hung up 2.5 s after its ACK
     assert level(samples[800:15000], CALLER_HZ) > -16
     assert tone_span_seconds(samples) == pytest.approx(2.0, abs=0.03)  # the whole tone, once
+
+
+async def test_callbox_call_places_a_call_over_tcp_and_hangs_it_up_over_tcp(tmp_path):
+    routes = [route("rec", {"answer": {}}, {"record_call": {"format": "wav"}}, {"sleep": 60_000})]
+    caller = wav_file(tmp_path, "tone.wav", audio.tone(CALLER_HZ, 2.0, dbfs=-12))
+    async with running_platform(tmp_path, routes) as running:
+        result = await place_call(f"{running.uri('rec')};transport=tcp", play=caller,
+                                  hangup_after=2.5)
+        assert result.status == 200 and result.hung_up_by == "us"
+        (recording,) = await finished_recordings(running)
+        leg = running.observed[0].call.leg
+    assert leg.transport == "TCP"  # the INVITE came over TCP
+    assert leg.request.top_via.transport == "TCP"
+    assert running.observed[0].call.end_reason == "hangup"  # our BYE (over TCP) arrived
+    samples = decode(recording)
+    assert len(samples) / 8000 == pytest.approx(recording.duration, abs=WAV_TOLERANCE)
+    assert tone_span_seconds(samples) == pytest.approx(2.0, abs=0.03)
 
 
 async def test_the_platform_hangs_up_a_tcp_call_with_a_bye_over_tcp(platform):
