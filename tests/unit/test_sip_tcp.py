@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection
 from tests.unit.test_sip_stream import request
 
 from callbox.server.sip.stream import StreamError
-from callbox.server.sip.tcp import IDLE_TIMEOUT, MAX_CONNECTIONS, TcpTransport
+from callbox.server.sip.tcp import IDLE_TIMEOUT, MAX_CONNECTIONS, MESSAGES_PER_TURN, TcpTransport
 
 Address = tuple[str, int]
 
@@ -20,6 +20,8 @@ class Peer:
                  max_connections: int = MAX_CONNECTIONS,
                  in_use: Callable[[], Collection[Address]] = frozenset) -> None:
         self.messages: list[tuple[bytes, Address]] = []
+        self.loop_turn = 0  # advanced by a test that counts event-loop turns
+        self.turns: list[int] = []  # the turn each message was handled in
         self.errors: list[StreamError] = []
         self.arrived = asyncio.Event()
         self.transport = TcpTransport(self.on_message, self.on_error, idle_timeout=idle_timeout,
@@ -27,6 +29,7 @@ class Peer:
 
     def on_message(self, data: bytes, addr: Address) -> None:
         self.messages.append((data, addr))
+        self.turns.append(self.loop_turn)
         self.arrived.set()
 
     def on_error(self, error: StreamError, addr: Address) -> bytes | None:
@@ -146,4 +149,26 @@ async def test_an_idle_connection_a_dialog_still_uses_stays_open():
     assert list(server.transport.connections) == list(dialog_peers)  # ... not the other
     in_dialog.close()
     idle.close()
+    server.transport.close()
+
+
+async def test_a_burst_of_messages_is_handled_a_few_per_event_loop_turn():
+    server = Peer()
+    await server.start()
+
+    async def count_turns() -> None:
+        while True:
+            server.loop_turn += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(count_turns())
+    _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    burst = [request(f"m{i}") for i in range(200)]
+    writer.write(b"".join(burst))
+    await server.wait_for(200)
+    ticker.cancel()
+    assert [m for m, _ in server.messages] == burst  # all of them, in order
+    per_turn = max(server.turns.count(t) for t in set(server.turns))
+    assert per_turn <= MESSAGES_PER_TURN
+    writer.close()
     server.transport.close()

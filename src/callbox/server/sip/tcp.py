@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Collection
 
 from callbox.server.sip.stream import StreamError, StreamFramer
@@ -41,6 +42,9 @@ MAX_CONNECTIONS = 1024
 # Bytes queued for a peer (not yet connected, or not reading) before we give up on it.
 MAX_PENDING_BYTES = 256 * 1024
 CONNECT_TIMEOUT = 5.0
+# Messages handled per event-loop turn: one read can hold hundreds of small messages, and
+# handling them all at once would delay the media clock; the rest wait a turn, reading paused.
+MESSAGES_PER_TURN = 16
 
 
 class SipConnection(asyncio.Protocol):
@@ -54,6 +58,8 @@ class SipConnection(asyncio.Protocol):
         self.closed = False
         self._transport: asyncio.Transport | None = None
         self._pending: list[bytes] = []  # written before the connection was made
+        self._backlog: deque[bytes] = deque()  # framed, not yet handled
+        self._paused = False
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -76,13 +82,28 @@ class SipConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.owner.now()
-        assert self.peer is not None
-        for message in self.framer.feed(data):
-            if self.closed:
-                return
-            self.owner.on_message(message, self.peer)
+        self._backlog.extend(self.framer.feed(data))
+        self._handle_backlog()
+
+    def _handle_backlog(self) -> None:
+        assert self.peer is not None and self._transport is not None
+        for _ in range(MESSAGES_PER_TURN):
+            if self.closed or not self._backlog:
+                break
+            self.owner.on_message(self._backlog.popleft(), self.peer)
+        if self.closed:
+            return
+        if self._backlog:
+            if not self._paused:
+                self._paused = True
+                self._transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._handle_backlog)
+            return
+        if self._paused:
+            self._paused = False
+            self._transport.resume_reading()
         error = self.framer.error
-        if error is not None and not self.closed:
+        if error is not None:
             log.info("SIP over TCP from %s:%s: %s; closing", *self.peer, error.reason)
             self.owner.stream_errors += 1
             reply = self.owner.on_stream_error(error, self.peer)
