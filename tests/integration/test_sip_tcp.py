@@ -18,10 +18,11 @@ from tests.integration.test_recording import (
     route,
     wav_file,
 )
-from tests.peers import audio
-from tests.peers.ports import free_port_range
+from tests.peers import audio, new_workdir
+from tests.peers.poll import until
+from tests.peers.ports import free_port_range, tcp_port_listening
 from tests.peers.rawsip import RawSip
-from tests.peers.sipp import g711_stream, run_sipp
+from tests.peers.sipp import SippUas, g711_stream, run_sipp, sipp_command
 
 from callbox.caller import place_call
 from callbox.server.media.g711 import ulaw_decode
@@ -224,3 +225,40 @@ async def test_a_request_bigger_than_1300_bytes_goes_over_tcp(platform):
         assert list(client.tcp.connections) == [dest]
     finally:
         client.close()
+
+
+async def test_an_outbound_call_over_tcp_reaches_a_sipp_callee_whose_audio_is_heard(tmp_path):
+    tone = audio.tone(CALLER_HZ, 1.5, dbfs=-12)
+    stream = g711_stream(tone, tmp_path / "tone.ulaw")
+    sip_port, media_port = sipp_ports()
+    workdir = new_workdir("sipp-tcp-uas-")
+    command = sipp_command("uas_answer", None, workdir=workdir, local_port=sip_port,
+                           media_port=media_port, keys={"stream": stream},
+                           extra_args=SIPP_OVER_TCP)
+    process = await asyncio.create_subprocess_exec(
+        *command, cwd=workdir, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    callee = SippUas(process, command, workdir, sip_port, media_port, "127.0.0.1")
+    try:
+        await until(lambda: tcp_port_listening(sip_port), timeout=5, what="sipp listens on TCP")
+        heard = tmp_path / "heard.wav"
+        result = await place_call(f"sip:sipp@127.0.0.1:{sip_port};transport=tcp",
+                                  hangup_after=2.5, record_heard=heard)
+        sipp = await callee.wait(timeout=15)
+    finally:
+        await callee.stop()
+    assert result.status == 200 and result.hung_up_by == "us"
+    # sipp, listening on TCP only, got our INVITE, ACK and BYE, and answered the BYE. (It counts
+    # the call failed all the same, FailedTcpClosed: our caller closes the connection during
+    # its 500 ms linger.)
+    for method in ("INVITE ", "ACK ", "BYE "):
+        (message,) = sipp_messages(sipp.messages, method)
+        assert header(message, "Via").startswith("SIP/2.0/TCP ")
+    assert [header(m, "CSeq") for m in sipp_messages(sipp.messages, "SIP/2.0 200", received=False)
+            ] == ["1 INVITE", "2 BYE"], sipp.describe()
+    assert sipp.stat("FailedCall") == sipp.stat("FailedTcpClosed")  # the linger, nothing else
+    (invite,) = sipp_messages(sipp.messages, "INVITE ")
+    assert header(invite, "Contact").endswith(";transport=tcp>")
+    samples, _ = audio.decode_audio(heard)
+    assert level(samples[800:12000], CALLER_HZ) > -16  # sipp's tone, heard by the caller
+    assert tone_span_seconds(samples) == pytest.approx(1.5, abs=0.03)
