@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the platform")
     serve.add_argument("--config", help="TOML configuration file (see README)")
-    serve.add_argument("--sip-listen", help="SIP UDP HOST:PORT (sip.listen)")
+    serve.add_argument("--sip-listen", help="SIP UDP and TCP HOST:PORT (sip.listen)")
     serve.add_argument("--rtp-ports", help="RTP port range LOW-HIGH (sip.rtp_ports)")
     serve.add_argument("--http-listen", help="HTTPS/WSS HOST:PORT (http.listen)")
     serve.add_argument("--public-url", help="base URL for recording links (http.public_url)")

@@ -1,4 +1,5 @@
-"""The SIP endpoint: UDP transport around the sans-I/O message, transaction and dialog layers.
+"""The SIP endpoint: UDP and TCP transports around the sans-I/O message, transaction and dialog
+layers (TCP connections live in `tcp.py`, the choice of transport per message in `transport.py`).
 
 It owns the socket, matches messages to transactions and dialogs, runs transaction timers on the
 event loop, and hands new INVITEs to the application as `InboundInvite` legs. Our own UAC side
@@ -31,6 +32,8 @@ from callbox.server.sip.message import (
     unsupported_version,
 )
 from callbox.server.sip.resolve import numeric_host
+from callbox.server.sip.stream import StreamError
+from callbox.server.sip.tcp import TcpTransport
 from callbox.server.sip.transaction import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
@@ -44,6 +47,7 @@ from callbox.server.sip.transaction import (
     cancel_target_key,
     server_key,
 )
+from callbox.server.sip.transport import TCP, UDP, Transports, retransmissions_needed
 from callbox.server.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,8 @@ KNOWN_METHODS = frozenset(
     {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "PUBLISH", "REFER", "PRACK", "UPDATE"}
 )
 URI_SCHEMES = frozenset({"sip", "sips", "tel"})
+# Binding port 0: UDP picks the port, and TCP may find it taken; then both try again.
+EPHEMERAL_PORT_ATTEMPTS = 5
 # Option tags we implement (RFC 3261 §8.2.2.3): none, so any Require gets 420.
 SUPPORTED_OPTIONS: frozenset[str] = frozenset()
 
@@ -146,6 +152,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.port = 0
         self._advertised = advertised_host
         self._transport: asyncio.DatagramTransport | None = None
+        self.tcp = TcpTransport(self._on_stream_message, self._on_stream_error,
+                                in_use=self._tcp_dialog_peers)
+        self.transports = Transports(self.tcp)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: dict[TransactionKey, tuple[ServerTransaction, Address]] = {}
         self._client: dict[tuple[str | None, str], _ClientEntry] = {}
@@ -158,12 +167,22 @@ class SipEndpoint(asyncio.DatagramProtocol):
     # -- life cycle -----------------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> None:
+        """Listen on UDP and TCP at host:port (an ephemeral port free for both when 0)."""
         self._loop = asyncio.get_running_loop()
-        transport, _ = await self._loop.create_datagram_endpoint(
-            lambda: self, local_addr=(host, port)
-        )
-        self._transport = transport
-        self.host, self.port = transport.get_extra_info("sockname")[:2]
+        for attempt in range(EPHEMERAL_PORT_ATTEMPTS):
+            transport, _ = await self._loop.create_datagram_endpoint(
+                lambda: self, local_addr=(host, port)
+            )
+            self.host, self.port = transport.get_extra_info("sockname")[:2]
+            try:
+                await self.tcp.start(host, self.port)
+            except OSError:
+                transport.close()
+                if port != 0 or attempt == EPHEMERAL_PORT_ATTEMPTS - 1:
+                    raise
+                continue
+            self._transport = self.transports.udp = transport
+            return
 
     def close(self) -> None:
         for handle in self._timers.values():
@@ -174,6 +193,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 entry.future.set_exception(CallFailed(503, "endpoint closed"))
         if self._transport is not None:
             self._transport.close()
+        self.tcp.close()
 
     @property
     def advertised_host(self) -> str:
@@ -181,10 +201,15 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     @property
     def contact(self) -> str:
-        return f"<sip:callbox@{self._hostport()}>"
+        return self.contact_for(UDP)
 
-    def via_value(self) -> str:
-        return f"SIP/2.0/UDP {self._hostport()};rport"
+    def contact_for(self, transport: str) -> str:
+        """Our Contact for a dialog on `transport` (`;transport=tcp` on TCP)."""
+        suffix = ";transport=tcp" if transport == TCP else ""
+        return f"<sip:callbox@{self._hostport()}{suffix}>"
+
+    def via_value(self, transport: str = UDP) -> str:
+        return f"SIP/2.0/{transport} {self._hostport()};rport"
 
     def _hostport(self) -> str:
         host = self.advertised_host
@@ -198,9 +223,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
     # -- transport ------------------------------------------------------------------------
 
     def send(self, message: SipMessage, dest: Address) -> None:
-        if self._transport is None or self._transport.is_closing():
-            return
-        self._transport.sendto(message.serialize(), dest)
+        self.transports.send(message, dest)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         try:
@@ -208,41 +231,60 @@ class SipEndpoint(asyncio.DatagramProtocol):
         except Exception:  # a bad message must never take the endpoint down
             log.exception("error handling SIP datagram from %s:%s", *addr[:2])
 
+    def _on_stream_message(self, data: bytes, addr: Address) -> None:
+        """One framed message from a TCP connection (`addr` is the connection's peer)."""
+        try:
+            self._on_datagram(data, addr, TCP)
+        except Exception:  # a bad message must never take the endpoint down
+            log.exception("error handling SIP over TCP from %s:%s", *addr)
+
+    def _tcp_dialog_peers(self) -> set[Address]:
+        """Where the TCP dialogs' in-dialog requests go: their connections stay open."""
+        return {leg._known_dest() for leg in self.legs.values() if leg.transport == TCP}
+
+    def _on_stream_error(self, error: StreamError, addr: Address) -> bytes | None:
+        """The reply written before a TCP connection that cannot be framed is closed."""
+        if error.status == 513:
+            self.oversized += 1
+        else:
+            self.malformed += 1
+        return best_effort_response(error.head, error.status, error.phrase, error.reason)
+
     def error_received(self, exc: Exception) -> None:
         log.debug("SIP socket error: %s", exc)
 
-    def _on_datagram(self, data: bytes, addr: Address) -> None:
+    def _on_datagram(self, data: bytes, addr: Address, transport: str = UDP) -> None:
         too_large = oversize_reason(data)
         if too_large is not None:
             self.oversized += 1
             log.info("SIP from %s:%s too large: %s", addr[0], addr[1], too_large)
-            self._reply_unparsed(data, 513, "Message Too Large", too_large, addr)
+            self._reply_unparsed(data, 513, "Message Too Large", too_large, addr, transport)
             return
         if not data.strip(b"\r\n\x00 "):
             return  # keep-alive
         version = unsupported_version(data)
         if version is not None:
             self._reply_unparsed(data, 505, "Version Not Supported",
-                                 f"{version} is not supported; use SIP/2.0", addr)
+                                 f"{version} is not supported; use SIP/2.0", addr, transport)
             return
         try:
             message = parse_message(data)
         except SipParseError as exc:
             self.malformed += 1
             log.info("malformed SIP from %s:%s: %s", addr[0], addr[1], exc.reason)
-            self._reply_unparsed(data, 400, "Bad Request", exc.reason, addr)
+            self._reply_unparsed(data, 400, "Bad Request", exc.reason, addr, transport)
             return
         if isinstance(message, SipRequest):
             self._stamp_via(message, addr)
-            self._on_request(message, addr)
+            self._on_request(message, addr, transport)
         else:
             self._on_response(message)
 
     def _reply_unparsed(self, data: bytes, status: int, phrase: str, reason: str,
-                        addr: Address) -> None:
+                        addr: Address, transport: str) -> None:
         reply = best_effort_response(data, status, phrase, reason)
-        if reply is not None and self._transport is not None:
-            self._transport.sendto(reply, addr)
+        if reply is not None:
+            self.transports.send_bytes(reply, addr, transport)
 
     @staticmethod
     def _stamp_via(request: SipRequest, addr: Address) -> None:
@@ -281,7 +323,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
         def fire() -> None:
             self._timers.pop(id(txn), None)
-            self._run(txn, txn.on_timer(self.now()), dest)
+            self._run(txn, retransmissions_needed(txn.request, txn.on_timer(self.now())), dest)
 
         self._timers[id(txn)] = self._loop.call_at(txn.deadline, fire)
 
@@ -372,7 +414,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     # -- requests -------------------------------------------------------------------------
 
-    def _on_request(self, request: SipRequest, addr: Address) -> None:
+    def _on_request(self, request: SipRequest, addr: Address, transport: str = UDP) -> None:
         key = server_key(request)
         if request.method == "ACK":
             self._on_ack(request, key)
@@ -384,7 +426,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return
         txn = (ServerInviteTransaction if request.method == "INVITE"
                else ServerNonInviteTransaction)(request, self.now(), self.timers)
-        self._server[key] = (txn, response_address(make_response(request, 100)))
+        # Over TCP the response goes back on the request's connection (RFC 3261 18.2.2).
+        reply_to = addr if transport == TCP else response_address(make_response(request, 100))
+        self._server[key] = (txn, reply_to)
         if request.method == "CANCEL":
             self._on_cancel(request)
             return
@@ -470,15 +514,16 @@ class SipEndpoint(asyncio.DatagramProtocol):
         """Place a call. Returns the confirmed leg (ACK sent); raises CallFailed."""
         uri = SipUri.parse(target)
         dest = (uri.host.strip("[]"), uri.port or 5060)
+        transport = TCP if (uri.params.get("transport") or "").upper() == TCP else UDP
         tag = new_tag()
         request = SipRequest("INVITE", str(uri), _headers([
-            ("Via", f"{self.via_value()};branch={new_branch()}"),
+            ("Via", f"{self.via_value(transport)};branch={new_branch()}"),
             ("Max-Forwards", "70"),
             ("From", f"<sip:{from_user}@{self._hostport()}>;tag={tag}"),
             ("To", f"<{uri}>"),
             ("Call-ID", new_call_id(self.advertised_host)),
             ("CSeq", "1 INVITE"),
-            ("Contact", self.contact),
+            ("Contact", self.contact_for(transport)),
             ("Allow", ALLOWED_METHODS),
             ("User-Agent", self.user_agent),
             ("Content-Type", "application/sdp"),
@@ -521,7 +566,13 @@ class Leg:
         self.on_reoffer: Callable[[SipRequest], Awaitable[bytes]] | None = None
         self.on_info: Callable[[SipRequest], None] | None = None
         self._reinvites: dict[int, ServerInviteTransaction] = {}
+        # The dialog's transport: in-dialog requests we send use it (Via, Contact, socket).
+        self.transport = UDP
         self._numeric_dest: tuple[Address, Address] | None = None  # (dest, resolved)
+
+    @property
+    def contact(self) -> str:
+        return self.endpoint.contact_for(self.transport)
 
     def _register(self) -> None:
         assert self.dialog is not None
@@ -597,7 +648,7 @@ class Leg:
         found = self.endpoint._server.get(server_key(request))
         if found is not None and isinstance(found[0], ServerInviteTransaction):
             self._reinvites[request.cseq.seq] = found[0]
-        self.endpoint.respond(request, 200, headers=[("Contact", self.endpoint.contact)],
+        self.endpoint.respond(request, 200, headers=[("Contact", self.contact)],
                               body=answer, content_type="application/sdp")
 
     def on_ack(self, ack: SipRequest) -> None:
@@ -621,7 +672,7 @@ class Leg:
         assert self.dialog is not None
         await self._wait_confirmed()
         request = self.dialog.create_request(
-            "BYE", via=self.endpoint.via_value(), contact=self.endpoint.contact,
+            "BYE", via=self.endpoint.via_value(self.transport), contact=self.contact,
             extra_headers=[("User-Agent", self.endpoint.user_agent)],
         )
         try:
@@ -641,6 +692,7 @@ class InboundInvite(Leg):
     def __init__(self, endpoint: SipEndpoint, request: SipRequest) -> None:
         super().__init__(endpoint, None)
         self.request = request
+        self.transport = TCP if request.top_via.transport == TCP else UDP
         self.local_tag = new_tag()
         self.answered = False
         self.finished = False  # a final response was sent
@@ -656,7 +708,7 @@ class InboundInvite(Leg):
     def ringing(self) -> None:
         if not self.finished:
             self.endpoint.respond(self.request, 180, to_tag=self.local_tag,
-                                  headers=[("Contact", self.endpoint.contact)])
+                                  headers=[("Contact", self.contact)])
 
     def accept(self, sdp_answer: bytes) -> None:
         """200 OK with our SDP; the transaction retransmits it until the ACK comes."""
@@ -666,7 +718,7 @@ class InboundInvite(Leg):
         self.dialog = Dialog.as_uas(self.request, self.local_tag)
         self._register()
         self.endpoint.respond(self.request, 200, to_tag=self.local_tag, headers=[
-            ("Contact", self.endpoint.contact), ("Allow", ALLOWED_METHODS),
+            ("Contact", self.contact), ("Allow", ALLOWED_METHODS),
         ], body=sdp_answer, content_type="application/sdp")
 
     def reject(self, status: int, reason: str | None = None, *,
@@ -727,12 +779,13 @@ class OutboundLeg(Leg):
         super().__init__(endpoint, dialog)
         self.invite = invite
         self.response = response
+        self.transport = TCP if invite.top_via.transport == TCP else UDP  # as it was sent
         self._register()
 
     def send_ack(self) -> None:
         assert self.dialog is not None
         ack = self.dialog.create_request(
-            "ACK", via=self.endpoint.via_value(), contact=self.endpoint.contact,
+            "ACK", via=self.endpoint.via_value(self.transport), contact=self.contact,
             cseq=self.invite.cseq.seq,
         )
         self.endpoint.send(ack, self._known_dest())

@@ -1,0 +1,80 @@
+"""Which transport a SIP message goes on (RFC 3261 §18): UDP or TCP behind one `send`.
+
+- A response goes back the way its request came: the top Via names the transport, and over TCP
+  the destination is the connection's peer address (the endpoint records it).
+- A request goes over TCP when its top Via says so (a dialog or target on TCP), and also when
+  it would be bigger than `UDP_SIZE_LIMIT` over UDP (§18.1.1): its Via is then rewritten to TCP
+  before sending, in place, so retransmissions and a CANCEL built from it follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from callbox.server.sip.headers import Via
+from callbox.server.sip.message import SipMessage, SipRequest, SipResponse
+from callbox.server.sip.tcp import Address, TcpTransport
+from callbox.server.sip.transaction import Action, Send
+
+__all__ = [
+    "TCP",
+    "UDP",
+    "UDP_SIZE_LIMIT",
+    "Transports",
+    "retransmissions_needed",
+    "set_top_via_transport",
+]
+
+UDP = "UDP"
+TCP = "TCP"
+# RFC 3261 §18.1.1: a request within 200 bytes of a 1500-byte path MTU goes over TCP.
+UDP_SIZE_LIMIT = 1300
+
+
+def set_top_via_transport(message: SipMessage, transport: str) -> None:
+    """Rewrite the transport of the top Via (`SIP/2.0/UDP` -> `SIP/2.0/TCP`), keeping the rest."""
+    vias = message.headers.get_all("Via")
+    top = Via.parse(vias[0])
+    top.transport = transport
+    message.headers.remove("Via")
+    for value in [str(top), *vias[1:]]:
+        message.headers.add("Via", value)
+
+
+def retransmissions_needed(request: SipRequest, actions: Iterable[Action]) -> list[Action]:
+    """The timer actions of a transaction on `request`, less the retransmissions a reliable
+    transport makes useless: over TCP only a 2xx is still retransmitted, end to end (RFC 3261
+    §17.1.1.2, §17.2.1, §13.3.1.4); the timeouts stay."""
+    if request.top_via.transport != TCP:
+        return list(actions)
+    return [
+        action for action in actions
+        if not isinstance(action, Send)
+        or (isinstance(action.message, SipResponse) and 200 <= action.message.status < 300)
+    ]
+
+
+class Transports:
+    """UDP and TCP of one endpoint; `send` picks the one a message goes on."""
+
+    def __init__(self, tcp: TcpTransport) -> None:
+        self.tcp = tcp
+        self.udp: asyncio.DatagramTransport | None = None
+        self.switched_to_tcp = 0  # requests sent over TCP for their size
+
+    def send(self, message: SipMessage, dest: Address) -> None:
+        data = message.serialize()
+        transport = message.top_via.transport
+        if isinstance(message, SipRequest) and transport == UDP and len(data) > UDP_SIZE_LIMIT:
+            set_top_via_transport(message, TCP)
+            data = message.serialize()
+            transport = TCP
+            self.switched_to_tcp += 1
+        self.send_bytes(data, dest, transport)
+
+    def send_bytes(self, data: bytes, dest: Address, transport: str) -> None:
+        if transport == TCP:
+            self.tcp.send(data, dest)
+        elif self.udp is not None and not self.udp.is_closing():
+            self.udp.sendto(data, dest)
