@@ -104,7 +104,7 @@ ILLEGAL = [(state, event) for state in UacState for event in UacEvent
 
 def test_every_state_has_a_row_and_only_final_states_have_no_way_back() -> None:
     assert set(TRANSITIONS) == set(UacState)
-    assert FINAL_STATES == {UacState.ANSWERED, UacState.FAILED, UacState.CANCELLED}
+    assert {UacState.ANSWERED, UacState.FAILED, UacState.CANCELLED} == FINAL_STATES
     for state in FINAL_STATES:
         assert set(TRANSITIONS[state].values()) == {state}
 
