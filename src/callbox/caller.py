@@ -23,10 +23,19 @@ from callbox.server.media.frames import FRAME_SECONDS
 from callbox.server.media.playback import Playback
 from callbox.server.media.session import MediaSession
 from callbox.server.media.sources import render_media_url
-from callbox.server.sip.endpoint import CallFailed, SipEndpoint
+from callbox.server.sip.endpoint import CallFailed, OfferRejected, SipEndpoint
 from callbox.server.sip.headers import SipParseError, SipUri
+from callbox.server.sip.message import SipRequest
 from callbox.server.sip.resolve import numeric_host
-from callbox.server.sip.sdp import NegotiatedMedia, make_offer
+from callbox.server.sip.sdp import (
+    NegotiatedMedia,
+    SdpError,
+    UnsupportedContentType,
+    answer_offer,
+    make_offer,
+    parse_sdp,
+    sdp_body,
+)
 from callbox.server.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -135,6 +144,19 @@ async def place_call(
                 clock.add(media)
                 clock.start()
 
+    async def reoffer(request: SipRequest) -> bytes:
+        """A re-INVITE from the callee (hold, resume, a new address): answer it on our port."""
+        try:
+            their_offer = parse_sdp(sdp_body(request.body, request.content_type))
+            answer, negotiated = answer_offer(
+                their_offer, local_host=local_host, local_port=media.local_port,
+                session_id=offer.origin.session_id,
+                session_version=offer.origin.session_version + request.cseq.seq)
+        except (SdpError, UnsupportedContentType) as exc:
+            raise OfferRejected(488, str(exc)) from None
+        await use_media(negotiated)
+        return answer.serialize()
+
     def early_media(negotiated: NegotiatedMedia) -> None:
         spawn(use_media(negotiated), name="early-media")
 
@@ -148,6 +170,7 @@ async def place_call(
             return CallResult(exc.status, exc.reason)
         assert leg.media is not None and leg.response is not None
         await use_media(leg.media)
+        leg.on_reoffer = reoffer
         ended = asyncio.Event()
         result = CallResult(leg.response.status, leg.response.reason)
         leg.on_terminated = lambda why: ended.set()

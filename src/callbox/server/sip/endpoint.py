@@ -673,9 +673,13 @@ class Leg:
             log.warning("BYE for %s not sent: %s", self.dialog.call_id, exc)
             return
         try:
-            await self.endpoint.request(request, dest)
+            response = await self.endpoint.request(request, dest)
         except CallFailed as exc:
             log.info("BYE for %s not answered: %s", self.dialog.call_id, exc)
+            return
+        if response.status >= 300:
+            log.info("BYE for %s refused: %s %s", self.dialog.call_id, response.status,
+                     response.reason)
 
 
 class InboundInvite(Leg):
