@@ -1,8 +1,9 @@
 """The SIP endpoint: UDP transport around the sans-I/O message, transaction and dialog layers.
 
 It owns the socket, matches messages to transactions and dialogs, runs transaction timers on the
-event loop, and hands new INVITEs to the application as `InboundInvite` legs. Our own UAC side
-(`invite()`) returns an `OutboundLeg`. Everything protocol-shaped lives in the sans-I/O modules.
+event loop, and hands new INVITEs to the application as `InboundInvite` legs. Our own calls
+(`call()`) are `OutboundLeg`s driving the sans-I/O `OutboundCall` of sip/uac.py. Everything
+protocol-shaped lives in the sans-I/O modules.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -495,7 +497,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
         to; `on_early_media` the media of a provisional response with SDP (183).
         """
         target = SipUri.parse(uri)
-        dest = (await numeric_host(target.host.strip("[]")), target.port or 5060)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        dest = (await numeric_host(target.host.strip("[]"), family=family), target.port or 5060)
         sender = from_uri or self.local_uri("callbox")
         request = SipRequest("INVITE", str(target), _headers([
             ("Via", f"{self.via_value()};branch={new_branch()}"),
