@@ -176,10 +176,15 @@ def test_a_2xx_naming_a_codec_we_did_not_offer_fails() -> None:
     assert "G729" in failed.reason
 
 
-def test_a_2xx_without_contact_is_acked_at_the_request_uri() -> None:
+@pytest.mark.parametrize("contact", [None, "<sip:bob@[bad>"])
+def test_a_2xx_without_a_usable_contact_is_acked_at_the_request_uri(contact: str | None) -> None:
+    ok = response(200, answer_sdp(), contact=False)
+    if contact is not None:
+        ok.headers.add("Contact", contact)
     call = OutboundCall(invite(), OFFER)
-    ack = call.receive(response(200, answer_sdp(), contact=False))[0]
+    ack, answered = call.receive(ok)
     assert isinstance(ack, SendMessage) and ack.message.uri == "sip:bob@198.51.100.7"
+    assert isinstance(answered, Answered)
 
 
 @pytest.mark.parametrize(("status", "reason"), [(302, "Moved Temporarily"), (486, "Busy Here"),

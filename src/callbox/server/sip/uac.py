@@ -247,7 +247,6 @@ class OutboundCall:
                     *self._end(CANCELLED_STATUS, self._cancel_reason)]
         if isinstance(media, str):
             return [*actions, Hangup(media), *self._end(BAD_ANSWER_STATUS, media)]
-        assert media is not None
         self.media = media
         self.status, self.reason = response.status, response.reason
         return [*actions, Answered(media, response)]
@@ -265,7 +264,7 @@ class OutboundCall:
     def _dialog_for(self, response: SipResponse) -> Dialog:
         try:
             return Dialog.as_uac(self.invite, response)
-        except SipParseError:  # no Contact: in-dialog requests go where the INVITE went
+        except SipParseError:  # no usable Contact: in-dialog requests go where the INVITE went
             return Dialog.as_uac(self.invite, _with_contact(response, self.invite.uri))
 
     def _ack(self) -> SipRequest:
@@ -281,6 +280,7 @@ class OutboundCall:
 def _with_contact(response: SipResponse, uri: str) -> SipResponse:
     headers = Headers()
     for name, value in response.headers:
-        headers.add(name, value)
+        if name.lower() not in ("contact", "m"):
+            headers.add(name, value)
     headers.add("Contact", f"<{uri}>")
     return SipResponse(response.status, response.reason, headers, response.body)
