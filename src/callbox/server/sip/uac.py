@@ -239,7 +239,7 @@ class OutboundCall:
         first = self.dialog is None
         if first:
             self.dialog = self._dialog_for(response)
-        actions: list[UacAction] = [SendMessage(self._ack())]
+        actions: list[UacAction] = [SendMessage(self._ack(response))]
         if not first or previous in FINAL_STATES:
             return actions  # a retransmitted 2xx: ACK it again, nothing more
         if self.state is UacState.CANCELLED:
@@ -267,10 +267,13 @@ class OutboundCall:
         except SipParseError:  # no usable Contact: in-dialog requests go where the INVITE went
             return Dialog.as_uac(self.invite, _with_contact(response, self.invite.uri))
 
-    def _ack(self) -> SipRequest:
+    def _ack(self, response: SipResponse) -> SipRequest:
+        """The ACK of a 2xx carries the CSeq number of the INVITE it answers (which may be a
+        retry of ours, with credentials)."""
         assert self.dialog is not None
+        self.dialog.local_seq = max(self.dialog.local_seq, response.cseq.seq)
         return self.dialog.create_request("ACK", via=_via_without_branch(self.invite),
-                                          contact=None, cseq=self.invite.cseq.seq)
+                                          contact=None, cseq=response.cseq.seq)
 
     def _end(self, status: int, reason: str) -> list[UacAction]:
         self.status, self.reason = status, reason
