@@ -93,12 +93,12 @@ async def test_early_media_is_heard_and_recorded_before_the_answer(
     assert abs(audio.dominant_frequency(tone) - 600) < 5
 
 
-@pytest.mark.parametrize(("code", "reason"), [
-    (486, "Busy Here"), (603, "Decline"), (302, "Moved Temporarily")])
+@pytest.mark.parametrize(("scenario", "code", "reason"), [
+    ("uas_busy", 486, "Busy Here"), ("uas_decline", 603, "Decline"),
+    ("uas_redirect", 302, "Moved Temporarily")])
 async def test_a_refusal_fails_with_its_code_and_a_redirect_is_not_followed(
-        peer_env: object, endpoint: SipEndpoint, code: int, reason: str) -> None:
-    async with start_sipp_uas("uas_reject", media_port=media_port(),
-                              keys={"code": str(code), "reason": reason}) as uas:
+        peer_env: object, endpoint: SipEndpoint, scenario: str, code: int, reason: str) -> None:
+    async with start_sipp_uas(scenario, media_port=media_port()) as uas:
         with pytest.raises(CallFailed) as failed:
             await endpoint.call(uas.uri(), offer())
         messages = await finished(uas)  # it got the ACK, and no second INVITE
