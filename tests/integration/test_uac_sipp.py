@@ -91,6 +91,9 @@ async def test_early_media_is_heard_and_recorded_before_the_answer(
     assert 0.8 <= end - start <= 1.1  # the early tone (sipp streams nothing after the 200)
     tone = heard[int(start * 8000) + 400:int(end * 8000) - 400]
     assert abs(audio.dominant_frequency(tone) - 600) < 5
+    # Recorded as it came, not from a backlog read at the answer: the rest of the 2.5 s before
+    # the 200 (silence) and the answered 0.5 s follow the tone in the recording.
+    assert len(heard) / 8000 - end >= 1.0
 
 
 @pytest.mark.parametrize(("scenario", "code", "reason"), [
