@@ -127,6 +127,24 @@ async def test_no_answer_within_the_ring_timeout_sends_cancel(
     assert messages.count("CANCEL sip:sipp@") == 1
 
 
+async def test_a_cancel_never_answered_ends_the_call_after_64_t1(peer_env: object) -> None:
+    timers = Timers(t1=0.05, t2=0.4, t4=0.5, d=1.0)
+    sip = SipEndpoint(timers=timers)
+    await sip.start(LOOPBACK, 0)
+    try:
+        async with start_sipp_uas("uas_ring_deaf", media_port=media_port()) as uas:
+            began = sip.now()
+            with pytest.raises(CallFailed) as failed:
+                await asyncio.wait_for(sip.call(uas.uri(), offer(), ring_timeout=0.5), 30)
+            waited = sip.now() - began
+            result = await uas.stop()
+    finally:
+        sip.close()
+    assert (failed.value.status, failed.value.reason) == (487, "no answer within 0.5 s")
+    assert waited >= 0.5 + timers.timeout
+    assert "CANCEL sip:sipp@" in result.messages
+
+
 async def test_a_caller_giving_up_sends_cancel(peer_env: object, endpoint: SipEndpoint) -> None:
     rang = asyncio.Event()
 
