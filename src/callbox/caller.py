@@ -152,9 +152,9 @@ async def place_call(
                 their_offer, local_host=local_host, local_port=media.local_port,
                 session_id=offer.origin.session_id,
                 session_version=offer.origin.session_version + request.cseq.seq)
-        except (SdpError, UnsupportedContentType) as exc:
+            await use_media(negotiated)
+        except (SdpError, UnsupportedContentType, OSError) as exc:
             raise OfferRejected(488, str(exc)) from None
-        await use_media(negotiated)
         return answer.serialize()
 
     def early_media(negotiated: NegotiatedMedia) -> None:
@@ -165,12 +165,11 @@ async def place_call(
         try:
             leg = await endpoint.call(
                 uri, offer, from_uri=endpoint.local_uri(from_user), ring_timeout=ring_timeout,
-                on_early_media=early_media)
+                on_early_media=early_media, on_reoffer=reoffer)
         except CallFailed as exc:
             return CallResult(exc.status, exc.reason)
         assert leg.media is not None and leg.response is not None
         await use_media(leg.media)
-        leg.on_reoffer = reoffer
         ended = asyncio.Event()
         result = CallResult(leg.response.status, leg.response.reason)
         leg.on_terminated = lambda why: ended.set()

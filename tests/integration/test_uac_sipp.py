@@ -229,6 +229,14 @@ async def test_reinvites_both_ways_on_an_outbound_leg(
     assert "INVITE sip:sipp@" in messages and "BYE sip:sipp@" in messages
 
 
+async def test_callbox_call_answers_a_hold_from_the_callee(peer_env: object) -> None:
+    async with start_sipp_uas("uas_hold", media_port=media_port()) as uas:
+        result = await place_call(uas.uri(), hangup_after=1.0)
+        messages = await finished(uas)  # our 200 answered its a=sendonly with a=recvonly
+    assert (result.status, result.hung_up_by) == (200, "us")
+    assert "a=recvonly" in messages
+
+
 async def test_no_response_at_all_fails_after_timer_b() -> None:
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind((LOOPBACK, free_udp_port()))

@@ -487,6 +487,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         ring_timeout: float | None = None,
         on_progress: Callable[[UacState, SipResponse], None] | None = None,
         on_early_media: Callable[[NegotiatedMedia], None] | None = None,
+        on_reoffer: Callable[[SipRequest], Awaitable[bytes]] | None = None,
     ) -> OutboundLeg:
         """Place a call to `uri` with our SDP offer; return the answered leg (ACK sent).
 
@@ -494,7 +495,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
         answered, 487 when `ring_timeout` seconds passed without an answer (CANCEL sent) and 488
         when the 2xx had no usable SDP answer (ACK and BYE sent). Cancelling the awaiting task
         sends CANCEL too. `on_progress` sees every provisional response with the state it led
-        to; `on_early_media` the media of a provisional response with SDP (183).
+        to; `on_early_media` the media of a provisional response with SDP (183);
+        `on_reoffer` answers re-INVITEs from the moment the call is answered.
         """
         target = SipUri.parse(uri)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -515,6 +517,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         leg = OutboundLeg(self, OutboundCall(request, sdp_offer), dest)
         leg.on_progress = on_progress
         leg.on_early_media = on_early_media
+        leg.on_reoffer = on_reoffer
         await leg.place(ring_timeout)
         return leg
 
