@@ -23,10 +23,20 @@ from callbox.server.media.frames import FRAME_SECONDS
 from callbox.server.media.playback import Playback
 from callbox.server.media.session import MediaSession
 from callbox.server.media.sources import render_media_url
-from callbox.server.sip.endpoint import CallFailed, SipEndpoint
+from callbox.server.sip.endpoint import CallFailed, OfferRejected, SipEndpoint
 from callbox.server.sip.headers import SipParseError, SipUri
+from callbox.server.sip.message import SipRequest
 from callbox.server.sip.resolve import numeric_host
-from callbox.server.sip.sdp import accept_answer, make_offer, parse_sdp
+from callbox.server.sip.sdp import (
+    NegotiatedMedia,
+    SdpError,
+    UnsupportedContentType,
+    answer_offer,
+    make_offer,
+    parse_sdp,
+    sdp_body,
+)
+from callbox.server.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +116,9 @@ async def place_call(
     record_heard: Path | None = None,
     local_host: str = "127.0.0.1",
     from_user: str = "callbox",
+    ring_timeout: float | None = None,
 ) -> CallResult:
+    """Call `uri`; early media (a 183 with SDP) is heard and recorded before the answer."""
     endpoint = SipEndpoint(user_agent="callbox-call")
     await endpoint.start(local_host, 0)
     family = socket.AF_INET6 if ":" in local_host else socket.AF_INET
@@ -117,26 +129,50 @@ async def place_call(
     clock = MediaClock()
     offer = make_offer(local_host=local_host, local_port=media.local_port,
                        session_id=int(time.time()), session_version=1)
-    tap: WavTap | None = None
+    tap = WavTap(record_heard) if record_heard is not None else None
+    media_lock = asyncio.Lock()  # early media and the answer configure the session in order
+
+    async def use_media(negotiated: NegotiatedMedia) -> None:
+        async with media_lock:
+            remote_host = await numeric_host(negotiated.remote_host, family=family)
+            media.configure(remote_host, negotiated.remote_port, negotiated.payload_type,
+                            negotiated.dtmf_payload_type, negotiated.local_direction)
+            if not media.started:
+                if tap is not None:
+                    media.add_tap(tap)
+                media.start()
+                clock.add(media)
+                clock.start()
+
+    async def reoffer(request: SipRequest) -> bytes:
+        """A re-INVITE from the callee (hold, resume, a new address): answer it on our port."""
+        try:
+            their_offer = parse_sdp(sdp_body(request.body, request.content_type))
+            answer, negotiated = answer_offer(
+                their_offer, local_host=local_host, local_port=media.local_port,
+                session_id=offer.origin.session_id,
+                session_version=offer.origin.session_version + request.cseq.seq)
+            await use_media(negotiated)
+        except (SdpError, UnsupportedContentType, OSError) as exc:
+            raise OfferRejected(488, str(exc)) from None
+        return answer.serialize()
+
+    def early_media(negotiated: NegotiatedMedia) -> None:
+        spawn(use_media(negotiated), name="early-media")
+
     try:
         prompt = await render_media_url(play) if play else None
         try:
-            leg = await endpoint.invite(uri, offer.serialize(), from_user=from_user)
+            leg = await endpoint.call(
+                uri, offer, from_uri=endpoint.local_uri(from_user), ring_timeout=ring_timeout,
+                on_early_media=early_media, on_reoffer=reoffer)
         except CallFailed as exc:
             return CallResult(exc.status, exc.reason)
-        negotiated = accept_answer(offer, parse_sdp(leg.response.body))
-        remote_host = await numeric_host(negotiated.remote_host, family=family)
-        media.configure(remote_host, negotiated.remote_port, negotiated.payload_type,
-                        negotiated.dtmf_payload_type, negotiated.local_direction)
+        assert leg.media is not None and leg.response is not None
+        await use_media(leg.media)
         ended = asyncio.Event()
         result = CallResult(leg.response.status, leg.response.reason)
         leg.on_terminated = lambda why: ended.set()
-        if record_heard is not None:
-            tap = WavTap(record_heard)
-            media.add_tap(tap)
-        media.start()
-        clock.add(media)
-        clock.start()
         answered_at = time.monotonic()
         if prompt is not None:
             media.play(Playback([prompt]))

@@ -2,8 +2,9 @@
 layers (TCP connections live in `tcp.py`, the choice of transport per message in `transport.py`).
 
 It owns the socket, matches messages to transactions and dialogs, runs transaction timers on the
-event loop, and hands new INVITEs to the application as `InboundInvite` legs. Our own UAC side
-(`invite()`) returns an `OutboundLeg`. Everything protocol-shaped lives in the sans-I/O modules.
+event loop, and hands new INVITEs to the application as `InboundInvite` legs. Our own calls
+(`call()`) are `OutboundLeg`s driving the sans-I/O `OutboundCall` of sip/uac.py. Everything
+protocol-shaped lives in the sans-I/O modules.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -32,6 +34,7 @@ from callbox.server.sip.message import (
     unsupported_version,
 )
 from callbox.server.sip.resolve import numeric_host
+from callbox.server.sip.sdp import NegotiatedMedia, SessionDescription
 from callbox.server.sip.stream import StreamError
 from callbox.server.sip.tcp import TcpTransport
 from callbox.server.sip.transaction import (
@@ -48,6 +51,18 @@ from callbox.server.sip.transaction import (
     server_key,
 )
 from callbox.server.sip.transport import TCP, UDP, Transports, retransmissions_needed
+from callbox.server.sip.uac import (
+    Answered,
+    EarlyMedia,
+    Failed,
+    Hangup,
+    OutboundCall,
+    SendCancel,
+    SendMessage,
+    UacAction,
+    UacError,
+    UacState,
+)
 from callbox.server.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -503,47 +518,52 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     # -- UAC ------------------------------------------------------------------------------
 
-    async def invite(
+    def local_uri(self, user: str) -> str:
+        """A SIP URI naming `user` at this endpoint (a default From for our calls)."""
+        return f"sip:{user}@{self._hostport()}"
+
+    async def call(
         self,
-        target: str,
-        sdp_offer: bytes,
+        uri: str,
+        sdp_offer: SessionDescription,
         *,
-        from_user: str = "callbox",
-        on_provisional: Callable[[SipResponse], None] | None = None,
+        from_uri: str | None = None,
+        ring_timeout: float | None = None,
+        on_progress: Callable[[UacState, SipResponse], None] | None = None,
+        on_early_media: Callable[[NegotiatedMedia], None] | None = None,
+        on_reoffer: Callable[[SipRequest], Awaitable[bytes]] | None = None,
     ) -> OutboundLeg:
-        """Place a call. Returns the confirmed leg (ACK sent); raises CallFailed."""
-        uri = SipUri.parse(target)
-        dest = (uri.host.strip("[]"), uri.port or 5060)
-        transport = TCP if (uri.params.get("transport") or "").upper() == TCP else UDP
-        tag = new_tag()
-        request = SipRequest("INVITE", str(uri), _headers([
+        """Place a call to `uri` with our SDP offer; return the answered leg (ACK sent).
+
+        Raises CallFailed with the callee's status (3xx-6xx, none followed), 408 when nothing
+        answered, 487 when `ring_timeout` seconds passed without an answer (CANCEL sent) and 488
+        when the 2xx had no usable SDP answer (ACK and BYE sent). Cancelling the awaiting task
+        sends CANCEL too. `on_progress` sees every provisional response with the state it led
+        to; `on_early_media` the media of a provisional response with SDP (183);
+        `on_reoffer` answers re-INVITEs from the moment the call is answered.
+        """
+        target = SipUri.parse(uri)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        dest = (await numeric_host(target.host.strip("[]"), family=family), target.port or 5060)
+        transport = TCP if (target.params.get("transport") or "").upper() == TCP else UDP
+        sender = from_uri or self.local_uri("callbox")
+        request = SipRequest("INVITE", str(target), _headers([
             ("Via", f"{self.via_value(transport)};branch={new_branch()}"),
             ("Max-Forwards", "70"),
-            ("From", f"<sip:{from_user}@{self._hostport()}>;tag={tag}"),
-            ("To", f"<{uri}>"),
+            ("From", f"{sender if '<' in sender else f'<{sender}>'};tag={new_tag()}"),
+            ("To", f"<{target}>"),
             ("Call-ID", new_call_id(self.advertised_host)),
             ("CSeq", "1 INVITE"),
             ("Contact", self.contact_for(transport)),
             ("Allow", ALLOWED_METHODS),
             ("User-Agent", self.user_agent),
             ("Content-Type", "application/sdp"),
-        ]), sdp_offer)
-        leg: OutboundLeg | None = None
-
-        def reack(response: SipResponse) -> None:
-            if leg is not None:
-                leg.send_ack()
-
-        response = await self.request(request, dest, on_provisional=on_provisional,
-                                      on_late_2xx=reack)
-        if response.status >= 300:
-            raise CallFailed(response.status, response.reason)
-        leg = OutboundLeg(self, Dialog.as_uac(request, response), request, response)
-        try:
-            await leg._resolve_dest()
-        except OSError as exc:
-            log.warning("call %s: the callee's Contact does not resolve: %s", request.call_id, exc)
-        leg.send_ack()
+        ]), sdp_offer.serialize())
+        leg = OutboundLeg(self, OutboundCall(request, sdp_offer), dest)
+        leg.on_progress = on_progress
+        leg.on_early_media = on_early_media
+        leg.on_reoffer = on_reoffer
+        await leg.place(ring_timeout)
         return leg
 
 
@@ -665,6 +685,36 @@ class Leg:
         self._terminate("local")
         await self._send_bye()
 
+    async def reinvite(self, sdp_offer: bytes) -> SipResponse:
+        """Send a re-INVITE with a new SDP offer (hold, resume, a new address); return its final
+        response. A 2xx refreshes the remote target and is ACKed, again on each retransmission.
+        Raises CallFailed when nothing answers."""
+        assert self.dialog is not None
+        dialog = self.dialog
+        await self._wait_confirmed()
+        request = dialog.create_request(
+            "INVITE", via=self.endpoint.via_value(self.transport), contact=self.contact,
+            body=sdp_offer, content_type="application/sdp",
+            extra_headers=[("User-Agent", self.endpoint.user_agent)],
+        )
+
+        def ack(response: SipResponse) -> None:
+            self.endpoint.send(dialog.create_request(
+                "ACK", via=self.endpoint.via_value(self.transport), contact=None,
+                cseq=request.cseq.seq,
+            ), self._known_dest())
+
+        response = await self.endpoint.request(request, await self._resolve_dest(),
+                                               on_late_2xx=ack)
+        if 200 <= response.status < 300:
+            dialog.refresh_target(response)
+            try:
+                await self._resolve_dest()
+            except OSError as exc:
+                log.warning("call %s: the new Contact does not resolve: %s", dialog.call_id, exc)
+            ack(response)
+        return response
+
     async def _wait_confirmed(self) -> None:
         """Our side may send BYE only once the dialog is confirmed (RFC 3261 15.1.1)."""
 
@@ -681,9 +731,13 @@ class Leg:
             log.warning("BYE for %s not sent: %s", self.dialog.call_id, exc)
             return
         try:
-            await self.endpoint.request(request, dest)
+            response = await self.endpoint.request(request, dest)
         except CallFailed as exc:
             log.info("BYE for %s not answered: %s", self.dialog.call_id, exc)
+            return
+        if response.status >= 300:
+            log.info("BYE for %s refused: %s %s", self.dialog.call_id, response.status,
+                     response.reason)
 
 
 class InboundInvite(Leg):
@@ -772,20 +826,131 @@ class InboundInvite(Leg):
 
 
 class OutboundLeg(Leg):
-    """A call we placed (the `callbox call` command)."""
+    """A call we placed: the I/O around the sans-I/O `OutboundCall` (sip/uac.py), then the
+    dialog like any leg (BYE and re-INVITE both ways)."""
 
-    def __init__(self, endpoint: SipEndpoint, dialog: Dialog, invite: SipRequest,
-                 response: SipResponse) -> None:
-        super().__init__(endpoint, dialog)
-        self.invite = invite
-        self.response = response
-        self.transport = TCP if invite.top_via.transport == TCP else UDP  # as it was sent
-        self._register()
+    def __init__(self, endpoint: SipEndpoint, call: OutboundCall, invite_dest: Address) -> None:
+        super().__init__(endpoint, None)
+        self.call = call
+        self.invite = call.invite
+        self.invite_dest = invite_dest
+        self.transport = TCP if self.invite.top_via.transport == TCP else UDP  # as it was sent
+        self.response: SipResponse | None = None  # the 2xx, once answered
+        self.media: NegotiatedMedia | None = None  # negotiated from the 2xx
+        self.on_progress: Callable[[UacState, SipResponse], None] | None = None
+        self.on_early_media: Callable[[NegotiatedMedia], None] | None = None
+        self._outcome: asyncio.Future[None] | None = None
+        self._give_up_timer: asyncio.TimerHandle | None = None
 
-    def send_ack(self) -> None:
-        assert self.dialog is not None
-        ack = self.dialog.create_request(
-            "ACK", via=self.endpoint.via_value(self.transport), contact=self.contact,
-            cseq=self.invite.cseq.seq,
-        )
-        self.endpoint.send(ack, self._known_dest())
+    async def place(self, ring_timeout: float | None) -> None:
+        """Send the INVITE; return once answered, raise CallFailed otherwise."""
+        loop = asyncio.get_running_loop()
+        self._outcome = loop.create_future()
+        spawn(self._run_invite(), name="sip-invite")
+        if ring_timeout is not None:
+            self._give_up_timer = loop.call_later(
+                ring_timeout, self.abandon, f"no answer within {ring_timeout:g} s")
+        try:
+            await asyncio.shield(self._outcome)
+        except asyncio.CancelledError:
+            self.abandon("the caller gave up")
+            raise
+        finally:
+            if self._give_up_timer is not None:
+                self._give_up_timer.cancel()
+
+    def abandon(self, reason: str) -> None:
+        """Give up before the answer: CANCEL (once a provisional response came)."""
+        if self.call.state in (UacState.CALLING, UacState.PROCEEDING, UacState.EARLY):
+            self._apply(self.call.cancel(reason), None)
+
+    async def _run_invite(self) -> None:
+        try:
+            final = await self.endpoint.request(
+                self.invite, self.invite_dest, on_provisional=self._on_provisional,
+                on_late_2xx=self._on_late_2xx)
+        except CallFailed as exc:  # timer B, or the endpoint closed
+            reason = exc.reason
+            self._feed(lambda: self.call.no_response(reason), None)
+            return
+        if self.call.finished:  # we stopped waiting after our CANCEL
+            log.debug("call %s: %s after it ended", self.invite.call_id, final.status)
+            return
+        actions = self.call.receive(final)
+        self.dialog = self.call.dialog
+        if self.dialog is not None:
+            try:
+                await self._resolve_dest()
+            except OSError as exc:
+                log.warning("call %s: the callee's Contact does not resolve: %s",
+                            self.invite.call_id, exc)
+        self._apply(actions, final)
+
+    def _on_provisional(self, response: SipResponse) -> None:
+        self._feed(lambda: self.call.receive(response), response)
+
+    def _on_late_2xx(self, response: SipResponse) -> None:
+        if self.call.dialog is not None:
+            self._feed(lambda: self.call.receive(response), response)
+
+    def _feed(self, event: Callable[[], list[UacAction]], response: SipResponse | None) -> None:
+        try:
+            actions = event()
+        except UacError as exc:
+            log.info("call %s: ignored: %s", self.invite.call_id, exc)
+            return
+        self._apply(actions, response)
+
+    def _apply(self, actions: list[UacAction], response: SipResponse | None) -> None:
+        for action in actions:
+            if isinstance(action, SendMessage):
+                self.endpoint.send(action.message, self._known_dest())
+            elif isinstance(action, SendCancel):
+                spawn(self._cancel(action.cancel), name="sip-cancel")
+            elif isinstance(action, Hangup):
+                log.info("call %s: %s; sending BYE", self.invite.call_id, action.reason)
+                self.dialog = self.call.dialog
+                self.terminated = True
+                spawn(self._send_bye(), name="sip-bye")
+            elif isinstance(action, EarlyMedia):
+                if self.on_early_media is not None:
+                    self.on_early_media(action.media)
+            elif isinstance(action, Answered):
+                self.response, self.media = action.response, action.media
+                self._register()
+                self._settle(None)
+            elif isinstance(action, Failed):
+                self._settle(CallFailed(action.status, action.reason))
+        if response is not None and response.status < 200 and self.on_progress is not None:
+            self.on_progress(self.call.state, response)
+
+    def _settle(self, error: CallFailed | None) -> None:
+        if self._outcome is None or self._outcome.done():
+            return
+        if error is None:
+            self._outcome.set_result(None)
+        else:
+            self._outcome.set_exception(error)
+
+    async def _cancel(self, cancel: SipRequest) -> None:
+        """CANCEL in its own transaction; if the INVITE still has no final response 64*T1
+        later, the call counts as cancelled (RFC 3261 §9.1)."""
+        loop = asyncio.get_running_loop()
+        waited = loop.call_later(self.endpoint.timers.timeout, self._cancel_unanswered)
+        try:
+            await self.endpoint.request(cancel, self.invite_dest)
+        except CallFailed as exc:
+            log.info("CANCEL for %s not answered: %s", self.invite.call_id, exc)
+        if self.call.finished:
+            waited.cancel()  # the 487 (or a 2xx) came with the CANCEL's 200
+
+    def _cancel_unanswered(self) -> None:
+        if self.call.finished:
+            return
+        reason = "no final response after CANCEL"
+        entry = self.endpoint._client.get((self.invite.branch, "INVITE"))
+        if entry is None or entry.future.done():
+            self._feed(lambda: self.call.no_response(reason), None)
+            return
+        self.endpoint._forget(entry.txn)
+        entry.future.set_exception(CallFailed(408, reason))  # _run_invite reports it
