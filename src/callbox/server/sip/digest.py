@@ -204,6 +204,7 @@ class AuthExchange:
         self.authenticator = authenticator
         self._answered: set[tuple[str, str]] = set()  # (realm, nonce)
         self._stale_retry_used = False
+        self.failure = ""  # why the last retry was refused (empty while none was)
 
     def _challenges(self, response: SipResponse) -> list[Challenge]:
         header = CHALLENGE_HEADERS[response.status][0]
@@ -227,7 +228,14 @@ class AuthExchange:
 
     def retry(self, request: SipRequest, response: SipResponse) -> SipRequest:
         """The request to send after a 401/407 `response` to `request`; raises
-        AuthenticationFailed when it must not be retried."""
+        AuthenticationFailed (its text also kept in `failure`) when it must not be retried."""
+        try:
+            return self._retry(request, response)
+        except AuthenticationFailed as exc:
+            self.failure = str(exc)
+            raise
+
+    def _retry(self, request: SipRequest, response: SipResponse) -> SipRequest:
         if response.status not in CHALLENGE_HEADERS:
             raise AuthenticationFailed(f"{response.status} is not a challenge")
         challenges = self._challenges(response)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from callbox.server.sip.dialog import Dialog, DialogKey, dialog_key_from_request
+from callbox.server.sip.digest import AuthenticationFailed, Authenticator, AuthExchange
 from callbox.server.sip.headers import NameAddr, SipUri, Via
 from callbox.server.sip.message import (
     MAX_MESSAGE_BYTES,
@@ -363,6 +364,29 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._run(txn, txn.start(), dest)
         return await future
 
+    async def request_authenticated(
+        self,
+        request: SipRequest,
+        dest: Address,
+        exchange: AuthExchange | None,
+        *,
+        on_provisional: Callable[[SipResponse], None] | None = None,
+        on_late_2xx: Callable[[SipResponse], None] | None = None,
+    ) -> tuple[SipRequest, SipResponse]:
+        """`request()`, re-sent with credentials after a 401/407 while `exchange` allows (once
+        per challenge). Returns the last request sent and its final response."""
+        while True:
+            response = await self.request(request, dest, on_provisional=on_provisional,
+                                          on_late_2xx=on_late_2xx)
+            if exchange is None or response.status not in (401, 407):
+                return request, response
+            try:
+                request = exchange.retry(request, response)
+            except AuthenticationFailed as exc:
+                log.warning("%s %s (Call-ID %s): %s", request.method, request.uri,
+                            request.call_id, exc)
+                return request, response
+
     def _on_response(self, response: SipResponse) -> None:
         entry = self._client.get((response.branch, response.cseq.method))
         if entry is None:
@@ -466,6 +490,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         *,
         from_user: str = "callbox",
         on_provisional: Callable[[SipResponse], None] | None = None,
+        authenticator: Authenticator | None = None,
     ) -> OutboundLeg:
         """Place a call. Returns the confirmed leg (ACK sent); raises CallFailed."""
         uri = SipUri.parse(target)
@@ -489,11 +514,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
             if leg is not None:
                 leg.send_ack()
 
-        response = await self.request(request, dest, on_provisional=on_provisional,
-                                      on_late_2xx=reack)
+        exchange = authenticator.exchange() if authenticator is not None else None
+        request, response = await self.request_authenticated(
+            request, dest, exchange, on_provisional=on_provisional, on_late_2xx=reack)
         if response.status >= 300:
             raise CallFailed(response.status, response.reason)
         leg = OutboundLeg(self, Dialog.as_uac(request, response), request, response)
+        leg.authenticator = authenticator
         try:
             await leg._resolve_dest()
         except OSError as exc:
@@ -522,6 +549,8 @@ class Leg:
         self.on_info: Callable[[SipRequest], None] | None = None
         self._reinvites: dict[int, ServerInviteTransaction] = {}
         self._numeric_dest: tuple[Address, Address] | None = None  # (dest, resolved)
+        # Credentials of the trunk this call belongs to: our requests answer its challenges.
+        self.authenticator: Authenticator | None = None
 
     def _register(self) -> None:
         assert self.dialog is not None
@@ -629,10 +658,13 @@ class Leg:
         except OSError as exc:
             log.warning("BYE for %s not sent: %s", self.dialog.call_id, exc)
             return
+        exchange = self.authenticator.exchange() if self.authenticator is not None else None
         try:
-            await self.endpoint.request(request, dest)
+            sent, _ = await self.endpoint.request_authenticated(request, dest, exchange)
         except CallFailed as exc:
             log.info("BYE for %s not answered: %s", self.dialog.call_id, exc)
+            return
+        self.dialog.local_seq = max(self.dialog.local_seq, sent.cseq.seq)
 
 
 class InboundInvite(Leg):
