@@ -93,7 +93,7 @@ class InboundCalls:
 
     def _admit(self, invite: InboundInvite) -> tuple[Route, str] | None:
         """(route, project id) for a call we take, or None once the INVITE is rejected."""
-        user = request_user(invite.request.uri)
+        user = dialled_user(invite.request, self.config)
         route = self.config.route_for(user)
         if route is None:
             log.info("no route for %r (call %s): 404", user, invite.call_id)
@@ -167,7 +167,7 @@ class InboundCalls:
         call = Call(
             leg=invite, media=media, clock=self.clock, sdp_answer=sdp,
             from_uri=str(from_addr.uri), to_uri=request.uri,
-            from_user=from_addr.uri.user or "", to_user=request_user(request.uri),
+            from_user=from_addr.uri.user or "", to_user=dialled_user(request, self.config),
             on_ended=self.on_call_ended,
         )
         call.project_id = project_id
@@ -258,6 +258,15 @@ class InboundCalls:
     def _configure(media: MediaSession, negotiated: NegotiatedMedia) -> None:
         media.configure(negotiated.remote_host, negotiated.remote_port, negotiated.payload_type,
                         negotiated.dtmf_payload_type, negotiated.local_direction)
+
+
+def dialled_user(request: SipRequest, config: Config) -> str:
+    """The number dialled: the request-URI user, or the To user for a call a trunk sent to
+    our registered contact (whose user part is the trunk's username)."""
+    user = request_user(request.uri)
+    if any(t.register and t.username == user for t in config.trunks):
+        return request.to_addr.uri.user or user
+    return user
 
 
 def request_user(uri: str) -> str:
