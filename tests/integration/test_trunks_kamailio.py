@@ -1,0 +1,168 @@
+"""Trunks against a real carrier: Kamailio as registrar (www digest) and proxy (proxy digest).
+
+callbox registers, is reachable at its registered AOR through Kamailio (sipp calls it and the
+call is recorded), refuses to loop on a wrong password (backoff, counted from Kamailio's side),
+unregisters on a graceful stop, and keeps serving when a trunk's proxy does not resolve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import aiohttp
+import pytest
+from tests.integration.conftest import running_platform
+from tests.peers import audio
+from tests.peers.kamailio import Kamailio, start_kamailio
+from tests.peers.poll import until
+from tests.peers.ports import free_port_range, free_udp_port
+from tests.peers.sipp import g711_stream, run_sipp
+
+from callbox.caller import place_call
+from callbox.server.config import Project, Route, Trunk
+from callbox.server.sip.registration import RegistrationState
+from callbox.server.sip.registration_runner import TrunkRegistration
+from callbox.wire.basic_auth import basic_auth_header
+
+pytestmark = pytest.mark.peers
+
+PASSWORD = "s3cret-carrier"
+USERNAME = "callbox"
+DIALLED = "15550123"
+CALLER_HZ = 700
+
+
+def carrier(kamailio: Kamailio, *, password: str = PASSWORD) -> Trunk:
+    return Trunk(name="carrier", proxy=kamailio.target, username=USERNAME, password=password,
+                 register=True, expires=60, from_number="+15550100")
+
+
+def record_route() -> Route:
+    document = {"version": "1.0.0", "sections": {"main": [
+        {"answer": {}},
+        {"record_call": {"format": "wav", "stereo": False, "direction": "speak"}},
+        {"sleep": 60_000},
+    ]}}
+    return Route(DIALLED, swml=json.dumps(document))
+
+
+def registration(running) -> TrunkRegistration:
+    return running.platform.trunks.registrations["carrier"]
+
+
+async def metrics_text(running) -> str:
+    running.platform.config.projects.append(Project("p1", "t1"))
+    https = running.platform.listening.https
+    async with aiohttp.ClientSession() as session, session.get(
+            f"https://127.0.0.1:{https[1]}/metrics", ssl=False,
+            headers={"Authorization": basic_auth_header("p1", "t1")}) as response:
+        assert response.status == 200
+        return await response.text()
+
+
+async def test_registers_and_a_call_to_the_registered_aor_is_recorded(tmp_path: Path) -> None:
+    async with start_kamailio(password=PASSWORD) as kamailio, running_platform(
+            tmp_path, [record_route()], trunks=[carrier(kamailio)]) as running:
+        reg = registration(running)
+        await until(lambda: reg.state is RegistrationState.REGISTERED, 15, "registered")
+        contact = f"sip:{USERNAME}@127.0.0.1:{running.sip_port}"
+        assert await kamailio.contacts(USERNAME) == [contact]
+        registers = kamailio.requests("REGISTER")
+        assert [r.authorized for r in registers] == [False, True]  # challenged, then answered
+        assert reg.machine.granted == 60
+        text = await metrics_text(running)
+        assert 'callbox_trunk_registered{trunk="carrier"} 1' in text
+        assert 'callbox_trunk_state{trunk="carrier",state="registered"} 1' in text
+
+        # A caller reaches the AOR through Kamailio (proxy auth), which relays the INVITE to
+        # our contact: request-URI user = our username, To user = the dialled number.
+        stream = g711_stream(audio.tone(CALLER_HZ, 2.0, dbfs=-12), tmp_path / "caller.ulaw")
+        result = await run_sipp(
+            "uac_auth_stream_bye", kamailio.target, service=USERNAME,
+            local_port=free_udp_port(), media_port=free_port_range(4).start,
+            keys={"stream": stream, "to_user": DIALLED, "auth_user": "sipp"},
+            extra_args=["-au", "sipp", "-ap", PASSWORD, "-d", "2500"], timeout=40)
+        assert result.ok, result.describe()
+        invites = kamailio.requests("INVITE")
+        assert [r.authorized for r in invites][:2] == [False, True]
+        seen = await running.wait_call_ended(0, timeout=30)
+        assert seen.call.to_user == DIALLED
+        (recording,) = seen.call.recordings
+        await asyncio.wait_for(asyncio.shield(recording.done), 10)
+    samples, rate = audio.decode_audio(recording.path)
+    assert rate == 8000 and recording.duration >= 1.5
+    assert audio.tone_level_dbfs(samples[2000:10000], CALLER_HZ) > -18
+    assert abs(audio.dominant_frequency(samples[2000:10000]) - CALLER_HZ) < 10
+
+
+async def test_wrong_password_fails_clearly_and_backs_off(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    caplog.set_level(logging.INFO, logger="callbox")
+    async with start_kamailio(password=PASSWORD) as kamailio, running_platform(
+            tmp_path, [record_route()], trunks=[carrier(kamailio, password="wrong")]) as running:
+        reg = registration(running)
+        endpoint = running.platform.sip
+        started = endpoint.now()
+        await until(lambda: reg.machine.failures >= 3, 30, "three failed registrations")
+        window = endpoint.now() - started
+        assert reg.state in (RegistrationState.FAILED, RegistrationState.REGISTERING)
+        assert reg.machine.summary.startswith("failed: 401") or reg.machine.reason.startswith(
+            "401")
+        assert "credentials refused by realm" in reg.machine.reason
+        # The most exchanges the backoff schedule allows in the window the platform measured:
+        # the first at once, then one after each backoff step.
+        allowed, elapsed = 1, 0.0
+        while elapsed + reg.machine.backoff(allowed - 1) <= window:
+            elapsed += reg.machine.backoff(allowed - 1)
+            allowed += 1
+        registers = kamailio.requests("REGISTER")
+        challenged_first = [r for r in registers if not r.authorized]
+        assert len(challenged_first) <= allowed, (len(registers), window)
+        assert len(registers) <= 2 * allowed  # one authenticated retry per exchange, no more
+        assert await kamailio.contacts(USERNAME) == []
+        text = await metrics_text(running)
+        assert 'callbox_trunk_registered{trunk="carrier"} 0' in text
+    failures = [r.getMessage() for r in caplog.records
+                if "registration failed: 401" in r.getMessage()]
+    assert failures, "no log line for the failed registration"
+    assert "credentials refused by realm" in failures[0]
+    assert len(failures) == 1  # logged on change, not on every retry
+
+
+async def test_graceful_stop_unregisters(tmp_path: Path) -> None:
+    async with start_kamailio(password=PASSWORD) as kamailio:
+        async with running_platform(tmp_path, [record_route()],
+                                    trunks=[carrier(kamailio)]) as running:
+            reg = registration(running)
+            await until(lambda: reg.state is RegistrationState.REGISTERED, 15, "registered")
+            assert await kamailio.contacts(USERNAME) != []
+        assert reg.state is RegistrationState.STOPPED
+        assert await kamailio.contacts(USERNAME) == []  # the binding is gone
+        last = kamailio.requests("REGISTER")[-1]
+        assert last.expires == "0" and last.authorized
+
+
+async def test_a_proxy_that_does_not_resolve_is_reported_and_calls_still_work(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="callbox")
+    trunks = [Trunk(name="nowhere", proxy="callbox-test-no-such-host.invalid:5060",
+                    username="u", password="p", register=True),
+              Trunk(name="quiet", proxy="callbox-test-no-such-host.invalid", username="u")]
+    listen = Route("listen", swml=json.dumps({"version": "1.0.0", "sections": {"main": [
+        {"answer": {}}, {"hangup": {}}]}}))
+    async with running_platform(tmp_path, [listen], trunks=trunks) as running:
+        reg = running.platform.trunks.registrations["nowhere"]
+        await until(lambda: reg.state is RegistrationState.FAILED, 20, "failed")
+        assert "does not resolve" in reg.machine.reason
+        result = await place_call(running.uri("listen"), hangup_after=5)
+        assert result.status == 200  # the platform still serves calls
+        await until(lambda: any("trunk quiet: proxy" in r.getMessage() for r in caplog.records),
+                    20, "error line for the non-registering trunk")
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("trunk nowhere: registration failed: proxy" in r.getMessage()
+               and "does not resolve" in r.getMessage() for r in errors)
+    assert any("trunk quiet: proxy" in r.getMessage() for r in errors)
