@@ -67,7 +67,7 @@ modparam("ctl", "binrpc", "unix:{ctl}")
 modparam("rr", "append_fromtag", 1)
 
 request_route {{
-    xlog("L_NOTICE", "REQ $rm ru=$ru from=$si:$sp expires=$hdr(Expires) auth=$(hdr(Authorization){{s.len}})\\n");
+    xlog("L_NOTICE", "REQ $rm ru=$ru from=$si:$sp expires=$hdr(Expires) auth=$au\\n");
     if (!mf_process_maxfwd_header("10")) {{
         sl_send_reply("483", "Too Many Hops");
         exit;
@@ -159,7 +159,7 @@ class Kamailio:
         found = []
         for match in _REQ.finditer(self.log()):
             logged = LoggedRequest(match[1], match[2], match[3], match[4],
-                                   match[5] not in ("", "0", "<null>"))
+                                   match[5] not in ("", "<null>"))
             if method is None or logged.method == method:
                 found.append(logged)
         return found

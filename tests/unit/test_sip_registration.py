@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from callbox.server.config import Config, Trunk
+from callbox.server.inbound import dialled_user
+from callbox.server.sip.message import SipRequest, SipResponse, parse_message
 from callbox.server.sip.registration import (
     Registration,
     RegistrationProtocolError,
     RegistrationState,
 )
+from callbox.server.sip.registration_runner import granted_expires
 
 
 def test_success_schedules_the_refresh_at_80_percent_of_the_granted_time() -> None:
@@ -58,3 +62,36 @@ def test_events_out_of_order_are_refused() -> None:
     with pytest.raises(RegistrationProtocolError, match="succeeded in state idle"):
         reg.succeeded(0.0, 300)
     assert not reg.due(1e9)  # nothing is due before the start
+
+
+def response_with(*headers: tuple[str, str]) -> SipResponse:
+    lines = ["SIP/2.0 200 OK", "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx",
+             "From: <sip:u@h>;tag=a", "To: <sip:u@h>;tag=b", "Call-ID: c", "CSeq: 2 REGISTER",
+             *(f"{n}: {v}" for n, v in headers), "Content-Length: 0", "", ""]
+    response = parse_message("\r\n".join(lines).encode())
+    assert isinstance(response, SipResponse)
+    return response
+
+
+def test_granted_time_is_our_contacts_expires_param_then_expires_then_asked() -> None:
+    ours = "sip:callbox@127.0.0.1:5062"
+    both = response_with(("Contact", "<sip:other@10.0.0.1>;expires=999"),
+                         ("Contact", f"<{ours}>;expires=45"), ("Expires", "70"))
+    assert granted_expires(both, ours, 300) == 45
+    assert granted_expires(response_with(("Expires", "70")), ours, 300) == 70
+    assert granted_expires(response_with(), ours, 300) == 300
+
+
+def test_a_call_to_our_registered_contact_is_dialled_by_its_to_user() -> None:
+    config = Config(trunks=[Trunk(name="c", proxy="h", username="callbox", register=True)])
+
+    def invite(uri: str, to: str) -> SipRequest:
+        request = SipRequest("INVITE", uri)
+        request.headers.add("To", to)
+        return request
+
+    assert dialled_user(invite("sip:callbox@10.0.0.2:5060", "<sip:+15550123@carrier>"),
+                        config) == "+15550123"
+    assert dialled_user(invite("sip:prompt@10.0.0.2", "<sip:+15550123@carrier>"),
+                        config) == "prompt"
+    assert dialled_user(invite("sip:callbox@10.0.0.2", "<sip:+1@c>"), Config()) == "callbox"

@@ -170,6 +170,7 @@ class TrunkRegistration:
     # -- state changes --------------------------------------------------------------------
 
     def _failed(self, reason: str, *, error: bool = False) -> None:
+        self._dest = None  # look the proxy up again before the retry
         self.machine.failed(self.endpoint.now(), reason)
         retry = self.machine.backoff(self.machine.failures - 1)
         if self.machine.summary != self._logged:
