@@ -23,8 +23,11 @@ from tests.peers.sipp import g711_stream, run_sipp
 
 from callbox.caller import place_call
 from callbox.server.config import Project, Route, Trunk
+from callbox.server.sip.digest import Authenticator, Credentials
+from callbox.server.sip.endpoint import CallFailed, SipEndpoint
 from callbox.server.sip.registration import RegistrationState
 from callbox.server.sip.registration_runner import TrunkRegistration
+from callbox.server.sip.sdp import make_offer
 from callbox.wire.basic_auth import basic_auth_header
 
 pytestmark = pytest.mark.peers
@@ -166,3 +169,52 @@ async def test_a_proxy_that_does_not_resolve_is_reported_and_calls_still_work(
     assert any("trunk nowhere: registration failed: proxy" in r.getMessage()
                and "does not resolve" in r.getMessage() for r in errors)
     assert any("trunk quiet: proxy" in r.getMessage() for r in errors)
+
+
+async def test_an_invite_challenged_by_the_proxy_is_resent_once_with_credentials(
+        tmp_path: Path) -> None:
+    """Our UAC through Kamailio (407 -> authenticated INVITE) to the AOR callbox registered:
+    the platform answers its own trunk's call, routed by the To user."""
+    answer = Route(USERNAME, swml=json.dumps({"version": "1.0.0", "sections": {"main": [
+        {"answer": {}}, {"sleep": 60_000}]}}))
+    async with start_kamailio(password=PASSWORD) as kamailio, running_platform(
+            tmp_path, [answer], trunks=[carrier(kamailio)]) as running:
+        reg = registration(running)
+        await until(lambda: reg.state is RegistrationState.REGISTERED, 15, "registered")
+        caller = SipEndpoint(user_agent="test-uac")
+        await caller.start("127.0.0.1", 0)
+        try:
+            offer = make_offer(local_host="127.0.0.1", local_port=free_port_range(2).start,
+                               session_id=1, session_version=1)
+            leg = await caller.invite(
+                f"sip:{USERNAME}@{kamailio.target}", offer.serialize(),
+                authenticator=Authenticator(Credentials("caller", PASSWORD)))
+            assert leg.response.status == 200
+            assert leg.invite.cseq.seq == 2  # the authenticated INVITE is a new CSeq
+            assert leg.invite.headers.get("Proxy-Authorization") is not None
+            invites = kamailio.requests("INVITE")
+            assert [r.authorized for r in invites] == [False, True]
+            assert invites[0].source == invites[1].source
+            await until(lambda: len(running.observed) == 1, 10, "the call reached callbox")
+            await leg.bye()
+            seen = await running.wait_call_ended(0, timeout=15)
+            assert seen.call.to_user == USERNAME
+        finally:
+            caller.close()
+
+
+async def test_a_proxy_that_keeps_challenging_gets_one_retry_then_the_call_fails(
+        tmp_path: Path) -> None:
+    async with start_kamailio(password=PASSWORD) as kamailio:
+        caller = SipEndpoint(user_agent="test-uac")
+        await caller.start("127.0.0.1", 0)
+        try:
+            offer = make_offer(local_host="127.0.0.1", local_port=free_port_range(2).start,
+                               session_id=1, session_version=1)
+            with pytest.raises(CallFailed) as failed:
+                await caller.invite(f"sip:{USERNAME}@{kamailio.target}", offer.serialize(),
+                                    authenticator=Authenticator(Credentials("caller", "wrong")))
+        finally:
+            caller.close()
+        assert failed.value.status == 407
+        assert [r.authorized for r in kamailio.requests("INVITE")] == [False, True]
