@@ -218,3 +218,19 @@ async def test_a_proxy_that_keeps_challenging_gets_one_retry_then_the_call_fails
             caller.close()
         assert failed.value.status == 407
         assert [r.authorized for r in kamailio.requests("INVITE")] == [False, True]
+
+
+async def test_a_call_to_our_contact_from_outside_allow_gets_403(tmp_path: Path) -> None:
+    answer = Route("*", swml=json.dumps({"version": "1.0.0", "sections": {"main": [
+        {"answer": {}}, {"hangup": {}}]}}))
+    elsewhere = Trunk(name="elsewhere", proxy="127.0.0.1:9", username=USERNAME, register=True,
+                      allow=["192.0.2.0/24"])
+    local = Trunk(name="local", proxy="127.0.0.1:9", username="local", register=True,
+                  allow=["127.0.0.0/8"])
+    async with running_platform(tmp_path, [answer], trunks=[elsewhere, local]) as running:
+        refused = await place_call(running.uri(USERNAME), hangup_after=1)
+        assert refused.status == 403  # we call from 127.0.0.1, outside 192.0.2.0/24
+        inside = await place_call(running.uri("local"), hangup_after=1)
+        assert inside.status == 200
+        other = await place_call(running.uri("15550123"), hangup_after=1)
+        assert other.status == 200  # not addressed to a trunk's contact

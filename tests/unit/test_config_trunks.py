@@ -82,3 +82,15 @@ def test_register_needs_a_username(tmp_path: Path) -> None:
     path.write_text('[[trunks]]\nname = "a"\nproxy = "h"\nregister = true\n')
     with pytest.raises(ConfigError, match="needs username"):
         load_config(path, env={})
+
+
+def test_allow_takes_cidr_networks(tmp_path: Path) -> None:
+    path = tmp_path / "callbox.toml"
+    path.write_text(CARRIER + 'allow = ["192.0.2.0/24", "2001:db8::/32"]\n')
+    assert load_config(path, env={}).trunks[0].allow == ["192.0.2.0/24", "2001:db8::/32"]
+    path.write_text(CARRIER + 'allow = ["192.0.2.0/33"]\n')
+    with pytest.raises(ConfigError, match="is not a CIDR"):
+        load_config(path, env={})
+    path.write_text(CARRIER + 'allow = "192.0.2.0/24"\n')
+    with pytest.raises(ConfigError, match="allow must be a list"):
+        load_config(path, env={})

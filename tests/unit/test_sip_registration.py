@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from callbox.server.config import Config, Trunk
-from callbox.server.inbound import dialled_user
+from callbox.server.inbound import dialled_user, trunk_refusing
 from callbox.server.sip.message import SipRequest, SipResponse, parse_message
 from callbox.server.sip.registration import (
     Registration,
@@ -95,3 +95,19 @@ def test_a_call_to_our_registered_contact_is_dialled_by_its_to_user() -> None:
     assert dialled_user(invite("sip:prompt@10.0.0.2", "<sip:+15550123@carrier>"),
                         config) == "prompt"
     assert dialled_user(invite("sip:callbox@10.0.0.2", "<sip:+1@c>"), Config()) == "callbox"
+
+
+def test_allow_refuses_calls_to_our_contact_from_other_networks() -> None:
+    trunk = Trunk(name="c", proxy="h", username="callbox", register=True,
+                  allow=["192.0.2.0/24"])
+    config = Config(trunks=[trunk])
+
+    def invite(uri: str, received: str) -> SipRequest:
+        request = SipRequest("INVITE", uri)
+        request.headers.add("Via", f"SIP/2.0/UDP {received}:5060;branch=z9hG4bKa;"
+                                   f"received={received}")
+        return request
+
+    assert trunk_refusing(invite("sip:callbox@10.0.0.2", "198.51.100.7"), config) is trunk
+    assert trunk_refusing(invite("sip:callbox@10.0.0.2", "192.0.2.9"), config) is None
+    assert trunk_refusing(invite("sip:other@10.0.0.2", "198.51.100.7"), config) is None

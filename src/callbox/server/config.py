@@ -5,6 +5,7 @@ Every key is documented in the README. Precedence: CLI flag > environment > file
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -105,6 +106,8 @@ class Trunk:
     register: bool = False
     expires: int = 300
     from_number: str = ""
+    # Networks (CIDR) calls to this trunk's registered contact may come from; empty = any.
+    allow: list[str] = field(default_factory=list)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -279,6 +282,14 @@ def _trunk(raw: dict[str, Any], environ: Mapping[str, str]) -> Trunk:
         trunk.host_port  # noqa: B018  (validates proxy)
     except ConfigError as exc:
         raise ConfigError(f"{label} proxy: {exc}") from None
+    allow = raw.get("allow", [])
+    if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
+        raise ConfigError(f'{label} allow must be a list of CIDR strings, e.g. ["192.0.2.0/24"]')
+    for network in allow:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"{label} allow: {network!r} is not a CIDR network") from None
     if trunk.register and not trunk.username:
         raise ConfigError(f"{label} register = true needs username")
     if trunk.password and not trunk.username:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from callbox.server.call import Call
-from callbox.server.config import Config, Route
+from callbox.server.config import Config, Route, Trunk
 from callbox.server.media.clock import MediaClock
 from callbox.server.media.ports import NoPortsAvailable, RtpPortPool
 from callbox.server.media.session import MediaSession
@@ -93,6 +93,12 @@ class InboundCalls:
 
     def _admit(self, invite: InboundInvite) -> tuple[Route, str] | None:
         """(route, project id) for a call we take, or None once the INVITE is rejected."""
+        refused_by = trunk_refusing(invite.request, self.config)
+        if refused_by is not None:
+            log.warning("call %s to trunk %s's contact from %s, outside its allow list: 403",
+                        invite.call_id, refused_by.name, source_host(invite.request))
+            invite.reject(403)
+            return None
         user = dialled_user(invite.request, self.config)
         route = self.config.route_for(user)
         if route is None:
@@ -267,6 +273,27 @@ def dialled_user(request: SipRequest, config: Config) -> str:
     if any(t.register and t.username == user for t in config.trunks):
         return request.to_addr.uri.user or user
     return user
+
+
+def source_host(request: SipRequest) -> str:
+    """Where the request came from (the endpoint stamps `received` in the top Via)."""
+    via = request.top_via
+    return via.received or via.host
+
+
+def trunk_refusing(request: SipRequest, config: Config) -> Trunk | None:
+    """The trunk whose registered contact this INVITE targets when its `allow` networks do
+    not include the sender; None when the call may proceed."""
+    user = request_user(request.uri)
+    trunk = next((t for t in config.trunks if t.register and t.username == user), None)
+    if trunk is None or not trunk.allow:
+        return None
+    try:
+        address = ipaddress.ip_address(source_host(request))
+    except ValueError:
+        return trunk
+    networks = (ipaddress.ip_network(n, strict=False) for n in trunk.allow)
+    return None if any(address in n for n in networks) else trunk
 
 
 def request_user(uri: str) -> str:
