@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from tests.integration.conftest import running_platform
+from tests.integration.conftest import RunningPlatform, running_platform
 from tests.peers import audio
 from tests.peers.kamailio import Kamailio, start_kamailio
 from tests.peers.poll import until
@@ -23,6 +23,7 @@ from tests.peers.sipp import g711_stream, run_sipp
 
 from callbox.caller import place_call
 from callbox.server.config import Project, Route, Trunk
+from callbox.server.recording.engine import Recording
 from callbox.server.sip.digest import Authenticator, Credentials
 from callbox.server.sip.endpoint import CallFailed, SipEndpoint
 from callbox.server.sip.registration import RegistrationState
@@ -52,12 +53,14 @@ def record_route() -> Route:
     return Route(DIALLED, swml=json.dumps(document))
 
 
-def registration(running) -> TrunkRegistration:
-    return running.platform.trunks.registrations["carrier"]
+def registration(running: RunningPlatform) -> TrunkRegistration:
+    found: TrunkRegistration = running.platform.trunks.registrations["carrier"]
+    return found
 
 
-async def metrics_text(running) -> str:
+async def metrics_text(running: RunningPlatform) -> str:
     running.platform.config.projects.append(Project("p1", "t1"))
+    assert running.platform.listening is not None
     https = running.platform.listening.https
     async with aiohttp.ClientSession() as session, session.get(
             f"https://127.0.0.1:{https[1]}/metrics", ssl=False,
@@ -94,9 +97,10 @@ async def test_registers_and_a_call_to_the_registered_aor_is_recorded(tmp_path: 
         seen = await running.wait_call_ended(0, timeout=30)
         assert seen.call.to_user == DIALLED
         (recording,) = seen.call.recordings
+        assert isinstance(recording, Recording)
         await asyncio.wait_for(asyncio.shield(recording.done), 10)
     samples, rate = audio.decode_audio(recording.path)
-    assert rate == 8000 and recording.duration >= 1.5
+    assert rate == 8000 and (recording.duration or 0.0) >= 1.5
     assert audio.tone_level_dbfs(samples[2000:10000], CALLER_HZ) > -18
     assert abs(audio.dominant_frequency(samples[2000:10000]) - CALLER_HZ) < 10
 
