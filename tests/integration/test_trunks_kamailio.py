@@ -109,10 +109,10 @@ async def test_wrong_password_fails_clearly_and_backs_off(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="callbox")
     loop = asyncio.get_running_loop()  # the platform's clock: its timers run on this loop
-    wrong = [record_route()]
+    routes = [record_route()]
     async with start_kamailio(password=PASSWORD) as kamailio:
         started = loop.time()  # before the platform, and so its first REGISTER, starts
-        async with running_platform(tmp_path, wrong,
+        async with running_platform(tmp_path, routes,
                                     trunks=[carrier(kamailio, password="wrong")]) as running:
             reg = registration(running)
             await until(lambda: reg.machine.failures >= 3, 30, "three failed registrations")

@@ -25,6 +25,7 @@ from callbox.server.media.session import MediaSession
 from callbox.server.sip.endpoint import InboundInvite, OfferRejected
 from callbox.server.sip.headers import NameAddr
 from callbox.server.sip.message import SipRequest
+from callbox.server.sip.registration_runner import trunk_authenticator
 from callbox.server.sip.resolve import numeric_host
 from callbox.server.sip.sdp import (
     HOLD_ADDRESSES,
@@ -99,6 +100,9 @@ class InboundCalls:
                         invite.call_id, refused_by.name, source_host(invite.request))
             invite.reject(403)
             return None
+        trunk = contact_trunk(invite.request, self.config)
+        if trunk is not None:  # our BYE or re-INVITE may be challenged by the carrier
+            invite.authenticator = trunk_authenticator(trunk)
         user = dialled_user(invite.request, self.config)
         route = self.config.route_for(user)
         if route is None:
@@ -266,11 +270,17 @@ class InboundCalls:
                         negotiated.dtmf_payload_type, negotiated.local_direction)
 
 
+def contact_trunk(request: SipRequest, config: Config) -> Trunk | None:
+    """The registering trunk whose contact (user part = its username) the request targets."""
+    user = request_user(request.uri)
+    return next((t for t in config.trunks if t.register and t.username == user), None)
+
+
 def dialled_user(request: SipRequest, config: Config) -> str:
     """The number dialled: the request-URI user, or the To user for a call a trunk sent to
     our registered contact (whose user part is the trunk's username)."""
     user = request_user(request.uri)
-    if any(t.register and t.username == user for t in config.trunks):
+    if contact_trunk(request, config) is not None:
         return request.to_addr.uri.user or user
     return user
 
@@ -284,8 +294,7 @@ def source_host(request: SipRequest) -> str:
 def trunk_refusing(request: SipRequest, config: Config) -> Trunk | None:
     """The trunk whose registered contact this INVITE targets when its `allow` networks do
     not include the sender; None when the call may proceed."""
-    user = request_user(request.uri)
-    trunk = next((t for t in config.trunks if t.register and t.username == user), None)
+    trunk = contact_trunk(request, config)
     if trunk is None or not trunk.allow:
         return None
     try:
