@@ -254,3 +254,27 @@ def test_a_challenge_we_cannot_read_is_a_failure_with_the_reason() -> None:
     with pytest.raises(AuthenticationFailed, match="not Digest"):
         Authenticator(Credentials("a", "b")).exchange().retry(
             first, challenge_response(first, 401, 'Basic realm="x"'))
+
+
+def test_a_proxy_then_a_registrar_are_both_answered() -> None:
+    exchange = Authenticator(Credentials("alice", "secret")).exchange()
+    first = register()
+    second = exchange.retry(first, challenge_response(first, 407, 'Digest realm="proxy", '
+                                                                  'nonce="p"'))
+    third = exchange.retry(second, challenge_response(second, 401, 'Digest realm="registrar", '
+                                                                   'nonce="r"'))
+    assert 'realm="proxy"' in (third.headers.get("Proxy-Authorization") or "")
+    assert 'realm="registrar"' in (third.headers.get("Authorization") or "")
+    with pytest.raises(AuthenticationFailed, match="refused by realm 'registrar'"):
+        exchange.retry(third, challenge_response(third, 401, 'Digest realm="registrar", '
+                                                             'nonce="r2"'))
+
+
+def test_a_server_inventing_new_realms_is_cut_off() -> None:
+    exchange = Authenticator(Credentials("alice", "secret")).exchange()
+    request = register()
+    with pytest.raises(AuthenticationFailed, match="still challenged after 3 answers"):
+        for n in range(10):
+            request = exchange.retry(request, challenge_response(
+                request, 401, f'Digest realm="r{n}", nonce="n"'))
+    assert request.cseq.seq == 7 + 3

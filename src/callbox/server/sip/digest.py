@@ -22,6 +22,8 @@ QOP_PREFERENCE = ("auth", "auth-int")
 MAX_CHALLENGE_CHARS = 4096
 # Nonces whose `nc` counter we remember per authenticator (oldest forgotten first).
 MAX_REMEMBERED_NONCES = 32
+# Re-sends of one request with credentials, all realms together (a proxy and a registrar).
+MAX_ANSWERS = 3
 CHALLENGE_HEADERS = {401: ("WWW-Authenticate", "Authorization"),
                      407: ("Proxy-Authenticate", "Proxy-Authorization")}
 
@@ -197,13 +199,17 @@ class Authenticator:
 
 
 class AuthExchange:
-    """The challenges met by one request: the first is answered, a repeated one ends it
-    (unless it says `stale=true` with a new nonce, which gets one more answer)."""
+    """The challenges met by one request. Each realm is answered once; a realm that challenges
+    again ends the exchange, unless it says `stale=true` with a new nonce, which gets one more
+    answer. A proxy and a registrar on the path (407 then 401) are two realms, each answered;
+    at most `MAX_ANSWERS` re-sends in all, so no server can keep us looping."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
-        self._answered: set[tuple[str, str]] = set()  # (realm, nonce)
+        self._nonces: dict[str, str] = {}  # realm -> the nonce we answered last
+        self._answers: dict[tuple[str, str], str] = {}  # (header, realm) -> our value
         self._stale_retry_used = False
+        self._sent = 0
         self.failure = ""  # why the last retry was refused (empty while none was)
 
     def _challenges(self, response: SipResponse) -> list[Challenge]:
@@ -239,26 +245,30 @@ class AuthExchange:
         if response.status not in CHALLENGE_HEADERS:
             raise AuthenticationFailed(f"{response.status} is not a challenge")
         challenges = self._challenges(response)
-        for challenge in challenges:
-            key = (challenge.realm, challenge.nonce)
-            if not self._answered:
-                continue
-            if key in self._answered or not challenge.stale or self._stale_retry_used:
+        again = [c for c in challenges if c.realm in self._nonces]
+        for challenge in again:
+            if (self._nonces[challenge.realm] == challenge.nonce or not challenge.stale
+                    or self._stale_retry_used):
                 raise AuthenticationFailed(
                     f"credentials refused by realm {challenge.realm!r} "
                     "(wrong username or password?)")
-        if self._answered:
-            self._stale_retry_used = True
-        retried = _next_request(request)
+        if self._sent >= MAX_ANSWERS:
+            raise AuthenticationFailed(f"still challenged after {MAX_ANSWERS} answers")
+        self._stale_retry_used = self._stale_retry_used or bool(again)
+        self._sent += 1
         credentials = self.authenticator.credentials
         answer_header = CHALLENGE_HEADERS[response.status][1]
-        retried.headers.remove(answer_header)
         for challenge in challenges:
-            self._answered.add((challenge.realm, challenge.nonce))
-            retried.headers.add(answer_header, authorization_value(
+            self._nonces[challenge.realm] = challenge.nonce
+            self._answers[(answer_header, challenge.realm)] = authorization_value(
                 challenge, username=credentials.username, password=credentials.password,
                 method=request.method, uri=request.uri, cnonce=secrets.token_hex(8),
-                nc=self.authenticator.next_nc(challenge.nonce), body=request.body))
+                nc=self.authenticator.next_nc(challenge.nonce), body=request.body)
+        retried = _next_request(request)
+        for _, answer in CHALLENGE_HEADERS.values():
+            retried.headers.remove(answer)  # replaced by every answer of this exchange
+        for (header, _), value in self._answers.items():
+            retried.headers.add(header, value)
         return retried
 
 
