@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import new_workdir
-from .ports import LOOPBACK, free_udp_port, udp_port_bound
+from .ports import LOOPBACK, free_port, udp_port_bound
 
 __all__ = ["Kamailio", "start_kamailio"]
 
@@ -35,7 +35,6 @@ START_TIMEOUT = 15.0
 CONFIG = """#!KAMAILIO
 debug=2
 log_stderror=yes
-log_prefix="{{$mt $rm}} "
 children=2
 tcp_children=1
 disable_tcp=no
@@ -187,7 +186,7 @@ async def start_kamailio(*, password: str, host: str = LOOPBACK) -> AsyncIterato
     if not Path(binary).exists():
         raise RuntimeError("kamailio is not installed (Debian package kamailio)")
     workdir = new_workdir("kamailio")
-    port = free_udp_port(host)
+    port = free_port(host)  # UDP and TCP
     config = workdir / "kamailio.cfg"
     config.write_text(CONFIG.format(host=host, port=port, modules=MODULES_DIR,
                                     ctl=workdir / "ctl", password=password))
