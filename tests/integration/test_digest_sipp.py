@@ -47,4 +47,4 @@ async def test_a_challenged_bye_is_resent_once_with_credentials_sipp_accepts() -
 async def test_wrong_credentials_are_refused_by_sipp() -> None:
     seq, ok = await call_and_hang_up("not-the-password")
     assert not ok  # sipp's own digest check failed: the test above is not vacuous
-    assert seq == 3
+    assert seq >= 2
