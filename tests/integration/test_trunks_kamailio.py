@@ -236,3 +236,18 @@ async def test_a_call_to_our_contact_from_outside_allow_gets_403(tmp_path: Path)
         assert inside.status == 200
         other = await place_call(running.uri("15550123"), hangup_after=1)
         assert other.status == 200  # not addressed to a trunk's contact
+
+
+async def test_the_registration_is_refreshed_before_it_expires(tmp_path: Path) -> None:
+    async with start_kamailio(password=PASSWORD) as kamailio:
+        trunk = carrier(kamailio)
+        trunk.expires = 2  # granted as asked: a refresh every 1.6 s
+        async with running_platform(tmp_path, [record_route()], trunks=[trunk]) as running:
+            reg = registration(running)
+            await until(lambda: reg.attempts >= 3 and reg.state is RegistrationState.REGISTERED,
+                        20, "two refreshes")
+            assert reg.machine.granted == 2
+            assert await kamailio.contacts(USERNAME) != []  # never lapsed in between
+            registers = kamailio.requests("REGISTER")
+            assert [r.expires for r in registers[:6]] == ["2"] * 6
+            assert [r.authorized for r in registers[:6]] == [False, True] * 3
