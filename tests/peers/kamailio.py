@@ -9,7 +9,7 @@ foreground until the ``async with`` block ends:
   relay to the registered contact (404 when nobody is registered), with Record-Route.
 - In-dialog requests follow the route set.
 - Every request is logged (``REQ <method> ...`` with the Expires header), so a test counts
-  REGISTERs from Kamailio's side (:meth:`Kamailio.requests`).
+  REGISTERs from Kamailio's side (:meth:`Kamailio.requests`; retransmissions count once).
 
 :meth:`Kamailio.contacts` reads the bindings with ``kamcmd ul.dump`` over the ``ctl`` socket.
 """
@@ -66,7 +66,7 @@ modparam("ctl", "binrpc", "unix:{ctl}")
 modparam("rr", "append_fromtag", 1)
 
 request_route {{
-    xlog("L_NOTICE", "REQ $rm ru=$ru from=$si:$sp expires=$hdr(Expires) auth=$au\\n");
+    xlog("L_NOTICE", "REQ $rm ru=$ru from=$si:$sp expires=$hdr(Expires) auth=$au cs=$cs ci=$ci\\n");
     if (!mf_process_maxfwd_header("10")) {{
         sl_send_reply("483", "Too Many Hops");
         exit;
@@ -119,7 +119,7 @@ request_route {{
 }}
 """
 
-_REQ = re.compile(r"REQ (\S+) ru=(\S+) from=(\S+) expires=(\S*) auth=(\S*)")
+_REQ = re.compile(r"REQ (\S+) ru=(\S+) from=(\S+) expires=(\S*) auth=(\S*) cs=(\S+) ci=(\S+)")
 
 
 @dataclass
@@ -154,9 +154,15 @@ class Kamailio:
             return ""
 
     def requests(self, method: str | None = None) -> list[LoggedRequest]:
-        """The requests Kamailio received, in order (from its log)."""
+        """The requests Kamailio received, in order (from its log), each once: a
+        retransmission (same Call-ID, CSeq and method) is not counted again."""
         found = []
+        seen: set[tuple[str, str, str]] = set()
         for match in _REQ.finditer(self.log()):
+            key = (match[1], match[6], match[7])
+            if key in seen:
+                continue
+            seen.add(key)
             logged = LoggedRequest(match[1], match[2], match[3], match[4],
                                    match[5] not in ("", "<null>"))
             if method is None or logged.method == method:
