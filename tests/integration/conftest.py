@@ -123,9 +123,12 @@ def make_config(tmp_path, routes=ROUTES) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def running_platform(tmp_path, routes=ROUTES, **settings) -> AsyncIterator[RunningPlatform]:
-    """A platform on ephemeral ports with `routes`; `settings` are dotted config keys."""
+async def running_platform(tmp_path, routes=ROUTES, *, trunks=(),
+                           **settings) -> AsyncIterator[RunningPlatform]:
+    """A platform on ephemeral ports with `routes` and `trunks`; `settings` are dotted config
+    keys."""
     config = make_config(tmp_path, routes)
+    config.trunks = list(trunks)
     for dotted, value in settings.items():
         section, _, key = dotted.partition("__")
         setattr(getattr(config, section), key, value)

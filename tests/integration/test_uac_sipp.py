@@ -195,7 +195,7 @@ async def test_every_copy_of_the_200_is_acked(peer_env: object, endpoint: SipEnd
 
 
 async def test_a_bye_challenged_with_401_fails_cleanly(peer_env: object) -> None:
-    async with start_sipp_uas("uas_bye_401", media_port=media_port()) as uas:
+    async with start_sipp_uas("uas_bye_401_no_retry", media_port=media_port()) as uas:
         result = await place_call(uas.uri(), hangup_after=0.5)
         messages = await finished(uas)
     assert (result.status, result.hung_up_by) == (200, "us")

@@ -28,6 +28,7 @@ from callbox.server.relay.hub import RelayHub
 from callbox.server.services import Services
 from callbox.server.sip.endpoint import SipEndpoint
 from callbox.server.sip.transaction import Timers
+from callbox.server.sip.trunks import Trunks
 from callbox.server.store.recordings import RecordingRow, RecordingStore
 from callbox.server.swml.fetch import SwmlFetchError, fetch_swml
 from callbox.server.swml.runner import SwmlError, SwmlRunner, parse_document
@@ -74,6 +75,8 @@ class Platform:
             calls=self.calls, auth=ProjectAuth(config), node_id=self.node_id, clock=self.clock,
             media_counters=self.media_counters, public_url=config.http.public_url,
         )
+        self.trunks = Trunks(self.sip, config.trunks)
+        self.services.trunk_states = self.trunks.states
         self.relay = RelayHub(self.services)
         self.inbound = InboundCalls(
             config=config, ports=self.ports, advertised_host=self.advertised_host,
@@ -119,6 +122,7 @@ class Platform:
         self.clock.start()
         sip_host, sip_port = parse_host_port(self.config.sip.listen, "sip.listen")
         await self.sip.start(sip_host, sip_port)
+        self.trunks.start()
         self.listening = Listening((self.sip.host, self.sip.port), https, plain, cert.resolve())
         return self.listening
 
@@ -140,6 +144,7 @@ class Platform:
         await self.relay.close()
         for call in list(self.calls.values()):
             await call.hangup()
+        await self.trunks.stop()
         self.sip.close()
         await self.clock.stop()
         for runner in self._runners:

@@ -5,6 +5,7 @@ Every key is documented in the README. Precedence: CLI flag > environment > file
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -89,6 +90,49 @@ class Route:
         return self.number == "*" or self.number == user
 
 
+TRUNK_TRANSPORTS = ("udp", "tcp")
+
+
+@dataclass
+class Trunk:
+    """A carrier or PBX: where to send (`proxy`), how to authenticate, whether to register."""
+
+    name: str
+    proxy: str  # host[:port]
+    transport: str = "udp"
+    username: str = ""
+    password: str = ""  # or CALLBOX_TRUNK_<NAME>_PASSWORD
+    realm: str = ""  # answer challenges from this realm only; empty = any
+    register: bool = False
+    expires: int = 300
+    from_number: str = ""
+    # Networks (CIDR) calls to this trunk's registered contact may come from; empty = any.
+    allow: list[str] = field(default_factory=list)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """The proxy's host and port (5060 when not given)."""
+        return split_host_port(self.proxy)
+
+
+def split_host_port(value: str, default_port: int = 5060) -> tuple[str, int]:
+    """'sip.example.net' -> ('sip.example.net', 5060); 'h:5080' and '[::1]:5080' work too."""
+    text = value.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else rest
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if port_text and not port_text.isdigit():
+        raise ConfigError(f"bad port in {value!r}")
+    port = int(port_text) if port_text else default_port
+    if not host or not 1 <= port <= 65535:
+        raise ConfigError(f"{value!r} is not host[:port] with a port 1-65535")
+    return host, port
+
+
 @dataclass
 class Config:
     sip: SipConfig = field(default_factory=SipConfig)
@@ -98,6 +142,7 @@ class Config:
     ai: AiConfig = field(default_factory=AiConfig)
     projects: list[Project] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
+    trunks: list[Trunk] = field(default_factory=list)
 
     @property
     def data_dir(self) -> Path:
@@ -202,6 +247,56 @@ def _route(raw: dict[str, Any]) -> Route:
     return route
 
 
+TRUNK_STRINGS = ("name", "proxy", "transport", "username", "password", "realm", "from_number")
+
+
+def _trunk(raw: dict[str, Any], environ: Mapping[str, str]) -> Trunk:
+    name = raw.get("name")
+    label = f"[[trunks]] {name!r}" if isinstance(name, str) and name else "[[trunks]]"
+    known = {f.name for f in fields(Trunk)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"unknown key {key!r} in {label}; known keys: "
+                              f"{', '.join(sorted(known))}")
+    for key in TRUNK_STRINGS:
+        if key in raw and not isinstance(raw[key], str):
+            raise ConfigError(f"{label} {key} must be a string, got {raw[key]!r}")
+    for key in ("name", "proxy"):
+        if not raw.get(key):
+            raise ConfigError(f"{label} needs {key}")
+    if "register" in raw and not isinstance(raw["register"], bool):
+        raise ConfigError(f"{label} register must be true or false, got {raw['register']!r}")
+    expires = raw.get("expires", 300)
+    if isinstance(expires, bool) or not isinstance(expires, int) or not 1 <= expires <= 86400:
+        raise ConfigError(f"{label} expires must be an integer 1-86400 (seconds), "
+                          f"got {expires!r}")
+    trunk = Trunk(**raw)
+    env_name = f"{ENV_PREFIX}TRUNK_{trunk.name.upper()}_PASSWORD"
+    trunk.password = environ.get(env_name, trunk.password)
+    if not all(ch.isalnum() or ch in "-_." for ch in trunk.name):
+        raise ConfigError(f"{label} name may hold only letters, digits, '-', '_' and '.'")
+    if trunk.transport not in TRUNK_TRANSPORTS:
+        raise ConfigError(f"{label} transport must be one of {', '.join(TRUNK_TRANSPORTS)}, "
+                          f"got {trunk.transport!r}")
+    try:
+        trunk.host_port  # noqa: B018  (validates proxy)
+    except ConfigError as exc:
+        raise ConfigError(f"{label} proxy: {exc}") from None
+    allow = raw.get("allow", [])
+    if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
+        raise ConfigError(f'{label} allow must be a list of CIDR strings, e.g. ["192.0.2.0/24"]')
+    for network in allow:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"{label} allow: {network!r} is not a CIDR network") from None
+    if trunk.register and not trunk.username:
+        raise ConfigError(f"{label} register = true needs username")
+    if trunk.password and not trunk.username:
+        raise ConfigError(f"{label} password needs username")
+    return trunk
+
+
 def load_config(
     path: str | Path | None = None,
     *,
@@ -223,7 +318,7 @@ def load_config(
 
     config = Config()
     for key in raw:
-        if key not in _SECTIONS and key not in ("projects", "routes"):
+        if key not in _SECTIONS and key not in ("projects", "routes", "trunks"):
             raise ConfigError(f"unknown section [{key}] in {path}")
     for section in _SECTIONS:
         values = raw.get(section, {})
@@ -234,6 +329,7 @@ def load_config(
     config.routes = [_route(r) for r in _table_list(raw.get("routes"), "routes")]
 
     environ = os.environ if env is None else env
+    config.trunks = [_trunk(t, environ) for t in _table_list(raw.get("trunks"), "trunks")]
     for section in _SECTIONS:
         target = getattr(config, section)
         prefix = f"{ENV_PREFIX}{section.upper()}_"
@@ -278,6 +374,9 @@ def validate(config: Config) -> None:
     ids = [p.id for p in config.projects]
     if len(ids) != len(set(ids)):
         raise ConfigError("[[projects]] ids must be unique")
+    names = [t.name for t in config.trunks]
+    if len(names) != len(set(names)):
+        raise ConfigError("[[trunks]] names must be unique")
     for route in config.routes:
         if route.project and route.project not in ids:
             raise ConfigError(f"route {route.number!r} names unknown project {route.project!r}")

@@ -18,13 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from callbox.server.call import Call
-from callbox.server.config import Config, Route
+from callbox.server.config import Config, Route, Trunk
 from callbox.server.media.clock import MediaClock
 from callbox.server.media.ports import NoPortsAvailable, RtpPortPool
 from callbox.server.media.session import MediaSession
 from callbox.server.sip.endpoint import InboundInvite, OfferRejected
 from callbox.server.sip.headers import NameAddr
 from callbox.server.sip.message import SipRequest
+from callbox.server.sip.registration_runner import trunk_authenticator
 from callbox.server.sip.resolve import numeric_host
 from callbox.server.sip.sdp import (
     HOLD_ADDRESSES,
@@ -93,7 +94,16 @@ class InboundCalls:
 
     def _admit(self, invite: InboundInvite) -> tuple[Route, str] | None:
         """(route, project id) for a call we take, or None once the INVITE is rejected."""
-        user = request_user(invite.request.uri)
+        refused_by = trunk_refusing(invite.request, self.config)
+        if refused_by is not None:
+            log.warning("call %s to trunk %s's contact from %s, outside its allow list: 403",
+                        invite.call_id, refused_by.name, source_host(invite.request))
+            invite.reject(403)
+            return None
+        trunk = contact_trunk(invite.request, self.config)
+        if trunk is not None:  # our BYE or re-INVITE may be challenged by the carrier
+            invite.authenticator = trunk_authenticator(trunk)
+        user = dialled_user(invite.request, self.config)
         route = self.config.route_for(user)
         if route is None:
             log.info("no route for %r (call %s): 404", user, invite.call_id)
@@ -167,7 +177,7 @@ class InboundCalls:
         call = Call(
             leg=invite, media=media, clock=self.clock, sdp_answer=sdp,
             from_uri=str(from_addr.uri), to_uri=request.uri,
-            from_user=from_addr.uri.user or "", to_user=request_user(request.uri),
+            from_user=from_addr.uri.user or "", to_user=dialled_user(request, self.config),
             on_ended=self.on_call_ended,
         )
         call.project_id = project_id
@@ -258,6 +268,41 @@ class InboundCalls:
     def _configure(media: MediaSession, negotiated: NegotiatedMedia) -> None:
         media.configure(negotiated.remote_host, negotiated.remote_port, negotiated.payload_type,
                         negotiated.dtmf_payload_type, negotiated.local_direction)
+
+
+def contact_trunk(request: SipRequest, config: Config) -> Trunk | None:
+    """The registering trunk whose contact (user part = its username) the request targets."""
+    user = request_user(request.uri)
+    return next((t for t in config.trunks if t.register and t.username == user), None)
+
+
+def dialled_user(request: SipRequest, config: Config) -> str:
+    """The number dialled: the request-URI user, or the To user for a call a trunk sent to
+    our registered contact (whose user part is the trunk's username)."""
+    user = request_user(request.uri)
+    if contact_trunk(request, config) is not None:
+        return request.to_addr.uri.user or user
+    return user
+
+
+def source_host(request: SipRequest) -> str:
+    """Where the request came from (the endpoint stamps `received` in the top Via)."""
+    via = request.top_via
+    return via.received or via.host
+
+
+def trunk_refusing(request: SipRequest, config: Config) -> Trunk | None:
+    """The trunk whose registered contact this INVITE targets when its `allow` networks do
+    not include the sender; None when the call may proceed."""
+    trunk = contact_trunk(request, config)
+    if trunk is None or not trunk.allow:
+        return None
+    try:
+        address = ipaddress.ip_address(source_host(request))
+    except ValueError:
+        return trunk
+    networks = (ipaddress.ip_network(n, strict=False) for n in trunk.allow)
+    return None if any(address in n for n in networks) else trunk
 
 
 def request_user(uri: str) -> str:

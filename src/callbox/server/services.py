@@ -28,3 +28,4 @@ class Services:
     public_url: str = ""  # base of recording links and REST `links`
     recordings: RecordingStore | None = None  # None until the platform has started
     recorder: RecordingEngine | None = None  # None until the platform has started
+    trunk_states: Callable[[], dict[str, str]] = dict  # registering trunks' state by name

@@ -51,7 +51,24 @@ def render_metrics(services: Services, *, event_loop: str) -> str:
     for name, value in sorted(services.media_counters().items()):
         lines += _metric(f"rtp_{name}_total", "counter",
                          f"RTP {name.replace('_', ' ')} since start", value)
+    lines += _trunk_metrics(services.trunk_states())
     return "\n".join(lines) + "\n"
+
+
+def _trunk_metrics(states: dict[str, str]) -> list[str]:
+    """One sample per registering trunk: registered 1/0, and its current state as a label."""
+    if not states:
+        return []
+    registered, state = PREFIX + "trunk_registered", PREFIX + "trunk_state"
+    lines = [f"# HELP {registered} 1 while the trunk's registration is current",
+             f"# TYPE {registered} gauge"]
+    lines += [f'{registered}{{trunk="{name}"}} {int(value == "registered")}'
+              for name, value in sorted(states.items())]
+    lines += [f"# HELP {state} the trunk's registration state (the sample with value 1)",
+              f"# TYPE {state} gauge"]
+    lines += [f'{state}{{trunk="{name}",state="{value}"}} 1'
+              for name, value in sorted(states.items())]
+    return lines
 
 
 def _metric(name: str, kind: str, help_text: str, value: float,

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from callbox.server.sip.dialog import Dialog, DialogKey, dialog_key_from_request
+from callbox.server.sip.digest import AuthenticationFailed, Authenticator, AuthExchange
 from callbox.server.sip.headers import NameAddr, SipUri, Via
 from callbox.server.sip.message import (
     MAX_MESSAGE_BYTES,
@@ -420,6 +422,29 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._run(txn, txn.start(), dest)
         return await future
 
+    async def request_authenticated(
+        self,
+        request: SipRequest,
+        dest: Address,
+        exchange: AuthExchange | None,
+        *,
+        on_provisional: Callable[[SipResponse], None] | None = None,
+        on_late_2xx: Callable[[SipResponse], None] | None = None,
+    ) -> tuple[SipRequest, SipResponse]:
+        """`request()`, re-sent with credentials after a 401/407 while `exchange` allows (once
+        per challenge). Returns the last request sent and its final response."""
+        while True:
+            response = await self.request(request, dest, on_provisional=on_provisional,
+                                          on_late_2xx=on_late_2xx)
+            if exchange is None or response.status not in (401, 407):
+                return request, response
+            try:
+                request = exchange.retry(request, response)
+            except AuthenticationFailed as exc:
+                log.warning("%s %s (Call-ID %s): %s", request.method, request.uri,
+                            request.call_id, exc)
+                return request, response
+
     def _on_response(self, response: SipResponse) -> None:
         entry = self._client.get((response.branch, response.cseq.method))
         if entry is None:
@@ -532,6 +557,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         on_progress: Callable[[UacState, SipResponse], None] | None = None,
         on_early_media: Callable[[NegotiatedMedia], None] | None = None,
         on_reoffer: Callable[[SipRequest], Awaitable[bytes]] | None = None,
+        authenticator: Authenticator | None = None,
     ) -> OutboundLeg:
         """Place a call to `uri` with our SDP offer; return the answered leg (ACK sent).
 
@@ -563,6 +589,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         leg.on_progress = on_progress
         leg.on_early_media = on_early_media
         leg.on_reoffer = on_reoffer
+        leg.authenticator = authenticator
         await leg.place(ring_timeout)
         return leg
 
@@ -589,6 +616,8 @@ class Leg:
         # The dialog's transport: in-dialog requests we send use it (Via, Contact, socket).
         self.transport = UDP
         self._numeric_dest: tuple[Address, Address] | None = None  # (dest, resolved)
+        # Credentials of the trunk this call belongs to: our requests answer its challenges.
+        self.authenticator: Authenticator | None = None
 
     @property
     def contact(self) -> str:
@@ -730,11 +759,13 @@ class Leg:
         except OSError as exc:
             log.warning("BYE for %s not sent: %s", self.dialog.call_id, exc)
             return
+        exchange = self.authenticator.exchange() if self.authenticator is not None else None
         try:
-            response = await self.endpoint.request(request, dest)
+            sent, response = await self.endpoint.request_authenticated(request, dest, exchange)
         except CallFailed as exc:
             log.info("BYE for %s not answered: %s", self.dialog.call_id, exc)
             return
+        self.dialog.local_seq = max(self.dialog.local_seq, sent.cseq.seq)
         if response.status >= 300:
             log.info("BYE for %s refused: %s %s", self.dialog.call_id, response.status,
                      response.reason)
@@ -865,17 +896,20 @@ class OutboundLeg(Leg):
             self._apply(self.call.cancel(reason), None)
 
     async def _run_invite(self) -> None:
-        try:
-            final = await self.endpoint.request(
-                self.invite, self.invite_dest, on_provisional=self._on_provisional,
-                on_late_2xx=self._on_late_2xx)
-        except CallFailed as exc:  # timer B, or the endpoint closed
-            reason = exc.reason
-            self._feed(lambda: self.call.no_response(reason), None)
-            return
-        if self.call.finished:  # we stopped waiting after our CANCEL
-            log.debug("call %s: %s after it ended", self.invite.call_id, final.status)
-            return
+        exchange = self.authenticator.exchange() if self.authenticator is not None else None
+        while True:
+            try:
+                final = await self.endpoint.request(
+                    self.invite, self.invite_dest, on_provisional=self._on_provisional,
+                    on_late_2xx=self._on_late_2xx)
+            except CallFailed as exc:  # timer B, or the endpoint closed
+                self._feed(functools.partial(self.call.no_response, exc.reason), None)
+                return
+            if self.call.finished:  # we stopped waiting after our CANCEL
+                log.debug("call %s: %s after it ended", self.invite.call_id, final.status)
+                return
+            if not self._resend_with_credentials(exchange, final):
+                break
         actions = self.call.receive(final)
         self.dialog = self.call.dialog
         if self.dialog is not None:
@@ -885,6 +919,21 @@ class OutboundLeg(Leg):
                 log.warning("call %s: the callee's Contact does not resolve: %s",
                             self.invite.call_id, exc)
         self._apply(actions, final)
+
+    def _resend_with_credentials(self, exchange: AuthExchange | None,
+                                 final: SipResponse) -> bool:
+        """After a 401/407: the INVITE again with credentials (once per challenge), unless the
+        caller gave up meanwhile. False: `final` is the outcome."""
+        if exchange is None or final.status not in (401, 407) or self.call.cancel_requested:
+            return False
+        try:
+            invite = exchange.retry(self.invite, final)
+        except AuthenticationFailed as exc:
+            log.warning("call %s: %s", self.invite.call_id, exc)
+            return False
+        self.call.resent(invite)
+        self.invite = invite
+        return True
 
     def _on_provisional(self, response: SipResponse) -> None:
         self._feed(lambda: self.call.receive(response), response)

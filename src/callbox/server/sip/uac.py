@@ -178,6 +178,18 @@ class OutboundCall:
     def finished(self) -> bool:
         return self.state in FINAL_STATES
 
+    @property
+    def cancel_requested(self) -> bool:
+        return bool(self._cancel_reason)
+
+    def resent(self, invite: SipRequest) -> None:
+        """The INVITE was challenged (401/407) and sent again with credentials, in a new
+        transaction: CANCEL, the 2xx's ACK and the dialog follow the new one."""
+        if self.finished or self.cancel_requested:
+            raise UacError(f"INVITE re-sent in state {self.state.value}")
+        self.invite = invite
+        self._provisional_seen = False
+
     def _move(self, event: UacEvent) -> UacState:
         following = TRANSITIONS[self.state].get(event)
         if following is None:

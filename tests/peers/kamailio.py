@@ -1,0 +1,221 @@
+"""Kamailio (Debian ``kamailio`` 5.6) as a carrier: a registrar with digest authentication.
+
+:func:`start_kamailio` writes a config for a free loopback UDP port and runs kamailio in the
+foreground until the ``async with`` block ends:
+
+- REGISTER: ``www`` digest auth (``pv_www_authenticate`` with the one password given, realm =
+  the To domain), then ``save("location")`` into usrloc in memory (``db_mode 0``).
+- INVITE: ``proxy`` digest auth (realm = the From domain), then ``lookup("location")`` and
+  relay to the registered contact (404 when nobody is registered), with Record-Route.
+- In-dialog requests follow the route set.
+- Every request is logged (``REQ <method> ...`` with the Expires header), so a test counts
+  REGISTERs from Kamailio's side (:meth:`Kamailio.requests`; retransmissions count once).
+
+:meth:`Kamailio.contacts` reads the bindings with ``kamcmd ul.dump`` over the ``ctl`` socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import new_workdir
+from .ports import LOOPBACK, free_port, udp_port_bound
+
+__all__ = ["Kamailio", "start_kamailio"]
+
+MODULES_DIR = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+START_TIMEOUT = 15.0
+
+CONFIG = """#!KAMAILIO
+debug=2
+log_stderror=yes
+children=2
+tcp_children=1
+disable_tcp=no
+auto_aliases=no
+listen=udp:{host}:{port}
+listen=tcp:{host}:{port}
+alias="{host}:{port}"
+mpath="{modules}"
+
+loadmodule "kex.so"
+loadmodule "corex.so"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "auth.so"
+loadmodule "ctl.so"
+
+modparam("usrloc", "db_mode", 0)
+modparam("registrar", "default_expires", 300)
+modparam("registrar", "min_expires", 1)
+modparam("ctl", "binrpc", "unix:{ctl}")
+modparam("rr", "append_fromtag", 1)
+
+request_route {{
+    xlog("L_NOTICE", "REQ $rm ru=$ru from=$si:$sp expires=$hdr(Expires) auth=$au cs=$cs ci=$ci\\n");
+    if (!mf_process_maxfwd_header("10")) {{
+        sl_send_reply("483", "Too Many Hops");
+        exit;
+    }}
+    if (has_totag()) {{
+        if (loose_route()) {{
+            t_relay();
+            exit;
+        }}
+        if (is_method("ACK")) {{
+            if (t_check_trans()) {{
+                t_relay();
+            }}
+            exit;
+        }}
+        sl_send_reply("404", "Not Here");
+        exit;
+    }}
+    if (is_method("CANCEL")) {{
+        if (t_check_trans()) {{
+            t_relay();
+        }}
+        exit;
+    }}
+    if (is_method("REGISTER")) {{
+        if (!pv_www_authenticate("$td", "{password}", "0")) {{
+            www_challenge("$td", "0");
+            exit;
+        }}
+        if (!save("location")) {{
+            sl_reply_error();
+        }}
+        exit;
+    }}
+    if (is_method("INVITE")) {{
+        if (!pv_proxy_authenticate("$fd", "{password}", "0")) {{
+            proxy_challenge("$fd", "0");
+            exit;
+        }}
+        consume_credentials();
+        record_route();
+        if (!lookup("location")) {{
+            sl_send_reply("404", "Not Registered");
+            exit;
+        }}
+        t_relay();
+        exit;
+    }}
+    sl_send_reply("405", "Method Not Allowed");
+}}
+"""
+
+_REQ = re.compile(r"REQ (\S+) ru=(\S+) from=(\S+) expires=(\S*) auth=(\S*) cs=(\S+) ci=(\S+)")
+
+
+@dataclass
+class LoggedRequest:
+    method: str
+    uri: str
+    source: str
+    expires: str
+    authorized: bool
+
+
+@dataclass
+class Kamailio:
+    host: str
+    port: int
+    password: str
+    workdir: Path
+    process: asyncio.subprocess.Process
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "kamailio.log"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def requests(self, method: str | None = None) -> list[LoggedRequest]:
+        """The requests Kamailio received, in order (from its log), each once: a
+        retransmission (same Call-ID, CSeq and method) is not counted again."""
+        found = []
+        seen: set[tuple[str, str, str]] = set()
+        for match in _REQ.finditer(self.log()):
+            key = (match[1], match[6], match[7])
+            if key in seen:
+                continue
+            seen.add(key)
+            logged = LoggedRequest(match[1], match[2], match[3], match[4],
+                                   match[5] not in ("", "<null>"))
+            if method is None or logged.method == method:
+                found.append(logged)
+        return found
+
+    async def contacts(self, user: str) -> list[str]:
+        """The contact URIs registered for ``user`` (``kamcmd ul.dump``)."""
+        process = await asyncio.create_subprocess_exec(
+            "kamcmd", "-s", f"unix:{self.workdir / 'ctl'}", "ul.dump",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), 10)
+        assert process.returncode == 0, f"kamcmd ul.dump failed: {err.decode(errors='replace')}"
+        text = out.decode(errors="replace")
+        contacts: list[str] = []
+        for block in re.split(r"\n\s*AoR:\s*", "\n" + text)[1:]:
+            aor = block.split("\n", 1)[0].strip()
+            if aor == user or aor.startswith(f"{user}@"):
+                contacts += re.findall(r"Address:\s*(\S+)", block)
+        return contacts
+
+
+@contextlib.asynccontextmanager
+async def start_kamailio(*, password: str, host: str = LOOPBACK) -> AsyncIterator[Kamailio]:
+    """Kamailio as registrar + authenticating proxy on a free port; stopped at the end."""
+    binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
+    if not Path(binary).exists():
+        raise RuntimeError("kamailio is not installed (Debian package kamailio)")
+    workdir = new_workdir("kamailio")
+    port = free_port(host)  # UDP and TCP
+    config = workdir / "kamailio.cfg"
+    config.write_text(CONFIG.format(host=host, port=port, modules=MODULES_DIR,
+                                    ctl=workdir / "ctl", password=password))
+    log = (workdir / "kamailio.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        binary, "-f", str(config), "-P", str(workdir / "kamailio.pid"), "-Y", str(workdir),
+        "-DD", "-E", "-w", str(workdir),
+        stdout=log, stderr=log, start_new_session=True)
+    kamailio = Kamailio(host, port, password, workdir, process)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while not (udp_port_bound(port, host) and (workdir / "ctl").exists()):
+            if process.returncode is not None or loop.time() > deadline:
+                raise RuntimeError(f"kamailio did not start:\n{kamailio.log()[-3000:]}")
+            await asyncio.sleep(0.05)
+        yield kamailio
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        log.close()
