@@ -23,6 +23,7 @@ from callbox.server.inbound import InboundCalls
 from callbox.server.media.clock import MediaClock
 from callbox.server.media.ports import RtpPortPool
 from callbox.server.media.session import MediaSession
+from callbox.server.outbound import OutboundCalls
 from callbox.server.recording.engine import RecordingEngine
 from callbox.server.relay.hub import RelayHub
 from callbox.server.services import Services
@@ -84,6 +85,11 @@ class Platform:
             on_new_call=self._on_new_call, on_call_ended=self._on_call_ended,
         )
         self.sip.on_invite = self.inbound.on_invite
+        self.outbound = OutboundCalls(
+            trunks=config.trunks, sip=self.sip, ports=self.ports,
+            advertised_host=self.advertised_host, clock=self.clock, calls=self.calls,
+            on_call_ended=self._on_call_ended,
+        )
         self._ended_media: Counter[str] = Counter()  # RTP counters of the calls that ended
 
     def media_counters(self) -> dict[str, int]:

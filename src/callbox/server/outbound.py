@@ -1,0 +1,268 @@
+"""Outbound calls: routing a destination to a request-URI, placing the call, creating the `Call`.
+
+Routing (`route_outbound`): a number (`+15550001`, `15550001`) goes through the trunk named by
+`trunk`, else the first trunk: request-URI `sip:NUMBER@<trunk proxy>` (`;transport=tcp` for a TCP
+trunk) and the trunk's credentials answer 401/407. A SIP URI goes direct, without credentials.
+From: the caller id given, else the trunk's `from_number`, else its username.
+
+`OutboundCalls.dial` allocates an RTP port, offers our SDP, places the call with the SIP endpoint
+and, once answered, returns a platform `Call` (direction "outbound", in the call registry,
+answered, media running) that can be recorded and commanded exactly like an inbound call. A
+failure releases the port. Host names (the proxy's, the answer's `c=`) are resolved off the media
+path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from callbox.server.call import Call
+from callbox.server.config import Trunk
+from callbox.server.media.clock import MediaClock
+from callbox.server.media.ports import RtpPortPool
+from callbox.server.media.session import MediaSession
+from callbox.server.sip.digest import Authenticator
+from callbox.server.sip.endpoint import CallFailed, OfferRejected, SipEndpoint
+from callbox.server.sip.message import SipRequest, SipResponse
+from callbox.server.sip.registration_runner import trunk_authenticator
+from callbox.server.sip.resolve import numeric_host
+from callbox.server.sip.sdp import (
+    HOLD_ADDRESSES,
+    NegotiatedMedia,
+    SdpError,
+    SessionDescription,
+    UnsupportedContentType,
+    answer_offer,
+    check_media_address,
+    make_offer,
+    parse_sdp,
+    sdp_body,
+)
+from callbox.server.sip.uac import UacState
+from callbox.server.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RING_TIMEOUT = 30.0
+DEFAULT_CALLER = "callbox"  # our From user for a direct call without a caller id
+NUMBER = re.compile(r"\+?[0-9]{1,20}")
+
+
+class OutboundError(ValueError):
+    """A destination, caller id or trunk that cannot be dialled (nothing was sent)."""
+
+
+@dataclass(frozen=True)
+class OutboundRoute:
+    """Where an outbound call goes: the request-URI, our From, and the trunk (None = direct)."""
+
+    uri: str
+    from_uri: str | None  # None: the endpoint's own URI for `from_user`
+    from_user: str
+    trunk: Trunk | None
+
+
+def route_outbound(to: str, trunks: list[Trunk], *, from_: str | None = None,
+                   trunk: str | None = None) -> OutboundRoute:
+    """Route `to` (a number or a sip: URI); raises OutboundError with what to fix."""
+    to = to.strip()
+    if to.lower().startswith("sip:"):
+        if trunk:
+            raise OutboundError(f"trunk {trunk!r} is for numbers; {to!r} is a SIP URI "
+                                "(it is called directly)")
+        user = from_ or DEFAULT_CALLER
+        return OutboundRoute(to, _from_uri(from_, None), _user_of(user), None)
+    if not NUMBER.fullmatch(to):
+        raise OutboundError(f"cannot dial {to!r}: give a number (+15550001) or a sip: URI")
+    chosen = _pick_trunk(to, trunks, trunk)
+    params = ";transport=tcp" if chosen.transport.lower() == "tcp" else ""
+    caller = from_ or chosen.from_number or chosen.username or DEFAULT_CALLER
+    return OutboundRoute(f"sip:{to}@{chosen.proxy}{params}", _from_uri(caller, chosen),
+                         _user_of(caller), chosen)
+
+
+def _pick_trunk(number: str, trunks: list[Trunk], name: str | None) -> Trunk:
+    if name:
+        for candidate in trunks:
+            if candidate.name == name:
+                return candidate
+        known = ", ".join(repr(t.name) for t in trunks) or "none"
+        raise OutboundError(f"no trunk named {name!r} to call {number} (configured: {known})")
+    if not trunks:
+        raise OutboundError(f"cannot call {number}: no trunk is configured; add a [[trunks]] "
+                            "section (or dial a sip: URI)")
+    return trunks[0]
+
+
+def _from_uri(caller: str | None, trunk: Trunk | None) -> str | None:
+    """A caller id as a From URI: a sip: URI as given; a number or name at the trunk's domain
+    (carriers check it), or at our own address for a direct call."""
+    if caller is None:
+        return None
+    if caller.lower().startswith("sip:"):
+        return caller
+    if not re.fullmatch(r"\+?[A-Za-z0-9._~-]{1,64}", caller):
+        raise OutboundError(f"caller id {caller!r} must be a number, a user name or a sip: URI")
+    if trunk is None:
+        return None
+    return f"sip:{caller}@{trunk.proxy}"
+
+
+def _user_of(caller: str) -> str:
+    if caller.lower().startswith("sip:"):
+        return caller[4:].split("@", 1)[0].split(";", 1)[0]
+    return caller
+
+
+class OutboundCalls:
+    """Places calls for the platform (RELAY dial/connect, SWML connect) and registers them."""
+
+    def __init__(
+        self,
+        *,
+        trunks: list[Trunk],
+        sip: SipEndpoint,
+        ports: RtpPortPool,
+        advertised_host: str,
+        clock: MediaClock,
+        calls: dict[str, Call],
+        on_call_ended: Callable[[Call], None],
+    ) -> None:
+        self.trunks = trunks
+        self.sip = sip
+        self.ports = ports
+        self.advertised_host = advertised_host
+        self.clock = clock
+        self.calls = calls
+        self.on_call_ended = on_call_ended
+        self._sdp_version = secrets.randbelow(2**31)
+        self._family = socket.AF_INET6 if ":" in ports.host else socket.AF_INET
+
+    async def dial(
+        self,
+        to: str,
+        *,
+        from_: str | None = None,
+        trunk: str | None = None,
+        ring_timeout: float = DEFAULT_RING_TIMEOUT,
+        on_progress: Callable[[UacState, SipResponse], None] | None = None,
+        on_early_media: Callable[[NegotiatedMedia], None] | None = None,
+        project_id: str = "",
+    ) -> Call:
+        """Call `to` and return the answered `Call`. Raises OutboundError (bad destination or
+        no trunk), NoPortsAvailable, and CallFailed with the SIP status (486, 408, 487 ...)."""
+        route = route_outbound(to, self.trunks, from_=from_, trunk=trunk)
+        authenticator: Authenticator | None = None
+        if route.trunk is not None:
+            authenticator = trunk_authenticator(route.trunk)
+        sock = self.ports.open()
+        media = MediaSession(sock, self.advertised_host)
+        placed = _MediaSetup(self, media)
+        offer = self._offer(media.local_port)
+
+        def early_media(negotiated: NegotiatedMedia) -> None:
+            spawn(placed.use(negotiated), name="outbound-early-media")
+            if on_early_media is not None:
+                on_early_media(negotiated)
+
+        from_uri = route.from_uri or self.sip.local_uri(route.from_user)
+        try:
+            leg = await self.sip.call(
+                route.uri, offer, from_uri=from_uri,
+                ring_timeout=ring_timeout, on_progress=on_progress, on_early_media=early_media,
+                on_reoffer=placed.reoffer, authenticator=authenticator)
+        except BaseException:
+            self._release(media)
+            raise
+        assert leg.media is not None
+        call = Call(
+            leg=leg, media=media, clock=self.clock, sdp_answer=offer.serialize(),
+            from_uri=from_uri, to_uri=route.uri,
+            from_user=route.from_user, to_user=to.strip(), on_ended=self.on_call_ended,
+        )
+        call.direction = "outbound"
+        call.project_id = project_id
+        self.calls[call.id] = call
+        log.info("call %s to %s%s (SIP %s)", call.id, route.uri,
+                 f" via trunk {route.trunk.name}" if route.trunk else "", leg.invite.call_id)
+        try:
+            await placed.use(leg.media)
+        except OfferRejected as exc:
+            log.warning("call %s: unusable answer: %s; hanging up", call.id, exc)
+            await call.hangup("error")
+            raise CallFailed(exc.status, str(exc)) from None
+        if call.is_active:
+            call.answer()
+        return call
+
+    def next_sdp_version(self) -> int:
+        self._sdp_version += 1
+        return self._sdp_version
+
+    def _offer(self, local_port: int) -> SessionDescription:
+        version = self.next_sdp_version()
+        return make_offer(local_host=self.advertised_host, local_port=local_port,
+                          session_id=version, session_version=version)
+
+    def _release(self, media: MediaSession) -> None:
+        self.clock.remove(media)
+        media.close()
+        self.ports.release(media.sock)
+
+    async def media_host(self, host: str) -> str:
+        """A numeric address of our RTP family for an answer's `c=` (hold stays hold)."""
+        if host in HOLD_ADDRESSES:
+            return "::" if self._family == socket.AF_INET6 else "0.0.0.0"
+        try:
+            host = await numeric_host(host, family=self._family)
+        except OSError as exc:
+            raise OfferRejected(488, f"media host {host[:80]!r} does not resolve: {exc}") from None
+        family = 6 if self._family == socket.AF_INET6 else 4
+        if ipaddress.ip_address(host).version != family:
+            raise OfferRejected(488, f"media address {host} is not IPv{family}")
+        try:
+            check_media_address(host)
+        except SdpError as exc:
+            raise OfferRejected(488, str(exc)) from None
+        return host
+
+
+class _MediaSetup:
+    """Configures one outbound call's media session, in order: early media, the answer, then
+    re-INVITEs from the callee."""
+
+    def __init__(self, calls: OutboundCalls, media: MediaSession) -> None:
+        self.calls = calls
+        self.media = media
+        self.lock = asyncio.Lock()
+
+    async def use(self, negotiated: NegotiatedMedia) -> None:
+        async with self.lock:
+            host = await self.calls.media_host(negotiated.remote_host)
+            if self.media.closed:
+                return
+            self.media.configure(host, negotiated.remote_port, negotiated.payload_type,
+                                 negotiated.dtmf_payload_type, negotiated.local_direction)
+            if not self.media.started:  # early media flows before the answer
+                self.media.start()
+                self.calls.clock.add(self.media)
+
+    async def reoffer(self, request: SipRequest) -> bytes:
+        """A re-INVITE from the callee (hold, resume, a new address): answered on our port."""
+        version = self.calls.next_sdp_version()
+        try:
+            offer = parse_sdp(sdp_body(request.body, request.content_type))
+            answer, negotiated = answer_offer(
+                offer, local_host=self.calls.advertised_host, local_port=self.media.local_port,
+                session_id=version, session_version=version)
+        except (SdpError, UnsupportedContentType) as exc:
+            raise OfferRejected(488, str(exc)) from None
+        await self.use(negotiated)
+        return answer.serialize()
