@@ -5,8 +5,9 @@ foreground until the ``async with`` block ends:
 
 - REGISTER: ``www`` digest auth (``pv_www_authenticate`` with the one password given, realm =
   the To domain), then ``save("location")`` into usrloc in memory (``db_mode 0``).
-- INVITE: ``proxy`` digest auth (realm = the From domain), then ``lookup("location")`` and
-  relay to the registered contact (404 when nobody is registered), with Record-Route.
+- INVITE: ``proxy`` digest auth (realm = the From domain), then, with Record-Route, a number
+  given in ``routes`` (request-URI user -> ``host:port``) is relayed there over UDP, anything else
+  to the registered contact (``lookup("location")``; 404 when nobody is registered).
 - In-dialog requests follow the route set.
 - Every request is logged (``REQ <method> ...`` with the Expires header), so a test counts
   REGISTERs from Kamailio's side (:meth:`Kamailio.requests`; retransmissions count once).
@@ -20,7 +21,7 @@ import asyncio
 import contextlib
 import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,7 @@ request_route {{
         }}
         consume_credentials();
         record_route();
+{routes}
         if (!lookup("location")) {{
             sl_send_reply("404", "Not Registered");
             exit;
@@ -185,9 +187,21 @@ class Kamailio:
         return contacts
 
 
+def number_routes(routes: Mapping[str, str]) -> str:
+    """The config lines relaying an INVITE for each number to its address."""
+    for number, address in routes.items():
+        if not re.fullmatch(r"\+?[0-9]+", number) or not re.fullmatch(r"[\w.:\[\]-]+", address):
+            raise ValueError(f"bad route {number!r} -> {address!r}")
+    return "\n".join(
+        f'        if ($rU == "{number}") {{ $du = "sip:{address}"; t_relay(); exit; }}'
+        for number, address in routes.items())
+
+
 @contextlib.asynccontextmanager
-async def start_kamailio(*, password: str, host: str = LOOPBACK) -> AsyncIterator[Kamailio]:
-    """Kamailio as registrar + authenticating proxy on a free port; stopped at the end."""
+async def start_kamailio(*, password: str, host: str = LOOPBACK,
+                         routes: Mapping[str, str] | None = None) -> AsyncIterator[Kamailio]:
+    """Kamailio as registrar + authenticating proxy on a free port; stopped at the end.
+    `routes` sends INVITEs for a number (request-URI user) to a ``host:port`` over UDP."""
     binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
     if not Path(binary).exists():
         raise RuntimeError("kamailio is not installed (Debian package kamailio)")
@@ -195,7 +209,8 @@ async def start_kamailio(*, password: str, host: str = LOOPBACK) -> AsyncIterato
     port = free_port(host)  # UDP and TCP
     config = workdir / "kamailio.cfg"
     config.write_text(CONFIG.format(host=host, port=port, modules=MODULES_DIR,
-                                    ctl=workdir / "ctl", password=password))
+                                    ctl=workdir / "ctl", password=password,
+                                    routes=number_routes(routes or {})))
     log = (workdir / "kamailio.log").open("wb")
     process = await asyncio.create_subprocess_exec(
         binary, "-f", str(config), "-P", str(workdir / "kamailio.pid"), "-Y", str(workdir),
