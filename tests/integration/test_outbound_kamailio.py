@@ -45,7 +45,7 @@ async def test_a_number_is_called_through_the_trunk_and_the_callee_is_recorded(
     stream = g711_stream(audio.tone(CALLEE_HZ, 1.0, dbfs=-12), tmp_path / "callee.ulaw",
                          loops=-1)
     uas_port = free_udp_port()
-    async with start_sipp_uas("uas_answer", local_port=uas_port,
+    async with start_sipp_uas("uas_answer_behind_proxy", local_port=uas_port,
                               media_port=free_port_range(4).start,
                               keys={"stream": stream}) as uas, \
             start_kamailio(password=PASSWORD,
