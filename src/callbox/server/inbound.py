@@ -24,11 +24,10 @@ from callbox.server.media.ports import NoPortsAvailable, RtpPortPool
 from callbox.server.media.session import MediaSession
 from callbox.server.sip.endpoint import InboundInvite, OfferRejected
 from callbox.server.sip.headers import NameAddr
+from callbox.server.sip.media_address import media_host
 from callbox.server.sip.message import SipRequest
 from callbox.server.sip.registration_runner import trunk_authenticator
-from callbox.server.sip.resolve import numeric_host
 from callbox.server.sip.sdp import (
-    HOLD_ADDRESSES,
     SDP_CONTENT_TYPE,
     NegotiatedMedia,
     SdpError,
@@ -36,7 +35,6 @@ from callbox.server.sip.sdp import (
     UnsupportedContentType,
     accept_answer,
     answer_offer,
-    check_media_address,
     make_offer,
     parse_sdp,
     sdp_body,
@@ -205,33 +203,8 @@ class InboundCalls:
             )
         except SdpError as exc:
             raise OfferRejected(488, str(exc)) from None
-        negotiated.remote_host = await self._media_host(negotiated.remote_host)
+        negotiated.remote_host = await media_host(negotiated.remote_host, self._family)
         return Negotiation(answer.serialize(), negotiated)
-
-    async def _media_host(self, host: str) -> str:
-        """A numeric address of our RTP family for the offer's `c=` (hold stays hold)."""
-        if host in HOLD_ADDRESSES:
-            return "::" if self._family == socket.AF_INET6 else "0.0.0.0"
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            host = await self._resolve(host)
-            address = ipaddress.ip_address(host)
-        family = 6 if self._family == socket.AF_INET6 else 4
-        if address.version != family:
-            raise OfferRejected(488, f"media address {host} is IPv{address.version}; "
-                                     f"callbox RTP listens on IPv{family}")
-        try:
-            check_media_address(host)
-        except SdpError as exc:
-            raise OfferRejected(488, str(exc)) from None
-        return host
-
-    async def _resolve(self, name: str) -> str:
-        try:
-            return await numeric_host(name, family=self._family)
-        except OSError as exc:
-            raise OfferRejected(488, f"media host {name[:80]!r} does not resolve: {exc}") from None
 
     async def _reoffer(self, call: Call, request: SipRequest) -> bytes:
         """A re-INVITE (hold/resume, new address): same port, new direction."""
@@ -256,7 +229,7 @@ class InboundCalls:
         the call (RFC 3264 has no way to reject an answer)."""
         try:
             negotiated = accept_answer(offer, parse_sdp(sdp_body(body, content_type)))
-            negotiated.remote_host = await self._media_host(negotiated.remote_host)
+            negotiated.remote_host = await media_host(negotiated.remote_host, self._family)
         except (SdpError, UnsupportedContentType, OfferRejected) as exc:
             log.info("call %s: unusable SDP answer in the ACK: %s; hanging up",
                      invite.call_id, exc)

@@ -15,7 +15,6 @@ path.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 import secrets
@@ -30,17 +29,15 @@ from callbox.server.media.ports import RtpPortPool
 from callbox.server.media.session import MediaSession
 from callbox.server.sip.digest import Authenticator
 from callbox.server.sip.endpoint import CallFailed, OfferRejected, SipEndpoint
+from callbox.server.sip.media_address import media_host
 from callbox.server.sip.message import SipRequest, SipResponse
 from callbox.server.sip.registration_runner import trunk_authenticator
-from callbox.server.sip.resolve import numeric_host
 from callbox.server.sip.sdp import (
-    HOLD_ADDRESSES,
     NegotiatedMedia,
     SdpError,
     SessionDescription,
     UnsupportedContentType,
     answer_offer,
-    check_media_address,
     make_offer,
     parse_sdp,
     sdp_body,
@@ -143,7 +140,7 @@ class OutboundCalls:
         self.calls = calls
         self.on_call_ended = on_call_ended
         self._sdp_version = secrets.randbelow(2**31)
-        self._family = socket.AF_INET6 if ":" in ports.host else socket.AF_INET
+        self.family = socket.AF_INET6 if ":" in ports.host else socket.AF_INET
 
     async def dial(
         self,
@@ -216,23 +213,6 @@ class OutboundCalls:
         media.close()
         self.ports.release(media.sock)
 
-    async def media_host(self, host: str) -> str:
-        """A numeric address of our RTP family for an answer's `c=` (hold stays hold)."""
-        if host in HOLD_ADDRESSES:
-            return "::" if self._family == socket.AF_INET6 else "0.0.0.0"
-        try:
-            host = await numeric_host(host, family=self._family)
-        except OSError as exc:
-            raise OfferRejected(488, f"media host {host[:80]!r} does not resolve: {exc}") from None
-        family = 6 if self._family == socket.AF_INET6 else 4
-        if ipaddress.ip_address(host).version != family:
-            raise OfferRejected(488, f"media address {host} is not IPv{family}")
-        try:
-            check_media_address(host)
-        except SdpError as exc:
-            raise OfferRejected(488, str(exc)) from None
-        return host
-
 
 class _MediaSetup:
     """Configures one outbound call's media session, in order: early media, the answer, then
@@ -245,7 +225,7 @@ class _MediaSetup:
 
     async def use(self, negotiated: NegotiatedMedia) -> None:
         async with self.lock:
-            host = await self.calls.media_host(negotiated.remote_host)
+            host = await media_host(negotiated.remote_host, self.calls.family)
             if self.media.closed:
                 return
             self.media.configure(host, negotiated.remote_port, negotiated.payload_type,
