@@ -73,6 +73,10 @@ async def test_a_number_is_called_through_the_trunk_and_the_callee_is_recorded(
     invite = result.messages.split("INVITE sip:", 1)[1].split("\n\n", 1)[0]
     from_line = next(line for line in invite.splitlines() if line.lower().startswith("from:"))
     assert f"sip:{FROM_NUMBER}@{kamailio.target}" in from_line
+    vias = ",".join(line.split(":", 1)[1] for line in invite.splitlines()
+                    if line.lower().startswith("via:")).split(",")
+    ours = [v.strip() for v in vias if "SIP/2.0/" in v][-1]  # below Kamailio's UDP one
+    assert ours.startswith(f"SIP/2.0/{transport.upper()} "), ours
     samples, rate = audio.decode_audio(recording.path)
     assert rate == 8000 and len(samples) > 8000
     heard = samples[1600:]
