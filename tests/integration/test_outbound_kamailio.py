@@ -2,7 +2,8 @@
 
 Kamailio demands proxy digest auth for the INVITE (407 -> our authenticated retry) and relays
 the test number to a sipp UAS; the callee's tone is found in a recording the recording engine
-made on the outbound `Call`, over UDP and over TCP between callbox and Kamailio.
+made on the outbound `Call`, over UDP and over TCP between callbox and Kamailio. A sip: URI goes
+straight to sipp (no trunk, no credentials), with its early media flowing before the answer.
 """
 
 from __future__ import annotations
@@ -112,3 +113,24 @@ async def test_a_number_without_a_trunk_is_a_clear_error(tmp_path: Path) -> None
         with pytest.raises(OutboundError, match="give a number"):
             await running.platform.outbound.dial("not a number")
         assert running.platform.calls == {}
+
+
+async def test_a_sip_uri_is_called_directly_and_early_media_flows_before_the_answer(
+        tmp_path: Path) -> None:
+    # 1 s of tone from the 183 on; the 200 comes 2.5 s later and nothing is streamed after it.
+    stream = g711_stream(audio.tone(CALLEE_HZ, 1.0, dbfs=-12), tmp_path / "early.ulaw")
+    early: list[int] = []
+    async with start_sipp_uas("uas_early_media", media_port=free_port_range(4).start,
+                              keys={"stream": stream}, extra_args=["-d", "2500"]) as uas, \
+            running_platform(tmp_path, trunks=[trunk("127.0.0.1:9")]) as running:
+        call = await running.platform.outbound.dial(
+            uas.uri(), from_="+15557777", on_early_media=lambda m: early.append(m.remote_port))
+        received_before_answer = call.media.stats.packets_received
+        assert call.from_user == "+15557777" and call.state == "answered"
+        await call.hangup()
+        result = await uas.wait(timeout=20)
+        assert result.ok, result.describe()
+    assert len(early) == 1
+    assert received_before_answer >= 40  # most of the second of early media
+    invite = result.messages.split("INVITE sip:", 1)[1].split("\n\n", 1)[0]
+    assert "Proxy-Authorization" not in invite and "sip:+15557777@127.0.0.1" in invite

@@ -165,7 +165,7 @@ class OutboundCalls:
         offer = self._offer(media.local_port)
 
         def early_media(negotiated: NegotiatedMedia) -> None:
-            spawn(placed.use(negotiated), name="outbound-early-media")
+            spawn(placed.use_early(negotiated), name="outbound-early-media")
             if on_early_media is not None:
                 on_early_media(negotiated)
 
@@ -180,7 +180,7 @@ class OutboundCalls:
             raise
         assert leg.media is not None
         call = Call(
-            leg=leg, media=media, clock=self.clock, sdp_answer=offer.serialize(),
+            leg=leg, media=media, clock=self.clock, sdp_answer=offer.serialize(),  # our SDP
             from_uri=from_uri, to_uri=route.uri,
             from_user=route.from_user, to_user=to.strip(), on_ended=self.on_call_ended,
         )
@@ -233,6 +233,13 @@ class _MediaSetup:
             if not self.media.started:  # early media flows before the answer
                 self.media.start()
                 self.calls.clock.add(self.media)
+
+    async def use_early(self, negotiated: NegotiatedMedia) -> None:
+        """Early media (a 183 with SDP); an unusable address only means nothing is heard yet."""
+        try:
+            await self.use(negotiated)
+        except OfferRejected as exc:
+            log.info("early media not used: %s", exc)
 
     async def reoffer(self, request: SipRequest) -> bytes:
         """A re-INVITE from the callee (hold, resume, a new address): answered on our port."""
