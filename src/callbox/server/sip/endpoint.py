@@ -18,7 +18,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from callbox.server.sip.dialog import Dialog, DialogKey, dialog_key_from_request
-from callbox.server.sip.digest import AuthenticationFailed, Authenticator, AuthExchange
+from callbox.server.sip.digest import (
+    AuthenticationFailed,
+    Authenticator,
+    AuthExchange,
+    credentials_of,
+)
 from callbox.server.sip.headers import NameAddr, SipUri, Via
 from callbox.server.sip.message import (
     MAX_MESSAGE_BYTES,
@@ -727,14 +732,20 @@ class Leg:
             extra_headers=[("User-Agent", self.endpoint.user_agent)],
         )
 
+        sent = request  # the INVITE last sent: re-sent with credentials after a challenge
+
         def ack(response: SipResponse) -> None:
+            # The ACK for a 2xx carries the INVITE's CSeq number and credentials (RFC 3261
+            # 13.2.2.4, 22.1).
             self.endpoint.send(dialog.create_request(
                 "ACK", via=self.endpoint.via_value(self.transport), contact=None,
-                cseq=request.cseq.seq,
+                cseq=response.cseq.seq, extra_headers=credentials_of(sent),
             ), self._known_dest())
 
-        response = await self.endpoint.request(request, await self._resolve_dest(),
-                                               on_late_2xx=ack)
+        exchange = self.authenticator.exchange() if self.authenticator is not None else None
+        sent, response = await self.endpoint.request_authenticated(
+            request, await self._resolve_dest(), exchange, on_late_2xx=ack)
+        dialog.local_seq = max(dialog.local_seq, sent.cseq.seq)
         if 200 <= response.status < 300:
             dialog.refresh_target(response)
             try:
