@@ -39,9 +39,9 @@ DIALLED = "15550123"
 CALLER_HZ = 700
 
 
-def carrier(kamailio: Kamailio, *, password: str = PASSWORD) -> Trunk:
-    return Trunk(name="carrier", proxy=kamailio.target, username=USERNAME, password=password,
-                 register=True, expires=60, from_number="+15550100")
+def carrier(kamailio: Kamailio, *, password: str = PASSWORD, transport: str = "udp") -> Trunk:
+    return Trunk(name="carrier", proxy=kamailio.target, transport=transport, username=USERNAME,
+                 password=password, register=True, expires=60, from_number="+15550100")
 
 
 def record_route() -> Route:
@@ -69,6 +69,24 @@ async def metrics_text(running: RunningPlatform) -> str:
         return await response.text()
 
 
+async def call_the_aor_through_kamailio(kamailio: Kamailio, tmp_path: Path) -> None:
+    """A sipp caller (UDP, proxy auth) streams a tone to the AOR, to the dialled number."""
+    stream = g711_stream(audio.tone(CALLER_HZ, 2.0, dbfs=-12), tmp_path / "caller.ulaw")
+    result = await run_sipp(
+        "uac_auth_stream_bye", kamailio.target, service=USERNAME,
+        local_port=free_udp_port(), media_port=free_port_range(4).start,
+        keys={"stream": stream, "to_user": DIALLED, "auth_user": "sipp"},
+        extra_args=["-au", "sipp", "-ap", PASSWORD, "-d", "2500"], timeout=40)
+    assert result.ok, result.describe()
+
+
+def assert_caller_tone(recording: Recording) -> None:
+    samples, rate = audio.decode_audio(recording.path)
+    assert rate == 8000 and (recording.duration or 0.0) >= 1.5
+    assert audio.tone_level_dbfs(samples[2000:10000], CALLER_HZ) > -18
+    assert abs(audio.dominant_frequency(samples[2000:10000]) - CALLER_HZ) < 10
+
+
 async def test_registers_and_a_call_to_the_registered_aor_is_recorded(tmp_path: Path) -> None:
     async with start_kamailio(password=PASSWORD) as kamailio, running_platform(
             tmp_path, [record_route()], trunks=[carrier(kamailio)]) as running:
@@ -85,13 +103,7 @@ async def test_registers_and_a_call_to_the_registered_aor_is_recorded(tmp_path: 
 
         # A caller reaches the AOR through Kamailio (proxy auth), which relays the INVITE to
         # our contact: request-URI user = our username, To user = the dialled number.
-        stream = g711_stream(audio.tone(CALLER_HZ, 2.0, dbfs=-12), tmp_path / "caller.ulaw")
-        result = await run_sipp(
-            "uac_auth_stream_bye", kamailio.target, service=USERNAME,
-            local_port=free_udp_port(), media_port=free_port_range(4).start,
-            keys={"stream": stream, "to_user": DIALLED, "auth_user": "sipp"},
-            extra_args=["-au", "sipp", "-ap", PASSWORD, "-d", "2500"], timeout=40)
-        assert result.ok, result.describe()
+        await call_the_aor_through_kamailio(kamailio, tmp_path)
         invites = kamailio.requests("INVITE")
         assert [r.authorized for r in invites][:2] == [False, True]
         seen = await running.wait_call_ended(0, timeout=30)
@@ -99,10 +111,36 @@ async def test_registers_and_a_call_to_the_registered_aor_is_recorded(tmp_path: 
         (recording,) = seen.call.recordings
         assert isinstance(recording, Recording)
         await asyncio.wait_for(asyncio.shield(recording.done), 10)
-    samples, rate = audio.decode_audio(recording.path)
-    assert rate == 8000 and (recording.duration or 0.0) >= 1.5
-    assert audio.tone_level_dbfs(samples[2000:10000], CALLER_HZ) > -18
-    assert abs(audio.dominant_frequency(samples[2000:10000]) - CALLER_HZ) < 10
+    assert_caller_tone(recording)
+
+
+async def test_a_tcp_trunk_registers_over_tcp_and_its_calls_come_on_that_connection(
+        tmp_path: Path) -> None:
+    async with start_kamailio(password=PASSWORD) as kamailio, running_platform(
+            tmp_path, [record_route()], trunks=[carrier(kamailio, transport="tcp")]) as running:
+        reg = registration(running)
+        await until(lambda: reg.state is RegistrationState.REGISTERED, 15, "registered")
+        contact = f"sip:{USERNAME}@127.0.0.1:{running.sip_port};transport=tcp"
+        assert await kamailio.contacts(USERNAME) == [contact]
+        registers = kamailio.requests("REGISTER")
+        assert [(r.authorized, r.transport) for r in registers] == [(False, "tcp"), (True, "tcp")]
+        assert reg.machine.granted == 60  # read from the Contact Kamailio sent back
+        tcp = running.platform.sip.tcp
+        assert set(tcp.connections) == {(kamailio.host, kamailio.port)}  # opened by us
+
+        # sipp calls over UDP; Kamailio relays to our TCP contact on the registration's
+        # connection (no second connection) and the call is answered and recorded.
+        await call_the_aor_through_kamailio(kamailio, tmp_path)
+        seen = await running.wait_call_ended(0, timeout=30)
+        assert seen.call.to_user == DIALLED
+        assert seen.call.leg.transport == "TCP"
+        assert set(tcp.connections) == {(kamailio.host, kamailio.port)}
+        (recording,) = seen.call.recordings
+        assert isinstance(recording, Recording)
+        await asyncio.wait_for(asyncio.shield(recording.done), 10)
+    assert_caller_tone(recording)
+    unregister = kamailio.requests("REGISTER")[-1]
+    assert (unregister.expires, unregister.authorized, unregister.transport) == ("0", True, "tcp")
 
 
 async def test_wrong_password_fails_clearly_and_backs_off(

@@ -4,12 +4,18 @@
 foreground until the ``async with`` block ends:
 
 - REGISTER: ``www`` digest auth (``pv_www_authenticate`` with the one password given, realm =
-  the To domain), then ``save("location")`` into usrloc in memory (``db_mode 0``).
+  the To domain), then ``save("location")`` into usrloc in memory (``db_mode 0``). As the stock
+  kamailio.cfg does for a client behind NAT, a REGISTER over TCP (it comes from an ephemeral
+  port, not the contact's) has its source saved as the binding's ``received`` address
+  (``fix_nated_register``): calls to the contact then go back on the registering connection,
+  and so do the in-dialog requests (the callee's Contact gets an ``alias`` param naming that
+  connection, ``set_contact_alias``, which ``handle_ruri_alias`` follows).
 - INVITE: ``proxy`` digest auth (realm = the From domain), then ``lookup("location")`` and
   relay to the registered contact (404 when nobody is registered), with Record-Route.
 - In-dialog requests follow the route set.
 - Every request is logged (``REQ <method> ...`` with the Expires header), so a test counts
-  REGISTERs from Kamailio's side (:meth:`Kamailio.requests`; retransmissions count once).
+  REGISTERs from Kamailio's side (:meth:`Kamailio.requests`; retransmissions count once), and
+  sees which transport each came over.
 
 :meth:`Kamailio.contacts` reads the bindings with ``kamcmd ul.dump`` over the ``ctl`` socket.
 """
@@ -58,21 +64,26 @@ loadmodule "usrloc.so"
 loadmodule "registrar.so"
 loadmodule "auth.so"
 loadmodule "ctl.so"
+loadmodule "nathelper.so"
 
 modparam("usrloc", "db_mode", 0)
 modparam("registrar", "default_expires", 300)
 modparam("registrar", "min_expires", 1)
 modparam("ctl", "binrpc", "unix:{ctl}")
 modparam("rr", "append_fromtag", 1)
+modparam("nathelper|registrar", "received_avp", "$avp(RECEIVED)")
 
 request_route {{
-    xlog("L_NOTICE", "REQ $rm ru=$ru from=$si:$sp expires=$hdr(Expires) auth=$au cs=$cs ci=$ci\\n");
+    xlog("L_NOTICE", "REQ $rm ru=$ru from=$si:$sp proto=$pr expires=$hdr(Expires) auth=$au cs=$cs ci=$ci\\n");
     if (!mf_process_maxfwd_header("10")) {{
         sl_send_reply("483", "Too Many Hops");
         exit;
     }}
     if (has_totag()) {{
         if (loose_route()) {{
+            if (!isdsturiset()) {{
+                handle_ruri_alias();
+            }}
             t_relay();
             exit;
         }}
@@ -96,6 +107,9 @@ request_route {{
             www_challenge("$td", "0");
             exit;
         }}
+        if (proto == TCP) {{
+            fix_nated_register();
+        }}
         if (!save("location")) {{
             sl_reply_error();
         }}
@@ -112,14 +126,22 @@ request_route {{
             sl_send_reply("404", "Not Registered");
             exit;
         }}
+        t_on_reply("FROM_CALLEE");
         t_relay();
         exit;
     }}
     sl_send_reply("405", "Method Not Allowed");
 }}
+
+onreply_route[FROM_CALLEE] {{
+    if (proto == TCP) {{
+        set_contact_alias();
+    }}
+}}
 """
 
-_REQ = re.compile(r"REQ (\S+) ru=(\S+) from=(\S+) expires=(\S*) auth=(\S*) cs=(\S+) ci=(\S+)")
+_REQ = re.compile(r"REQ (\S+) ru=(\S+) from=(\S+) proto=(\S+) expires=(\S*) auth=(\S*) "
+                  r"cs=(\S+) ci=(\S+)")
 
 
 @dataclass
@@ -129,6 +151,7 @@ class LoggedRequest:
     source: str
     expires: str
     authorized: bool
+    transport: str  # "udp" or "tcp": how it reached Kamailio
 
 
 @dataclass
@@ -159,12 +182,12 @@ class Kamailio:
         found = []
         seen: set[tuple[str, str, str]] = set()
         for match in _REQ.finditer(self.log()):
-            key = (match[1], match[6], match[7])
+            key = (match[1], match[7], match[8])
             if key in seen:
                 continue
             seen.add(key)
-            logged = LoggedRequest(match[1], match[2], match[3], match[4],
-                                   match[5] not in ("", "<null>"))
+            logged = LoggedRequest(match[1], match[2], match[3], match[5],
+                                   match[6] not in ("", "<null>"), match[4])
             if method is None or logged.method == method:
                 found.append(logged)
         return found

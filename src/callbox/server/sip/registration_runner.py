@@ -22,6 +22,7 @@ from callbox.server.sip.message import (
 )
 from callbox.server.sip.registration import Registration, RegistrationState
 from callbox.server.sip.resolve import numeric_host
+from callbox.server.sip.transport import TCP, UDP
 from callbox.server.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,16 @@ class TrunkRegistration:
         return f"sip:{self.trunk.username}@{host}" + ("" if port == 5060 else f":{port}")
 
     @property
+    def transport(self) -> str:
+        """The trunk's transport: REGISTERs (refreshes and the unregister too) go over it."""
+        return TCP if self.trunk.transport.upper() == TCP else UDP
+
+    @property
     def contact_uri(self) -> str:
         host = self.endpoint.advertised_host
         host = f"[{host}]" if ":" in host else host
-        return f"sip:{self.trunk.username}@{host}:{self.endpoint.port}"
+        suffix = ";transport=tcp" if self.transport == TCP else ""
+        return f"sip:{self.trunk.username}@{host}:{self.endpoint.port}{suffix}"
 
     def start(self) -> None:
         self._changed(self.machine.start())
@@ -154,7 +161,7 @@ class TrunkRegistration:
         registrar = f"sip:{host}" + ("" if port == 5060 else f":{port}")
         headers = Headers()
         for name, value in (
-            ("Via", f"{self.endpoint.via_value()};branch={new_branch()}"),
+            ("Via", f"{self.endpoint.via_value(self.transport)};branch={new_branch()}"),
             ("Max-Forwards", "70"),
             ("From", f"<{self.aor}>;tag={self.from_tag}"),
             ("To", f"<{self.aor}>"),
