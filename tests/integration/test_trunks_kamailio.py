@@ -143,6 +143,16 @@ async def test_a_tcp_trunk_registers_over_tcp_and_its_calls_come_on_that_connect
     assert (unregister.expires, unregister.authorized, unregister.transport) == ("0", True, "tcp")
 
 
+def exchanges_allowed(reg: TrunkRegistration, window: float) -> int:
+    """The most REGISTER exchanges the backoff schedule allows in `window` seconds: the first
+    at once, then one after each backoff step (2 s, 4 s, 8 s ...)."""
+    allowed, elapsed = 1, 0.0
+    while elapsed + reg.machine.backoff(allowed - 1) <= window:
+        elapsed += reg.machine.backoff(allowed - 1)
+        allowed += 1
+    return allowed
+
+
 async def test_wrong_password_fails_clearly_and_backs_off(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="callbox")
@@ -157,13 +167,7 @@ async def test_wrong_password_fails_clearly_and_backs_off(
             assert reg.machine.reason.startswith(
                 "401 Unauthorized: credentials refused by realm '127.0.0.1'")
             registers = kamailio.requests("REGISTER")
-            window = loop.time() - started
-            # The most exchanges the backoff schedule allows in that window: the first at
-            # once, then one after each backoff step (2 s, 4 s, 8 s ...).
-            allowed, elapsed = 1, 0.0
-            while elapsed + reg.machine.backoff(allowed - 1) <= window:
-                elapsed += reg.machine.backoff(allowed - 1)
-                allowed += 1
+            allowed = exchanges_allowed(reg, loop.time() - started)
             unanswered = [r for r in registers if not r.authorized]
             assert 3 <= len(unanswered) <= allowed, (len(registers), window)
             assert len(registers) <= 2 * allowed  # one authenticated retry each, no more
@@ -174,6 +178,25 @@ async def test_wrong_password_fails_clearly_and_backs_off(
                 if "registration failed: 401" in r.getMessage()]
     assert len(failures) == 1, failures  # logged on change, not on every retry
     assert "credentials refused by realm" in failures[0] and "retrying in 2 s" in failures[0]
+
+
+async def test_wrong_password_over_tcp_fails_and_backs_off(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    async with start_kamailio(password=PASSWORD) as kamailio:
+        started = loop.time()
+        trunk = carrier(kamailio, password="wrong", transport="tcp")
+        async with running_platform(tmp_path, [record_route()], trunks=[trunk]) as running:
+            reg = registration(running)
+            await until(lambda: reg.machine.failures >= 2, 30, "two failed registrations")
+            assert reg.state in (RegistrationState.FAILED, RegistrationState.REGISTERING)
+            assert reg.machine.reason.startswith(
+                "401 Unauthorized: credentials refused by realm '127.0.0.1'")
+            registers = kamailio.requests("REGISTER")
+            allowed = exchanges_allowed(reg, loop.time() - started)
+            assert {r.transport for r in registers} == {"tcp"}
+            assert 2 <= len([r for r in registers if not r.authorized]) <= allowed
+            assert len(registers) <= 2 * allowed  # one authenticated retry each, no more
+            assert await kamailio.contacts(USERNAME) == []
 
 
 async def test_graceful_stop_unregisters(tmp_path: Path) -> None:
@@ -289,3 +312,28 @@ async def test_the_registration_is_refreshed_before_it_expires(tmp_path: Path) -
             registers = kamailio.requests("REGISTER")
             assert [r.expires for r in registers[:6]] == ["2"] * 6
             assert [r.authorized for r in registers[:6]] == [False, True] * 3
+
+
+async def test_the_registrars_tcp_connection_stays_open_while_registered() -> None:
+    """Kamailio sends calls for our contact on the registering connection: the idle sweep
+    must not close it while the binding lasts, and does once we have unregistered."""
+    async with start_kamailio(password=PASSWORD) as kamailio:
+        endpoint = SipEndpoint(user_agent="test-registrant")
+        endpoint.tcp.idle_timeout = 0.2  # a sweep every 0.05 s
+        await endpoint.start("127.0.0.1", 0)
+        reg = TrunkRegistration(endpoint, carrier(kamailio, transport="tcp"))
+        try:
+            reg.start()
+            await until(lambda: reg.state is RegistrationState.REGISTERED, 15, "registered")
+            registrar = (kamailio.host, kamailio.port)
+            connection = endpoint.tcp.connections[registrar]
+            await until(lambda: endpoint.now() - connection.last_active > 1.0, 10,
+                        "the connection idle for many sweeps")
+            assert endpoint.tcp.connections.get(registrar) is connection
+            assert not connection.closed
+            await reg.stop()
+            assert kamailio.requests("REGISTER")[-1].expires == "0"
+            await until(lambda: registrar not in endpoint.tcp.connections, 10,
+                        "the idle connection closed once unregistered")
+        finally:
+            endpoint.close()

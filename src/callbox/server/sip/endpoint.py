@@ -175,7 +175,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._advertised = advertised_host
         self._transport: asyncio.DatagramTransport | None = None
         self.tcp = TcpTransport(self._on_stream_message, self._on_stream_error,
-                                in_use=self._tcp_dialog_peers)
+                                in_use=self._tcp_peers_in_use)
         self.transports = Transports(self.tcp)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: dict[TransactionKey, tuple[ServerTransaction, Address]] = {}
@@ -183,6 +183,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._invites: dict[TransactionKey, InboundInvite] = {}
         self.legs: dict[DialogKey, Leg] = {}
+        # Registrars we are registered with over TCP: calls to our contact come back on these
+        # connections, so they stay open however idle.
+        self.registrar_tcp_peers: set[Address] = set()
         self.malformed = 0
         self.oversized = 0  # datagrams refused unparsed for their size or header count
 
@@ -260,9 +263,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         except Exception:  # a bad message must never take the endpoint down
             log.exception("error handling SIP over TCP from %s:%s", *addr)
 
-    def _tcp_dialog_peers(self) -> set[Address]:
-        """Where the TCP dialogs' in-dialog requests go: their connections stay open."""
-        return {leg._known_dest() for leg in self.legs.values() if leg.transport == TCP}
+    def _tcp_peers_in_use(self) -> set[Address]:
+        """Where the TCP dialogs' in-dialog requests go, and our TCP registrars: their
+        connections stay open."""
+        dialogs = {leg._known_dest() for leg in self.legs.values() if leg.transport == TCP}
+        return dialogs | self.registrar_tcp_peers
 
     def _on_stream_error(self, error: StreamError, addr: Address) -> bytes | None:
         """The reply written before a TCP connection that cannot be framed is closed."""

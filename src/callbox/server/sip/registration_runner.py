@@ -106,6 +106,7 @@ class TrunkRegistration:
             await asyncio.wait_for(self._send(0), UNREGISTER_TIMEOUT_SECONDS)
         except (TimeoutError, CallFailed, OSError) as exc:
             log.info("trunk %s: unregister not confirmed: %s", self.trunk.name, exc)
+        self._release_connection()
         self.machine.unregistered()
         self._changed(True)
 
@@ -146,6 +147,8 @@ class TrunkRegistration:
 
     async def _send(self, expires: int) -> SipResponse:
         dest = await self._destination()
+        if self.transport == TCP:  # kept open: the answer, then calls to our contact, come on it
+            self.endpoint.registrar_tcp_peers.add(dest)
         exchange = self.authenticator.exchange()
         self.attempts += 1
         sent, response = await self.endpoint.request_authenticated(
@@ -176,7 +179,13 @@ class TrunkRegistration:
 
     # -- state changes --------------------------------------------------------------------
 
+    def _release_connection(self) -> None:
+        """The registrar's TCP connection may close when idle again."""
+        if self._dest is not None:
+            self.endpoint.registrar_tcp_peers.discard(self._dest)
+
     def _failed(self, reason: str, *, error: bool = False) -> None:
+        self._release_connection()
         self._dest = None  # look the proxy up again before the retry
         self.machine.failed(self.endpoint.now(), reason)
         retry = self.machine.backoff(self.machine.failures - 1)
