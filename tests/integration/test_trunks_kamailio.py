@@ -169,7 +169,7 @@ async def test_wrong_password_fails_clearly_and_backs_off(
             registers = kamailio.requests("REGISTER")
             allowed = exchanges_allowed(reg, loop.time() - started)
             unanswered = [r for r in registers if not r.authorized]
-            assert 3 <= len(unanswered) <= allowed, (len(registers), window)
+            assert 3 <= len(unanswered) <= allowed, (len(registers), allowed)
             assert len(registers) <= 2 * allowed  # one authenticated retry each, no more
             assert await kamailio.contacts(USERNAME) == []
             text = await metrics_text(running)

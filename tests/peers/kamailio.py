@@ -74,7 +74,7 @@ modparam("rr", "append_fromtag", 1)
 modparam("nathelper|registrar", "received_avp", "$avp(RECEIVED)")
 
 request_route {{
-    xlog("L_NOTICE", "REQ $rm ru=$ru from=$si:$sp proto=$pr expires=$hdr(Expires) auth=$au cs=$cs ci=$ci\\n");
+    xlog("L_NOTICE", "REQ $rm ru=$ru src=$pr:$si:$sp exp=$hdr(Expires) auth=$au cs=$cs ci=$ci\\n");
     if (!mf_process_maxfwd_header("10")) {{
         sl_send_reply("483", "Too Many Hops");
         exit;
@@ -140,7 +140,7 @@ onreply_route[FROM_CALLEE] {{
 }}
 """
 
-_REQ = re.compile(r"REQ (\S+) ru=(\S+) from=(\S+) proto=(\S+) expires=(\S*) auth=(\S*) "
+_REQ = re.compile(r"REQ (\S+) ru=(\S+) src=(\w+):(\S+) exp=(\S*) auth=(\S*) "
                   r"cs=(\S+) ci=(\S+)")
 
 
@@ -186,8 +186,8 @@ class Kamailio:
             if key in seen:
                 continue
             seen.add(key)
-            logged = LoggedRequest(match[1], match[2], match[3], match[5],
-                                   match[6] not in ("", "<null>"), match[4])
+            logged = LoggedRequest(match[1], match[2], match[4], match[5],
+                                   match[6] not in ("", "<null>"), match[3])
             if method is None or logged.method == method:
                 found.append(logged)
         return found
