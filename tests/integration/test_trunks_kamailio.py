@@ -337,3 +337,29 @@ async def test_the_registrars_tcp_connection_stays_open_while_registered() -> No
                         "the idle connection closed once unregistered")
         finally:
             endpoint.close()
+
+
+async def test_keep_alives_hold_the_registrars_tcp_connection_open() -> None:
+    """Kamailio closes a TCP connection idle for its lifetime (2 s here; its timer closes it
+    within about 12 s): the CRLF keep-alives keep the registering connection, on which calls
+    for our contact come, open for longer."""
+    lifetime = 2
+    async with start_kamailio(password=PASSWORD, tcp_lifetime=lifetime) as kamailio:
+        endpoint = SipEndpoint(user_agent="test-registrant")
+        await endpoint.start("127.0.0.1", 0)
+        reg = TrunkRegistration(endpoint, carrier(kamailio, transport="tcp"))
+        reg.keepalive_interval = 0.5
+        try:
+            reg.start()
+            await until(lambda: reg.state is RegistrationState.REGISTERED, 15, "registered")
+            registrar = (kamailio.host, kamailio.port)
+            connection = endpoint.tcp.connections[registrar]
+            registered_at = endpoint.now()
+            await until(lambda: endpoint.now() - registered_at > 8 * lifetime, 30,
+                        "eight of Kamailio's connection lifetimes")
+            assert endpoint.tcp.connections.get(registrar) is connection
+            assert not connection.closed
+            assert len(kamailio.requests("REGISTER")) == 2  # no refresh kept it alive
+        finally:
+            await reg.stop()
+            endpoint.close()

@@ -209,16 +209,22 @@ class Kamailio:
 
 
 @contextlib.asynccontextmanager
-async def start_kamailio(*, password: str, host: str = LOOPBACK) -> AsyncIterator[Kamailio]:
-    """Kamailio as registrar + authenticating proxy on a free port; stopped at the end."""
+async def start_kamailio(*, password: str, host: str = LOOPBACK,
+                         tcp_lifetime: int | None = None) -> AsyncIterator[Kamailio]:
+    """Kamailio as registrar + authenticating proxy on a free port; stopped at the end.
+    `tcp_lifetime`: seconds an idle TCP connection lives (Kamailio's default: 120)."""
     binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
     if not Path(binary).exists():
         raise RuntimeError("kamailio is not installed (Debian package kamailio)")
     workdir = new_workdir("kamailio")
     port = free_port(host)  # UDP and TCP
     config = workdir / "kamailio.cfg"
-    config.write_text(CONFIG.format(host=host, port=port, modules=MODULES_DIR,
-                                    ctl=workdir / "ctl", password=password))
+    text = CONFIG.format(host=host, port=port, modules=MODULES_DIR, ctl=workdir / "ctl",
+                         password=password)
+    if tcp_lifetime is not None:
+        text = text.replace("\ndisable_tcp=no\n",
+                            f"\ndisable_tcp=no\ntcp_connection_lifetime={tcp_lifetime}\n")
+    config.write_text(text)
     log = (workdir / "kamailio.log").open("wb")
     process = await asyncio.create_subprocess_exec(
         binary, "-f", str(config), "-P", str(workdir / "kamailio.pid"), "-Y", str(workdir),

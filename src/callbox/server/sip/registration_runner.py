@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 
 # The unregister on stop waits at most this long for the registrar (stop must not hang).
 UNREGISTER_TIMEOUT_SECONDS = 5.0
+# A TCP registration's connection gets a CRLF keep-alive this often (RFC 5626 §4.4.1), well
+# within the idle lifetime registrars give connections (Kamailio's default: 120 s): calls for
+# our contact come on that connection, so it must outlive the time between refreshes.
+KEEPALIVE_SECONDS = 30.0
+KEEPALIVE = b"\r\n\r\n"
 
 
 def trunk_authenticator(trunk: Trunk) -> Authenticator:
@@ -67,6 +72,8 @@ class TrunkRegistration:
         self._logged = ""  # the last state logged
         self._failure = ""  # why the last challenge was not answered (digest exchange)
         self._dest: Address | None = None
+        self.keepalive_interval = KEEPALIVE_SECONDS
+        self._keepalive_task: asyncio.Task[None] | None = None
 
     @property
     def state(self) -> RegistrationState:
@@ -93,13 +100,16 @@ class TrunkRegistration:
     def start(self) -> None:
         self._changed(self.machine.start())
         self._task = spawn(self._run(), name=f"register-{self.trunk.name}")
+        if self.transport == TCP:
+            self._keepalive_task = spawn(self._keep_alive(), name=f"keepalive-{self.trunk.name}")
 
     async def stop(self) -> None:
         """Graceful stop: unregister (Expires: 0) when a binding may exist."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._keepalive_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if not self.machine.stop():
             return
         try:
@@ -122,6 +132,16 @@ class TrunkRegistration:
                 return
             await asyncio.sleep(max(0.0, deadline - self.endpoint.now()))
             self._changed(self.machine.due(self.endpoint.now()))
+
+    async def _keep_alive(self) -> None:
+        """While registered, ping the registrar's connection (never opens a new one: the
+        registrar knows us by the registering connection)."""
+        while True:
+            await asyncio.sleep(self.keepalive_interval)
+            dest = self._dest
+            if (self.machine.state is RegistrationState.REGISTERED and dest is not None
+                    and dest in self.endpoint.tcp.connections):
+                self.endpoint.tcp.send(KEEPALIVE, dest)
 
     async def _attempt(self) -> None:
         try:
