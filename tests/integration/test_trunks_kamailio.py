@@ -39,9 +39,9 @@ DIALLED = "15550123"
 CALLER_HZ = 700
 
 
-def carrier(kamailio: Kamailio, *, password: str = PASSWORD) -> Trunk:
-    return Trunk(name="carrier", proxy=kamailio.target, username=USERNAME, password=password,
-                 register=True, expires=60, from_number="+15550100")
+def carrier(kamailio: Kamailio, *, password: str = PASSWORD, transport: str = "udp") -> Trunk:
+    return Trunk(name="carrier", proxy=kamailio.target, transport=transport, username=USERNAME,
+                 password=password, register=True, expires=60, from_number="+15550100")
 
 
 def record_route() -> Route:
@@ -69,6 +69,24 @@ async def metrics_text(running: RunningPlatform) -> str:
         return await response.text()
 
 
+async def call_the_aor_through_kamailio(kamailio: Kamailio, tmp_path: Path) -> None:
+    """A sipp caller (UDP, proxy auth) streams a tone to the AOR, to the dialled number."""
+    stream = g711_stream(audio.tone(CALLER_HZ, 2.0, dbfs=-12), tmp_path / "caller.ulaw")
+    result = await run_sipp(
+        "uac_auth_stream_bye", kamailio.target, service=USERNAME,
+        local_port=free_udp_port(), media_port=free_port_range(4).start,
+        keys={"stream": stream, "to_user": DIALLED, "auth_user": "sipp"},
+        extra_args=["-au", "sipp", "-ap", PASSWORD, "-d", "2500"], timeout=40)
+    assert result.ok, result.describe()
+
+
+def assert_caller_tone(recording: Recording) -> None:
+    samples, rate = audio.decode_audio(recording.path)
+    assert rate == 8000 and (recording.duration or 0.0) >= 1.5
+    assert audio.tone_level_dbfs(samples[2000:10000], CALLER_HZ) > -18
+    assert abs(audio.dominant_frequency(samples[2000:10000]) - CALLER_HZ) < 10
+
+
 async def test_registers_and_a_call_to_the_registered_aor_is_recorded(tmp_path: Path) -> None:
     async with start_kamailio(password=PASSWORD) as kamailio, running_platform(
             tmp_path, [record_route()], trunks=[carrier(kamailio)]) as running:
@@ -85,13 +103,7 @@ async def test_registers_and_a_call_to_the_registered_aor_is_recorded(tmp_path: 
 
         # A caller reaches the AOR through Kamailio (proxy auth), which relays the INVITE to
         # our contact: request-URI user = our username, To user = the dialled number.
-        stream = g711_stream(audio.tone(CALLER_HZ, 2.0, dbfs=-12), tmp_path / "caller.ulaw")
-        result = await run_sipp(
-            "uac_auth_stream_bye", kamailio.target, service=USERNAME,
-            local_port=free_udp_port(), media_port=free_port_range(4).start,
-            keys={"stream": stream, "to_user": DIALLED, "auth_user": "sipp"},
-            extra_args=["-au", "sipp", "-ap", PASSWORD, "-d", "2500"], timeout=40)
-        assert result.ok, result.describe()
+        await call_the_aor_through_kamailio(kamailio, tmp_path)
         invites = kamailio.requests("INVITE")
         assert [r.authorized for r in invites][:2] == [False, True]
         seen = await running.wait_call_ended(0, timeout=30)
@@ -99,10 +111,46 @@ async def test_registers_and_a_call_to_the_registered_aor_is_recorded(tmp_path: 
         (recording,) = seen.call.recordings
         assert isinstance(recording, Recording)
         await asyncio.wait_for(asyncio.shield(recording.done), 10)
-    samples, rate = audio.decode_audio(recording.path)
-    assert rate == 8000 and (recording.duration or 0.0) >= 1.5
-    assert audio.tone_level_dbfs(samples[2000:10000], CALLER_HZ) > -18
-    assert abs(audio.dominant_frequency(samples[2000:10000]) - CALLER_HZ) < 10
+    assert_caller_tone(recording)
+
+
+async def test_a_tcp_trunk_registers_over_tcp_and_its_calls_come_on_that_connection(
+        tmp_path: Path) -> None:
+    async with start_kamailio(password=PASSWORD) as kamailio, running_platform(
+            tmp_path, [record_route()], trunks=[carrier(kamailio, transport="tcp")]) as running:
+        reg = registration(running)
+        await until(lambda: reg.state is RegistrationState.REGISTERED, 15, "registered")
+        contact = f"sip:{USERNAME}@127.0.0.1:{running.sip_port};transport=tcp"
+        assert await kamailio.contacts(USERNAME) == [contact]
+        registers = kamailio.requests("REGISTER")
+        assert [(r.authorized, r.transport) for r in registers] == [(False, "tcp"), (True, "tcp")]
+        assert reg.machine.granted == 60  # read from the Contact Kamailio sent back
+        tcp = running.platform.sip.tcp
+        assert set(tcp.connections) == {(kamailio.host, kamailio.port)}  # opened by us
+
+        # sipp calls over UDP; Kamailio relays to our TCP contact on the registration's
+        # connection (no second connection) and the call is answered and recorded.
+        await call_the_aor_through_kamailio(kamailio, tmp_path)
+        seen = await running.wait_call_ended(0, timeout=30)
+        assert seen.call.to_user == DIALLED
+        assert seen.call.leg.transport == "TCP"
+        assert set(tcp.connections) == {(kamailio.host, kamailio.port)}
+        (recording,) = seen.call.recordings
+        assert isinstance(recording, Recording)
+        await asyncio.wait_for(asyncio.shield(recording.done), 10)
+    assert_caller_tone(recording)
+    unregister = kamailio.requests("REGISTER")[-1]
+    assert (unregister.expires, unregister.authorized, unregister.transport) == ("0", True, "tcp")
+
+
+def exchanges_allowed(reg: TrunkRegistration, window: float) -> int:
+    """The most REGISTER exchanges the backoff schedule allows in `window` seconds: the first
+    at once, then one after each backoff step (2 s, 4 s, 8 s ...)."""
+    allowed, elapsed = 1, 0.0
+    while elapsed + reg.machine.backoff(allowed - 1) <= window:
+        elapsed += reg.machine.backoff(allowed - 1)
+        allowed += 1
+    return allowed
 
 
 async def test_wrong_password_fails_clearly_and_backs_off(
@@ -119,15 +167,9 @@ async def test_wrong_password_fails_clearly_and_backs_off(
             assert reg.machine.reason.startswith(
                 "401 Unauthorized: credentials refused by realm '127.0.0.1'")
             registers = kamailio.requests("REGISTER")
-            window = loop.time() - started
-            # The most exchanges the backoff schedule allows in that window: the first at
-            # once, then one after each backoff step (2 s, 4 s, 8 s ...).
-            allowed, elapsed = 1, 0.0
-            while elapsed + reg.machine.backoff(allowed - 1) <= window:
-                elapsed += reg.machine.backoff(allowed - 1)
-                allowed += 1
+            allowed = exchanges_allowed(reg, loop.time() - started)
             unanswered = [r for r in registers if not r.authorized]
-            assert 3 <= len(unanswered) <= allowed, (len(registers), window)
+            assert 3 <= len(unanswered) <= allowed, (len(registers), allowed)
             assert len(registers) <= 2 * allowed  # one authenticated retry each, no more
             assert await kamailio.contacts(USERNAME) == []
             text = await metrics_text(running)
@@ -136,6 +178,25 @@ async def test_wrong_password_fails_clearly_and_backs_off(
                 if "registration failed: 401" in r.getMessage()]
     assert len(failures) == 1, failures  # logged on change, not on every retry
     assert "credentials refused by realm" in failures[0] and "retrying in 2 s" in failures[0]
+
+
+async def test_wrong_password_over_tcp_fails_and_backs_off(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    async with start_kamailio(password=PASSWORD) as kamailio:
+        started = loop.time()
+        trunk = carrier(kamailio, password="wrong", transport="tcp")
+        async with running_platform(tmp_path, [record_route()], trunks=[trunk]) as running:
+            reg = registration(running)
+            await until(lambda: reg.machine.failures >= 2, 30, "two failed registrations")
+            assert reg.state in (RegistrationState.FAILED, RegistrationState.REGISTERING)
+            assert reg.machine.reason.startswith(
+                "401 Unauthorized: credentials refused by realm '127.0.0.1'")
+            registers = kamailio.requests("REGISTER")
+            allowed = exchanges_allowed(reg, loop.time() - started)
+            assert {r.transport for r in registers} == {"tcp"}
+            assert 2 <= len([r for r in registers if not r.authorized]) <= allowed
+            assert len(registers) <= 2 * allowed  # one authenticated retry each, no more
+            assert await kamailio.contacts(USERNAME) == []
 
 
 async def test_graceful_stop_unregisters(tmp_path: Path) -> None:
@@ -251,3 +312,54 @@ async def test_the_registration_is_refreshed_before_it_expires(tmp_path: Path) -
             registers = kamailio.requests("REGISTER")
             assert [r.expires for r in registers[:6]] == ["2"] * 6
             assert [r.authorized for r in registers[:6]] == [False, True] * 3
+
+
+async def test_the_registrars_tcp_connection_stays_open_while_registered() -> None:
+    """Kamailio sends calls for our contact on the registering connection: the idle sweep
+    must not close it while the binding lasts, and does once we have unregistered."""
+    async with start_kamailio(password=PASSWORD) as kamailio:
+        endpoint = SipEndpoint(user_agent="test-registrant")
+        endpoint.tcp.idle_timeout = 0.2  # a sweep every 0.05 s
+        await endpoint.start("127.0.0.1", 0)
+        reg = TrunkRegistration(endpoint, carrier(kamailio, transport="tcp"))
+        try:
+            reg.start()
+            await until(lambda: reg.state is RegistrationState.REGISTERED, 15, "registered")
+            registrar = (kamailio.host, kamailio.port)
+            connection = endpoint.tcp.connections[registrar]
+            await until(lambda: endpoint.now() - connection.last_active > 1.0, 10,
+                        "the connection idle for many sweeps")
+            assert endpoint.tcp.connections.get(registrar) is connection
+            assert not connection.closed
+            await reg.stop()
+            assert kamailio.requests("REGISTER")[-1].expires == "0"
+            await until(lambda: registrar not in endpoint.tcp.connections, 10,
+                        "the idle connection closed once unregistered")
+        finally:
+            endpoint.close()
+
+
+async def test_keep_alives_hold_the_registrars_tcp_connection_open() -> None:
+    """Kamailio closes a TCP connection idle for its lifetime (2 s here; its timer closes it
+    within about 12 s): the CRLF keep-alives keep the registering connection, on which calls
+    for our contact come, open for longer."""
+    lifetime = 2
+    async with start_kamailio(password=PASSWORD, tcp_lifetime=lifetime) as kamailio:
+        endpoint = SipEndpoint(user_agent="test-registrant")
+        await endpoint.start("127.0.0.1", 0)
+        reg = TrunkRegistration(endpoint, carrier(kamailio, transport="tcp"))
+        reg.keepalive_interval = 0.5
+        try:
+            reg.start()
+            await until(lambda: reg.state is RegistrationState.REGISTERED, 15, "registered")
+            registrar = (kamailio.host, kamailio.port)
+            connection = endpoint.tcp.connections[registrar]
+            registered_at = endpoint.now()
+            await until(lambda: endpoint.now() - registered_at > 8 * lifetime, 30,
+                        "eight of Kamailio's connection lifetimes")
+            assert endpoint.tcp.connections.get(registrar) is connection
+            assert not connection.closed
+            assert len(kamailio.requests("REGISTER")) == 2  # no refresh kept it alive
+        finally:
+            await reg.stop()
+            endpoint.close()

@@ -4,13 +4,19 @@
 foreground until the ``async with`` block ends:
 
 - REGISTER: ``www`` digest auth (``pv_www_authenticate`` with the one password given, realm =
-  the To domain), then ``save("location")`` into usrloc in memory (``db_mode 0``).
+  the To domain), then ``save("location")`` into usrloc in memory (``db_mode 0``). As the stock
+  kamailio.cfg does for a client behind NAT, a REGISTER over TCP (it comes from an ephemeral
+  port, not the contact's) has its source saved as the binding's ``received`` address
+  (``fix_nated_register``): calls to the contact then go back on the registering connection,
+  and so do the in-dialog requests (the callee's Contact gets an ``alias`` param naming that
+  connection, ``set_contact_alias``, which ``handle_ruri_alias`` follows).
 - INVITE: ``proxy`` digest auth (realm = the From domain), then, with Record-Route, a number
   given in ``routes`` (request-URI user -> ``host:port``) is relayed there over UDP, anything else
   to the registered contact (``lookup("location")``; 404 when nobody is registered).
 - In-dialog requests follow the route set.
 - Every request is logged (``REQ <method> ...`` with the Expires header), so a test counts
-  REGISTERs from Kamailio's side (:meth:`Kamailio.requests`; retransmissions count once).
+  REGISTERs from Kamailio's side (:meth:`Kamailio.requests`; retransmissions count once), and
+  sees which transport each came over.
 
 :meth:`Kamailio.contacts` reads the bindings with ``kamcmd ul.dump`` over the ``ctl`` socket.
 """
@@ -59,21 +65,26 @@ loadmodule "usrloc.so"
 loadmodule "registrar.so"
 loadmodule "auth.so"
 loadmodule "ctl.so"
+loadmodule "nathelper.so"
 
 modparam("usrloc", "db_mode", 0)
 modparam("registrar", "default_expires", 300)
 modparam("registrar", "min_expires", 1)
 modparam("ctl", "binrpc", "unix:{ctl}")
 modparam("rr", "append_fromtag", 1)
+modparam("nathelper|registrar", "received_avp", "$avp(RECEIVED)")
 
 request_route {{
-    xlog("L_NOTICE", "REQ $rm ru=$ru from=$si:$sp expires=$hdr(Expires) auth=$au cs=$cs ci=$ci\\n");
+    xlog("L_NOTICE", "REQ $rm ru=$ru src=$pr:$si:$sp exp=$hdr(Expires) auth=$au cs=$cs ci=$ci\\n");
     if (!mf_process_maxfwd_header("10")) {{
         sl_send_reply("483", "Too Many Hops");
         exit;
     }}
     if (has_totag()) {{
         if (loose_route()) {{
+            if (!isdsturiset()) {{
+                handle_ruri_alias();
+            }}
             t_relay();
             exit;
         }}
@@ -97,6 +108,9 @@ request_route {{
             www_challenge("$td", "0");
             exit;
         }}
+        if (proto == TCP) {{
+            fix_nated_register();
+        }}
         if (!save("location")) {{
             sl_reply_error();
         }}
@@ -114,14 +128,22 @@ request_route {{
             sl_send_reply("404", "Not Registered");
             exit;
         }}
+        t_on_reply("FROM_CALLEE");
         t_relay();
         exit;
     }}
     sl_send_reply("405", "Method Not Allowed");
 }}
+
+onreply_route[FROM_CALLEE] {{
+    if (proto == TCP) {{
+        set_contact_alias();
+    }}
+}}
 """
 
-_REQ = re.compile(r"REQ (\S+) ru=(\S+) from=(\S+) expires=(\S*) auth=(\S*) cs=(\S+) ci=(\S+)")
+_REQ = re.compile(r"REQ (\S+) ru=(\S+) src=(\w+):(\S+) exp=(\S*) auth=(\S*) "
+                  r"cs=(\S+) ci=(\S+)")
 
 
 @dataclass
@@ -131,6 +153,7 @@ class LoggedRequest:
     source: str
     expires: str
     authorized: bool
+    transport: str  # "udp" or "tcp": how it reached Kamailio
 
 
 @dataclass
@@ -161,12 +184,12 @@ class Kamailio:
         found = []
         seen: set[tuple[str, str, str]] = set()
         for match in _REQ.finditer(self.log()):
-            key = (match[1], match[6], match[7])
+            key = (match[1], match[7], match[8])
             if key in seen:
                 continue
             seen.add(key)
-            logged = LoggedRequest(match[1], match[2], match[3], match[4],
-                                   match[5] not in ("", "<null>"))
+            logged = LoggedRequest(match[1], match[2], match[4], match[5],
+                                   match[6] not in ("", "<null>"), match[3])
             if method is None or logged.method == method:
                 found.append(logged)
         return found
@@ -199,18 +222,23 @@ def number_routes(routes: Mapping[str, str]) -> str:
 
 @contextlib.asynccontextmanager
 async def start_kamailio(*, password: str, host: str = LOOPBACK,
-                         routes: Mapping[str, str] | None = None) -> AsyncIterator[Kamailio]:
+                         routes: Mapping[str, str] | None = None,
+                         tcp_lifetime: int | None = None) -> AsyncIterator[Kamailio]:
     """Kamailio as registrar + authenticating proxy on a free port; stopped at the end.
-    `routes` sends INVITEs for a number (request-URI user) to a ``host:port`` over UDP."""
+    `routes` sends INVITEs for a number (request-URI user) to a ``host:port`` over UDP;
+    `tcp_lifetime`: seconds an idle TCP connection lives (Kamailio's default: 120)."""
     binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
     if not Path(binary).exists():
         raise RuntimeError("kamailio is not installed (Debian package kamailio)")
     workdir = new_workdir("kamailio")
     port = free_port(host)  # UDP and TCP
     config = workdir / "kamailio.cfg"
-    config.write_text(CONFIG.format(host=host, port=port, modules=MODULES_DIR,
-                                    ctl=workdir / "ctl", password=password,
-                                    routes=number_routes(routes or {})))
+    text = CONFIG.format(host=host, port=port, modules=MODULES_DIR, ctl=workdir / "ctl",
+                         password=password, routes=number_routes(routes or {}))
+    if tcp_lifetime is not None:
+        text = text.replace("\ndisable_tcp=no\n",
+                            f"\ndisable_tcp=no\ntcp_connection_lifetime={tcp_lifetime}\n")
+    config.write_text(text)
     log = (workdir / "kamailio.log").open("wb")
     process = await asyncio.create_subprocess_exec(
         binary, "-f", str(config), "-P", str(workdir / "kamailio.pid"), "-Y", str(workdir),

@@ -284,3 +284,10 @@ def _next_request(request: SipRequest) -> SipRequest:
         headers.add(name, value)
     headers.set("CSeq", f"{request.cseq.seq + 1} {request.method}")
     return SipRequest(request.method, request.uri, headers, request.body)
+
+
+def credentials_of(request: SipRequest) -> list[tuple[str, str]]:
+    """The `Authorization` / `Proxy-Authorization` headers `request` carries (an ACK for a 2xx
+    repeats its INVITE's, RFC 3261 §22.1)."""
+    return [(answer, value) for _, answer in CHALLENGE_HEADERS.values()
+            for value in request.headers.get_all(answer)]

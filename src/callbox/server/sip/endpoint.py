@@ -18,7 +18,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from callbox.server.sip.dialog import Dialog, DialogKey, dialog_key_from_request
-from callbox.server.sip.digest import AuthenticationFailed, Authenticator, AuthExchange
+from callbox.server.sip.digest import (
+    AuthenticationFailed,
+    Authenticator,
+    AuthExchange,
+    credentials_of,
+)
 from callbox.server.sip.headers import NameAddr, SipUri, Via
 from callbox.server.sip.message import (
     MAX_MESSAGE_BYTES,
@@ -170,7 +175,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._advertised = advertised_host
         self._transport: asyncio.DatagramTransport | None = None
         self.tcp = TcpTransport(self._on_stream_message, self._on_stream_error,
-                                in_use=self._tcp_dialog_peers)
+                                in_use=self._tcp_peers_in_use)
         self.transports = Transports(self.tcp)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: dict[TransactionKey, tuple[ServerTransaction, Address]] = {}
@@ -178,6 +183,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._invites: dict[TransactionKey, InboundInvite] = {}
         self.legs: dict[DialogKey, Leg] = {}
+        # Registrars we are registered with over TCP: calls to our contact come back on these
+        # connections, so they stay open however idle.
+        self.registrar_tcp_peers: set[Address] = set()
         self.malformed = 0
         self.oversized = 0  # datagrams refused unparsed for their size or header count
 
@@ -255,9 +263,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         except Exception:  # a bad message must never take the endpoint down
             log.exception("error handling SIP over TCP from %s:%s", *addr)
 
-    def _tcp_dialog_peers(self) -> set[Address]:
-        """Where the TCP dialogs' in-dialog requests go: their connections stay open."""
-        return {leg._known_dest() for leg in self.legs.values() if leg.transport == TCP}
+    def _tcp_peers_in_use(self) -> set[Address]:
+        """Where the TCP dialogs' in-dialog requests go, and our TCP registrars: their
+        connections stay open."""
+        dialogs = {leg._known_dest() for leg in self.legs.values() if leg.transport == TCP}
+        return dialogs | self.registrar_tcp_peers
 
     def _on_stream_error(self, error: StreamError, addr: Address) -> bytes | None:
         """The reply written before a TCP connection that cannot be framed is closed."""
@@ -727,14 +737,20 @@ class Leg:
             extra_headers=[("User-Agent", self.endpoint.user_agent)],
         )
 
+        sent = request  # the INVITE last sent: re-sent with credentials after a challenge
+
         def ack(response: SipResponse) -> None:
+            # The ACK for a 2xx carries the INVITE's CSeq number and credentials (RFC 3261
+            # 13.2.2.4, 22.1).
             self.endpoint.send(dialog.create_request(
                 "ACK", via=self.endpoint.via_value(self.transport), contact=None,
-                cseq=request.cseq.seq,
+                cseq=response.cseq.seq, extra_headers=credentials_of(sent),
             ), self._known_dest())
 
-        response = await self.endpoint.request(request, await self._resolve_dest(),
-                                               on_late_2xx=ack)
+        exchange = self.authenticator.exchange() if self.authenticator is not None else None
+        sent, response = await self.endpoint.request_authenticated(
+            request, await self._resolve_dest(), exchange, on_late_2xx=ack)
+        dialog.local_seq = max(dialog.local_seq, sent.cseq.seq)
         if 200 <= response.status < 300:
             dialog.refresh_target(response)
             try:

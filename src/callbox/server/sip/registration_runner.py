@@ -22,12 +22,18 @@ from callbox.server.sip.message import (
 )
 from callbox.server.sip.registration import Registration, RegistrationState
 from callbox.server.sip.resolve import numeric_host
+from callbox.server.sip.transport import TCP, UDP
 from callbox.server.tasks import spawn
 
 log = logging.getLogger(__name__)
 
 # The unregister on stop waits at most this long for the registrar (stop must not hang).
 UNREGISTER_TIMEOUT_SECONDS = 5.0
+# A TCP registration's connection gets a CRLF keep-alive this often (RFC 5626 §4.4.1), well
+# within the idle lifetime registrars give connections (Kamailio's default: 120 s): calls for
+# our contact come on that connection, so it must outlive the time between refreshes.
+KEEPALIVE_SECONDS = 30.0
+KEEPALIVE = b"\r\n\r\n"
 
 
 def trunk_authenticator(trunk: Trunk) -> Authenticator:
@@ -66,6 +72,8 @@ class TrunkRegistration:
         self._logged = ""  # the last state logged
         self._failure = ""  # why the last challenge was not answered (digest exchange)
         self._dest: Address | None = None
+        self.keepalive_interval = KEEPALIVE_SECONDS
+        self._keepalive_task: asyncio.Task[None] | None = None
 
     @property
     def state(self) -> RegistrationState:
@@ -78,27 +86,37 @@ class TrunkRegistration:
         return f"sip:{self.trunk.username}@{host}" + ("" if port == 5060 else f":{port}")
 
     @property
+    def transport(self) -> str:
+        """The trunk's transport: REGISTERs (refreshes and the unregister too) go over it."""
+        return TCP if self.trunk.transport.upper() == TCP else UDP
+
+    @property
     def contact_uri(self) -> str:
         host = self.endpoint.advertised_host
         host = f"[{host}]" if ":" in host else host
-        return f"sip:{self.trunk.username}@{host}:{self.endpoint.port}"
+        suffix = ";transport=tcp" if self.transport == TCP else ""
+        return f"sip:{self.trunk.username}@{host}:{self.endpoint.port}{suffix}"
 
     def start(self) -> None:
         self._changed(self.machine.start())
         self._task = spawn(self._run(), name=f"register-{self.trunk.name}")
+        if self.transport == TCP:
+            self._keepalive_task = spawn(self._keep_alive(), name=f"keepalive-{self.trunk.name}")
 
     async def stop(self) -> None:
         """Graceful stop: unregister (Expires: 0) when a binding may exist."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._keepalive_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if not self.machine.stop():
             return
         try:
             await asyncio.wait_for(self._send(0), UNREGISTER_TIMEOUT_SECONDS)
         except (TimeoutError, CallFailed, OSError) as exc:
             log.info("trunk %s: unregister not confirmed: %s", self.trunk.name, exc)
+        self._release_connection()
         self.machine.unregistered()
         self._changed(True)
 
@@ -114,6 +132,16 @@ class TrunkRegistration:
                 return
             await asyncio.sleep(max(0.0, deadline - self.endpoint.now()))
             self._changed(self.machine.due(self.endpoint.now()))
+
+    async def _keep_alive(self) -> None:
+        """While registered, ping the registrar's connection (never opens a new one: the
+        registrar knows us by the registering connection)."""
+        while True:
+            await asyncio.sleep(self.keepalive_interval)
+            dest = self._dest
+            if (self.machine.state is RegistrationState.REGISTERED and dest is not None
+                    and dest in self.endpoint.tcp.connections):
+                self.endpoint.tcp.send(KEEPALIVE, dest)
 
     async def _attempt(self) -> None:
         try:
@@ -139,6 +167,8 @@ class TrunkRegistration:
 
     async def _send(self, expires: int) -> SipResponse:
         dest = await self._destination()
+        if self.transport == TCP:  # kept open: the answer, then calls to our contact, come on it
+            self.endpoint.registrar_tcp_peers.add(dest)
         exchange = self.authenticator.exchange()
         self.attempts += 1
         sent, response = await self.endpoint.request_authenticated(
@@ -154,7 +184,7 @@ class TrunkRegistration:
         registrar = f"sip:{host}" + ("" if port == 5060 else f":{port}")
         headers = Headers()
         for name, value in (
-            ("Via", f"{self.endpoint.via_value()};branch={new_branch()}"),
+            ("Via", f"{self.endpoint.via_value(self.transport)};branch={new_branch()}"),
             ("Max-Forwards", "70"),
             ("From", f"<{self.aor}>;tag={self.from_tag}"),
             ("To", f"<{self.aor}>"),
@@ -169,7 +199,13 @@ class TrunkRegistration:
 
     # -- state changes --------------------------------------------------------------------
 
+    def _release_connection(self) -> None:
+        """The registrar's TCP connection may close when idle again."""
+        if self._dest is not None:
+            self.endpoint.registrar_tcp_peers.discard(self._dest)
+
     def _failed(self, reason: str, *, error: bool = False) -> None:
+        self._release_connection()
         self._dest = None  # look the proxy up again before the retry
         self.machine.failed(self.endpoint.now(), reason)
         retry = self.machine.backoff(self.machine.failures - 1)
