@@ -134,3 +134,16 @@ async def test_a_sip_uri_is_called_directly_and_early_media_flows_before_the_ans
     assert received_before_answer >= 40  # most of the second of early media
     invite = result.messages.split("INVITE sip:", 1)[1].split("\n\n", 1)[0]
     assert "Proxy-Authorization" not in invite and "sip:+15557777@127.0.0.1" in invite
+
+
+async def test_a_hold_from_the_callee_is_answered_on_the_outbound_call(tmp_path: Path) -> None:
+    async with start_sipp_uas("uas_hold", media_port=free_port_range(4).start) as uas, \
+            running_platform(tmp_path) as running:
+        call = await running.platform.outbound.dial(uas.uri())
+        assert call.media.sending
+        # the callee's re-INVITE (a=sendonly) is answered a=recvonly: we stop sending
+        await until(lambda: not call.media.sending, 10, "the hold applied to our media")
+        await call.hangup()
+        result = await uas.wait(timeout=20)
+        assert result.ok, result.describe()
+    assert "a=recvonly" in result.messages

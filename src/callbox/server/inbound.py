@@ -15,7 +15,6 @@ import logging
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from callbox.server.call import Call
 from callbox.server.config import Config, Route, Trunk
@@ -26,15 +25,14 @@ from callbox.server.sip.endpoint import InboundInvite, OfferRejected
 from callbox.server.sip.headers import NameAddr
 from callbox.server.sip.media_address import media_host
 from callbox.server.sip.message import SipRequest
+from callbox.server.sip.negotiation import Negotiation, negotiate
 from callbox.server.sip.registration_runner import trunk_authenticator
 from callbox.server.sip.sdp import (
-    SDP_CONTENT_TYPE,
     NegotiatedMedia,
     SdpError,
     SessionDescription,
     UnsupportedContentType,
     accept_answer,
-    answer_offer,
     make_offer,
     parse_sdp,
     sdp_body,
@@ -44,14 +42,6 @@ from callbox.server.tasks import spawn
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "5"
-
-
-@dataclass
-class Negotiation:
-    """Our SDP answer and what it settled for the media session."""
-
-    answer: bytes
-    media: NegotiatedMedia
 
 
 class InboundCalls:
@@ -189,22 +179,9 @@ class InboundCalls:
 
     async def negotiate(self, request: SipRequest, local_port: int) -> Negotiation:
         """Answer the SDP offer in an INVITE or re-INVITE; raises OfferRejected (415, 488)."""
-        try:
-            offer = parse_sdp(sdp_body(request.body, request.content_type))
-        except UnsupportedContentType as exc:
-            raise OfferRejected(415, str(exc), [("Accept", SDP_CONTENT_TYPE)]) from None
-        except SdpError as exc:
-            raise OfferRejected(488, f"bad SDP: {exc}") from None
         self._sdp_version += 1
-        try:
-            answer, negotiated = answer_offer(
-                offer, local_host=self.advertised_host, local_port=local_port,
-                session_id=self._sdp_version, session_version=self._sdp_version,
-            )
-        except SdpError as exc:
-            raise OfferRejected(488, str(exc)) from None
-        negotiated.remote_host = await media_host(negotiated.remote_host, self._family)
-        return Negotiation(answer.serialize(), negotiated)
+        return await negotiate(request, local_host=self.advertised_host, local_port=local_port,
+                               version=self._sdp_version, family=self._family)
 
     async def _reoffer(self, call: Call, request: SipRequest) -> bytes:
         """A re-INVITE (hold/resume, new address): same port, new direction."""

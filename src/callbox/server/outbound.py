@@ -31,16 +31,12 @@ from callbox.server.sip.digest import Authenticator
 from callbox.server.sip.endpoint import CallFailed, OfferRejected, SipEndpoint
 from callbox.server.sip.media_address import media_host
 from callbox.server.sip.message import SipRequest, SipResponse
+from callbox.server.sip.negotiation import negotiate
 from callbox.server.sip.registration_runner import trunk_authenticator
 from callbox.server.sip.sdp import (
     NegotiatedMedia,
-    SdpError,
     SessionDescription,
-    UnsupportedContentType,
-    answer_offer,
     make_offer,
-    parse_sdp,
-    sdp_body,
 )
 from callbox.server.sip.uac import UacState
 from callbox.server.tasks import spawn
@@ -243,13 +239,8 @@ class _MediaSetup:
 
     async def reoffer(self, request: SipRequest) -> bytes:
         """A re-INVITE from the callee (hold, resume, a new address): answered on our port."""
-        version = self.calls.next_sdp_version()
-        try:
-            offer = parse_sdp(sdp_body(request.body, request.content_type))
-            answer, negotiated = answer_offer(
-                offer, local_host=self.calls.advertised_host, local_port=self.media.local_port,
-                session_id=version, session_version=version)
-        except (SdpError, UnsupportedContentType) as exc:
-            raise OfferRejected(488, str(exc)) from None
-        await self.use(negotiated)
-        return answer.serialize()
+        negotiation = await negotiate(
+            request, local_host=self.calls.advertised_host, local_port=self.media.local_port,
+            version=self.calls.next_sdp_version(), family=self.calls.family)
+        await self.use(negotiation.media)
+        return negotiation.answer
