@@ -147,3 +147,16 @@ async def test_a_hold_from_the_callee_is_answered_on_the_outbound_call(tmp_path:
         result = await uas.wait(timeout=20)
         assert result.ok, result.describe()
     assert "a=recvonly" in result.messages
+
+
+async def test_a_dial_beyond_max_calls_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    async with start_sipp_uas("uas_answer", media_port=free_port_range(4).start) as uas, \
+            running_platform(tmp_path, sip__max_calls=1) as running:
+        outbound = running.platform.outbound
+        call = await outbound.dial(uas.uri())
+        with pytest.raises(OutboundError, match=r"1 calls are up \(sip.max_calls\)"):
+            await outbound.dial(uas.uri())
+        await call.hangup()
+        result = await uas.wait(timeout=20)
+        assert result.ok, result.describe()
+    assert result.messages.count("INVITE sip:") == 1  # the refused dial sent nothing

@@ -88,7 +88,7 @@ class Platform:
         self.outbound = OutboundCalls(
             trunks=config.trunks, sip=self.sip, ports=self.ports,
             advertised_host=self.advertised_host, clock=self.clock, calls=self.calls,
-            on_call_ended=self._on_call_ended,
+            on_call_ended=self._on_call_ended, max_calls=config.sip.max_calls,
         )
         self._ended_media: Counter[str] = Counter()  # RTP counters of the calls that ended
 
@@ -146,7 +146,7 @@ class Platform:
     async def stop(self) -> None:
         """Graceful: refuse new calls (503), hang up the active ones (their recordings finish
         with complete files), deliver queued webhooks, then close everything."""
-        self.inbound.accepting = False
+        self.inbound.accepting = self.outbound.accepting = False
         await self.relay.close()
         for call in list(self.calls.values()):
             await call.hangup()

@@ -49,7 +49,8 @@ NUMBER = re.compile(r"\+?[0-9]{1,20}")
 
 
 class OutboundError(ValueError):
-    """A destination, caller id or trunk that cannot be dialled (nothing was sent)."""
+    """A destination, caller id or trunk that cannot be dialled, or a call the platform cannot
+    take now (at `sip.max_calls`, shutting down); nothing was sent."""
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,12 @@ class OutboundCalls:
         clock: MediaClock,
         calls: dict[str, Call],
         on_call_ended: Callable[[Call], None],
+        max_calls: int,
     ) -> None:
         self.trunks = trunks
+        self.max_calls = max_calls  # inbound and outbound calls together
+        self.accepting = True  # False once the platform is stopping
+        self._dialling = 0
         self.sip = sip
         self.ports = ports
         self.advertised_host = advertised_host
@@ -152,6 +157,28 @@ class OutboundCalls:
         """Call `to` and return the answered `Call`. Raises OutboundError (bad destination or
         no trunk), NoPortsAvailable, and CallFailed with the SIP status (486, 408, 487 ...)."""
         route = route_outbound(to, self.trunks, from_=from_, trunk=trunk)
+        if not self.accepting:
+            raise OutboundError("the platform is stopping: no new calls")
+        if len(self.calls) + self._dialling >= self.max_calls:
+            raise OutboundError(f"{self.max_calls} calls are up (sip.max_calls): no new call")
+        self._dialling += 1
+        try:
+            return await self._dial(route, to, ring_timeout=ring_timeout,
+                                    on_progress=on_progress, on_early_media=on_early_media,
+                                    project_id=project_id)
+        finally:
+            self._dialling -= 1
+
+    async def _dial(
+        self,
+        route: OutboundRoute,
+        to: str,
+        *,
+        ring_timeout: float,
+        on_progress: Callable[[UacState, SipResponse], None] | None,
+        on_early_media: Callable[[NegotiatedMedia], None] | None,
+        project_id: str,
+    ) -> Call:
         authenticator: Authenticator | None = None
         if route.trunk is not None:
             authenticator = trunk_authenticator(route.trunk)
