@@ -107,6 +107,16 @@ class WavTap:
         self._wav.close()
 
 
+async def play_out_received(media: MediaSession, limit: float = 1.0) -> None:
+    """Let the media clock play out what the receive buffer still holds (its delay's worth of
+    frames) after the other side hung up, so `--record-heard` keeps the end of what it sent."""
+    last_tick = media.ticks + media.receive_buffer.delay_frames + 1
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + limit
+    while media.ticks < last_tick and loop.time() < give_up:
+        await asyncio.sleep(FRAME_SECONDS)
+
+
 async def place_call(
     uri: str,
     *,
@@ -185,6 +195,7 @@ async def place_call(
         try:
             await asyncio.wait_for(ended.wait(), timeout=hangup_after)
             result.hung_up_by = "remote"
+            await play_out_received(media)
         except TimeoutError:
             result.hung_up_by = "us"
             await leg.bye()

@@ -75,6 +75,11 @@ class ReceiveBuffer:
         self.started = False
 
     @property
+    def delay_frames(self) -> int:
+        """Frames a packet waits before it plays (what is still to play when the sender stops)."""
+        return self._delay_samples // self._frame
+
+    @property
     def frame_samples(self) -> int:
         return self._frame
 
