@@ -1,0 +1,171 @@
+"""Bridging on the platform (`callbox.server.bridge.connect`): a sipp caller connected to a sipp
+callee, each streaming its own tone; the inbound leg's stereo recording holds the caller left and
+the callee right, each without the other; hangups end the other leg; serial and parallel dials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.integration.conftest import RunningPlatform, running_platform
+from tests.peers import audio
+from tests.peers.poll import until
+from tests.peers.ports import free_port_range
+from tests.peers.sipp import SippResult, g711_stream, run_sipp, start_sipp_uas
+
+from callbox.server.bridge import BridgeEnd, connect
+from callbox.server.call import Call
+from callbox.server.dialing import Device, DialFailed, DialLeg
+from callbox.server.recording.engine import Recording
+from callbox.wire.recording import RecordParams
+
+pytestmark = pytest.mark.peers
+
+CALLER_HZ = 1000
+CALLEE_HZ = 700
+STEREO = {"format": "wav", "direction": "both", "stereo": True,
+          "initial_timeout": 0.0, "end_silence_timeout": 0.0}
+
+
+def media_port() -> int:
+    return free_port_range(4).start
+
+
+def caller(running: RunningPlatform, tmp_path: Path, seconds: float) -> Awaitable[SippResult]:
+    """A sipp caller on the `listen` route streaming CALLER_HZ, hanging up after `seconds`."""
+    stream = g711_stream(audio.tone(CALLER_HZ, 1.0, -12), tmp_path / "caller.ulaw", loops=-1)
+    block = free_port_range(8)
+    return asyncio.ensure_future(run_sipp(
+        "uac_stream_bye", running.target, service="listen", local_port=block.start,
+        media_port=block.start + 4, keys={"stream": stream},
+        extra_args=["-d", str(int(seconds * 1000))], timeout=40))
+
+
+async def inbound_call(running: RunningPlatform) -> Call:
+    await until(lambda: bool(running.observed) and running.observed[0].call.state == "answered",
+                10, "the caller answered by the platform")
+    return running.observed[0].call
+
+
+async def record(running: RunningPlatform, call: Call) -> Recording:
+    assert running.platform.recorder is not None
+    recording = await running.platform.recorder.start_recording(
+        call, RecordParams.parse(STEREO, "relay"))
+    assert isinstance(recording, Recording)
+    return recording
+
+
+def tail(samples: np.ndarray, seconds: float, margin: float = 0.3) -> np.ndarray:
+    end = len(samples) - int(margin * 8000)
+    return samples[end - int(seconds * 8000):end]
+
+
+async def test_caller_left_callee_right_and_the_callers_bye_ends_the_callee(
+        tmp_path: Path) -> None:
+    stream = g711_stream(audio.tone(CALLEE_HZ, 1.0, -12), tmp_path / "callee.ulaw", loops=-1)
+    async with start_sipp_uas("uas_answer", media_port=media_port(),
+                              keys={"stream": stream}) as uas, \
+            running_platform(tmp_path) as running:
+        placing = caller(running, tmp_path, seconds=4.0)
+        a = await inbound_call(running)
+        recording = await record(running, a)
+        bridge = await connect(a, running.platform.outbound, [[Device(uas.uri())]])
+        b = bridge.b
+        assert (a.peer, b.peer) == (b, a) and b.direction == "outbound"
+        assert (await placing).ok
+        assert await asyncio.wait_for(asyncio.shield(bridge.done), 10) is BridgeEnd.CALLER_HUNG_UP
+        await asyncio.wait_for(b.wait_ended(), 10)
+        callee = await uas.wait(timeout=20)
+        assert callee.ok, callee.describe()  # it got our BYE
+        await asyncio.wait_for(asyncio.shield(recording.done), 10)
+    assert a.peer is None and b.peer is None
+    samples, rate = audio.decode_audio(recording.path)
+    assert rate == 8000 and samples.ndim == 2 and samples.shape[1] == 2
+    left, right = tail(samples[:, 0], 2.0), tail(samples[:, 1], 2.0)
+    assert audio.tone_level_dbfs(left, CALLER_HZ) > -16
+    assert audio.tone_level_dbfs(right, CALLEE_HZ) > -16
+    # Each party alone on its channel: the other's tone is 40 dB down or more.
+    assert audio.tone_level_dbfs(left, CALLEE_HZ) < audio.tone_level_dbfs(left, CALLER_HZ) - 40
+    assert audio.tone_level_dbfs(right, CALLER_HZ) < audio.tone_level_dbfs(right, CALLEE_HZ) - 40
+
+
+async def test_the_callee_hears_the_caller_frame_for_frame(tmp_path: Path) -> None:
+    """What the callee's leg sends is what the caller's leg received, in the same tick."""
+    async with start_sipp_uas("uas_answer", media_port=media_port()) as uas, \
+            running_platform(tmp_path) as running:
+        placing = caller(running, tmp_path, seconds=3.0)
+        a = await inbound_call(running)
+        bridge = await connect(a, running.platform.outbound, [[Device(uas.uri())]])
+        pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        heard_by_b: list[np.ndarray] = []
+        a.add_tap(lambda speak, listen: pairs.append((speak.copy(), listen.copy())))
+        bridge.b.add_tap(lambda speak, listen: heard_by_b.append(listen.copy()))
+        await until(lambda: len(heard_by_b) >= 50, 10, "a second of bridged media")
+        await placing
+        await asyncio.wait_for(bridge.b.wait_ended(), 10)
+    count = min(len(pairs), len(heard_by_b))
+    said = np.concatenate([speak for speak, _ in pairs[:count]])
+    heard = np.concatenate(heard_by_b[:count])
+    assert audio.tone_level_dbfs(said, CALLER_HZ) > -16
+    assert np.array_equal(said, heard)
+
+
+async def test_the_callees_bye_ends_the_caller_unless_asked_to_go_on(tmp_path: Path) -> None:
+    async with start_sipp_uas("uas_answer", media_port=media_port()) as uas, \
+            running_platform(tmp_path) as running:
+        placing = caller(running, tmp_path, seconds=8.0)
+        a = await inbound_call(running)
+        bridge = await connect(a, running.platform.outbound, [[Device(uas.uri())]],
+                               end_caller_with_callee=False)
+        await bridge.b.hangup()  # the callee's side ends (as its BYE would)
+        assert await asyncio.wait_for(asyncio.shield(bridge.done), 10) is BridgeEnd.CALLEE_HUNG_UP
+        assert a.is_active and a.peer is None
+        assert running.platform.clock.ticks > 0 and a.media in running.platform.clock
+        await a.hangup()
+        await placing
+        await uas.wait(timeout=20)
+
+
+async def test_serial_dial_busy_then_answer_and_parallel_dial_cancels_the_losers(
+        tmp_path: Path) -> None:
+    legs: list[tuple[str, str]] = []
+
+    def on_leg(leg: DialLeg) -> None:
+        legs.append((leg.device.to, leg.state))
+
+    async with start_sipp_uas("uas_busy", media_port=media_port()) as busy, \
+            start_sipp_uas("uas_answer", media_port=media_port()) as answering, \
+            start_sipp_uas("uas_ring", media_port=media_port()) as ringing, \
+            running_platform(tmp_path) as running:
+        placing = caller(running, tmp_path, seconds=6.0)
+        a = await inbound_call(running)
+        plan = [[Device(busy.uri())], [Device(ringing.uri()), Device(answering.uri())]]
+        bridge = await connect(a, running.platform.outbound, plan, on_leg=on_leg)
+        assert bridge.b.to_uri == answering.uri()
+        assert (await ringing.wait(timeout=20)).ok  # it got CANCEL and answered 487
+        assert (await busy.wait(timeout=20)).ok
+        await placing
+        await asyncio.wait_for(bridge.b.wait_ended(), 10)
+    assert (busy.uri(), "ended") in legs and (answering.uri(), "answered") in legs
+    assert (ringing.uri(), "ended") in legs
+    assert legs.index((busy.uri(), "ended")) < legs.index((ringing.uri(), "created"))
+
+
+async def test_nobody_answers_fails_with_the_most_telling_reason(tmp_path: Path) -> None:
+    async with start_sipp_uas("uas_busy", media_port=media_port()) as busy, \
+            start_sipp_uas("uas_ring", media_port=media_port()) as ringing, \
+            running_platform(tmp_path) as running:
+        placing = caller(running, tmp_path, seconds=5.0)
+        a = await inbound_call(running)
+        with pytest.raises(DialFailed) as failed:
+            await connect(a, running.platform.outbound,
+                          [[Device(busy.uri()), Device(ringing.uri(), timeout=1.0)]])
+        assert (failed.value.status, failed.value.end_reason) == (486, "busy")
+        assert a.is_active and a.peer is None  # the caller goes on
+        await a.hangup()
+        await placing
+
