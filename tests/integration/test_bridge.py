@@ -169,3 +169,65 @@ async def test_nobody_answers_fails_with_the_most_telling_reason(tmp_path: Path)
         await a.hangup()
         await placing
 
+
+
+def blocks(samples: np.ndarray, seconds: float = 0.1) -> list[np.ndarray]:
+    size = int(seconds * 8000)
+    return [samples[i:i + size] for i in range(0, len(samples) - size + 1, size)]
+
+
+async def test_ringback_until_early_media_replaces_it_and_the_peer_id_while_bridged(
+        tmp_path: Path) -> None:
+    early_tone = g711_stream(audio.tone(600, 1.0, -12), tmp_path / "early.ulaw")
+    async with start_sipp_uas("uas_ring", media_port=media_port()) as ringing, \
+            start_sipp_uas("uas_early_media", media_port=media_port(), keys={"stream": early_tone},
+                           extra_args=["-d", "2000"]) as early, \
+            running_platform(tmp_path) as running:
+        placing = caller(running, tmp_path, seconds=8.0)
+        a = await inbound_call(running)
+        recording = await record(running, a)
+        with pytest.raises(DialFailed) as failed:  # rings 1.5 s, nobody answers
+            await connect(a, running.platform.outbound, [[Device(ringing.uri(), timeout=1.5)]])
+        assert failed.value.end_reason == "noAnswer"
+        bridge = await connect(a, running.platform.outbound, [[Device(early.uri())]])
+        assert running.platform.recorder is not None
+        second = await running.platform.recorder.start_recording(
+            a, RecordParams.parse(STEREO, "relay"))
+        assert isinstance(second, Recording)
+        assert second.events[0]["peer_call_id"] == bridge.b.id
+        await a.hangup()
+        await asyncio.wait_for(asyncio.shield(recording.done), 10)
+        await placing
+        assert (await ringing.wait(timeout=20)).ok and (await early.wait(timeout=20)).ok
+    assert "peer_call_id" not in recording.events[-1]  # finished after the bridge ended
+    samples, _ = audio.decode_audio(recording.path)
+    heard = blocks(samples[:, 1])
+    ringback = [i for i, b in enumerate(heard) if audio.tone_level_dbfs(b, 480) > -30]
+    early_media = [i for i, b in enumerate(heard) if audio.tone_level_dbfs(b, 600) > -20]
+    assert len(ringback) >= 10, "the caller heard no ringback while the first callee rang"
+    assert len(early_media) >= 8, "the caller did not hear the second callee's early media"
+    assert not set(ringback) & set(early_media)  # early media replaced the ringback
+    assert max(ringback) < min(early_media)
+
+
+async def test_digits_reach_the_callee_while_the_bridge_is_recorded(
+        tmp_path: Path, peer_env: object) -> None:
+    stream = g711_stream(audio.tone(CALLER_HZ, 1.0, -12), tmp_path / "caller.ulaw", loops=-1)
+    block = free_port_range(8)
+    async with running_platform(tmp_path) as running:
+        placing = asyncio.ensure_future(run_sipp(
+            "uac_audio_dtmf", running.target, service="listen", local_port=block.start,
+            media_port=block.start + 4, keys={"stream": stream, "digits": "19#"},
+            extra_args=["-d", "3000"], timeout=40))
+        a = await inbound_call(running)
+        recording = await record(running, a)
+        # The callee is the platform itself, on its `listen` route (observed[1] sees its digits).
+        bridge = await connect(a, running.platform.outbound, [[Device(running.uri("listen"))]])
+        assert (await placing).ok
+        callee = await running.wait_call_ended(1)
+        await asyncio.wait_for(asyncio.shield(recording.done), 10)
+    assert bridge.b.id != callee.call.id and callee.call.direction == "inbound"
+    assert callee.digits == ["1", "9", "#"]
+    assert recording.state == "finished"
+    samples, _ = audio.decode_audio(recording.path)
+    assert audio.tone_level_dbfs(tail(samples[:, 0], 1.0, margin=0.6), CALLER_HZ) > -16

@@ -124,6 +124,11 @@ class Call:
         return self.state not in (CallState.ENDING, CallState.ENDED)
 
     @property
+    def peer_id(self) -> str | None:
+        """The id of the call this one is bridged to, None when not bridged."""
+        return self.peer.id if self.peer is not None else None
+
+    @property
     def recordings(self) -> tuple[AttachedRecording, ...]:
         """Every recording started on the call, oldest first (running and ended)."""
         return tuple(self._recordings)
