@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 from tests.integration.conftest import RunningPlatform, running_platform
 from tests.peers import audio
+from tests.peers.kamailio import start_kamailio
 from tests.peers.poll import until
-from tests.peers.ports import free_port_range
+from tests.peers.ports import free_port_range, free_udp_port
 from tests.peers.sipp import SippResult, g711_stream, run_sipp, start_sipp_uas
 
 from callbox.server.bridge import BridgeEnd, connect
 from callbox.server.call import Call
+from callbox.server.config import Trunk
 from callbox.server.dialing import Device, DialFailed, DialLeg
 from callbox.server.recording.engine import Recording
 from callbox.wire.recording import RecordParams
@@ -119,13 +121,21 @@ async def test_the_callees_bye_ends_the_caller_unless_asked_to_go_on(tmp_path: P
             running_platform(tmp_path) as running:
         placing = caller(running, tmp_path, seconds=8.0)
         a = await inbound_call(running)
+        recording = await record(running, a)
         bridge = await connect(a, running.platform.outbound, [[Device(uas.uri())]],
                                end_caller_with_callee=False)
         await bridge.b.hangup()  # the callee's side ends (as its BYE would)
         assert await asyncio.wait_for(asyncio.shield(bridge.done), 10) is BridgeEnd.CALLEE_HUNG_UP
         assert a.is_active and a.peer is None
-        assert running.platform.clock.ticks > 0 and a.media in running.platform.clock
+        assert a.media in running.platform.clock  # ticking on its own again
+        ticks = a.media.ticks
+        await until(lambda: a.media.ticks >= ticks + 50, 10, "a second after the callee left")
+        assert recording.state == "recording"  # the caller's recording goes on
         await a.hangup()
+        await asyncio.wait_for(asyncio.shield(recording.done), 10)
+        samples, _ = audio.decode_audio(recording.path)
+        # The last second, after the callee left, still has the caller (left channel).
+        assert audio.tone_level_dbfs(tail(samples[:, 0], 0.8, margin=0.1), CALLER_HZ) > -16
         await placing
         await uas.wait(timeout=20)
 
@@ -231,3 +241,27 @@ async def test_digits_reach_the_callee_while_the_bridge_is_recorded(
     assert recording.state == "finished"
     samples, _ = audio.decode_audio(recording.path)
     assert audio.tone_level_dbfs(tail(samples[:, 0], 1.0, margin=0.6), CALLER_HZ) > -16
+
+
+async def test_a_number_is_connected_through_the_trunk(tmp_path: Path) -> None:
+    number, password = "+15550123", "carrier-secret"
+    stream = g711_stream(audio.tone(CALLEE_HZ, 1.0, -12), tmp_path / "callee.ulaw", loops=-1)
+    uas_port = free_udp_port()
+    async with start_sipp_uas("uas_answer_behind_proxy", local_port=uas_port,
+                              media_port=media_port(), keys={"stream": stream}) as uas, \
+            start_kamailio(password=password,
+                           routes={number: f"127.0.0.1:{uas_port}"}) as carrier, \
+            running_platform(tmp_path, trunks=[Trunk(
+                name="carrier", proxy=carrier.target, username="callbox", password=password,
+                from_number="+15550100")]) as running:
+        placing = caller(running, tmp_path, seconds=3.0)
+        a = await inbound_call(running)
+        recording = await record(running, a)
+        bridge = await connect(a, running.platform.outbound, [[Device(number)]])
+        assert bridge.b.to_user == number
+        await placing
+        await asyncio.wait_for(asyncio.shield(recording.done), 10)
+        assert (await uas.wait(timeout=20)).ok
+        assert [r.authorized for r in carrier.requests("INVITE")] == [False, True]
+    samples, _ = audio.decode_audio(recording.path)
+    assert audio.tone_level_dbfs(tail(samples[:, 1], 1.0), CALLEE_HZ) > -16

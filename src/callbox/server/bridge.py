@@ -150,8 +150,10 @@ class Ringback:
         self._starting: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        if self.a.state is CallState.CREATED:
+            self.a.ring()  # 180: an unanswered caller's phone plays its own ring tone
         if self.a.state is not CallState.ANSWERED or self.early is not None:
-            return  # an unanswered caller hears its own phone's ring tone
+            return
         self._starting = asyncio.get_running_loop().create_task(self._play())
 
     async def _play(self) -> None:
