@@ -23,18 +23,13 @@ from callbox.server.media.frames import FRAME_SECONDS
 from callbox.server.media.playback import Playback
 from callbox.server.media.session import MediaSession
 from callbox.server.media.sources import render_media_url
-from callbox.server.sip.endpoint import CallFailed, OfferRejected, SipEndpoint
+from callbox.server.sip.endpoint import CallFailed, SipEndpoint
 from callbox.server.sip.headers import SipParseError, SipUri
 from callbox.server.sip.message import SipRequest
+from callbox.server.sip.negotiation import LocalSdp
 from callbox.server.sip.resolve import numeric_host
 from callbox.server.sip.sdp import (
     NegotiatedMedia,
-    SdpError,
-    UnsupportedContentType,
-    answer_offer,
-    make_offer,
-    parse_sdp,
-    sdp_body,
 )
 from callbox.server.tasks import spawn
 
@@ -137,8 +132,8 @@ async def place_call(
     sock.setblocking(False)
     media = MediaSession(sock, local_host)
     clock = MediaClock()
-    offer = make_offer(local_host=local_host, local_port=media.local_port,
-                       session_id=int(time.time()), session_version=1)
+    sdp = LocalSdp(local_host, media.local_port, family)
+    offer = sdp.offer()
     tap = WavTap(record_heard) if record_heard is not None else None
     media_lock = asyncio.Lock()  # early media and the answer configure the session in order
 
@@ -156,16 +151,9 @@ async def place_call(
 
     async def reoffer(request: SipRequest) -> bytes:
         """A re-INVITE from the callee (hold, resume, a new address): answer it on our port."""
-        try:
-            their_offer = parse_sdp(sdp_body(request.body, request.content_type))
-            answer, negotiated = answer_offer(
-                their_offer, local_host=local_host, local_port=media.local_port,
-                session_id=offer.origin.session_id,
-                session_version=offer.origin.session_version + request.cseq.seq)
-            await use_media(negotiated)
-        except (SdpError, UnsupportedContentType, OSError) as exc:
-            raise OfferRejected(488, str(exc)) from None
-        return answer.serialize()
+        negotiation = await sdp.answer(request)
+        await use_media(negotiation.media)
+        return negotiation.answer
 
     def early_media(negotiated: NegotiatedMedia) -> None:
         spawn(use_media(negotiated), name="early-media")

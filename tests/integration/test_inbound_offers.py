@@ -134,6 +134,10 @@ async def test_host_name_in_reinvite_is_resolved_too(platform, raw, rtp):
     assert answer is not None and answer.status == 200
     assert "a=recvonly" in answer.body.decode()
     assert call.media.remote == ("127.0.0.1", port + 2)
+    # RFC 3264 section 5: the same session id for the whole call, a higher version each time.
+    first, second = parse_sdp(ok.body).origin, parse_sdp(answer.body).origin
+    assert second.session_id == first.session_id
+    assert second.session_version == first.session_version + 1
 
 
 async def test_unresolvable_host_name_gets_488(platform, raw):

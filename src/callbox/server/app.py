@@ -17,6 +17,7 @@ from callbox import __version__
 from callbox.server import ai  # noqa: F401  (registers the SWML `ai` verb)
 from callbox.server.auth import ProjectAuth
 from callbox.server.call import Call
+from callbox.server.call_media import CallMediaFactory
 from callbox.server.config import Config, Route, parse_host_port, parse_port_range
 from callbox.server.http.app import make_app
 from callbox.server.inbound import InboundCalls
@@ -79,15 +80,15 @@ class Platform:
         self.trunks = Trunks(self.sip, config.trunks)
         self.services.trunk_states = self.trunks.states
         self.relay = RelayHub(self.services)
+        media = CallMediaFactory(self.ports, self.advertised_host, self.clock)
         self.inbound = InboundCalls(
-            config=config, ports=self.ports, advertised_host=self.advertised_host,
-            clock=self.clock, calls=self.calls, has_relay_session=self.relay.has_session_for,
+            config=config, media=media, calls=self.calls,
+            has_relay_session=self.relay.has_session_for,
             on_new_call=self._on_new_call, on_call_ended=self._on_call_ended,
         )
         self.sip.on_invite = self.inbound.on_invite
         self.outbound = OutboundCalls(
-            trunks=config.trunks, sip=self.sip, ports=self.ports,
-            advertised_host=self.advertised_host, clock=self.clock, calls=self.calls,
+            trunks=config.trunks, sip=self.sip, media=media, calls=self.calls,
             on_call_ended=self._on_call_ended, max_calls=config.sip.max_calls,
         )
         self.services.outbound = self.outbound

@@ -12,31 +12,17 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import secrets
-import socket
 from collections.abc import Callable
 
 from callbox.server.call import Call
+from callbox.server.call_media import CallMedia, CallMediaFactory
 from callbox.server.config import Config, Route, Trunk
-from callbox.server.media.clock import MediaClock
-from callbox.server.media.ports import NoPortsAvailable, RtpPortPool
-from callbox.server.media.session import MediaSession
+from callbox.server.media.ports import NoPortsAvailable
 from callbox.server.sip.endpoint import InboundInvite, OfferRejected
 from callbox.server.sip.headers import NameAddr
-from callbox.server.sip.media_address import media_host
 from callbox.server.sip.message import SipRequest
-from callbox.server.sip.negotiation import Negotiation, negotiate
 from callbox.server.sip.registration_runner import trunk_authenticator
-from callbox.server.sip.sdp import (
-    NegotiatedMedia,
-    SdpError,
-    SessionDescription,
-    UnsupportedContentType,
-    accept_answer,
-    make_offer,
-    parse_sdp,
-    sdp_body,
-)
+from callbox.server.sip.sdp import SessionDescription
 from callbox.server.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -51,25 +37,19 @@ class InboundCalls:
         self,
         *,
         config: Config,
-        ports: RtpPortPool,
-        advertised_host: str,
-        clock: MediaClock,
+        media: CallMediaFactory,
         calls: dict[str, Call],
         has_relay_session: Callable[[str, str], bool],
         on_new_call: Callable[[Call, Route], None],
         on_call_ended: Callable[[Call], None],
     ) -> None:
         self.config = config
-        self.ports = ports
-        self.advertised_host = advertised_host
-        self.clock = clock
+        self.media = media
         self.calls = calls
         self.has_relay_session = has_relay_session
         self.on_new_call = on_new_call
         self.on_call_ended = on_call_ended
         self.accepting = True
-        self._sdp_version = secrets.randbelow(2**31)
-        self._family = socket.AF_INET6 if ":" in ports.host else socket.AF_INET
         self._pending = 0  # INVITEs admitted, their call not yet created
 
     # -- admission ------------------------------------------------------------------------
@@ -116,37 +96,36 @@ class InboundCalls:
             try:
                 sdp = await self._local_sdp(invite, media)
             except OfferRejected as exc:
-                self.ports.release(media.sock)
+                self.media.release(media)
                 log.info("call %s: %s: %s", invite.call_id, exc, exc.status)
                 invite.reject(exc.status, headers=exc.headers)
                 return
             except Exception:
-                self.ports.release(media.sock)
+                self.media.release(media)
                 log.exception("call %s: answering the offer failed: 500", invite.call_id)
                 invite.reject(500)
                 return
             if invite.finished:  # cancelled while we resolved the offer's host
-                self.ports.release(media.sock)
+                self.media.release(media)
                 return
             call = self._create_call(invite, media, sdp, route, project_id)
         finally:
             self._pending -= 1
         self.on_new_call(call, route)
 
-    def _open_media(self, invite: InboundInvite) -> MediaSession | None:
+    def _open_media(self, invite: InboundInvite) -> CallMedia | None:
         try:
-            sock = self.ports.open()
+            return self.media.open()
         except NoPortsAvailable as exc:
             log.warning("call %s: %s: 503", invite.call_id, exc)
             invite.reject(503, headers=[("Retry-After", RETRY_AFTER_SECONDS)])
             return None
-        return MediaSession(sock, self.advertised_host)
 
-    async def _local_sdp(self, invite: InboundInvite, media: MediaSession) -> bytes:
+    async def _local_sdp(self, invite: InboundInvite, media: CallMedia) -> bytes:
         """Our answer (media configured), or our offer for a delayed offer."""
         request = invite.request
         if not request.body:
-            offer = self._offer(media.local_port)
+            offer = media.sdp.offer()
 
             def take_answer(body: bytes, content_type: str | None) -> None:
                 spawn(self._take_answer(invite, media, offer, body, content_type),
@@ -154,22 +133,22 @@ class InboundCalls:
 
             invite.on_ack_body = take_answer
             return offer.serialize()
-        negotiation = await self.negotiate(request, media.local_port)
-        self._configure(media, negotiation.media)
+        negotiation = await media.sdp.answer(request)
+        media.configure(negotiation.media)
         return negotiation.answer
 
-    def _create_call(self, invite: InboundInvite, media: MediaSession, sdp: bytes,
+    def _create_call(self, invite: InboundInvite, media: CallMedia, sdp: bytes,
                      route: Route, project_id: str) -> Call:
         request = invite.request
         from_addr = NameAddr.parse(request.headers.get("From") or "")
         call = Call(
-            leg=invite, media=media, clock=self.clock, sdp_answer=sdp,
+            leg=invite, media=media.session, clock=self.media.clock, sdp_answer=sdp,
             from_uri=str(from_addr.uri), to_uri=request.uri,
             from_user=from_addr.uri.user or "", to_user=dialled_user(request, self.config),
             on_ended=self.on_call_ended,
         )
         call.project_id = project_id
-        invite.on_reoffer = lambda reinvite: self._reoffer(call, reinvite)
+        invite.on_reoffer = lambda reinvite: self._reoffer(call, media, reinvite)
         self.calls[call.id] = call
         log.info("call %s from %s to %s (SIP %s)", call.id, call.from_user, call.to_user,
                  invite.call_id)
@@ -177,47 +156,30 @@ class InboundCalls:
 
     # -- negotiation ----------------------------------------------------------------------
 
-    async def negotiate(self, request: SipRequest, local_port: int) -> Negotiation:
-        """Answer the SDP offer in an INVITE or re-INVITE; raises OfferRejected (415, 488)."""
-        self._sdp_version += 1
-        return await negotiate(request, local_host=self.advertised_host, local_port=local_port,
-                               version=self._sdp_version, family=self._family)
-
-    async def _reoffer(self, call: Call, request: SipRequest) -> bytes:
+    async def _reoffer(self, call: Call, media: CallMedia, request: SipRequest) -> bytes:
         """A re-INVITE (hold/resume, new address): same port, new direction."""
         try:
-            negotiation = await self.negotiate(request, call.media.local_port)
+            negotiation = await media.sdp.answer(request)
         except OfferRejected as exc:
             log.info("call %s: re-INVITE rejected: %s", call.id, exc)
             raise
-        self._configure(call.media, negotiation.media)
+        media.configure(negotiation.media)
         log.info("call %s: re-INVITE, now %s", call.id, negotiation.media.local_direction)
         return negotiation.answer
 
-    def _offer(self, local_port: int) -> SessionDescription:
-        self._sdp_version += 1
-        return make_offer(local_host=self.advertised_host, local_port=local_port,
-                          session_id=self._sdp_version, session_version=self._sdp_version)
-
-    async def _take_answer(self, invite: InboundInvite, media: MediaSession,
+    async def _take_answer(self, invite: InboundInvite, media: CallMedia,
                            offer: SessionDescription, body: bytes,
                            content_type: str | None) -> None:
         """Delayed offer: the ACK answers the offer our 200 carried; no usable answer ends
         the call (RFC 3264 has no way to reject an answer)."""
         try:
-            negotiated = accept_answer(offer, parse_sdp(sdp_body(body, content_type)))
-            negotiated.remote_host = await media_host(negotiated.remote_host, self._family)
-        except (SdpError, UnsupportedContentType, OfferRejected) as exc:
+            negotiated = await media.sdp.take_answer(offer, body, content_type)
+        except OfferRejected as exc:
             log.info("call %s: unusable SDP answer in the ACK: %s; hanging up",
                      invite.call_id, exc)
             await invite.bye()
             return
-        self._configure(media, negotiated)
-
-    @staticmethod
-    def _configure(media: MediaSession, negotiated: NegotiatedMedia) -> None:
-        media.configure(negotiated.remote_host, negotiated.remote_port, negotiated.payload_type,
-                        negotiated.dtmf_payload_type, negotiated.local_direction)
+        media.configure(negotiated)
 
 
 def contact_trunk(request: SipRequest, config: Config) -> Trunk | None:

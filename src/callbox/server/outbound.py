@@ -17,26 +17,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from callbox.server.call import Call
+from callbox.server.call_media import CallMedia, CallMediaFactory
 from callbox.server.config import Trunk
 from callbox.server.media.clock import MediaClock
-from callbox.server.media.ports import RtpPortPool
 from callbox.server.media.session import MediaSession
 from callbox.server.sip.digest import Authenticator
 from callbox.server.sip.endpoint import CallFailed, OfferRejected, SipEndpoint
 from callbox.server.sip.media_address import media_host
 from callbox.server.sip.message import SipRequest, SipResponse
-from callbox.server.sip.negotiation import negotiate
 from callbox.server.sip.registration_runner import trunk_authenticator
 from callbox.server.sip.sdp import (
     NegotiatedMedia,
-    SessionDescription,
-    make_offer,
 )
 from callbox.server.sip.uac import UacState
 from callbox.server.tasks import spawn
@@ -123,9 +118,7 @@ class OutboundCalls:
         *,
         trunks: list[Trunk],
         sip: SipEndpoint,
-        ports: RtpPortPool,
-        advertised_host: str,
-        clock: MediaClock,
+        media: CallMediaFactory,
         calls: dict[str, Call],
         on_call_ended: Callable[[Call], None],
         max_calls: int,
@@ -135,13 +128,10 @@ class OutboundCalls:
         self.accepting = True  # False once the platform is stopping
         self._dialling = 0
         self.sip = sip
-        self.ports = ports
-        self.advertised_host = advertised_host
-        self.clock = clock
+        self.media = media
+        self.clock: MediaClock = media.clock
         self.calls = calls
         self.on_call_ended = on_call_ended
-        self._sdp_version = secrets.randbelow(2**31)
-        self.family = socket.AF_INET6 if ":" in ports.host else socket.AF_INET
 
     async def dial(
         self,
@@ -187,10 +177,9 @@ class OutboundCalls:
         authenticator: Authenticator | None = None
         if route.trunk is not None:
             authenticator = trunk_authenticator(route.trunk)
-        sock = self.ports.open()
-        media = MediaSession(sock, self.advertised_host)
-        placed = _MediaSetup(self, media)
-        offer = self._offer(media.local_port)
+        media = self.media.open()
+        placed = _MediaSetup(media, self.clock)
+        offer = media.sdp.offer()
 
         def early_media(negotiated: NegotiatedMedia) -> None:
             spawn(placed.use_early(negotiated, on_early_media), name="outbound-early-media")
@@ -202,11 +191,11 @@ class OutboundCalls:
                 ring_timeout=ring_timeout, on_progress=on_progress, on_early_media=early_media,
                 on_reoffer=placed.reoffer, authenticator=authenticator)
         except BaseException:
-            self._release(media)
+            self.media.release(media)
             raise
         assert leg.media is not None
         call = Call(
-            leg=leg, media=media, clock=self.clock, sdp_answer=offer.serialize(),  # our SDP
+            leg=leg, media=media.session, clock=self.clock, sdp_answer=offer.serialize(),  # our SDP
             from_uri=from_uri, to_uri=route.uri,
             from_user=route.from_user, to_user=to.strip(), on_ended=self.on_call_ended,
             call_id=call_id,
@@ -226,41 +215,28 @@ class OutboundCalls:
             call.answer()
         return call
 
-    def next_sdp_version(self) -> int:
-        self._sdp_version += 1
-        return self._sdp_version
-
-    def _offer(self, local_port: int) -> SessionDescription:
-        version = self.next_sdp_version()
-        return make_offer(local_host=self.advertised_host, local_port=local_port,
-                          session_id=version, session_version=version)
-
-    def _release(self, media: MediaSession) -> None:
-        self.clock.remove(media)
-        media.close()
-        self.ports.release(media.sock)
-
 
 class _MediaSetup:
     """Configures one outbound call's media session, in order: early media, the answer, then
     re-INVITEs from the callee."""
 
-    def __init__(self, calls: OutboundCalls, media: MediaSession) -> None:
-        self.calls = calls
+    def __init__(self, media: CallMedia, clock: MediaClock) -> None:
         self.media = media
+        self.session = media.session
+        self.clock = clock
         self.lock = asyncio.Lock()
         self.early_reported = False
 
     async def use(self, negotiated: NegotiatedMedia) -> None:
         async with self.lock:
-            host = await media_host(negotiated.remote_host, self.calls.family)
-            if self.media.closed:
+            negotiated.remote_host = await media_host(negotiated.remote_host,
+                                                      self.media.sdp.family)
+            if self.session.closed:
                 return
-            self.media.configure(host, negotiated.remote_port, negotiated.payload_type,
-                                 negotiated.dtmf_payload_type, negotiated.local_direction)
-            if not self.media.started:  # early media flows before the answer
-                self.media.start()
-                self.calls.clock.add(self.media)
+            self.media.configure(negotiated)
+            if not self.session.started:  # early media flows before the answer
+                self.session.start()
+                self.clock.add(self.session)
 
     async def use_early(self, negotiated: NegotiatedMedia,
                         then: Callable[[MediaSession], None] | None) -> None:
@@ -271,14 +247,12 @@ class _MediaSetup:
         except OfferRejected as exc:
             log.info("early media not used: %s", exc)
             return
-        if then is not None and not self.early_reported and not self.media.closed:
+        if then is not None and not self.early_reported and not self.session.closed:
             self.early_reported = True
-            then(self.media)
+            then(self.session)
 
     async def reoffer(self, request: SipRequest) -> bytes:
         """A re-INVITE from the callee (hold, resume, a new address): answered on our port."""
-        negotiation = await negotiate(
-            request, local_host=self.calls.advertised_host, local_port=self.media.local_port,
-            version=self.calls.next_sdp_version(), family=self.calls.family)
+        negotiation = await self.media.sdp.answer(request)
         await self.use(negotiation.media)
         return negotiation.answer
