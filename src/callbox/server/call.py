@@ -108,6 +108,7 @@ class Call:
         self.plays: list[PlayOperation] = []
         self._starting_plays: set[asyncio.Future[None]] = set()  # plays rendering their audio
         self._recordings: list[AttachedRecording] = []  # newest last
+        self._digits_sending: set[asyncio.Future[None]] = set()
         self.project_id = ""
         self._loop = asyncio.get_running_loop()
         self.ended = asyncio.Event()
@@ -216,6 +217,10 @@ class Call:
                                   recording.control_id)
         for play in tuple(self.plays):
             play.playback.stop()
+        for sending in tuple(self._digits_sending):
+            if not sending.done():
+                sending.set_exception(CallGone(f"call {self.id} ended before its digits "
+                                               "were sent"))
         self._set_state(CallState.ENDING)
 
     def _finish(self, reason: str) -> None:
@@ -275,6 +280,23 @@ class Call:
                    if op.playback.state == PLAYING and op.playback.loop != 0]
         if running:
             await asyncio.wait(running)
+
+    def send_digits(self, digits: str) -> asyncio.Future[None]:
+        """Send RFC 4733 digits on the call's media (`w` waits 0.5 s, `W` 1 s). The future
+        completes once the last went out, or fails with CallGone when the call ends first.
+        Raises CallGone after the end, ValueError for a bad digit or a peer without
+        telephone-event."""
+        self._require_active()
+        sending: asyncio.Future[None] = self._loop.create_future()
+
+        def sent() -> None:
+            if not sending.done():
+                sending.set_result(None)
+
+        self.media.send_dtmf(digits, on_sent=sent)
+        self._digits_sending.add(sending)
+        sending.add_done_callback(self._digits_sending.discard)
+        return sending
 
     def play_samples(
         self,
