@@ -94,8 +94,9 @@ class CollectParams:
         digits = params.get("digits")
         if digits is None:
             if params.get("speech") is not None:
-                raise InputParamError(f"{prefix}speech", "speech input is not supported; "
-                                      "ask for digits {max, terminators, digit_timeout}")
+                raise InputParamError(f"{prefix}speech", "speech input is not supported "
+                                      f"({prefix}speech): ask for {prefix}digits "
+                                      "{max, terminators, digit_timeout}")
             raise InputParamError(f"{prefix}digits",
                                   f"{prefix}digits {{max, terminators, digit_timeout}} is "
                                   "required")
