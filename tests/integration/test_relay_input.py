@@ -37,6 +37,7 @@ from tests.peers.poll import until
 from callbox.relay import Call, RelayError
 from callbox.relay.actions import CollectAction
 from callbox.server.media.sources import render_tts
+from callbox.server.recording.engine import Recording
 
 pytestmark = pytest.mark.peers
 
@@ -263,6 +264,8 @@ async def test_official_client_collects_times_out_and_sends_digits(tmp_path: Pat
                     "control_id": send["control_id"], "state": "finished"}
     assert received == "123"  # the RFC 4733 digits arrived at the caller
     (recording,) = seen.call.recordings
+    assert isinstance(recording, Recording)
     assert recorded["state"] == "finished" and recording.state == "finished"
-    assert recorded["record"]["url"] == recording.url and recording.duration > 0
+    assert recorded["record"]["url"] == recording.url
+    assert recording.duration is not None and recording.duration > 0
     assert gone["code"] == 410

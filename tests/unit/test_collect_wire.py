@@ -137,7 +137,8 @@ def received_events(receiver: socket.socket, count: int) -> list[tuple[int, int,
     return events
 
 
-def test_send_dtmf_with_a_wait_calls_on_sent_after_its_last_tick(sender_and_receiver) -> None:
+def test_send_dtmf_with_a_wait_calls_on_sent_after_its_last_tick(
+        sender_and_receiver: tuple[MediaSession, socket.socket]) -> None:
     media, receiver = sender_and_receiver
     done: list[int] = []
     media.send_dtmf("1w2", on_sent=lambda: done.append(media.ticks))
@@ -153,7 +154,8 @@ def test_send_dtmf_with_a_wait_calls_on_sent_after_its_last_tick(sender_and_rece
     assert sum(end for _, _, end in events) == 6  # each end sent three times
 
 
-def test_send_dtmf_refuses_bad_digits_without_queueing(sender_and_receiver) -> None:
+def test_send_dtmf_refuses_bad_digits_without_queueing(
+        sender_and_receiver: tuple[MediaSession, socket.socket]) -> None:
     media, _ = sender_and_receiver
     with pytest.raises(ValueError, match="not a DTMF digit"):
         media.send_dtmf("1x", on_sent=lambda: None)
