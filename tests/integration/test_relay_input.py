@@ -38,6 +38,7 @@ from callbox.relay import Call, RelayError
 from callbox.relay.actions import CollectAction
 from callbox.server.media.sources import render_tts
 from callbox.server.recording.engine import Recording
+from callbox.server.relay.input import MAX_COLLECTS_PER_CALL, MAX_DIGIT_SENDS_PER_CALL
 
 pytestmark = pytest.mark.peers
 
@@ -88,6 +89,15 @@ async def test_play_and_collect_with_our_client_barges_in_and_collects(tmp_path:
         with pytest.raises(RelayError) as bad_digits:
             await call.send_digits("12x")
         assert bad_digits.value.code == 400 and "digits must be" in bad_digits.value.message
+        # digit sends queue up on the call, up to a limit; the hangup fails those left
+        send_states: list[str] = []
+        call.on("calling.call.send_digits", lambda e: send_states.append(e.state))
+        for _ in range(MAX_DIGIT_SENDS_PER_CALL):
+            await call.execute("calling.send_digits", {"digits": "1WWWWW"})  # 5 s each
+        with pytest.raises(RelayError) as too_many_sends:
+            await call.execute("calling.send_digits", {"digits": "1"})
+        assert too_many_sends.value.code == 400
+        assert "at most 10 send_digits" in too_many_sends.value.message
 
         await call.hangup()
         await call.wait_for_ended(timeout=10)
@@ -98,7 +108,9 @@ async def test_play_and_collect_with_our_client_barges_in_and_collects(tmp_path:
                 await late
             assert gone.value.code == 410
         seen = await running.wait_call_ended(0)
+        await until(lambda: len(send_states) == MAX_DIGIT_SENDS_PER_CALL, 5, "send events")
 
+    assert send_states == ["error"] * MAX_DIGIT_SENDS_PER_CALL
     assert seen.digits == ["1", "2", "#"]
     assert event.event_type == "calling.call.collect" and event.final
     assert event.result == {"type": "digit", "params": {"digits": "12", "terminator": "#"}}
@@ -136,6 +148,15 @@ async def test_no_input_after_the_prompt_stop_and_the_call_ending_mid_collect(
         stopped = await call.collect(digits={"max": 3}, initial_timeout=0)
         await stopped.stop()
         got["stopped"] = await stopped.wait(timeout=5)
+        running = [await call.collect(digits={"max": 1}, initial_timeout=0)
+                   for _ in range(MAX_COLLECTS_PER_CALL)]
+        try:
+            await call.collect(digits={"max": 1})
+        except RelayError as exc:
+            got["too_many"] = exc
+        for action in running:
+            await action.stop()
+            await action.wait(timeout=5)
         cut = await call.collect(digits={"max": 3}, start_input_timers=False)
         await call.hangup()
         got["cut"] = await cut.wait(timeout=10)
@@ -160,6 +181,7 @@ async def test_no_input_after_the_prompt_stop_and_the_call_ending_mid_collect(
     assert no_input.result == {"type": "no_input"} and no_input.final
     assert no_input.timestamp > plays[1].timestamp
     assert got["stopped"].result == {"type": "no_input"}
+    assert got["too_many"].code == 400 and "at most 10 collects" in got["too_many"].message
     assert got["cut"].result == {"type": "error"} and got["cut"].params["state"] == "error"
 
 

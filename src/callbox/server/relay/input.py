@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A client may run this many collects, and have this many digit sends pending, on one call:
+# each collect listens to every media tick of the call.
+MAX_COLLECTS_PER_CALL = 10
+MAX_DIGIT_SENDS_PER_CALL = 10
+
 
 def _bad(error: InputParamError | wire.ParamError) -> CommandError:
     return CommandError(wire.CODE_BAD_REQUEST, str(error))
@@ -174,6 +179,7 @@ class InputCommands:
 
     def __init__(self) -> None:
         self.collects: dict[tuple[str, str], CollectControl] = {}
+        self.digit_sends: dict[str, int] = {}  # pending, by call id
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -245,6 +251,10 @@ class InputCommands:
         if key in self.collects:
             raise CommandError(wire.CODE_BAD_REQUEST,
                                f"control_id {control_id!r} is already collecting on this call")
+        if sum(call_id == entry.call.id for call_id, _ in self.collects) >= \
+                MAX_COLLECTS_PER_CALL:
+            raise CommandError(wire.CODE_BAD_REQUEST, f"at most {MAX_COLLECTS_PER_CALL} "
+                               "collects may run on one call")
 
         def forget(control: CollectControl) -> None:
             if self.collects.get(key) is control:
@@ -298,19 +308,25 @@ class InputCommands:
             control_id = wire.parse_control_id(params.get("control_id"))
         except (InputParamError, wire.ParamError) as exc:
             raise _bad(exc) from None
+        call_id = entry.call.id
+        if self.digit_sends.get(call_id, 0) >= MAX_DIGIT_SENDS_PER_CALL:
+            raise CommandError(wire.CODE_BAD_REQUEST, f"at most {MAX_DIGIT_SENDS_PER_CALL} "
+                               "send_digits may wait to be sent on one call")
+
+        def report(sent: bool) -> None:
+            left = self.digit_sends.pop(call_id, 1) - 1
+            if left:
+                self.digit_sends[call_id] = left
+            session.emit(input_wire.CALL_SEND_DIGITS, input_wire.send_digits_event_params(
+                call_id=call_id, node_id=entry.node_id, control_id=control_id,
+                state=input_wire.SEND_DIGITS_FINISHED if sent else
+                input_wire.SEND_DIGITS_ERROR))
+
         try:
-            sending = entry.call.send_digits(digits)
+            entry.call.send_digits(digits, report)
         except CallGone:
             raise _gone(entry) from None
         except ValueError as exc:  # the peer has no telephone-event
             raise CommandError(wire.CODE_BAD_REQUEST, f"send_digits: {exc}") from None
-
-        def report(done: asyncio.Future[None]) -> None:
-            failed = done.cancelled() or done.exception() is not None
-            session.emit(input_wire.CALL_SEND_DIGITS, input_wire.send_digits_event_params(
-                call_id=entry.call.id, node_id=entry.node_id, control_id=control_id,
-                state=input_wire.SEND_DIGITS_ERROR if failed else
-                input_wire.SEND_DIGITS_FINISHED))
-
-        sending.add_done_callback(report)
+        self.digit_sends[call_id] = self.digit_sends.get(call_id, 0) + 1
         return ok("Sending digits", control_id=control_id)
