@@ -90,6 +90,7 @@ class Platform:
             advertised_host=self.advertised_host, clock=self.clock, calls=self.calls,
             on_call_ended=self._on_call_ended, max_calls=config.sip.max_calls,
         )
+        self.services.outbound = self.outbound
         self._ended_media: Counter[str] = Counter()  # RTP counters of the calls that ended
 
     def media_counters(self) -> dict[str, int]:

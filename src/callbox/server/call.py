@@ -93,8 +93,9 @@ class Call:
         from_user: str,
         to_user: str,
         on_ended: Callable[[Call], None] | None = None,
+        call_id: str | None = None,
     ) -> None:
-        self.id = str(uuid.uuid4())
+        self.id = call_id or str(uuid.uuid4())
         self.leg = leg
         self.media = media
         self.clock = clock
@@ -104,6 +105,7 @@ class Call:
         self.direction = "inbound"
         self.state = CallState.CREATED
         self.end_reason: str | None = None
+        self.peer: Call | None = None  # the other party while bridged (set by the bridge)
         self.created_at = time.time()
         self.answered_at: float | None = None
         self._state_listeners: list[Callable[[Call], None]] = []
@@ -123,6 +125,11 @@ class Call:
     @property
     def is_active(self) -> bool:
         return self.state not in (CallState.ENDING, CallState.ENDED)
+
+    @property
+    def peer_id(self) -> str | None:
+        """The id of the call this one is bridged to, None when not bridged."""
+        return self.peer.id if self.peer is not None else None
 
     @property
     def recordings(self) -> tuple[AttachedRecording, ...]:

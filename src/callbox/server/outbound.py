@@ -151,11 +151,15 @@ class OutboundCalls:
         trunk: str | None = None,
         ring_timeout: float = DEFAULT_RING_TIMEOUT,
         on_progress: Callable[[UacState, SipResponse], None] | None = None,
-        on_early_media: Callable[[NegotiatedMedia], None] | None = None,
+        on_early_media: Callable[[MediaSession], None] | None = None,
         project_id: str = "",
+        call_id: str | None = None,
     ) -> Call:
-        """Call `to` and return the answered `Call`. Raises OutboundError (bad destination or
-        no trunk), NoPortsAvailable, and CallFailed with the SIP status (486, 408, 487 ...)."""
+        """Call `to` and return the answered `Call` (with id `call_id` when given). Raises
+        OutboundError (bad destination or no trunk), NoPortsAvailable, and CallFailed with the
+        SIP status (486, 408, 487 ...). `on_early_media` gets the call's media session once
+        early media (a 183 with SDP) flows, before the answer: it is the same session the
+        answered call then uses. Cancelling the awaiting task sends CANCEL."""
         route = route_outbound(to, self.trunks, from_=from_, trunk=trunk)
         if not self.accepting:
             raise OutboundError("the platform is stopping: no new calls")
@@ -165,7 +169,7 @@ class OutboundCalls:
         try:
             return await self._dial(route, to, ring_timeout=ring_timeout,
                                     on_progress=on_progress, on_early_media=on_early_media,
-                                    project_id=project_id)
+                                    project_id=project_id, call_id=call_id)
         finally:
             self._dialling -= 1
 
@@ -176,8 +180,9 @@ class OutboundCalls:
         *,
         ring_timeout: float,
         on_progress: Callable[[UacState, SipResponse], None] | None,
-        on_early_media: Callable[[NegotiatedMedia], None] | None,
+        on_early_media: Callable[[MediaSession], None] | None,
         project_id: str,
+        call_id: str | None,
     ) -> Call:
         authenticator: Authenticator | None = None
         if route.trunk is not None:
@@ -188,9 +193,7 @@ class OutboundCalls:
         offer = self._offer(media.local_port)
 
         def early_media(negotiated: NegotiatedMedia) -> None:
-            spawn(placed.use_early(negotiated), name="outbound-early-media")
-            if on_early_media is not None:
-                on_early_media(negotiated)
+            spawn(placed.use_early(negotiated, on_early_media), name="outbound-early-media")
 
         from_uri = route.from_uri or self.sip.local_uri(route.from_user)
         try:
@@ -206,6 +209,7 @@ class OutboundCalls:
             leg=leg, media=media, clock=self.clock, sdp_answer=offer.serialize(),  # our SDP
             from_uri=from_uri, to_uri=route.uri,
             from_user=route.from_user, to_user=to.strip(), on_ended=self.on_call_ended,
+            call_id=call_id,
         )
         call.direction = "outbound"
         call.project_id = project_id
@@ -245,6 +249,7 @@ class _MediaSetup:
         self.calls = calls
         self.media = media
         self.lock = asyncio.Lock()
+        self.early_reported = False
 
     async def use(self, negotiated: NegotiatedMedia) -> None:
         async with self.lock:
@@ -257,12 +262,18 @@ class _MediaSetup:
                 self.media.start()
                 self.calls.clock.add(self.media)
 
-    async def use_early(self, negotiated: NegotiatedMedia) -> None:
-        """Early media (a 183 with SDP); an unusable address only means nothing is heard yet."""
+    async def use_early(self, negotiated: NegotiatedMedia,
+                        then: Callable[[MediaSession], None] | None) -> None:
+        """Early media (a 183 with SDP); an unusable address only means nothing is heard yet.
+        `then(session)` once it flows (once per call, even if several 183s come)."""
         try:
             await self.use(negotiated)
         except OfferRejected as exc:
             log.info("early media not used: %s", exc)
+            return
+        if then is not None and not self.early_reported and not self.media.closed:
+            self.early_reported = True
+            then(self.media)
 
     async def reoffer(self, request: SipRequest) -> bytes:
         """A re-INVITE from the callee (hold, resume, a new address): answered on our port."""

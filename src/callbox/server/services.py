@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from callbox.server.auth import ProjectAuth
 from callbox.server.call import Call
 from callbox.server.media.clock import MediaClock
+from callbox.server.outbound import OutboundCalls
 from callbox.server.recording.engine import RecordingEngine
 from callbox.server.store.recordings import RecordingStore
 
@@ -29,3 +30,4 @@ class Services:
     recordings: RecordingStore | None = None  # None until the platform has started
     recorder: RecordingEngine | None = None  # None until the platform has started
     trunk_states: Callable[[], dict[str, str]] = dict  # registering trunks' state by name
+    outbound: OutboundCalls | None = None  # places calls (dial, connect); set by the platform

@@ -271,6 +271,7 @@ def record_event_params(
     end_time: float | None = None,
     reason: str | None = None,
     pause_behavior: str | None = None,
+    peer_call_id: str | None = None,
 ) -> dict[str, Any]:
     """The params of one `calling.call.record` event (RELAY and webhook alike).
 
@@ -279,6 +280,7 @@ def record_event_params(
       kept then); an empty `url` is left out too, never reported as "".
     - `duration` and `size` at terminal states, at the top level and in `record`.
     - `start_time`, `end_time` when given. `reason` with `error`. `pause_behavior` with `paused`.
+    - `peer_call_id` while the recorded call is bridged to another call.
     """
     if state not in STATES:
         raise ValueError(f"state must be one of {_quoted(STATES)}, got {state!r}")
@@ -306,5 +308,7 @@ def record_event_params(
         event["reason"] = reason
     if state == "paused" and pause_behavior is not None:
         event["pause_behavior"] = pause_behavior
+    if peer_call_id:
+        event["peer_call_id"] = peer_call_id
     event["record"] = record
     return event

@@ -3,7 +3,8 @@
 All need a project's credentials (HTTP Basic, project id and token, as the REST API), and a
 project sees only its own calls (another project's call answers 404, like an unknown one).
 
-- `GET  /api/callbox/calls` -> `{"data": [{"call_id", "from", "to", "state", "ai"}]}`
+- `GET  /api/callbox/calls` -> `{"data": [{"call_id", "from", "to", "direction", "state",
+  "peer_call_id", "ai"}]}` (`peer_call_id`: the call it is bridged to, else null)
 - `GET  /api/callbox/calls/{call_id}/swaig` -> `{"call_id", "functions": [...]}`
 - `POST /api/callbox/calls/{call_id}/swaig` `{"function": NAME, "args": {...}}` -> the SWAIG
   reply and what was executed: `{"call_id", "function", "args", "reply", "error", "spoken",
@@ -46,7 +47,8 @@ async def list_calls(request: web.Request) -> web.Response:
     calls = [c for c in services_of(request).calls.values() if _owns(project, c)]
     return web.json_response({"data": [{
         "call_id": call.id, "from": call.from_user, "to": call.to_user,
-        "state": str(call.state), "ai": active_conversation(call.id) is not None,
+        "direction": call.direction, "state": str(call.state), "peer_call_id": call.peer_id,
+        "ai": active_conversation(call.id) is not None,
     } for call in calls]})
 
 

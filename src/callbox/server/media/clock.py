@@ -41,6 +41,9 @@ class MediaClock:
     def remove(self, member: Ticking) -> None:
         self._members.pop(id(member), None)
 
+    def __contains__(self, member: object) -> bool:
+        return id(member) in self._members
+
     def __len__(self) -> int:
         return len(self._members)
 

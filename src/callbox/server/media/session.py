@@ -272,11 +272,19 @@ class MediaSession:
             ticks[-1] = (payloads, first, on_sent)
         self._dtmf_queue.extend(ticks)
 
-    def _mix_frame(self) -> np.ndarray:
+    def _mix_frame(self, heard: np.ndarray | None) -> np.ndarray:
+        """What the remote party hears this tick: the plays mixed over `heard` (the other
+        party of a bridge), saturated to 16 bits."""
         if not self.playbacks:
-            return self._silence
+            if heard is None:
+                return self._silence
+            self.listen[:] = heard
+            return self.listen
         mix = self._mix
-        mix.fill(0)
+        if heard is None:
+            mix.fill(0)
+        else:
+            mix[:] = heard
         for playback in tuple(self.playbacks):
             if not playback.read_into(mix):
                 self.playbacks.remove(playback)
@@ -287,13 +295,26 @@ class MediaSession:
     # -- the tick (per 20 ms frame) -------------------------------------------------------
 
     def tick(self) -> None:
+        """A session on its own: receive, then send what plays."""
+        if not self.closed:
+            self.transmit(self.receive(), None)
+
+    def receive(self) -> np.ndarray:
+        """First half of a tick: take in what arrived and return this tick's received frame
+        (`speak`; a buffer reused by the next tick). Silence once closed."""
         if self.closed:
-            return
+            return self._silence
         self._ticks += 1
         if self._loop is not None:  # started: take in what arrived since the last tick
             self._on_readable()
-        speak = self.receive_buffer.pop_frame()
-        listen = self._mix_frame() if self.playbacks else self._silence
+        return self.receive_buffer.pop_frame()
+
+    def transmit(self, speak: np.ndarray, heard: np.ndarray | None) -> None:
+        """Second half of a tick: send the plays mixed over `heard` (what the other party of
+        a bridge said this tick; None when not bridged), then run the taps."""
+        if self.closed:
+            return
+        listen = self._mix_frame(heard) if self.playbacks or heard is not None else self._silence
         if self.sending and self.remote is not None:
             self._send(listen)
         self._timestamp = (self._timestamp + FRAME_SAMPLES) & TIMESTAMP_MASK

@@ -399,6 +399,7 @@ class Recording:
             reason=self.reason if state is RecState.ERROR else None,
             pause_behavior=(self._machine.pause_behavior
                             if state is RecState.PAUSED and self._machine else None),
+            peer_call_id=self.call.peer_id,
         )
 
     def _emit(self) -> None:

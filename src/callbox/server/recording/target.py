@@ -45,6 +45,10 @@ class RecordedCall(Protocol):
     def is_active(self) -> bool: ...
 
     @property
+    def peer_id(self) -> str | None:
+        """The call this one is bridged to now (webhooks and events carry it)."""
+
+    @property
     def recordings(self) -> Sequence[AttachedRecording]: ...
 
     def attach_recording(self, recording: AttachedRecording) -> None: ...

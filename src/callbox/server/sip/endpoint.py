@@ -604,6 +604,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         return leg
 
 
+def _consume_outcome(outcome: asyncio.Future[None]) -> None:
+    if not outcome.cancelled():
+        outcome.exception()
+
+
 def _headers(pairs: Iterable[tuple[str, str]]) -> Headers:
     headers = Headers()
     for name, value in pairs:
@@ -900,6 +905,8 @@ class OutboundLeg(Leg):
         try:
             await asyncio.shield(self._outcome)
         except asyncio.CancelledError:
+            # Nobody awaits the outcome any more (487 after our CANCEL): consume it.
+            self._outcome.add_done_callback(_consume_outcome)
             self.abandon("the caller gave up")
             raise
         finally:

@@ -1,0 +1,211 @@
+"""Dialling a plan of devices: serial groups of parallel devices, the first answer wins.
+
+A `DialPlan` is a list of groups tried one after the other; the devices of one group ring at the
+same time. The first device of a group to answer wins: the others are cancelled (CANCEL before
+an answer, BYE for one that answered in the same instant). When every device of a group failed,
+the next group rings; when every group failed, `DialFailed` carries the most telling failure
+(busy and decline before no answer before an error).
+
+Each device is one `DialLeg` with its call id fixed from the start, so observers (RELAY's
+per-leg `calling.call.state` events) can name the leg before it is answered; the answered
+`Call` carries the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from callbox.server.call import Call
+from callbox.server.media.ports import NoPortsAvailable
+from callbox.server.media.session import MediaSession
+from callbox.server.outbound import (
+    DEFAULT_RING_TIMEOUT,
+    OutboundCalls,
+    OutboundError,
+    route_outbound,
+)
+from callbox.server.sip.endpoint import CallFailed
+from callbox.server.sip.message import SipResponse
+from callbox.server.sip.uac import UacState
+
+log = logging.getLogger(__name__)
+
+# SIP status of a failed attempt -> the end reason SignalWire reports.
+END_REASONS = {486: "busy", 600: "busy", 603: "decline", 408: "noAnswer", 480: "noAnswer",
+               487: "noAnswer"}
+# Which failure of several tells the most (higher first).
+_TELLING = {"busy": 3, "decline": 2, "noAnswer": 1, "error": 0}
+
+
+def end_reason_for(status: int) -> str:
+    return END_REASONS.get(status, "error")
+
+
+@dataclass(frozen=True)
+class Device:
+    """One destination: a number (through a trunk) or a sip: URI."""
+
+    to: str
+    from_: str | None = None
+    timeout: float = DEFAULT_RING_TIMEOUT  # seconds of ringing before CANCEL
+    trunk: str | None = None
+
+
+DialPlan = Sequence[Sequence[Device]]  # serial groups of parallel devices
+
+
+class DialFailed(RuntimeError):
+    """No device answered. `status` is the SIP status (486, 487, 404 ...; 0 when nothing was
+    sent), `end_reason` SignalWire's name for it (busy, noAnswer, decline, error)."""
+
+    def __init__(self, status: int, reason: str, end_reason: str | None = None) -> None:
+        super().__init__(f"dial failed: {status} {reason}".strip())
+        self.status = status
+        self.reason = reason
+        self.end_reason = end_reason or end_reason_for(status)
+
+
+@dataclass
+class DialLeg:
+    """One device being called. `state`: "" (not yet rung), created, ringing, answered,
+    ended."""
+
+    device: Device
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    state: str = ""
+    end_reason: str | None = None
+    status: int | None = None  # the final SIP status of a failed leg
+    call: Call | None = None  # once answered
+
+
+LegListener = Callable[[DialLeg], None]
+EarlyMediaListener = Callable[[DialLeg, MediaSession], None]
+
+
+def validate_plan(plan: DialPlan) -> None:
+    if not plan or any(not group for group in plan):
+        raise OutboundError("give at least one device to dial (no empty group)")
+
+
+async def dial(
+    outbound: OutboundCalls,
+    plan: DialPlan,
+    *,
+    project_id: str = "",
+    on_leg: LegListener | None = None,
+    on_early_media: EarlyMediaListener | None = None,
+) -> Call:
+    """Ring the plan and return the answered `Call`. `on_leg` sees every leg state change (in
+    the order they happen); `on_early_media` a leg's media session when its early media flows.
+    Raises DialFailed, or OutboundError for a device that cannot be dialled at all (nothing
+    else is rung then). Cancelling the awaiting task cancels every ringing leg."""
+    validate_plan(plan)
+    failures: list[DialLeg] = []
+    for group in plan:
+        legs = [DialLeg(device) for device in group]
+        winner = await _ring_group(outbound, legs, project_id, on_leg, on_early_media)
+        if winner is not None:
+            return winner
+        failures.extend(legs)
+    worst = max(failures, key=lambda leg: _TELLING.get(leg.end_reason or "error", 0))
+    status = worst.status or 0
+    raise DialFailed(status, _reason_text(status), worst.end_reason)
+
+
+def _reason_text(status: int) -> str:
+    return {486: "Busy Here", 487: "Request Terminated", 408: "Request Timeout",
+            603: "Decline", 404: "Not Found", 480: "Temporarily Unavailable",
+            503: "Service Unavailable"}.get(status, "")
+
+
+async def _ring_group(
+    outbound: OutboundCalls,
+    legs: list[DialLeg],
+    project_id: str,
+    on_leg: LegListener | None,
+    on_early_media: EarlyMediaListener | None,
+) -> Call | None:
+    def report(leg: DialLeg, state: str) -> None:
+        if leg.state == state:
+            return
+        leg.state = state
+        if on_leg is not None:
+            try:
+                on_leg(leg)
+            except Exception:
+                log.exception("dial leg listener failed")
+
+    async def ring(leg: DialLeg) -> Call | None:
+        report(leg, "created")
+
+        def progress(state: UacState, response: SipResponse) -> None:
+            if response.status in (180, 183) or state is UacState.EARLY:
+                report(leg, "ringing")
+
+        def early(media: MediaSession) -> None:
+            if on_early_media is not None:
+                on_early_media(leg, media)
+
+        device = leg.device
+        try:
+            call = await outbound.dial(
+                device.to, from_=device.from_, trunk=device.trunk, ring_timeout=device.timeout,
+                on_progress=progress, on_early_media=early, project_id=project_id,
+                call_id=leg.id)
+        except CallFailed as exc:
+            leg.status = exc.status
+            leg.end_reason = end_reason_for(exc.status)
+            report(leg, "ended")
+            return None
+        except (NoPortsAvailable, OutboundError) as exc:  # no port, at max_calls, stopping
+            log.warning("dial %s: %s", device.to, exc)
+            leg.status, leg.end_reason = 503, "error"
+            report(leg, "ended")
+            return None
+        except asyncio.CancelledError:
+            leg.status, leg.end_reason = 487, "cancel"
+            report(leg, "ended")
+            raise
+        leg.call = call
+        report(leg, "answered")
+        return call
+
+    # Checked before anything rings: a bad device fails the whole dial at once.
+    for leg in legs:
+        route_outbound(leg.device.to, outbound.trunks, from_=leg.device.from_,
+                       trunk=leg.device.trunk)
+    tasks = {asyncio.ensure_future(ring(leg)): leg for leg in legs}
+    winner: Call | None = None
+    try:
+        pending = set(tasks)
+        while pending and winner is None:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                call = task.result() if not task.cancelled() else None
+                if call is None:
+                    continue
+                if winner is None:
+                    winner = call
+                else:  # answered in the same instant as the winner
+                    await call.hangup("cancel")
+        return winner
+    finally:
+        await _cancel_all(tasks, keep=winner)
+
+
+async def _cancel_all(tasks: dict[asyncio.Task[Call | None], DialLeg],
+                      keep: Call | None) -> None:
+    """Cancel every leg still ringing and hang up any that answered but lost."""
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            call = await task
+            if call is not None and call is not keep:
+                await call.hangup("cancel")
