@@ -22,7 +22,13 @@ the prompts playing on the call (the server orders them), so the sequence above 
 written.
 """
 
-from callbox.relay.actions import Action, PlayAction, RecordAction
+from callbox.relay.actions import (
+    Action,
+    CollectAction,
+    PlayAction,
+    RecordAction,
+    StandaloneCollectAction,
+)
 from callbox.relay.call import Call
 from callbox.relay.client import RelayClient
 from callbox.relay.events import AuthenticationError, RelayError, RelayEvent
@@ -31,9 +37,11 @@ __all__ = [
     "Action",
     "AuthenticationError",
     "Call",
+    "CollectAction",
     "PlayAction",
     "RecordAction",
     "RelayClient",
     "RelayError",
     "RelayEvent",
+    "StandaloneCollectAction",
 ]

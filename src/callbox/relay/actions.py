@@ -1,4 +1,5 @@
-"""Handles on running plays and recordings: control them, wait for their end."""
+"""Handles on running plays, recordings, collects and digit sends: control them, wait for
+their end."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, ClassVar
 
 from callbox.relay.channel import CallHandle, Unsubscribe
 from callbox.relay.events import RelayError, RelayEvent
+from callbox.wire import collect as input_wire
 from callbox.wire import relay as wire
 from callbox.wire.recording import TERMINAL_STATES as RECORD_TERMINAL_STATES
 
@@ -33,6 +35,7 @@ class Action:
         self.control_id = control_id
         self.state = ""
         self.result: RelayEvent | None = None
+        self.reply: dict[str, Any] = {}  # the result of the command that started it
         self.events: list[RelayEvent] = []
         self._on_completed = on_completed
         self._done: asyncio.Future[RelayEvent] = asyncio.get_running_loop().create_future()
@@ -56,8 +59,8 @@ class Action:
         self._unsubscribe = self.call.channel.subscribe(self.call.call_id, self._on_event,
                                                         self.control_id)
         try:
-            await self.call.execute(self.method_prefix, {"control_id": self.control_id,
-                                                         **params})
+            self.reply = await self.call.execute(self.method_prefix,
+                                                 {"control_id": self.control_id, **params})
         except BaseException as exc:
             self._stop_listening()
             self._fail(exc if isinstance(exc, Exception) else RelayError("cancelled"))
@@ -65,10 +68,14 @@ class Action:
 
     # -- events ---------------------------------------------------------------------------
 
+    def ends_with(self, event: RelayEvent) -> bool:
+        """True when `event` is the action's terminal event (by default: a terminal state)."""
+        return event.state in self.terminal_states
+
     def _on_event(self, event: RelayEvent) -> None:
         self.events.append(event)
         self.state = event.state
-        if event.state in self.terminal_states and not self._done.done():
+        if self.ends_with(event) and not self._done.done():
             self.result = event
             self._done.set_result(event)
             self._stop_listening()
@@ -147,3 +154,46 @@ class RecordAction(Action):
 
     async def resume(self) -> dict[str, Any]:
         return await self._command("resume")
+
+
+class StandaloneCollectAction(Action):
+    """A `calling.collect`: `stop()`, `start_input_timers()`, `wait()`.
+
+    `wait()` returns the final `calling.call.collect` event; its `.result` is
+    ``{"type": "digit", "params": {"digits": "12", "terminator": "#"}}``, ``{"type":
+    "no_input"}`` or ``{"type": "error"}`` (`.digits`, `.terminator` read it). Partial results
+    (``final: false``) are in `events` but do not end it.
+    """
+
+    method_prefix = input_wire.COLLECT
+
+    def ends_with(self, event: RelayEvent) -> bool:
+        return event.event_type == input_wire.CALL_COLLECT and \
+            input_wire.is_final_collect(event.params)
+
+    async def stop(self) -> dict[str, Any]:
+        return await self._command("stop")
+
+    async def start_input_timers(self) -> dict[str, Any]:
+        """Start the initial timeout of a collect started with ``start_input_timers=False``."""
+        return await self.call.execute(input_wire.COLLECT_START_INPUT_TIMERS,
+                                       {"control_id": self.control_id})
+
+
+class CollectAction(StandaloneCollectAction):
+    """A `calling.play_and_collect`: as `StandaloneCollectAction`, plus `volume(db)` for the
+    prompt. Its events include the prompt's `calling.call.play` events (same control_id)."""
+
+    method_prefix = input_wire.PLAY_AND_COLLECT
+
+    async def volume(self, volume: float) -> dict[str, Any]:
+        """Set the prompt's volume in dB (-40 to +40)."""
+        return await self._command("volume", volume=volume)
+
+
+class SendDigitsAction(Action):
+    """A `calling.send_digits`; it ends with `calling.call.send_digits` `finished` (or
+    `error` when the call ended before the digits went out)."""
+
+    terminal_states = input_wire.SEND_DIGITS_TERMINAL_STATES
+    method_prefix = input_wire.SEND_DIGITS

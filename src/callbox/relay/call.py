@@ -8,7 +8,15 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from callbox.relay.actions import Action, Completion, PlayAction, RecordAction
+from callbox.relay.actions import (
+    Action,
+    CollectAction,
+    Completion,
+    PlayAction,
+    RecordAction,
+    SendDigitsAction,
+    StandaloneCollectAction,
+)
 from callbox.relay.channel import RelayChannel
 from callbox.relay.events import RelayError, RelayEvent
 from callbox.wire import relay as wire
@@ -29,8 +37,9 @@ class Call:
     (``{"type": "sip", "params": {"from_number", "to_number", "from", "to"}}``), `state`
     (created, ringing, answered, ending, ended) and, once ended, `end_reason`.
 
-    `play()` and `record()` return their action once the server accepted the command; they do
-    not wait for the end (use `await action.wait()`), as in SignalWire's own SDK.
+    `play()`, `record()`, `collect()` and `play_and_collect()` return their action once the
+    server accepted the command; they do not wait for the end (use `await action.wait()`), as
+    in SignalWire's own SDK. `send_digits()` returns once the digits went out.
 
     It talks to the server through `channel` (the client), and takes the events of its call
     from the moment it is made.
@@ -191,3 +200,72 @@ class Call:
         max_length, status_url). Returns once the server accepted the command."""
         action = RecordAction(self, control_id or str(uuid.uuid4()), on_completed)
         return await self._start(action, {"record": {"audio": dict(audio or {})}})
+
+    # -- input ------------------------------------------------------------------------------
+
+    async def collect(self, *, digits: dict[str, Any] | None = None,
+                      speech: dict[str, Any] | None = None,
+                      initial_timeout: float | None = None,
+                      partial_results: bool | None = None, continuous: bool | None = None,
+                      send_start_of_input: bool | None = None,
+                      start_input_timers: bool | None = None, control_id: str | None = None,
+                      on_completed: Completion | None = None,
+                      **kwargs: Any) -> StandaloneCollectAction:
+        """Collect digits: `digits` is ``{"max": N, "terminators": "#", "digit_timeout":
+        seconds}``; `initial_timeout` (seconds) ends it with `no_input` when nothing comes.
+        `await action.wait()` returns the final `calling.call.collect` event (its `.digits`,
+        `.terminator`, `.result`). The platform does not recognise speech."""
+        params: dict[str, Any] = {}
+        for key, value in (("digits", digits), ("speech", speech),
+                           ("initial_timeout", initial_timeout),
+                           ("partial_results", partial_results), ("continuous", continuous),
+                           ("send_start_of_input", send_start_of_input),
+                           ("start_input_timers", start_input_timers)):
+            if value is not None:
+                params[key] = value
+        params.update(kwargs)
+        action = StandaloneCollectAction(self, control_id or str(uuid.uuid4()), on_completed)
+        return await self._start(action, params)
+
+    async def play_and_collect(self, media: list[dict[str, Any]], collect: dict[str, Any], *,
+                               volume: float | None = None, control_id: str | None = None,
+                               on_completed: Completion | None = None,
+                               **kwargs: Any) -> CollectAction:
+        """Play `media` (as `play()`) and collect digits (`collect` as the params of
+        `collect()`): a digit pressed during the prompt stops it and counts; the initial
+        timeout starts when the prompt ends."""
+        params: dict[str, Any] = {"play": list(media), "collect": dict(collect)}
+        if volume is not None:
+            params["volume"] = volume
+        params.update(kwargs)
+        action = CollectAction(self, control_id or str(uuid.uuid4()), on_completed)
+        return await self._start(action, params)
+
+    async def prompt_tts(self, text: str, collect: dict[str, Any], *,
+                         language: str | None = None, gender: str | None = None,
+                         voice: str | None = None, volume: float | None = None,
+                         on_completed: Completion | None = None) -> CollectAction:
+        tts: dict[str, Any] = {"text": text}
+        for key, value in (("language", language), ("gender", gender), ("voice", voice)):
+            if value is not None:
+                tts[key] = value
+        return await self.play_and_collect([{"type": "tts", "params": tts}], collect,
+                                           volume=volume, on_completed=on_completed)
+
+    async def prompt_audio(self, url: str, collect: dict[str, Any], *,
+                           volume: float | None = None,
+                           on_completed: Completion | None = None) -> CollectAction:
+        return await self.play_and_collect([{"type": "audio", "params": {"url": url}}],
+                                           collect, volume=volume, on_completed=on_completed)
+
+    async def send_digits(self, digits: str, *, control_id: str | None = None
+                          ) -> dict[str, Any]:
+        """Send DTMF `digits` (0-9 * # A-D; `w` waits 0.5 s, `W` 1 s) as RFC 4733 events.
+        Returns the command's result once the digits went out; `RelayError` if the call
+        ended first."""
+        action = SendDigitsAction(self, control_id or str(uuid.uuid4()))
+        await self._start(action, {"digits": digits})
+        event = await action.wait()
+        if event.state != "finished":
+            raise RelayError(f"send_digits: the digits were not sent ({event.state})")
+        return action.reply

@@ -27,7 +27,8 @@ class RelayEvent:
     """One `signalwire.event`: its type and its raw `params` (exactly as the server sent them).
 
     Convenience properties read the usual fields; for a `calling.call.record` event `url`,
-    `duration` and `size` come from `params["record"]` or, failing that, the top level.
+    `duration` and `size` come from `params["record"]` or, failing that, the top level; for a
+    `calling.call.collect` event `result`, `final`, `digits` and `terminator`.
     """
 
     event_type: str
@@ -79,6 +80,31 @@ class RelayEvent:
     @property
     def size(self) -> int:
         return int(_finite(self._record_field("size", 0), 0.0))
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """A collect event's `result` (``{"type": "digit", "params": {...}}``); {} if none."""
+        value = self.params.get("result")
+        return dict(value) if isinstance(value, Mapping) else {}
+
+    @property
+    def final(self) -> bool:
+        """False for a collect's partial result."""
+        return self.params.get("final") is not False
+
+    @property
+    def digits(self) -> str:
+        """The digits of a collect's `digit` result."""
+        return str(self._result_param("digits"))
+
+    @property
+    def terminator(self) -> str:
+        """The terminator that ended a collect's `digit` result ("" if none)."""
+        return str(self._result_param("terminator"))
+
+    def _result_param(self, name: str) -> Any:
+        params = self.result.get("params")
+        return params.get(name, "") if isinstance(params, Mapping) else ""
 
     @property
     def reason(self) -> str:

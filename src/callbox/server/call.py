@@ -13,6 +13,8 @@ Order of notification when the call ends (hangup from either side):
    `no_input`, `error`; waited for at most ENDED_WAITS_FOR_RECORDINGS), the state listeners are
    told `ended`, in subscription order. So observers (RELAY, SWML, the AI) always see a
    recording's end before the call's `ended`, as SignalWire clients expect.
+Digits queued by `send_digits` and not yet sent report their failure at `ending`, before the
+state listeners are told.
 Other state changes (`ringing`, `answered`) go to the state listeners in subscription order.
 Taps run every tick in the order they were added, after the frame was sent; DTMF listeners get
 each received digit in subscription order.
@@ -110,6 +112,7 @@ class Call:
         self.plays: list[PlayOperation] = []
         self._starting_plays: set[asyncio.Future[None]] = set()  # plays rendering their audio
         self._recordings: list[AttachedRecording] = []  # newest last
+        self._digit_sends: list[Callable[[bool], None]] = []  # their on_done, oldest first
         self.project_id = ""
         self._loop = asyncio.get_running_loop()
         self.ended = asyncio.Event()
@@ -223,6 +226,9 @@ class Call:
                                   recording.control_id)
         for play in tuple(self.plays):
             play.playback.stop()
+        unsent, self._digit_sends = self._digit_sends, []
+        for on_done in unsent:
+            _report(on_done, False)
         self._set_state(CallState.ENDING)
 
     def _finish(self, reason: str) -> None:
@@ -283,6 +289,21 @@ class Call:
         if running:
             await asyncio.wait(running)
 
+    def send_digits(self, digits: str, on_done: Callable[[bool], None]) -> None:
+        """Send RFC 4733 digits on the call's media (`w` waits 0.5 s, `W` 1 s);
+        `on_done(True)` runs in the media tick that sent the last of them, `on_done(False)`
+        when the call ends first (before `ending` is told). Raises CallGone after the end,
+        ValueError for a bad digit or a peer without telephone-event."""
+        self._require_active()
+
+        def sent() -> None:
+            if on_done in self._digit_sends:
+                self._digit_sends.remove(on_done)
+                _report(on_done, True)
+
+        self.media.send_dtmf(digits, on_sent=sent)
+        self._digit_sends.append(on_done)
+
     def play_samples(
         self,
         segments: Sequence[np.ndarray],
@@ -298,6 +319,13 @@ class Call:
         operation.done.add_done_callback(lambda _: self.plays.remove(operation))
         self.media.play(playback)
         return operation
+
+
+def _report(on_done: Callable[[bool], None], sent: bool) -> None:
+    try:
+        on_done(sent)
+    except Exception:
+        log.exception("digits on_done callback failed")
 
 
 def _discard(items: list[Any], item: object) -> None:

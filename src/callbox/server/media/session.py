@@ -44,6 +44,8 @@ MAX_PACKETS_PER_TICK = 256
 # socket is empty anyway, so nothing can pile up in the kernel buffer.
 DRAIN_EVERY_TICKS = 50
 DTMF_GAP_FRAMES = 3
+# Waits in a digit string (`send_dtmf("1w2")`): w is half a second, W a second.
+DTMF_WAIT_FRAMES = {"w": 25, "W": 50}
 # Symmetric RTP: we latch on the first packet from the address the SDP named. A peer behind NAT
 # sends from elsewhere; packets from other hosts may latch only after this many ticks (1 s)
 # without any packet from the SDP host, so a stray or hostile sender cannot grab a new call.
@@ -98,8 +100,8 @@ class MediaSession:
         self.receive_buffer = ReceiveBuffer()
         self._dtmf_in = DtmfReceiver()
         self._dtmf_out = DtmfSender()
-        # One entry per 20 ms tick: (RFC 4733 payloads, first tick of an event).
-        self._dtmf_queue: deque[tuple[list[bytes], bool]] = deque()
+        # One entry per 20 ms tick: (RFC 4733 payloads, first tick of an event, on_sent).
+        self._dtmf_queue: deque[tuple[list[bytes], bool, Callable[[], None] | None]] = deque()
         self._dtmf_timestamp = 0
         self._rtp = RtpSender()
         self._silence_payload = self.codec.encode(np.zeros(FRAME_SAMPLES, dtype=np.int16))
@@ -248,15 +250,26 @@ class MediaSession:
         self.playbacks.append(playback)
         return playback
 
-    def send_dtmf(self, digits: str, duration_ms: int = 100) -> None:
-        """Queue RFC 4733 events; raises ValueError for characters that are not DTMF."""
+    def send_dtmf(self, digits: str, duration_ms: int = 100,
+                  on_sent: Callable[[], None] | None = None) -> None:
+        """Queue RFC 4733 events; `w` in `digits` waits 0.5 s and `W` 1 s (audio goes on).
+        `on_sent()` runs in the tick that sent the last of them (it never runs if the
+        session closes first). Raises ValueError for characters that are neither."""
         if self.dtmf_payload_type is None:
             raise ValueError("the peer did not negotiate telephone-event")
-        ticks: list[tuple[list[bytes], bool]] = []
+        ticks: list[tuple[list[bytes], bool, Callable[[], None] | None]] = []
         for digit in digits:
+            if digit in DTMF_WAIT_FRAMES:
+                ticks.extend(([], False, None) for _ in range(DTMF_WAIT_FRAMES[digit]))
+                continue
             event = self._dtmf_out.packets(digit, duration_ms)
-            ticks.extend((payloads, index == 0) for index, payloads in enumerate(event))
-            ticks.extend(([], False) for _ in range(DTMF_GAP_FRAMES))
+            ticks.extend((payloads, index == 0, None) for index, payloads in enumerate(event))
+            ticks.extend(([], False, None) for _ in range(DTMF_GAP_FRAMES))
+        if on_sent is not None:
+            if not ticks:
+                raise ValueError("no digits to send")
+            payloads, first, _ = ticks[-1]
+            ticks[-1] = (payloads, first, on_sent)
         self._dtmf_queue.extend(ticks)
 
     def _mix_frame(self, heard: np.ndarray | None) -> np.ndarray:
@@ -312,7 +325,9 @@ class MediaSession:
     def _send(self, frame: np.ndarray) -> None:
         assert self.remote is not None
         if self._dtmf_queue:
-            payloads, first = self._dtmf_queue.popleft()
+            payloads, first, on_sent = self._dtmf_queue.popleft()
+            if on_sent is not None:
+                on_sent()
             if payloads:  # an event tick replaces audio; gap ticks carry audio
                 self._send_dtmf_tick(payloads, first)
                 return

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from callbox.server.call import CallGone
 from callbox.server.media.sources import MediaError
 from callbox.server.recording.engine import RecordingError
 from callbox.server.relay.calls import CallEntry, PlayControl, RecordControl
+from callbox.server.relay.input import InputCommands
+from callbox.server.relay.results import REPLY_WITHIN, CommandError, Handler, Result, ok
 from callbox.server.tasks import spawn
 from callbox.wire import relay as wire
 from callbox.wire.recording import PAUSE_BEHAVIORS, RecordParamError, RecordParams
@@ -33,33 +35,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# How long `calling.play` / `calling.record` / `calling.end` wait for the play to start (its
-# audio fetched), the recording to start (after the prompt) or the BYE to be answered before
-# they answer anyway; events report the rest. The official client gives up on a request
-# after 10 s, and then drops its socket.
-REPLY_WITHIN = 5.0
-
-Result = dict[str, Any]
-Handler = Callable[["Session", CallEntry, Mapping[str, Any]], Awaitable[Result]]
-
-
-class CommandError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def _bad(field_error: wire.ParamError | RecordParamError) -> CommandError:
     return CommandError(wire.CODE_BAD_REQUEST, str(field_error))
 
 
 def _gone(entry: CallEntry) -> CommandError:
     return CommandError(wire.CODE_GONE, f"call {entry.call.id} has ended")
-
-
-def ok(message: str, **extra: Any) -> Result:
-    return wire.command_result(wire.CODE_OK, message, **extra)
 
 
 class CallDirectory(Protocol):
@@ -87,6 +68,7 @@ class Commands:
             wire.RECORD_STOP: self.record_stop,
             wire.RECORD_PAUSE: self.record_pause,
             wire.RECORD_RESUME: self.record_resume,
+            **InputCommands().handlers(),
         }
 
     def knows(self, method: str) -> bool:

@@ -1,0 +1,37 @@
+"""What every calling command handler shares: its signature, its result and its refusal.
+
+A handler gets the session that sent the command, the call's `CallEntry` and the params, and
+returns a `result` (``ok(...)``) or raises `CommandError` with the code to answer ("400" with a
+message naming the wrong field, "404", "410").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from callbox.wire import relay as wire
+
+if TYPE_CHECKING:
+    from callbox.server.relay.calls import CallEntry
+    from callbox.server.relay.session import Session
+
+# How long `calling.play` / `calling.record` / `calling.end` / `calling.play_and_collect` wait
+# for the play to start (its audio fetched), the recording to start (after the prompt) or the
+# BYE to be answered before they answer anyway; events report the rest. The official client
+# gives up on a request after 10 s, and then drops its socket.
+REPLY_WITHIN = 5.0
+
+Result = dict[str, Any]
+Handler = Callable[["Session", "CallEntry", Mapping[str, Any]], Awaitable[Result]]
+
+
+class CommandError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def ok(message: str, **extra: Any) -> Result:
+    return wire.command_result(wire.CODE_OK, message, **extra)
