@@ -41,6 +41,8 @@ REPLY_WITHIN = 5.0
 
 Result = dict[str, Any]
 Handler = Callable[["Session", CallEntry, Mapping[str, Any]], Awaitable[Result]]
+# A command with no call_id (calling.dial): it gets only the session and the params.
+SessionHandler = Callable[["Session", Mapping[str, Any]], Awaitable[Result]]
 
 
 class CommandError(Exception):
@@ -88,13 +90,22 @@ class Commands:
             wire.RECORD_PAUSE: self.record_pause,
             wire.RECORD_RESUME: self.record_resume,
         }
+        self._session_handlers: dict[str, SessionHandler] = {}
+
+    def register(self, handlers: Mapping[str, Handler],
+                 session_handlers: Mapping[str, SessionHandler] | None = None) -> None:
+        """Add commands kept in other modules (on a call, or with no call_id)."""
+        self._handlers.update(handlers)
+        self._session_handlers.update(session_handlers or {})
 
     def knows(self, method: str) -> bool:
-        return method in self._handlers
+        return method in self._handlers or method in self._session_handlers
 
     async def execute(self, session: Session, method: str, params: Mapping[str, Any]) -> Result:
         """Run one calling command; always returns a result (never raises for bad input)."""
         try:
+            if method in self._session_handlers:
+                return await self._session_handlers[method](session, params)
             call_id = params.get("call_id")
             if not isinstance(call_id, str) or not call_id:
                 raise CommandError(wire.CODE_BAD_REQUEST, "call_id is required")
