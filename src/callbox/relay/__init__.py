@@ -25,12 +25,13 @@ written.
 from callbox.relay.actions import Action, PlayAction, RecordAction
 from callbox.relay.call import Call
 from callbox.relay.client import RelayClient
-from callbox.relay.events import AuthenticationError, RelayError, RelayEvent
+from callbox.relay.events import AuthenticationError, DialError, RelayError, RelayEvent
 
 __all__ = [
     "Action",
     "AuthenticationError",
     "Call",
+    "DialError",
     "PlayAction",
     "RecordAction",
     "RelayClient",
