@@ -367,6 +367,8 @@ async def test_bad_input_gets_clear_errors(tmp_path: Path) -> None:
 
 async def test_connect_failure_is_an_event_and_the_call_goes_on(tmp_path: Path) -> None:
     outcome: asyncio.Future[RelayEvent] = asyncio.get_running_loop().create_future()
+    checked = asyncio.Event()
+    played: list[str] = []
 
     async def handle(call: Call) -> None:
         await call.answer()
@@ -374,13 +376,52 @@ async def test_connect_failure_is_an_event_and_the_call_goes_on(tmp_path: Path) 
                            ringback=[{"type": "silence", "params": {"duration": 1}}])
         outcome.set_result(await call.wait_for(
             "calling.call.connect", lambda e: e.connect_state in ("connected", "failed"), 20))
-        await call.play_tts("still here")
+        await checked.wait()
+        action = await call.play_tts("still here")
+        played.append((await action.wait(10)).state)
         await call.hangup()
 
     async with callee(tmp_path, "uas_busy") as busy, relay_platform(tmp_path) as running, \
             relay_client(running, handle):
         placing = caller(running, tmp_path, seconds=15.0)
         event = await asyncio.wait_for(outcome, 30)
-        assert (await placing).ok  # the program hung up: the caller got BYE
+        a = running.observed[0].call
+        assert a.is_active and a.peer is None  # the caller goes on for the program
+        checked.set()
+        await running.wait_call_ended(0, timeout=20)
+        await placing  # sipp ends unhappy: the BYE came from us, not from its script
+    assert played == ["finished"]
     assert event.connect_state == "failed"
     assert (event.reason, event.params["sip_code"]) == ("busy", 486)
+
+
+async def test_the_callee_hanging_up_disconnects_and_leaves_the_call_to_the_program(
+        tmp_path: Path) -> None:
+    states: list[str] = []
+    disconnected = asyncio.Event()
+
+    async def handle(call: Call) -> None:
+        def on_connect(event: RelayEvent) -> None:
+            states.append(event.connect_state)
+            if event.connect_state == "disconnected":
+                disconnected.set()
+
+        call.on("calling.call.connect", on_connect)
+        await call.answer()
+        await call.connect([[sip(uas.uri())]], tag="to-callee")
+
+    async with callee(tmp_path) as uas, relay_platform(tmp_path) as running, \
+            relay_client(running, handle) as client:
+        placing = caller(running, tmp_path, seconds=15.0)
+        await until(lambda: "connected" in states, 20, "connected")
+        a = running.observed[0].call
+        assert a.peer is not None
+        b = a.peer
+        await b.hangup()  # the callee's side ends (as its BYE would)
+        await asyncio.wait_for(disconnected.wait(), 10)
+        assert a.is_active and a.peer is None
+        assert (await uas.wait(timeout=20)).ok
+        await client.execute("calling.end", {"call_id": a.id, "node_id": "", "reason": "hangup"})
+        await running.wait_call_ended(0, timeout=10)
+        await placing
+    assert states == ["connecting", "connected", "disconnected"]
