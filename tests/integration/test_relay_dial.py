@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-from tests.integration.conftest import RunningPlatform
+from tests.integration.conftest import RunningPlatform, running_platform
 from tests.integration.test_relay import (
     PROJECT,
     TOKEN,
@@ -33,6 +33,7 @@ from tests.integration.test_relay import (
     ws_url,
     wss_host,
 )
+from tests.integration.test_relay import ROUTES as RELAY_ROUTES
 from tests.peers import audio
 from tests.peers.official_sdk import official_sdk_python
 from tests.peers.poll import until
@@ -40,6 +41,7 @@ from tests.peers.ports import free_port_range
 from tests.peers.sipp import SippResult, SippUas, g711_stream, run_sipp, start_sipp_uas
 
 from callbox.relay import Call, DialError, RelayError, RelayEvent
+from callbox.server.config import Project, Trunk
 
 pytestmark = pytest.mark.peers
 
@@ -425,3 +427,16 @@ async def test_the_callee_hanging_up_disconnects_and_leaves_the_call_to_the_prog
         await running.wait_call_ended(0, timeout=10)
         await placing
     assert states == ["connecting", "connected", "disconnected"]
+
+
+async def test_a_phone_device_is_dialled_through_the_trunk(tmp_path: Path) -> None:
+    phone = {"type": "phone", "params": {"to_number": "+15550001", "from_number": "+15550002"}}
+    async with callee(tmp_path) as carrier, \
+            running_platform(tmp_path, RELAY_ROUTES, http__plain_listen="127.0.0.1:0",
+                             trunks=[Trunk(name="carrier", proxy=carrier.target)]) as running:
+        running.platform.config.projects[:] = [Project(PROJECT, TOKEN)]
+        async with relay_client(running, no_calls) as client:
+            call = await client.dial([[phone]])
+            assert call.device == phone and call.direction == "outbound"
+            await call.hangup()
+        assert (await carrier.wait(timeout=20)).ok  # the trunk's side got INVITE, then BYE

@@ -147,6 +147,10 @@ class DialCommands:
             log.info("RELAY dial %s: %s", request.tag, exc)
             tell("failed", reason="error")
             return
+        except Exception:  # the client must hear an outcome all the same
+            log.exception("RELAY dial %s failed", request.tag)
+            tell("failed", reason="error")
+            return
         entry = self._adopt(session, call, request.tag, legs.devices.get(call.id))
         if entry is None:  # hung up in the same instant
             tell("failed", reason="hangup")
@@ -216,6 +220,10 @@ class DialCommands:
         except (CallGone, OutboundError, ValueError) as exc:
             log.info("RELAY connect on call %s: %s", a.id, exc)
             tell("failed", reason="hangup" if isinstance(exc, CallGone) else "error")
+            return
+        except Exception:
+            log.exception("RELAY connect on call %s failed", a.id)
+            tell("failed", reason="error")
             return
         finally:
             self.connecting.discard(a.id)
