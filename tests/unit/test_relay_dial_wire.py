@@ -13,10 +13,11 @@ from callbox.relay.events import RelayEvent
 from callbox.wire import dial
 from callbox.wire.relay import ParamError
 
-SIP = {"type": "sip", "params": {"to": "sip:bob@example.com", "from": "sip:me@example.com",
-                                 "timeout": 20,
-                                 "headers": [{"name": "X-Account", "value": "42"}]}}
-PHONE = {"type": "phone", "params": {"to_number": "+15550001", "from_number": "+15550002"}}
+SIP: dict[str, Any] = {"type": "sip", "params": {
+    "to": "sip:bob@example.com", "from": "sip:me@example.com", "timeout": 20,
+    "headers": [{"name": "X-Account", "value": "42"}]}}
+PHONE: dict[str, Any] = {"type": "phone", "params": {"to_number": "+15550001",
+                                                     "from_number": "+15550002"}}
 
 
 def test_a_plan_of_serial_groups_of_parallel_devices() -> None:
