@@ -31,13 +31,14 @@ from callbox.relay.actions import (
 )
 from callbox.relay.call import Call
 from callbox.relay.client import RelayClient
-from callbox.relay.events import AuthenticationError, RelayError, RelayEvent
+from callbox.relay.events import AuthenticationError, DialError, RelayError, RelayEvent
 
 __all__ = [
     "Action",
     "AuthenticationError",
     "Call",
     "CollectAction",
+    "DialError",
     "PlayAction",
     "RecordAction",
     "RelayClient",

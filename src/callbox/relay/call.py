@@ -19,6 +19,7 @@ from callbox.relay.actions import (
 )
 from callbox.relay.channel import RelayChannel
 from callbox.relay.events import RelayError, RelayEvent
+from callbox.wire import dial as dial_wire
 from callbox.wire import relay as wire
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ GONE_CODES = (404, 410)
 
 
 class Call:
-    """An inbound call offered to this client (`calling.call.receive`).
+    """A call of this client: offered to it (`calling.call.receive`) or dialled by it
+    (`RelayClient.dial`, direction "outbound").
 
     Attributes: `call_id`, `node_id`, `project_id`, `context`, `tag`, `direction`, `device`
     (``{"type": "sip", "params": {"from_number", "to_number", "from", "to"}}``), `state`
@@ -91,6 +93,22 @@ class Call:
         if listener in listeners:
             listeners.remove(listener)
 
+    async def wait_for(self, event_type: str,
+                       predicate: Callable[[RelayEvent], bool] | None = None,
+                       timeout: float | None = None) -> RelayEvent:
+        """The next event of `event_type` on this call (that `predicate` accepts)."""
+        future: asyncio.Future[RelayEvent] = asyncio.get_running_loop().create_future()
+
+        def take(event: RelayEvent) -> None:
+            if not future.done() and (predicate is None or predicate(event)):
+                future.set_result(event)
+
+        self.on(event_type, take)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self.off(event_type, take)
+
     async def wait_for_ended(self, timeout: float | None = None) -> RelayEvent:
         """The `ended` state event (at once if the call has ended already)."""
         return await asyncio.wait_for(asyncio.shield(self._ended), timeout)
@@ -133,6 +151,33 @@ class Call:
             if exc.code in GONE_CODES:
                 return {}
             raise
+
+    async def connect(self, devices: list[list[dict[str, Any]]], *,
+                      ringback: list[dict[str, Any]] | None = None, tag: str | None = None,
+                      max_duration: int | None = None,
+                      max_price_per_minute: float | None = None,
+                      status_url: str | None = None, **extra: Any) -> dict[str, Any]:
+        """Bridge this call to the first of `devices` to answer (outer list serial, inner
+        list parallel; ``{"type": "sip", "params": {"to": ...}}`` or ``{"type": "phone",
+        "params": {"to_number": ...}}``). `ringback` is a play list heard meanwhile;
+        `max_duration` in minutes.
+
+        Returns the server's result once the command is accepted, as SignalWire's SDK does;
+        the outcome comes as `calling.call.connect` events (`connect_state` connecting,
+        connected with `peer`, failed, disconnected): see `wait_for`.
+        """
+        params: dict[str, Any] = {"devices": devices, **extra}
+        for key, value in (("ringback", ringback), ("tag", tag),
+                           ("max_duration", max_duration),
+                           ("max_price_per_minute", max_price_per_minute),
+                           ("status_url", status_url)):
+            if value is not None:
+                params[key] = value
+        return await self.execute(dial_wire.CONNECT, params)
+
+    async def disconnect(self) -> dict[str, Any]:
+        """Part a connected call from its peer; both calls go on."""
+        return await self.execute(dial_wire.DISCONNECT)
 
     async def _start(self, action: A, params: dict[str, Any]) -> A:
         self._actions[action.control_id] = action

@@ -32,6 +32,7 @@ import os
 import random
 import signal
 import ssl
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,7 +43,8 @@ from callbox import __version__
 from callbox.relay import protocol as core
 from callbox.relay.call import Call
 from callbox.relay.channel import EventListener, EventRouter, Unsubscribe
-from callbox.relay.events import AuthenticationError, RelayError, RelayEvent
+from callbox.relay.events import AuthenticationError, DialError, RelayError, RelayEvent
+from callbox.wire import dial as dial_wire
 from callbox.wire import relay as wire
 
 log = logging.getLogger("callbox.relay")
@@ -51,6 +53,7 @@ CallHandler = Callable[[Call], Awaitable[Any]]
 
 DEFAULT_HOST = "relay.signalwire.com"
 REQUEST_TIMEOUT = 15.0
+DIAL_TIMEOUT = 120.0  # seconds dial() waits for an answer, as SignalWire's SDK does
 CONNECT_TIMEOUT = 10.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -121,6 +124,7 @@ class RelayClient:
         self._fatal: BaseException | None = None
         self._closing = False
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._dials: dict[str, asyncio.Future[Call]] = {}  # by tag
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
@@ -441,6 +445,12 @@ class RelayClient:
         if event.event_type == wire.CALL_RECEIVE:
             self._on_receive(event)
             return
+        if event.event_type == dial_wire.CALL_DIAL:
+            self._on_dial(event)
+            return
+        if (event.event_type == wire.CALL_STATE and event.tag in self._dials
+                and event.call_id and event.call_id not in self.calls):
+            self._dialled_leg(event.params)  # a leg of our dial: its events reach it from now
         if not self._router.dispatch(event):
             log.debug("RELAY: %s for unknown call %s", event.event_type, event.call_id)
             return
@@ -458,6 +468,27 @@ class RelayClient:
             log.warning("RELAY: call %s offered but no @on_call handler is set", call.call_id)
             return
         self.spawn(self._handle(call), f"call-{call.call_id}")
+
+    def _dialled_leg(self, params: Mapping[str, Any]) -> Call:
+        call = Call(self, {**params, "direction": "outbound"})
+        self.calls[call.call_id] = call
+        return call
+
+    def _on_dial(self, event: RelayEvent) -> None:
+        future = self._dials.get(event.tag)
+        if future is None or future.done():
+            return
+        if event.dial_state == "answered":
+            info = event.params.get("call")
+            leg = dict(info) if isinstance(info, Mapping) else {}
+            call = self.calls.get(str(leg.get("call_id", "")))
+            if call is None:
+                call = self._dialled_leg({**leg, "call_state": "answered"})
+            future.set_result(call)
+        elif event.dial_state == "failed":
+            code = event.params.get("sip_code")
+            future.set_exception(DialError(event.tag, event.reason or "error",
+                                           code if isinstance(code, int) else 0))
 
     async def _handle(self, call: Call) -> None:
         assert self._handler is not None
@@ -512,6 +543,36 @@ class RelayClient:
         finally:
             self._waiting.pop(request_id, None)
             self._core.abandon(request_id)
+
+    async def dial(self, devices: list[list[dict[str, Any]]], *, region: str | None = None,
+                   tag: str | None = None, max_duration: int | None = None,
+                   dial_timeout: float | None = None) -> Call:
+        """Place a call and return it once answered (direction "outbound").
+
+        `devices`: an outer list tried one after the other, each an inner list rung at the
+        same time, e.g. ``[[{"type": "sip", "params": {"to": "sip:bob@example.com"}}]]`` or
+        ``{"type": "phone", "params": {"to_number": "+1...", "from_number": "+1..."}}``.
+        `max_duration` is in minutes. Raises `DialError` (with `reason`: busy, noAnswer,
+        decline, error, and `sip_code`) when nobody answered, `RelayError` for a refused
+        command (400 with the wrong field) or no outcome within `dial_timeout` seconds
+        (120 by default).
+        """
+        dial_tag = tag or str(uuid.uuid4())
+        params: dict[str, Any] = {"tag": dial_tag, "devices": devices}
+        if region is not None:
+            params["region"] = region
+        if max_duration is not None:
+            params["max_duration"] = max_duration
+        future: asyncio.Future[Call] = asyncio.get_running_loop().create_future()
+        self._dials[dial_tag] = future
+        timeout = DIAL_TIMEOUT if dial_timeout is None else dial_timeout
+        try:
+            await self.execute(dial_wire.DIAL, params)
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise RelayError(f"dial {dial_tag}: no answer within {timeout:g} s") from None
+        finally:
+            del self._dials[dial_tag]
 
     async def receive(self, contexts: list[str]) -> None:
         """Also take calls for `contexts` (kept for the next reconnect)."""

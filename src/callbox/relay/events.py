@@ -22,6 +22,18 @@ class AuthenticationError(RelayError):
     """`signalwire.connect` was rejected: wrong project or token. Retrying will not help."""
 
 
+class DialError(RelayError):
+    """`RelayClient.dial()` got `dial_state: failed`: nobody answered. `reason` is busy,
+    noAnswer, decline or error; `sip_code` the SIP status behind it (0 if none came)."""
+
+    def __init__(self, tag: str, reason: str, sip_code: int) -> None:
+        super().__init__(f"dial {tag} failed: {reason}"
+                         + (f" (SIP {sip_code})" if sip_code else ""))
+        self.tag = tag
+        self.reason = reason
+        self.sip_code = sip_code
+
+
 @dataclass
 class RelayEvent:
     """One `signalwire.event`: its type and its raw `params` (exactly as the server sent them).
@@ -105,6 +117,24 @@ class RelayEvent:
     def _result_param(self, name: str) -> Any:
         params = self.result.get("params")
         return params.get(name, "") if isinstance(params, Mapping) else ""
+
+    @property
+    def tag(self) -> str:
+        return str(self._get("tag", "") or "")
+
+    @property
+    def dial_state(self) -> str:
+        return str(self._get("dial_state", "") or "")
+
+    @property
+    def connect_state(self) -> str:
+        return str(self._get("connect_state", "") or "")
+
+    @property
+    def peer(self) -> dict[str, Any]:
+        """The other call of a `calling.call.connect` event (call_id, node_id, tag, device)."""
+        peer = self._get("peer")
+        return dict(peer) if isinstance(peer, Mapping) else {}
 
     @property
     def reason(self) -> str:

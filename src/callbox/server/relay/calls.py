@@ -70,6 +70,7 @@ class CallEntry:
     on_ended: Callable[[CallEntry], None] | None = None
     max_duration_timer: asyncio.TimerHandle | None = None
     unsubscribe_state: Callable[[], None] | None = None
+    dialled_device: dict[str, Any] | None = None  # as a RELAY dial/connect named the callee
 
     def __post_init__(self) -> None:
         self.unsubscribe_state = self.call.on_state(self._on_state)
@@ -78,6 +79,8 @@ class CallEntry:
 
     @property
     def device(self) -> dict[str, Any]:
+        if self.dialled_device is not None:
+            return self.dialled_device
         call = self.call
         return wire.sip_device(from_uri=call.from_uri, to_uri=call.to_uri,
                                from_number=call.from_user, to_number=call.to_user)

@@ -24,7 +24,16 @@ from callbox.server.media.sources import MediaError
 from callbox.server.recording.engine import RecordingError
 from callbox.server.relay.calls import CallEntry, PlayControl, RecordControl
 from callbox.server.relay.input import InputCommands
-from callbox.server.relay.results import REPLY_WITHIN, CommandError, Handler, Result, ok
+from callbox.server.relay.results import (
+    REPLY_WITHIN,
+    CommandError,
+    Handler,
+    Result,
+    SessionHandler,
+    bad_params,
+    call_gone,
+    ok,
+)
 from callbox.server.tasks import spawn
 from callbox.wire import relay as wire
 from callbox.wire.recording import PAUSE_BEHAVIORS, RecordParamError, RecordParams
@@ -34,14 +43,6 @@ if TYPE_CHECKING:
     from callbox.server.services import Services
 
 log = logging.getLogger(__name__)
-
-def _bad(field_error: wire.ParamError | RecordParamError) -> CommandError:
-    return CommandError(wire.CODE_BAD_REQUEST, str(field_error))
-
-
-def _gone(entry: CallEntry) -> CommandError:
-    return CommandError(wire.CODE_GONE, f"call {entry.call.id} has ended")
-
 
 class CallDirectory(Protocol):
     """What the commands need of the hub: the calls a session may command."""
@@ -70,13 +71,22 @@ class Commands:
             wire.RECORD_RESUME: self.record_resume,
             **InputCommands().handlers(),
         }
+        self._session_handlers: dict[str, SessionHandler] = {}
+
+    def register(self, handlers: Mapping[str, Handler],
+                 session_handlers: Mapping[str, SessionHandler] | None = None) -> None:
+        """Add commands kept in other modules (on a call, or with no call_id)."""
+        self._handlers.update(handlers)
+        self._session_handlers.update(session_handlers or {})
 
     def knows(self, method: str) -> bool:
-        return method in self._handlers
+        return method in self._handlers or method in self._session_handlers
 
     async def execute(self, session: Session, method: str, params: Mapping[str, Any]) -> Result:
         """Run one calling command; always returns a result (never raises for bad input)."""
         try:
+            if method in self._session_handlers:
+                return await self._session_handlers[method](session, params)
             call_id = params.get("call_id")
             if not isinstance(call_id, str) or not call_id:
                 raise CommandError(wire.CODE_BAD_REQUEST, "call_id is required")
@@ -107,7 +117,7 @@ class Commands:
         try:
             entry.call.answer()
         except CallGone:
-            raise _gone(entry) from None
+            raise call_gone(entry) from None
         if seconds > 0 and entry.max_duration_timer is None:
             call = entry.call
             entry.max_duration_timer = asyncio.get_running_loop().call_later(
@@ -121,7 +131,7 @@ class Commands:
             raise CommandError(wire.CODE_BAD_REQUEST, "reason must be one of "
                                f"{', '.join(map(repr, wire.HANGUP_REASONS))}, got {reason!r}")
         if not entry.call.is_active:
-            raise _gone(entry)
+            raise call_gone(entry)
         hangup = spawn(entry.call.hangup(reason), name=f"relay-end-{entry.call.id}")
         await asyncio.wait({hangup}, timeout=REPLY_WITHIN)  # the BYE may go unanswered
         return ok("Ending")
@@ -136,13 +146,13 @@ class Commands:
             loop = wire.parse_loop(params.get("loop"))
             control_id = wire.parse_control_id(params.get("control_id"))
         except wire.ParamError as exc:
-            raise _bad(exc) from None
+            raise bad_params(exc) from None
         direction = params.get("direction")
         if direction is not None and direction not in wire.PLAY_DIRECTIONS:
             raise CommandError(wire.CODE_BAD_REQUEST, "direction must be 'listen' or 'both' "
                                f"(what the caller hears), got {direction!r}")
         if not entry.call.is_active:
-            raise _gone(entry)
+            raise call_gone(entry)
         if control_id in entry.plays:
             raise CommandError(wire.CODE_BAD_REQUEST,
                                f"control_id {control_id!r} is already playing on this call")
@@ -159,7 +169,7 @@ class Commands:
         if error is not None:
             entry.plays.pop(control_id, None)
             if isinstance(error, CallGone):
-                raise _gone(entry)
+                raise call_gone(entry)
             if isinstance(error, MediaError):
                 raise CommandError(wire.CODE_BAD_REQUEST, f"play: {error}")
             raise error
@@ -222,7 +232,7 @@ class Commands:
         try:
             volume = wire.parse_volume(params.get("volume"))
         except wire.ParamError as exc:
-            raise _bad(exc) from None
+            raise bad_params(exc) from None
         if control.op is None:
             control.volume_requested = volume
         else:
@@ -244,9 +254,9 @@ class Commands:
             record_params = RecordParams.parse(audio, "relay")
             control_id = wire.parse_control_id(params.get("control_id"))
         except (RecordParamError, wire.ParamError) as exc:
-            raise _bad(exc) from None
+            raise bad_params(exc) from None
         if not entry.call.is_active:
-            raise _gone(entry)
+            raise call_gone(entry)
         if control_id in entry.records:
             raise CommandError(wire.CODE_BAD_REQUEST,
                                f"control_id {control_id!r} is already recording on this call")
@@ -258,10 +268,10 @@ class Commands:
                 entry.call, record_params, control_id=control_id,
                 project_id=entry.call.project_id)
         except CallGone:
-            raise _gone(entry) from None
+            raise call_gone(entry) from None
         except RecordingError as exc:
             if not entry.call.is_active:
-                raise _gone(entry) from None
+                raise call_gone(entry) from None
             raise CommandError(wire.CODE_BAD_REQUEST, str(exc)) from None
         control = entry.recording_created(session, recording)
         # not `spawn`: start() reports its own failures as an `error` event

@@ -29,9 +29,11 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from callbox.server.call import Call
 from callbox.server.relay.calls import CallEntry
 from callbox.server.relay.commands import Commands
+from callbox.server.relay.dialing import DialCommands
 from callbox.server.relay.session import Connection, Session
 from callbox.server.services import Services
 from callbox.server.tasks import spawn
+from callbox.wire import dial as dial_wire
 from callbox.wire import relay as wire
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class RelayHub:
         self.entries: dict[str, CallEntry] = {}  # by call id
         self.connections: set[Connection] = set()
         self.commands = Commands(self)
+        self.dialing = DialCommands(self)
+        self.commands.register(self.dialing.handlers(), {dial_wire.DIAL: self.dialing.dial})
         self._ended: OrderedDict[str, str] = OrderedDict()  # call id -> project id
         self._round_robin: dict[tuple[str, str], int] = {}
         self._closing = False

@@ -25,7 +25,15 @@ from callbox.server.call import Call, CallGone, PlayOperation
 from callbox.server.media.digits import CollectResult, DigitCollector, DigitRules, Outcome
 from callbox.server.media.sources import MediaError
 from callbox.server.relay.calls import CallEntry, PlayControl
-from callbox.server.relay.results import REPLY_WITHIN, CommandError, Handler, Result, ok
+from callbox.server.relay.results import (
+    REPLY_WITHIN,
+    CommandError,
+    Handler,
+    Result,
+    bad_params,
+    call_gone,
+    ok,
+)
 from callbox.wire import collect as input_wire
 from callbox.wire import relay as wire
 from callbox.wire.collect import CollectParams, InputParamError
@@ -39,14 +47,6 @@ log = logging.getLogger(__name__)
 # each collect listens to every media tick of the call.
 MAX_COLLECTS_PER_CALL = 10
 MAX_DIGIT_SENDS_PER_CALL = 10
-
-
-def _bad(error: InputParamError | wire.ParamError) -> CommandError:
-    return CommandError(wire.CODE_BAD_REQUEST, str(error))
-
-
-def _gone(entry: CallEntry) -> CommandError:
-    return CommandError(wire.CODE_GONE, f"call {entry.call.id} has ended")
 
 
 def result_params(result: CollectResult) -> dict[str, Any]:
@@ -200,7 +200,7 @@ class InputCommands:
             collect = CollectParams.parse(params)
             control_id = wire.parse_control_id(params.get("control_id"))
         except (InputParamError, wire.ParamError) as exc:
-            raise _bad(exc) from None
+            raise bad_params(exc) from None
         self._begin(session, entry, control_id, collect, with_prompt=False)
         return ok("Collecting", control_id=control_id)
 
@@ -212,7 +212,7 @@ class InputCommands:
             collect = CollectParams.parse(params.get("collect"), "collect.")
             control_id = wire.parse_control_id(params.get("control_id"))
         except (InputParamError, wire.ParamError) as exc:
-            raise _bad(exc) from None
+            raise bad_params(exc) from None
         control = self._begin(session, entry, control_id, collect, with_prompt=True)
         # not `spawn`: an error before the reply is the reply, not a failure to log
         rendering = asyncio.get_running_loop().create_task(
@@ -226,7 +226,7 @@ class InputCommands:
         if error is not None:
             control.discard()
             if isinstance(error, CallGone):
-                raise _gone(entry)
+                raise call_gone(entry)
             if isinstance(error, MediaError):
                 raise CommandError(wire.CODE_BAD_REQUEST, f"play: {error}")
             raise error
@@ -246,7 +246,7 @@ class InputCommands:
     def _begin(self, session: Session, entry: CallEntry, control_id: str,
                params: CollectParams, *, with_prompt: bool) -> CollectControl:
         if not entry.call.is_active:
-            raise _gone(entry)
+            raise call_gone(entry)
         key = (entry.call.id, control_id)
         if key in self.collects:
             raise CommandError(wire.CODE_BAD_REQUEST,
@@ -295,7 +295,7 @@ class InputCommands:
         try:
             volume = wire.parse_volume(params.get("volume"))
         except wire.ParamError as exc:
-            raise _bad(exc) from None
+            raise bad_params(exc) from None
         control.set_prompt_volume(volume)
         return ok("Volume set", control_id=control.control_id, volume=volume)
 
@@ -307,7 +307,7 @@ class InputCommands:
             digits = input_wire.parse_digits_to_send(params.get("digits"))
             control_id = wire.parse_control_id(params.get("control_id"))
         except (InputParamError, wire.ParamError) as exc:
-            raise _bad(exc) from None
+            raise bad_params(exc) from None
         call_id = entry.call.id
         if self.digit_sends.get(call_id, 0) >= MAX_DIGIT_SENDS_PER_CALL:
             raise CommandError(wire.CODE_BAD_REQUEST, f"at most {MAX_DIGIT_SENDS_PER_CALL} "
@@ -325,7 +325,7 @@ class InputCommands:
         try:
             entry.call.send_digits(digits, report)
         except CallGone:
-            raise _gone(entry) from None
+            raise call_gone(entry) from None
         except ValueError as exc:  # the peer has no telephone-event
             raise CommandError(wire.CODE_BAD_REQUEST, f"send_digits: {exc}") from None
         self.digit_sends[call_id] = self.digit_sends.get(call_id, 0) + 1

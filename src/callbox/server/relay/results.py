@@ -24,6 +24,8 @@ REPLY_WITHIN = 5.0
 
 Result = dict[str, Any]
 Handler = Callable[["Session", "CallEntry", Mapping[str, Any]], Awaitable[Result]]
+# A command with no call_id (calling.dial): it gets only the session and the params.
+SessionHandler = Callable[["Session", Mapping[str, Any]], Awaitable[Result]]
 
 
 class CommandError(Exception):
@@ -31,6 +33,15 @@ class CommandError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def bad_params(error: Exception) -> CommandError:
+    """A "400" whose message is the parameter error's (it names the field)."""
+    return CommandError(wire.CODE_BAD_REQUEST, str(error))
+
+
+def call_gone(entry: CallEntry) -> CommandError:
+    return CommandError(wire.CODE_GONE, f"call {entry.call.id} has ended")
 
 
 def ok(message: str, **extra: Any) -> Result:
