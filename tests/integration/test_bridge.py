@@ -75,7 +75,8 @@ async def test_caller_left_callee_right_and_the_callers_bye_ends_the_callee(
         placing = caller(running, tmp_path, seconds=4.0)
         a = await inbound_call(running)
         recording = await record(running, a)
-        bridge = await connect(a, running.platform.outbound, [[Device(uas.uri())]])
+        bridge = await connect(a, running.platform.outbound, [[Device(
+            uas.uri(), headers=(("X-Account-Id", "42"),))]])
         b = bridge.b
         assert (a.peer, b.peer) == (b, a) and b.direction == "outbound"
         assert (await placing).ok
@@ -83,6 +84,8 @@ async def test_caller_left_callee_right_and_the_callers_bye_ends_the_callee(
         await asyncio.wait_for(b.wait_ended(), 10)
         callee = await uas.wait(timeout=20)
         assert callee.ok, callee.describe()  # it got our BYE
+        invite = callee.messages.split("INVITE sip:", 1)[1].split("\n\n", 1)[0]
+        assert "X-Account-Id: 42" in invite
         await asyncio.wait_for(asyncio.shield(recording.done), 10)
     assert a.peer is None and b.peer is None
     samples, rate = audio.decode_audio(recording.path)

@@ -57,6 +57,12 @@ def test_a_plan_of_serial_groups_of_parallel_devices() -> None:
      "devices[0][0].params.timeout must be a number"),
     ([[{"type": "sip", "params": {"to": "sip:a@b", "headers": [{"name": "X"}]}}]],
      "devices[0][0].params.headers[0].value is required"),
+    ([[{"type": "sip", "params": {"to": "sip:a@b", "headers": [
+        {"name": "Via", "value": "SIP/2.0/UDP evil"}]}}]],
+     "devices[0][0].params.headers[0].name must be a custom header (X-"),
+    ([[{"type": "sip", "params": {"to": "sip:a@b", "headers": [
+        {"name": "X-A", "value": "1\r\nBYE sip:x SIP/2.0"}]}}]],
+     "devices[0][0].params.headers[0].value must not hold control characters"),
     ([[SIP]] * (dial.MAX_GROUPS + 1), "at most 10 serial groups"),
     ([[SIP] * (dial.MAX_PARALLEL + 1)], "devices[0] may hold at most 10 devices"),
 ])

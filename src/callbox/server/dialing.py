@@ -14,11 +14,11 @@ per-leg `calling.call.state` events) can name the leg before it is answered; the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from callbox.server.call import Call
 from callbox.server.media.ports import NoPortsAvailable
@@ -35,6 +35,7 @@ from callbox.server.sip.uac import UacState
 
 log = logging.getLogger(__name__)
 
+CANCELLED_STATUS = 487  # a leg we gave up on
 # SIP status of a failed attempt -> the end reason SignalWire reports.
 END_REASONS = {486: "busy", 600: "busy", 603: "decline", 408: "noAnswer", 480: "noAnswer",
                487: "noAnswer"}
@@ -54,6 +55,7 @@ class Device:
     from_: str | None = None
     timeout: float = DEFAULT_RING_TIMEOUT  # seconds of ringing before CANCEL
     trunk: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # custom (X-) headers for the INVITE
 
 
 DialPlan = Sequence[Sequence[Device]]  # serial groups of parallel devices
@@ -130,6 +132,8 @@ async def _ring_group(
     on_leg: LegListener | None,
     on_early_media: EarlyMediaListener | None,
 ) -> Call | None:
+    winner: asyncio.Future[Call] = asyncio.get_running_loop().create_future()
+
     def report(leg: DialLeg, state: str) -> None:
         if leg.state == state:
             return
@@ -140,7 +144,11 @@ async def _ring_group(
             except Exception:
                 log.exception("dial leg listener failed")
 
-    async def ring(leg: DialLeg) -> Call | None:
+    def failed(leg: DialLeg, status: int, end_reason: str) -> None:
+        leg.status, leg.end_reason = status, end_reason
+        report(leg, "ended")
+
+    async def ring(leg: DialLeg) -> None:
         report(leg, "created")
 
         def progress(state: UacState, response: SipResponse) -> None:
@@ -148,7 +156,7 @@ async def _ring_group(
                 report(leg, "ringing")
 
         def early(media: MediaSession) -> None:
-            if on_early_media is not None:
+            if on_early_media is not None and not winner.done():
                 on_early_media(leg, media)
 
         device = leg.device
@@ -156,56 +164,40 @@ async def _ring_group(
             call = await outbound.dial(
                 device.to, from_=device.from_, trunk=device.trunk, ring_timeout=device.timeout,
                 on_progress=progress, on_early_media=early, project_id=project_id,
-                call_id=leg.id)
+                call_id=leg.id, headers=device.headers)
         except CallFailed as exc:
-            leg.status = exc.status
-            leg.end_reason = end_reason_for(exc.status)
-            report(leg, "ended")
-            return None
+            failed(leg, exc.status, end_reason_for(exc.status))
+            return
         except (NoPortsAvailable, OutboundError) as exc:  # no port, at max_calls, stopping
             log.warning("dial %s: %s", device.to, exc)
-            leg.status, leg.end_reason = 503, "error"
-            report(leg, "ended")
-            return None
+            failed(leg, 503, "error")
+            return
         except asyncio.CancelledError:
-            leg.status, leg.end_reason = 487, "cancel"
-            report(leg, "ended")
+            failed(leg, CANCELLED_STATUS, "cancel")
             raise
+        if winner.done():  # answered in the same instant as the leg that won
+            failed(leg, CANCELLED_STATUS, "cancel")
+            await call.hangup("cancel")
+            return
         leg.call = call
+        winner.set_result(call)
         report(leg, "answered")
-        return call
 
     # Checked before anything rings: a bad device fails the whole dial at once.
     for leg in legs:
         route_outbound(leg.device.to, outbound.trunks, from_=leg.device.from_,
                        trunk=leg.device.trunk)
-    tasks = {asyncio.ensure_future(ring(leg)): leg for leg in legs}
-    winner: Call | None = None
+    tasks = [asyncio.ensure_future(ring(leg)) for leg in legs]
+    everyone = asyncio.gather(*tasks, return_exceptions=True)
+    outcomes: list[asyncio.Future[Any]] = [winner, everyone]
     try:
-        pending = set(tasks)
-        while pending and winner is None:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                call = task.result() if not task.cancelled() else None
-                if call is None:
-                    continue
-                if winner is None:
-                    winner = call
-                else:  # answered in the same instant as the winner
-                    await call.hangup("cancel")
-        return winner
+        await asyncio.wait(outcomes, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        if winner.done():  # we gave up in the instant it answered
+            await winner.result().hangup("cancel")
+        raise
     finally:
-        await _cancel_all(tasks, keep=winner)
-
-
-async def _cancel_all(tasks: dict[asyncio.Task[Call | None], DialLeg],
-                      keep: Call | None) -> None:
-    """Cancel every leg still ringing and hang up any that answered but lost."""
-    for task in tasks:
-        if not task.done():
+        for task in tasks:  # the losers still ringing get CANCEL
             task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            call = await task
-            if call is not None and call is not keep:
-                await call.hangup("cancel")
+        await everyone
+    return winner.result() if winner.done() else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from callbox.server.call import Call
@@ -144,12 +144,14 @@ class OutboundCalls:
         on_early_media: Callable[[MediaSession], None] | None = None,
         project_id: str = "",
         call_id: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> Call:
         """Call `to` and return the answered `Call` (with id `call_id` when given). Raises
         OutboundError (bad destination or no trunk), NoPortsAvailable, and CallFailed with the
         SIP status (486, 408, 487 ...). `on_early_media` gets the call's media session once
         early media (a 183 with SDP) flows, before the answer: it is the same session the
-        answered call then uses. Cancelling the awaiting task sends CANCEL."""
+        answered call then uses. `headers` are added to the INVITE (custom X- headers).
+        Cancelling the awaiting task sends CANCEL."""
         route = route_outbound(to, self.trunks, from_=from_, trunk=trunk)
         if not self.accepting:
             raise OutboundError("the platform is stopping: no new calls")
@@ -159,7 +161,7 @@ class OutboundCalls:
         try:
             return await self._dial(route, to, ring_timeout=ring_timeout,
                                     on_progress=on_progress, on_early_media=on_early_media,
-                                    project_id=project_id, call_id=call_id)
+                                    project_id=project_id, call_id=call_id, headers=headers)
         finally:
             self._dialling -= 1
 
@@ -173,6 +175,7 @@ class OutboundCalls:
         on_early_media: Callable[[MediaSession], None] | None,
         project_id: str,
         call_id: str | None,
+        headers: Sequence[tuple[str, str]],
     ) -> Call:
         authenticator: Authenticator | None = None
         if route.trunk is not None:
@@ -189,7 +192,7 @@ class OutboundCalls:
             leg = await self.sip.call(
                 route.uri, offer, from_uri=from_uri,
                 ring_timeout=ring_timeout, on_progress=on_progress, on_early_media=early_media,
-                on_reoffer=placed.reoffer, authenticator=authenticator)
+                on_reoffer=placed.reoffer, authenticator=authenticator, headers=headers)
         except BaseException:
             self.media.release(media)
             raise

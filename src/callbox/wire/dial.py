@@ -16,6 +16,7 @@ event builders give the params the official client 3.7.5 reads (`dial_state` + `
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -39,6 +40,7 @@ MAX_GROUPS: Final = 10  # serial groups in one plan
 MAX_PARALLEL: Final = 10  # devices rung at once in one group
 MAX_RING_TIMEOUT: Final = 600.0  # seconds
 MAX_HEADERS: Final = 20
+CUSTOM_HEADER_NAME: Final = re.compile(r"[Xx]-[A-Za-z0-9-]{1,64}")  # only custom ones are sent
 MAX_TEXT: Final = 256  # characters of a URI, number or header
 
 
@@ -130,6 +132,11 @@ def _headers(value: Any, where: str) -> tuple[tuple[str, str], ...]:
         name = _text(item.get("name"), f"{here}.name", required=True)
         text = _text(item.get("value"), f"{here}.value", required=True)
         assert name is not None and text is not None
+        if not CUSTOM_HEADER_NAME.fullmatch(name):
+            raise ParamError(f"{here}.name", f"{here}.name must be a custom header (X-...: "
+                             f"letters, digits, '-'), got {name!r}")
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise ParamError(f"{here}.value", f"{here}.value must not hold control characters")
         headers.append((name, text))
     return tuple(headers)
 

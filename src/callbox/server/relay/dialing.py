@@ -107,7 +107,8 @@ class DialCommands:
             row = []
             for j, spec in enumerate(group):
                 device = Device(spec.to, from_=spec.from_,
-                                timeout=spec.timeout or DEFAULT_RING_TIMEOUT)
+                                timeout=spec.timeout or DEFAULT_RING_TIMEOUT,
+                                headers=spec.headers)
                 try:  # every device is checked before anything rings
                     route_outbound(device.to, outbound.trunks, from_=device.from_)
                 except OutboundError as exc:

@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from callbox.server.sip.dialog import Dialog, DialogKey, dialog_key_from_request
@@ -87,6 +88,8 @@ KNOWN_METHODS = frozenset(
 URI_SCHEMES = frozenset({"sip", "sips", "tel"})
 # Binding port 0: UDP picks the port, and TCP may find it taken; then both try again.
 EPHEMERAL_PORT_ATTEMPTS = 5
+# Extra headers a caller may put on an outgoing INVITE: tokens, nothing that splits a line.
+EXTRA_HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.-]{1,64}")
 # Option tags we implement (RFC 3261 §8.2.2.3): none, so any Require gets 420.
 SUPPORTED_OPTIONS: frozenset[str] = frozenset()
 
@@ -568,6 +571,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         on_early_media: Callable[[NegotiatedMedia], None] | None = None,
         on_reoffer: Callable[[SipRequest], Awaitable[bytes]] | None = None,
         authenticator: Authenticator | None = None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> OutboundLeg:
         """Place a call to `uri` with our SDP offer; return the answered leg (ACK sent).
 
@@ -576,8 +580,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
         when the 2xx had no usable SDP answer (ACK and BYE sent). Cancelling the awaiting task
         sends CANCEL too. `on_progress` sees every provisional response with the state it led
         to; `on_early_media` the media of a provisional response with SDP (183);
-        `on_reoffer` answers re-INVITEs from the moment the call is answered.
+        `on_reoffer` answers re-INVITEs from the moment the call is answered. `headers` are
+        extra headers for the INVITE (a bad name or a value with CR/LF: ValueError).
         """
+        for name, value in headers:
+            if not EXTRA_HEADER_NAME.fullmatch(name) or any(c in value for c in "\r\n\0"):
+                raise ValueError(f"bad extra header {name[:40]!r}")
         target = SipUri.parse(uri)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         dest = (await numeric_host(target.host.strip("[]"), family=family), target.port or 5060)
@@ -593,6 +601,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             ("Contact", self.contact_for(transport)),
             ("Allow", ALLOWED_METHODS),
             ("User-Agent", self.user_agent),
+            *headers,
             ("Content-Type", "application/sdp"),
         ]), sdp_offer.serialize())
         leg = OutboundLeg(self, OutboundCall(request, sdp_offer), dest)
