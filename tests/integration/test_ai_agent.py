@@ -468,6 +468,54 @@ async def test_agent_connects_the_caller_and_its_recording_keeps_both_people(tmp
     assert peak > 0.7 and lag + spoken_until * 8000 <= bridged
 
 
+async def test_agent_connect_not_final_resumes_and_does_not_listen_while_connected(tmp_path):
+    """`connect(dest, final=False)`: the conversation goes on after the person hung up; while
+    the caller talks to the person, nothing reaches the agent's speech-to-text."""
+    caller_stream = g711_stream(audio.tone(CALLER_HZ, 1.0, -12), tmp_path / "caller.ulaw",
+                                loops=-1)
+    async with start_sipp_uas("uas_answer_bye", media_port=free_port_range(4).start,
+                              extra_args=["-d", "3000"]) as uas:
+        tool = CONNECT_TOOL.replace("CALLEE_URI", uas.uri()).replace(
+            ".connect(\"" + uas.uri() + "\")", ".connect(\"" + uas.uri() + "\", final=False)")
+        assert "final=False" in tool
+        source = SEED_CONTINUOUS.replace("agent.serve()\n", tool + "agent.serve()\n")
+        with agents(tmp_path, ("callbox", source)) as (agent,):
+            async with FakeLlm(first_turn("connect_human")) as llm, \
+                    platform_with_llm(tmp_path, [agent_route("agent", agent)], llm) as running:
+                block = free_port_range(8)
+                placing = asyncio.ensure_future(run_sipp(
+                    "uac_hangup_by_server", running.target, service="agent",
+                    local_port=block.start, media_port=block.start + 4,
+                    keys={"stream": caller_stream}, timeout=60 + STT_DEADLINE))
+                call = (await wait_until(lambda: running.observed, 10, "the call"))[0].call
+                conversation = await wait_until(
+                    lambda: (c := active_conversation(call.id)) and c.stt and c, 20,
+                    "the conversation listening")
+                assert call.peer is None  # before the model's first turn connected the call
+                stt = conversation.stt
+                fed_while_connected: list[bool] = []
+                feed = stt.feed
+
+                def spy(frame: np.ndarray) -> None:
+                    fed_while_connected.append(call.peer is not None)
+                    feed(frame)
+
+                stt.feed = spy  # type: ignore[method-assign]
+                callee = await wait_until(lambda: call.peer, 30, "the caller connected")
+                assert active_conversation(call.id) is conversation  # not final: it waits
+                await asyncio.wait_for(callee.wait_ended(), 20)  # the person hung up
+                fed_before = len(fed_while_connected)
+                await wait_until(lambda: len(fed_while_connected) > fed_before + 50, 10,
+                                 "the agent listening again")
+                assert active_conversation(call.id) is conversation and call.is_active
+                await call.hangup()
+                caller = await placing
+                answered = await uas.wait(timeout=20)
+    assert caller.ok, caller.describe()
+    assert answered.ok, answered.describe()
+    assert callee.answered_at is not None and not any(fed_while_connected)
+
+
 # -- the official package's agent ---------------------------------------------------------------
 
 
