@@ -31,7 +31,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from callbox.server.bridge import BridgeEnd, connect
@@ -78,7 +78,7 @@ class ConnectRequest:
     answer_on_bridge: bool = False
     ringback: tuple[str, ...] | None = None
     max_duration: float = DEFAULT_MAX_DURATION
-    ignored: tuple[str, ...] = field(default=())  # parameters callbox does not support
+    ignored: tuple[str, ...] = ()  # parameters callbox does not support
 
     @property
     def plan(self) -> list[list[Device]]:
