@@ -66,3 +66,13 @@ def test_call_state_hooks_are_inherited_and_overridden_per_destination():
 def test_bad_parameters_name_the_field(params, message):
     with pytest.raises(SwmlError, match=message):
         parse_connect(params)
+
+
+def test_custom_headers_go_to_every_device_unless_a_destination_has_its_own():
+    mine = [{"name": "X-Ticket", "value": "7"}]
+    request = parse_connect({"headers": [{"name": "X-Account", "value": "42"}],
+                             "parallel": [{"to": "sip:a@h"}, {"to": "sip:b@h", "headers": mine}]})
+    (a, b), = request.plan
+    assert a.headers == (("X-Account", "42"),) and b.headers == (("X-Ticket", "7"),)
+    with pytest.raises(SwmlError, match=r"connect.headers\[0\].name must be a custom header"):
+        parse_connect({"to": "sip:a@h", "headers": [{"name": "Route", "value": "<sip:x>"}]})

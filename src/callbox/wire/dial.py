@@ -94,7 +94,7 @@ class DeviceSpec:
                     raise ParamError(f"{where}.params.{name}", f"{where}.params.{name} must be "
                                      f"a sip: URI, got {uri!r}")
         return cls(kind, to, from_, _timeout(params.get("timeout"), f"{where}.params.timeout"),
-                   _headers(params.get("headers"), f"{where}.params.headers"))
+                   parse_headers(params.get("headers"), f"{where}.params.headers"))
 
 
 def _text(value: Any, where: str, *, required: bool) -> str | None:
@@ -118,7 +118,8 @@ def _timeout(value: Any, where: str) -> float | None:
     return seconds
 
 
-def _headers(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+def parse_headers(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """Custom SIP headers `[{"name": "X-...", "value": "..."}]`; ParamError names the field."""
     if value is None:
         return ()
     if not isinstance(value, list) or len(value) > MAX_HEADERS:

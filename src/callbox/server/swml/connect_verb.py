@@ -8,6 +8,7 @@ answers (see bridge.py for the bridge itself).
 
 Exactly one of `to`, `serial`, `parallel`, `serial_parallel`. A destination object takes `to`,
 and may override the verb's `from`, `timeout` (seconds of ringing, default 60),
+`headers` (custom SIP headers for the INVITE, `[{"name": "X-...", "value": "..."}]`),
 `call_state_url` and `call_state_events`. Also: `answer_on_bridge` (answer the caller only when
 the callee answers; else the caller is answered first and hears `ringback`, a list of play
 URLs, default a ring tone), `max_duration` (seconds, default 4 hours; both calls end then).
@@ -41,6 +42,7 @@ from callbox.server.outbound import NUMBER, OutboundError
 from callbox.server.swml.runner import SwmlError, SwmlRunner, verb
 from callbox.server.webhooks import WebhookQueue
 from callbox.wire import relay as wire
+from callbox.wire.dial import parse_headers
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ DEFAULT_TIMEOUT: Final = 60.0  # seconds of ringing (SignalWire's default)
 DEFAULT_MAX_DURATION: Final = 14400.0  # 4 hours
 STATE_EVENTS: Final = frozenset({"created", "ringing", "answered", "ended"})
 DEFAULT_STATE_EVENTS: Final = frozenset({"ended"})
-DESTINATION_KEYS: Final = frozenset({"to", "from", "timeout", "call_state_url",
+DESTINATION_KEYS: Final = frozenset({"to", "from", "timeout", "headers", "call_state_url",
                                      "call_state_events"})
 SUPPORTED_KEYS: Final = frozenset(DIALING_KEYS) | DESTINATION_KEYS | {
     "answer_on_bridge", "max_duration", "ringback"}
@@ -157,8 +159,17 @@ def _destination(entry: Any, where: str, defaults: Destination) -> Destination:
         from_=_caller_id(entry["from"], f"{where}.from") if "from" in entry else base.from_,
         timeout=_seconds(entry["timeout"], f"{where}.timeout") if "timeout" in entry
         else base.timeout,
+        headers=_headers(entry["headers"], f"{where}.headers") if "headers" in entry
+        else base.headers,
     )
     return Destination(device, _hook(entry, f"{where}.", defaults.hook))
+
+
+def _headers(value: Any, name: str) -> tuple[tuple[str, str], ...]:
+    try:
+        return parse_headers(value, name)
+    except wire.ParamError as exc:
+        raise SwmlError(str(exc)) from None
 
 
 def _list(value: Any, name: str) -> list[Any]:
@@ -179,7 +190,8 @@ def parse_connect(params: Any) -> ConnectRequest:
     defaults = Destination(
         Device(to="", from_=_caller_id(params.get("from"), "connect.from"),
                timeout=_seconds(params["timeout"], "connect.timeout") if "timeout" in params
-               else DEFAULT_TIMEOUT),
+               else DEFAULT_TIMEOUT,
+               headers=_headers(params.get("headers"), "connect.headers")),
         _hook(params, "connect.", None))
     key = given[0]
     value = params[key]
