@@ -8,8 +8,14 @@ writer thread, whose CPU is counted too). The result is process CPU (all threads
 scaled to ms per call-second; the full platform adds SIP, HTTP and the event loop's own work
 (`concurrent_recordings.py` measures that).
 
+With `--prompt` every call also plays one shared 7.3 s prompt on a loop (what a caller hears
+from an IVR or an agent): `shared` sends it as the platform does (one prompt alone at unity
+gain: the frame's payload is a slice of the prompt encoded once), `mixed` forces the mixing
+path every frame (as before the shared prompt: mix, clip, encode per call and tick).
+
     .venv/bin/python bench/media_tick.py --calls 300 --seconds 10
     .venv/bin/python bench/media_tick.py --calls 300 --seconds 10 --record wav-stereo
+    .venv/bin/python bench/media_tick.py --calls 300 --record wav-stereo --prompt shared
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ import numpy as np
 
 from callbox.server.media.frames import FRAME_SAMPLES
 from callbox.server.media.g711 import ulaw_encode
+from callbox.server.media.playback import Playback
 from callbox.server.media.rtp import RtpSender
 from callbox.server.media.session import MediaSession
+from callbox.server.media.sound import Sound
 from callbox.server.recording.engine import RecordingEngine
 from callbox.wire.recording import RecordParams
 
@@ -68,7 +76,20 @@ class Peer:
                 return
 
 
-async def run(calls: int, seconds: float, record: str | None) -> dict[str, float]:
+PROMPT_SECONDS = 7.3  # not a whole number of frames: the loop's seam takes the mixing path
+
+
+def prompt_sound() -> Sound:
+    t = np.arange(int(PROMPT_SECONDS * 8000)) / 8000
+    return Sound((6000 * np.sin(2 * np.pi * 300 * t) * np.sin(2 * np.pi * 0.7 * t))
+                 .astype(np.int16))
+
+
+async def run(calls: int, seconds: float, record: str | None,
+              prompt: str | None = None) -> dict[str, float]:
+    if prompt == "mixed":
+        Playback.next_frame = lambda self, codec: None  # type: ignore[method-assign]
+    shared = prompt_sound() if prompt else None
     sessions, peers = [], []
     for _ in range(calls):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -78,6 +99,8 @@ async def run(calls: int, seconds: float, record: str | None) -> dict[str, float
         peer = Peer(session)
         session.configure("127.0.0.1", peer.address[1], 0, None)
         session.start()
+        if shared is not None:
+            session.play(Playback([shared], loop=0))
         sessions.append(session)
         peers.append(peer)
     engine = None
@@ -88,8 +111,8 @@ async def run(calls: int, seconds: float, record: str | None) -> dict[str, float
         params = RecordParams.parse(VARIANTS[record], "swml_record_call")
         for session in sessions:
             call = SimpleNamespace(id="c", media=session, is_active=True, recordings=(),
-                                   attach_recording=lambda _r: None, add_tap=session.add_tap,
-                                   on_dtmf=lambda _fn: (lambda: None))
+                                   peer_id=None, attach_recording=lambda _r: None,
+                                   add_tap=session.add_tap, on_dtmf=lambda _fn: (lambda: None))
             await engine.start_recording(call, params)  # type: ignore[arg-type]
     ticks = int(seconds * 50)
     ticking = 0.0  # CPU of this thread inside the ticks
@@ -121,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--record", choices=sorted(VARIANTS))
+    parser.add_argument("--prompt", choices=["shared", "mixed"],
+                        help="every call also plays a prompt (see the docstring)")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args.calls, args.seconds, args.record))
+    result = asyncio.run(run(args.calls, args.seconds, args.record, args.prompt))
     print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in result.items()))
     return 0

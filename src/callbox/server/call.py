@@ -35,7 +35,7 @@ import numpy as np
 from callbox.server.media.clock import MediaClock
 from callbox.server.media.playback import PLAYING, REASON_DONE, Playback
 from callbox.server.media.session import FrameTap, MediaSession
-from callbox.server.media.sources import render_media_url
+from callbox.server.media.sound import SHARED_SOUNDS, Sound, SoundCache
 from callbox.server.recording.target import AttachedRecording, Unsubscribe
 from callbox.server.sip.endpoint import InboundInvite, Leg
 from callbox.server.tasks import spawn
@@ -106,6 +106,7 @@ class Call:
         self.state = CallState.CREATED
         self.end_reason: str | None = None
         self.peer: Call | None = None  # the other party while bridged (set by the bridge)
+        self.sounds: SoundCache = SHARED_SOUNDS  # where `play` gets its rendered prompts
         self.created_at = time.time()
         self.answered_at: float | None = None
         self._state_listeners: list[Callable[[Call], None]] = []
@@ -272,7 +273,7 @@ class Call:
         starting: asyncio.Future[None] = self._loop.create_future()
         self._starting_plays.add(starting)
         try:
-            segments = [await render_media_url(url) for url in urls]
+            segments = [await self.sounds.get(url) for url in urls]
         finally:  # waiters resume after play_samples below ran: they see the play
             self._starting_plays.discard(starting)
             starting.set_result(None)
@@ -306,7 +307,7 @@ class Call:
 
     def play_samples(
         self,
-        segments: Sequence[np.ndarray],
+        segments: Sequence[np.ndarray | Sound],
         *,
         volume_db: float = 0.0,
         loop: int = 1,

@@ -2,7 +2,9 @@
 
 The media clock calls :meth:`Playback.read_into` once per 20 ms frame with the call's mix
 accumulator; several playbacks add into the same accumulator, which the caller clips to int16
-once. State changes (pause, resume, finish) are reported through the ``on_state`` callback.
+once. A call playing just one playback at unity gain takes :meth:`Playback.next_frame` instead:
+the frame's samples and G.711 payload as slices of the shared `Sound`, with nothing computed.
+State changes (pause, resume, finish) are reported through the ``on_state`` callback.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from callbox.server.media.frames import FRAME_SAMPLES
+from callbox.server.media.g711 import G711Codec
+from callbox.server.media.sound import Sound
 
 INT16_MIN: Final = -32768
 INT16_MAX: Final = 32767
@@ -60,7 +64,7 @@ class Playback:
 
     def __init__(
         self,
-        segments: Sequence[npt.NDArray[np.int16]],
+        segments: Sequence[npt.NDArray[np.int16] | Sound],
         *,
         volume_db: float = 0.0,
         loop: int = 1,
@@ -68,13 +72,8 @@ class Playback:
     ) -> None:
         if loop < 0:
             raise ValueError(f"loop must be >= 0 (0 = forever), got {loop}")
-        self._segments: list[npt.NDArray[np.int16]] = []
-        for segment in segments:
-            array = np.asarray(segment).reshape(-1)
-            if array.dtype != np.int16:
-                array = np.clip(array, INT16_MIN, INT16_MAX).astype(np.int16)
-            if len(array):
-                self._segments.append(array)
+        sounds = (s if isinstance(s, Sound) else Sound(s) for s in segments)
+        self._segments: list[Sound] = [s for s in sounds if len(s)]
         self.total_samples = sum(len(s) for s in self._segments)
         self.loop = loop
         self.control_id = control_id
@@ -136,24 +135,46 @@ class Playback:
         need = len(out)
         filled = 0
         while filled < need:
-            segment = self._segments[self._segment]
+            samples = self._segments[self._segment].samples
             start = self._offset
-            take = min(need - filled, len(segment) - start)
-            self._add(out[filled : filled + take], segment[start : start + take])
+            take = min(need - filled, len(samples) - start)
+            self._add(out[filled : filled + take], samples[start : start + take])
             filled += take
-            self._offset = start + take
-            self.position_samples += take
-            self.played_samples += take
-            if self._offset == len(segment):
-                self._offset = 0
-                self._segment += 1
-                if self._segment == len(self._segments):
-                    self._segment = 0
-                    self.loops_completed += 1
-                    if self.loop and self.loops_completed >= self.loop:
-                        self._finish(REASON_DONE)
-                        return False
-                    self.position_samples = 0
+            if not self._advance(take):
+                return False
+        return True
+
+    def next_frame(self, codec: G711Codec) -> tuple[npt.NDArray[np.int16], memoryview] | None:
+        """The next whole frame as it is: (samples, `codec` payload), read-only views of the
+        shared sound, when this playback is playing at unity gain and the frame lies within
+        one segment; None otherwise (then `read_into` mixes it). The playback may be finished
+        after it (check `state`)."""
+        if self.state != PLAYING or self._gain != 1.0 or not self.total_samples:
+            return None
+        sound = self._segments[self._segment]
+        start = self._offset
+        end = start + FRAME_SAMPLES
+        if end > len(sound):
+            return None
+        frame = sound.samples[start:end], sound.encoded(codec)[start:end]
+        self._advance(FRAME_SAMPLES)
+        return frame
+
+    def _advance(self, taken: int) -> bool:
+        """Move on by `taken` samples of the current segment; False once finished."""
+        self._offset += taken
+        self.position_samples += taken
+        self.played_samples += taken
+        if self._offset == len(self._segments[self._segment]):
+            self._offset = 0
+            self._segment += 1
+            if self._segment == len(self._segments):
+                self._segment = 0
+                self.loops_completed += 1
+                if self.loop and self.loops_completed >= self.loop:
+                    self._finish(REASON_DONE)
+                    return False
+                self.position_samples = 0
         return True
 
     def _add(self, dst: npt.NDArray[np.int32], src: npt.NDArray[np.int16]) -> None:

@@ -219,7 +219,8 @@ class RtpSender:
         self._buffer = bytearray(HEADER_SIZE + FRAME_SAMPLES)  # one G.711 frame
 
     def build(
-        self, payload: bytes, payload_type: int, timestamp: int, marker: bool = False
+        self, payload: bytes | memoryview, payload_type: int, timestamp: int,
+        marker: bool = False
     ) -> bytes:
         """One RTP packet (fixed 12-byte header, no CSRC/extension/padding) with the payload."""
         size = HEADER_SIZE + len(payload)

@@ -31,7 +31,7 @@ from callbox.server.media.dtmf import DtmfReceiver, DtmfSender
 from callbox.server.media.frames import FRAME_SAMPLES, TIMESTAMP_MASK
 from callbox.server.media.g711 import CODECS, G711Codec, codec_for_payload_type
 from callbox.server.media.jitter import ReceiveBuffer
-from callbox.server.media.playback import Playback
+from callbox.server.media.playback import FINISHED, Playback
 from callbox.server.media.rtp import RtpError, RtpSender, is_rtcp, parse_header_span
 
 RECV_BUFFER_BYTES = 2048
@@ -314,15 +314,28 @@ class MediaSession:
         a bridge said this tick; None when not bridged), then run the taps."""
         if self.closed:
             return
-        listen = self._mix_frame(heard) if self.playbacks or heard is not None else self._silence
+        payload: bytes | memoryview | None = None
+        if heard is None and len(self.playbacks) == 1:  # one prompt alone: sent as it is
+            playback = self.playbacks[0]
+            frame = playback.next_frame(self.codec)
+            if frame is not None:
+                listen, payload = frame
+                if playback.state == FINISHED:
+                    self.playbacks.clear()
+        if payload is None:
+            listen = self._mix_frame(heard) if self.playbacks or heard is not None \
+                else self._silence
+            if listen is self._silence:
+                payload = self._silence_payload
         if self.sending and self.remote is not None:
-            self._send(listen)
+            self._send(listen, payload)
         self._timestamp = (self._timestamp + FRAME_SAMPLES) & TIMESTAMP_MASK
         if self._taps:
             for tap in tuple(self._taps):
                 tap(speak, listen)
 
-    def _send(self, frame: np.ndarray) -> None:
+    def _send(self, frame: np.ndarray, payload: bytes | memoryview | None) -> None:
+        """Send `frame` (its `payload` when already encoded)."""
         assert self.remote is not None
         if self._dtmf_queue:
             payloads, first, on_sent = self._dtmf_queue.popleft()
@@ -331,7 +344,8 @@ class MediaSession:
             if payloads:  # an event tick replaces audio; gap ticks carry audio
                 self._send_dtmf_tick(payloads, first)
                 return
-        payload = self._silence_payload if frame is self._silence else self.codec.encode(frame)
+        if payload is None:
+            payload = self.codec.encode(frame)
         packet = self._rtp.build(payload, self.codec.payload_type, self._timestamp, self._marker)
         self._marker = False
         self._sendto(packet)
