@@ -200,7 +200,8 @@ class Platform:
             log.warning("call %s: route %r: %s", call.id, route.number, exc)
             await self._fail_call(call)
             return
-        await SwmlRunner(call, document, recordings=self.recorder, ai=self.config.ai).run()
+        await SwmlRunner(call, document, recordings=self.recorder, ai=self.config.ai,
+                         outbound=self.outbound).run()
 
     async def _fail_call(self, call: Call) -> None:
         """Tell the caller something went wrong, then hang up cleanly."""

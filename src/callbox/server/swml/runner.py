@@ -17,6 +17,7 @@ from callbox.wire.json_depth import loads_bounded
 
 if TYPE_CHECKING:
     from callbox.server.config import AiConfig
+    from callbox.server.outbound import OutboundCalls
     from callbox.server.recording.engine import RecordingEngine
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,13 @@ class SwmlRunner:
     def __init__(self, call: Call, document: dict[str, Any],
                  variables: dict[str, Any] | None = None, *,
                  recordings: RecordingEngine | None = None,
-                 ai: AiConfig | None = None) -> None:
+                 ai: AiConfig | None = None, outbound: OutboundCalls | None = None) -> None:
         self.call = call
         self.document = document
         self.vars: dict[str, Any] = dict(variables or {})
         self._recordings = recordings
         self.ai = ai  # the `ai` verb's LLM/STT settings; None = no LLM configured
+        self.outbound = outbound  # places the `connect` verb's calls; None = no dialling
 
     def recordings(self) -> RecordingEngine:
         if self._recordings is None:
