@@ -3,7 +3,10 @@
 Starts the platform (`callbox serve`, a subprocess with a generated config and its own data
 directory), drives N concurrent calls with sipp (each streams the same known speech file for
 `--seconds`, then hangs up; calls are ramped with `-r`), records every call (a SWML
-`record_call` route, or a RELAY program), and measures:
+`record_call` route, or a RELAY program), and measures what follows. The `bridged-*` variant
+connects every call (SWML `record_call` then `connect`) to one sipp UAS that answers all N and
+streams other speech back: N pairs, 2N legs, each pair recorded stereo on the inbound leg
+(caller left, callee right), both channels checked; "per call" then means per pair.
 
 - the platform's CPU time per recorded call-second (utime+stime of the platform process, all
   threads, from /proc, over the window where all N calls are up), its event-loop thread's share,
@@ -13,7 +16,8 @@ directory), drives N concurrent calls with sipp (each streams the same known spe
 - every recording decoded and compared with the source, 20 ms frame by 20 ms frame, after
   aligning by cross-correlation: a frame is lost when it differs from the source by more than
   G.711 noise (WAV: the file must equal the decoded G.711 stream) or, for MP3, by more than the
-  codec's own error (see LOSSY_ERROR_RATIO);
+  codec's own error (see LOSSY_ERROR_RATIO); bridged, the right channel likewise against the
+  callee's source (aligned on its own: it starts when the callee answered);
 - the time from sipp's BYE to the recording's `finished` event (its `end_time` in the REST
   API; sipp logs the moment each BYE leaves), p50 and p99;
 - SIP setup latency: sipp's INVITE -> 200 OK response time (`rtd`), p50 and p99.
@@ -28,8 +32,11 @@ this bench) used under `--max-cpu` (80 %) of the machine; other users' CPU is re
         --loops uvloop --seconds 60                                       # one step
     .venv/bin/python bench/concurrent_recordings.py --max-minutes 60 --results bench/RESULTS.md
 
-`tests/integration/test_concurrent_recordings.py` runs a small step (20 calls x 10 s) through
-the same functions as a correctness test.
+    .venv/bin/python bench/concurrent_recordings.py --variants wav-stereo,bridged-wav-stereo \\
+        --loops uvloop --steps 150,250,300                                # bridged vs not
+
+`tests/integration/test_concurrent_recordings.py` runs small steps (20 calls, 5 bridged pairs,
+x 10 s) through the same functions as a correctness test.
 """
 
 from __future__ import annotations
