@@ -1,14 +1,21 @@
-"""`callbox demo`: the seed voicemail program records a real call on a local platform.
+"""`callbox demo`: real calls recorded on a local platform.
 
 Everything runs for real on loopback: the platform (SIP, RTP, RELAY over WSS, recording), the
 seed's RELAY voicemail program (`callbox/examples/relay_voicemail.py`, the documentation's
-example with only its import changed) as its own process, and a caller placed with the engine of
-`callbox call` that speaks a message after the beep and presses `#`.
+example with only its import changed) as its own process, and callers placed with the engine of
+`callbox call`:
+
+1. a voicemail: the caller speaks a message after the beep and presses `#`;
+2. a call between two people: the caller's route records the call in stereo (SWML
+   `record_call`) and `connect`s it to a second SIP endpoint - the platform calling itself on
+   a route that answers and speaks, as a person would - and the demo shows that the recording
+   holds the caller on the left channel and the person called on the right.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import wave
@@ -19,8 +26,11 @@ import numpy as np
 from callbox import examples
 from callbox.caller import place_call
 from callbox.server.app import Platform
+from callbox.server.call import Call
 from callbox.server.config import Config, Project, Route
 from callbox.server.media.sources import render_tts
+from callbox.server.recording.engine import Recording
+from callbox.server.recording.machine import RecState
 
 # The seed program's own credentials and context, so that it runs unchanged.
 PROJECT, TOKEN, CONTEXT = "your-project-id", "your-api-token", "default"
@@ -29,6 +39,28 @@ MESSAGE = ("Hi, this is a test message for callbox. The platform answered, playe
 LEAD_IN_SECONDS = 4.0  # the prompt and the beep play first
 RECORDING_SAVED = "Recording saved: "
 VOICEMAIL_PROGRAM = Path(examples.__file__).with_name("relay_voicemail.py")
+CALLER_WORDS = "Hello, this is the caller. Can you hear me?"
+PERSON_WORDS = "Hi, this is the person you called. I hear you well. Goodbye."
+PERSON_LISTENS_MS = 3500  # the person lets the caller speak first
+BRIDGED_SAVED = "Bridged recording saved: "
+
+
+def swml(*verbs: object) -> str:
+    return json.dumps({"version": "1.0.0", "sections": {"main": list(verbs)}})
+
+
+def two_people_routes(sip_host: str, sip_port: int) -> list[Route]:
+    """`bridge`: record in stereo, connect to `person`, hang up when the person did;
+    `person`: answers, listens, speaks, hangs up."""
+    person = Route("person", swml=swml(
+        {"answer": {}}, {"sleep": PERSON_LISTENS_MS},
+        {"play": {"url": f"say:{PERSON_WORDS}"}}, {"hangup": {}}))
+    bridge = Route("bridge", swml=swml(
+        {"record_call": {"control_id": "conversation", "stereo": True, "format": "wav",
+                         "direction": "both"}},
+        {"connect": {"to": f"sip:person@{sip_host}:{sip_port}", "timeout": 20}},
+        {"hangup": {}}))
+    return [person, bridge]
 
 
 def demo_config(data_dir: Path) -> Config:
@@ -41,17 +73,23 @@ def demo_config(data_dir: Path) -> Config:
     return config
 
 
-async def write_message(path: Path) -> float:
-    """The caller's audio: silence while the prompt plays, then the spoken message.
-    Returns when (seconds after answer) the caller should press '#'."""
-    speech = await render_tts(MESSAGE)
-    samples = np.concatenate([np.zeros(int(LEAD_IN_SECONDS * 8000), np.int16), speech])
+async def write_speech(path: Path, text: str, lead_in: float) -> float:
+    """The caller's audio: `lead_in` seconds of silence, then `text` spoken. Returns its
+    length in seconds."""
+    speech = await render_tts(text)
+    samples = np.concatenate([np.zeros(int(lead_in * 8000), np.int16), speech])
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
         wav.setframerate(8000)
         wav.writeframes(samples.astype("<i2").tobytes())
-    return len(samples) / 8000 + 0.5
+    return len(samples) / 8000
+
+
+async def write_message(path: Path) -> float:
+    """The voicemail caller's audio: silence while the prompt plays, then the spoken message.
+    Returns when (seconds after answer) the caller should press '#'."""
+    return await write_speech(path, MESSAGE, LEAD_IN_SECONDS) + 0.5
 
 
 async def start_program(platform: Platform) -> asyncio.subprocess.Process:
@@ -81,21 +119,15 @@ async def read_saved_url(program: asyncio.subprocess.Process) -> str:
     return ""
 
 
-async def run_demo(data_dir: Path) -> int:
-    platform = Platform(demo_config(data_dir))
-    await platform.start()
-    program = None
+async def voicemail_call(platform: Platform, demo_dir: Path) -> bool:
+    """The seed voicemail program records a caller's message; True when it was saved."""
+    assert platform.listening is not None
+    sip_host, sip_port = platform.listening.sip
+    message = demo_dir / "message.wav"
+    press_at = await write_message(message)
+    print(f"\nstarting the seed voicemail program: {VOICEMAIL_PROGRAM}")
+    program = await start_program(platform)
     try:
-        print(platform.banner())
-        assert platform.listening is not None
-        sip_host, sip_port = platform.listening.sip
-        demo_dir = data_dir / "demo"
-        demo_dir.mkdir(parents=True, exist_ok=True)
-        message = demo_dir / "message.wav"
-        press_at = await write_message(message)
-
-        print(f"\nstarting the seed voicemail program: {VOICEMAIL_PROGRAM}")
-        program = await start_program(platform)
         uri = f"sip:voicemail@{sip_host}:{sip_port}"
         print(f"placing a real SIP call to {uri}: it speaks a message and presses # ...")
         saved = asyncio.ensure_future(read_saved_url(program))
@@ -103,27 +135,71 @@ async def run_demo(data_dir: Path) -> int:
                                   hangup_after=press_at + 15)
         if result.status >= 300:
             print(f"the call failed: {result.status} {result.reason}")
-            return 1
+            return False
         url = await asyncio.wait_for(saved, 15)
         if not url:
             print("the voicemail program did not report a recording")
-            return 1
+            return False
         recording = platform.recordings.get(url.rsplit("/", 1)[-1].split(".")[0]) \
             if platform.recordings else None
         print(f"\nRecording saved: {url}")
         if recording is not None:
-            print(f"  state {recording.state}, {recording.duration:.1f} s, {recording.size} bytes, "
-                  f"file {recording.path}")
+            print(f"  state {recording.state}, {recording.duration:.1f} s, {recording.size} "
+                  f"bytes, file {recording.path}")
             print(f"  listen to it:   play {recording.path}    (sox; or ffplay -nodisp "
                   f"-autoexit {recording.path})")
         print("  (the url is served while the platform runs: with `callbox serve`, download it "
               "with curl -k -o voicemail.mp3 URL)")
-        return 0 if recording is not None and recording.state == "finished" else 1
+        return recording is not None and recording.state == "finished"
     finally:
-        if program is not None and program.returncode is None:
+        if program.returncode is None:
             program.send_signal(2)  # Ctrl-C: the program stops cleanly
             try:
                 await asyncio.wait_for(program.wait(), 10)
             except TimeoutError:
                 program.kill()
+
+
+async def two_people_call(platform: Platform, demo_dir: Path) -> bool:
+    """A caller connected to a person, recorded in stereo; True when the recording finished."""
+    assert platform.listening is not None
+    sip_host, sip_port = platform.listening.sip
+    platform.config.routes.extend(two_people_routes(sip_host, sip_port))  # the port is known
+    callers: list[Call] = []
+    platform.call_observers.append(
+        lambda call: callers.append(call) if call.to_user == "bridge" else None)
+    words = demo_dir / "caller.wav"
+    length = await write_speech(words, CALLER_WORDS, 0.5)
+    uri = f"sip:bridge@{sip_host}:{sip_port}"
+    person = f"sip:person@{sip_host}:{sip_port}"
+    print(f"\nrecording a call between two people: a real SIP call to {uri}, whose SWML "
+          f"records it (record_call, stereo) and connects it to {person} (a route that answers "
+          "and speaks) ...")
+    result = await place_call(uri, play=str(words), hangup_after=length + 30)
+    if result.status >= 300 or not callers or not callers[0].recordings:
+        print(f"the call failed: {result.status} {result.reason}")
+        return False
+    recording = callers[0].recordings[0]
+    assert isinstance(recording, Recording)
+    await asyncio.wait_for(asyncio.shield(recording.done), 15)
+    print(f"\n{BRIDGED_SAVED}{recording.url}")
+    print(f"  state {recording.state}, {recording.duration or 0:.1f} s, stereo WAV, "
+          f"file {recording.path}")
+    print(f"  left channel:  the caller ({uri}), who said {CALLER_WORDS!r}")
+    print(f"  right channel: the person called ({person}), who said {PERSON_WORDS!r}")
+    print(f"  listen to it:   play {recording.path}")
+    return recording.state is RecState.FINISHED
+
+
+async def run_demo(data_dir: Path) -> int:
+    platform = Platform(demo_config(data_dir))
+    await platform.start()
+    try:
+        print(platform.banner())
+        demo_dir = data_dir / "demo"
+        demo_dir.mkdir(parents=True, exist_ok=True)
+        voicemail = await voicemail_call(platform, demo_dir)
+        bridged = await two_people_call(platform, demo_dir)
+        return 0 if voicemail and bridged else 1
+    finally:
         await platform.stop()

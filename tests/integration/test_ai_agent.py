@@ -7,6 +7,9 @@ the OpenAI chat-completions protocol over a real socket.
   `stop_recording` tool invoked with `callbox swaig invoke` ends it.
 - The seed's voicemail agent: the caller hears the prompt then the beep; the recording ends
   3 s after the caller stops speaking; a variant agent's small max_length caps it.
+- The continuous-recording agent with a tool returning `FunctionResult.connect(sip uri)`: the
+  caller is connected to a sipp callee, and the agent's recording holds the caller left and the
+  callee right.
 - The official package's AgentBase serving the same continuous agent (its `?__token=` URLs).
 - No LLM configured; SWML fetch failures; a SWAIG reply that is not JSON; unknown actions.
 """
@@ -42,8 +45,11 @@ from tests.integration.test_agent_server import (
 )
 from tests.peers import audio
 from tests.peers.official_sdk import official_sdk_python
+from tests.peers.ports import free_port_range
+from tests.peers.sipp import g711_stream, run_sipp, start_sipp_uas
 
 from callbox.caller import CallResult, place_call
+from callbox.server.ai.conversation import active_conversation
 from callbox.server.config import Project, Route
 from callbox.server.media.sources import render_tts
 
@@ -398,6 +404,116 @@ async def test_voicemail_agent_beep_end_silence_and_max_length(tmp_path):
     assert capped_recording.duration == pytest.approx(3.0, abs=0.05)
     capped_samples, _ = audio.decode_audio(capped_recording.path)
     assert len(capped_samples) / 8000 == pytest.approx(3.0, abs=0.05)
+
+
+# -- FunctionResult.connect on a live AI call --------------------------------------------------
+
+CONNECT_TOOL = '''
+@agent.tool(name="connect_human", description="Connect the caller to a person")
+def connect_human(args, raw_data):
+    return FunctionResult("Connecting you now.").connect("CALLEE_URI")
+
+'''
+CALLER_HZ, CALLEE_HZ = 1000, 700
+
+
+async def test_agent_connects_the_caller_and_its_recording_keeps_both_people(tmp_path):
+    """The model's first turn starts the recording, then calls `connect_human`: the agent says
+    its response, the AI session ends, the caller is bridged to a sipp callee (a tone) for the
+    rest of the call; the same recording holds the caller left and the callee right."""
+    callee_stream = g711_stream(audio.tone(CALLEE_HZ, 1.0, -12), tmp_path / "callee.ulaw",
+                                loops=-1)
+    caller_stream = g711_stream(audio.tone(CALLER_HZ, 1.0, -12), tmp_path / "caller.ulaw",
+                                loops=-1)
+    async with start_sipp_uas("uas_answer_bye", media_port=free_port_range(4).start,
+                              keys={"stream": callee_stream}, extra_args=["-d", "4000"]) as uas:
+        source = SEED_CONTINUOUS.replace(
+            "agent.serve()\n", CONNECT_TOOL.replace("CALLEE_URI", uas.uri()) + "agent.serve()\n")
+        with agents(tmp_path, ("callbox", source)) as (agent,):
+            async with FakeLlm(first_turn("start_recording", "connect_human")) as llm, \
+                    platform_with_llm(tmp_path, [agent_route("agent", agent)], llm) as running:
+                block = free_port_range(8)
+                placing = asyncio.ensure_future(run_sipp(
+                    "uac_hangup_by_server", running.target, service="agent",
+                    local_port=block.start, media_port=block.start + 4,
+                    keys={"stream": caller_stream}, timeout=60 + STT_DEADLINE))
+                call = (await wait_until(lambda: running.observed, 10, "the call"))[0].call
+                callee = await wait_until(lambda: call.peer, 30, "the caller connected")
+                # the AI session is over; the call goes on, bridged
+                assert active_conversation(call.id) is None and call.is_active
+                assert callee.to_uri == uas.uri() and callee.direction == "outbound"
+                caller = await placing  # the platform hangs up after the callee's BYE
+                answered = await uas.wait(timeout=20)
+                seen = await running.wait_call_ended(0)
+                (recording,) = seen.call.recordings
+                await finished(recording)
+    assert caller.ok, caller.describe()
+    assert answered.ok, answered.describe()  # its BYE was answered
+    assert [r["messages"][-1]["role"] for r in llm.requests] == ["system"]  # one turn only
+    assert recording.control_id == "main_recording" and recording.state == "finished"
+    samples, _ = audio.decode_audio(recording.path)
+    assert samples.ndim == 2
+    bridged = int((callee.answered_at - recording.start_time) * 8000)
+    window = slice(bridged + 4000, bridged + 20000)  # 0.5 s into the bridge, 2 s long
+    left, right = samples[window, 0], samples[window, 1]
+    assert audio.tone_level_dbfs(left, CALLER_HZ) > -16  # the caller, on the left
+    assert audio.tone_level_dbfs(right, CALLEE_HZ) > -16  # the person, on the right
+    assert audio.tone_level_dbfs(left, CALLEE_HZ) < audio.tone_level_dbfs(left, CALLER_HZ) - 40
+    assert audio.tone_level_dbfs(right, CALLER_HZ) < audio.tone_level_dbfs(right, CALLEE_HZ) - 40
+    # the agent's last words are in the same file, spoken before the bridge
+    last_words = np.asarray(await render_tts("Connecting you now."))
+    peak, lag = audio.max_normalized_xcorr(samples[:, 1], last_words, len(samples),
+                                           min_overlap=0.9)
+    spoken_until = audio.active_spans(last_words, 8000, threshold_dbfs=-40)[-1][1]
+    assert peak > 0.7 and lag + spoken_until * 8000 <= bridged
+
+
+async def test_agent_connect_not_final_resumes_and_does_not_listen_while_connected(tmp_path):
+    """`connect(dest, final=False)`: the conversation goes on after the person hung up; while
+    the caller talks to the person, nothing reaches the agent's speech-to-text."""
+    caller_stream = g711_stream(audio.tone(CALLER_HZ, 1.0, -12), tmp_path / "caller.ulaw",
+                                loops=-1)
+    async with start_sipp_uas("uas_answer_bye", media_port=free_port_range(4).start,
+                              extra_args=["-d", "3000"]) as uas:
+        tool = CONNECT_TOOL.replace("CALLEE_URI", uas.uri()).replace(
+            ".connect(\"" + uas.uri() + "\")", ".connect(\"" + uas.uri() + "\", final=False)")
+        assert "final=False" in tool
+        source = SEED_CONTINUOUS.replace("agent.serve()\n", tool + "agent.serve()\n")
+        with agents(tmp_path, ("callbox", source)) as (agent,):
+            async with FakeLlm(first_turn("connect_human")) as llm, \
+                    platform_with_llm(tmp_path, [agent_route("agent", agent)], llm) as running:
+                block = free_port_range(8)
+                placing = asyncio.ensure_future(run_sipp(
+                    "uac_hangup_by_server", running.target, service="agent",
+                    local_port=block.start, media_port=block.start + 4,
+                    keys={"stream": caller_stream}, timeout=60 + STT_DEADLINE))
+                call = (await wait_until(lambda: running.observed, 10, "the call"))[0].call
+                conversation = await wait_until(
+                    lambda: (c := active_conversation(call.id)) and c.stt and c, 20,
+                    "the conversation listening")
+                assert call.peer is None  # before the model's first turn connected the call
+                stt = conversation.stt
+                fed_while_connected: list[bool] = []
+                feed = stt.feed
+
+                def spy(frame: np.ndarray) -> None:
+                    fed_while_connected.append(call.peer is not None)
+                    feed(frame)
+
+                stt.feed = spy  # type: ignore[method-assign]
+                callee = await wait_until(lambda: call.peer, 30, "the caller connected")
+                assert active_conversation(call.id) is conversation  # not final: it waits
+                await asyncio.wait_for(callee.wait_ended(), 20)  # the person hung up
+                fed_before = len(fed_while_connected)
+                await wait_until(lambda: len(fed_while_connected) > fed_before + 50, 10,
+                                 "the agent listening again")
+                assert active_conversation(call.id) is conversation and call.is_active
+                await call.hangup()
+                caller = await placing
+                answered = await uas.wait(timeout=20)
+    assert caller.ok, caller.describe()
+    assert answered.ok, answered.describe()
+    assert callee.answered_at is not None and not any(fed_while_connected)
 
 
 # -- the official package's agent ---------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""`callbox demo`, the README's main command: the seed voicemail program records a real call."""
+"""`callbox demo`, the README's main command: the seed voicemail program records a real call,
+and a call between two people is recorded in stereo (the caller left, the person called right).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 from tests.peers import audio
 
-from callbox.demo import MESSAGE
+from callbox.demo import CALLER_WORDS, MESSAGE, PERSON_WORDS
 from callbox.server.media.sources import render_tts
 
 pytestmark = pytest.mark.peers
@@ -29,7 +31,7 @@ def test_the_example_is_the_seed_with_only_the_import_changed():
     assert program == seed.replace("from signalwire.relay import", "from callbox.relay import")
 
 
-async def test_demo_records_the_spoken_message(tmp_path):
+async def test_demo_records_the_voicemail_and_the_call_between_two_people(tmp_path):
     process = await asyncio.create_subprocess_exec(
         CALLBOX, "demo", "--data-dir", str(tmp_path / "data"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -48,3 +50,18 @@ async def test_demo_records_the_spoken_message(tmp_path):
     # the message starts after the prompt and the beep: within the first 5 s of the file
     score, _ = audio.max_normalized_xcorr(samples, message, max_lag_samples=5 * 8000)
     assert score > 0.9
+
+    # the call between two people: one stereo file, each party alone on its channel
+    assert "left channel:  the caller" in text and "right channel: the person called" in text
+    url = re.search(r"Bridged recording saved: (https://\S+\.wav)", text).group(1)
+    stereo, rate = audio.decode_audio(tmp_path / "data" / "recordings" / url.rsplit("/", 1)[-1])
+    assert rate == 8000 and stereo.ndim == 2 and stereo.shape[1] == 2
+    left, right = stereo[:, 0], stereo[:, 1]
+    caller = await render_tts(CALLER_WORDS)
+    person = await render_tts(PERSON_WORDS)
+
+    def score(haystack, needle):
+        return audio.max_normalized_xcorr(haystack, needle, max_lag_samples=len(haystack))[0]
+
+    assert score(left, caller) > 0.9 and score(right, person) > 0.9
+    assert score(left, person) < 0.3 and score(right, caller) < 0.3

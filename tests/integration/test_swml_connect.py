@@ -177,6 +177,24 @@ async def test_serial_busy_then_answer_and_parallel_with_call_state_events(
     assert answered["params"]["direction"] == "outbound"
 
 
+async def test_answer_on_bridge_answers_the_caller_when_the_callee_answers(
+        tmp_path: Path) -> None:
+    async with start_sipp_uas("uas_early_media", media_port=media_port(),
+                              extra_args=["-d", "1500"]) as uas:
+        routes = [Route("late", swml=swml(
+            {"connect": {"to": uas.uri(), "answer_on_bridge": True}}))]
+        async with running_platform(tmp_path, routes) as running:
+            placing = caller(running, tmp_path, "late", seconds=3.0)
+            a = await the_call(running)
+            b = await callee_of(a)
+            assert (await placing).ok
+            result = await uas.wait(timeout=20)
+            assert result.ok, result.describe()
+    # the caller was answered only once the callee had answered (the platform's timestamps)
+    assert a.answered_at is not None and b.answered_at is not None
+    assert a.answered_at >= b.answered_at
+
+
 async def test_a_failing_connect_sets_the_reason_and_the_script_goes_on(tmp_path: Path) -> None:
     async with start_sipp_uas("uas_busy", media_port=media_port()) as busy:
         routes = [Route("fails", swml=swml(

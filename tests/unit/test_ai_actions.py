@@ -106,6 +106,24 @@ async def test_swml_hangup_ends_the_script():
     assert host.ended
 
 
+async def test_a_transfer_speaks_the_response_ends_the_ai_then_runs_the_document():
+    """FunctionResult("Connecting you.").connect(dest): the agent's last words, then the AI
+    stops listening, then the caller is connected; the script ends after the document."""
+
+    class EndSeen(FakeHost):
+        def end(self, why: str) -> None:
+            super().end(why)
+            self.timeline.append(("end", why))
+
+    host = EndSeen()
+    action = {**swml_action({"set": {"x": 1}}, {"connect": {"to": "sip:a@h"}}),
+              "transfer": "true"}
+    with pytest.raises(StopScript):
+        await execute_reply(host, {"response": "Connecting you.", "action": [action]})
+    assert host.timeline == [("speak", "Connecting you."), ("end", "SWML transfer"),
+                             ("verb", "set"), ("verb", "connect")]
+
+
 async def test_simple_actions_and_unsupported_ones(caplog):
     caplog.set_level(logging.WARNING)
     host = FakeHost()

@@ -4,8 +4,11 @@ Supported actions:
 
 - `{"SWML": document}` (also `{"raw_swml": text}` inside, and `"transfer": "true"` beside it):
   the document's `main` verbs run with the call's own SWML runner - `record_call`,
-  `stop_record_call`, `play`, `hangup`, `set`, ... exactly as in a script. With transfer the
-  conversation ends after the document (the call does not come back to the AI).
+  `stop_record_call`, `play`, `hangup`, `set`, `connect` ... exactly as in a script. With
+  transfer the reply's response is spoken, the conversation ends (it stops listening), then the
+  document runs and the script ends with it: `FunctionResult.connect(dest)` bridges the caller
+  to `dest` for the rest of the call. Without transfer the conversation goes on after the
+  document (after a `connect`, once the connected party hung up).
 - `say` (speak text), `hangup`, `stop` (end the conversation; the script goes on),
   `set_global_data` / `unset_global_data` (sent with later SWAIG requests), `set_meta_data` /
   `unset_meta_data`, `toggle_functions` (tools offered to the model), `playback_bg` /
@@ -161,8 +164,8 @@ async def execute_reply(host: ActionHost, reply: Mapping[str, Any], *,
                     continue
                 if not host.active:
                     break
-                if is_audible(name, value):
-                    await say_response()
+                if is_audible(name, value) or (transfer and name == "SWML"):
+                    await say_response()  # a transfer leaves the AI: the response goes first
                 await _execute_one(host, name, value, outcome, function, transfer=transfer)
     finally:
         if host.runner.call.is_active:
@@ -263,6 +266,8 @@ async def _run_swml(host: ActionHost, value: Any, outcome: ReplyOutcome, functio
         outcome.note("SWML", "error", str(exc))
         return
     verbs = [name for name, _ in _verbs(document)]
+    if transfer:
+        host.end("SWML transfer")
     for index, instruction in enumerate(document["sections"]["main"]):
         if not runner.call.is_active:
             break
@@ -277,6 +282,5 @@ async def _run_swml(host: ActionHost, value: Any, outcome: ReplyOutcome, functio
             outcome.note("SWML", "error", str(exc))
             return
     outcome.note("SWML", "ok", " ".join(verbs))
-    if transfer:
-        host.end("SWML transfer")
+    if transfer:  # the conversation ended before the document ran
         raise StopScript

@@ -217,16 +217,27 @@ class Conversation:
         return not self._ended.is_set() and self.call.is_active
 
     def end(self, why: str) -> None:
+        """End the conversation: it stops listening and its background audio at once (the
+        call may go on, e.g. connected to a person by a transfer)."""
         if not self._ended.is_set():
             self._end_reason = why
             self._ended.set()
+            self._stop_listening()
+            self.stop_background()
+
+    def _stop_listening(self) -> None:
+        if self._remove_tap is not None:
+            self._remove_tap()
+            self._remove_tap = None
 
     def _on_call_state(self, call: Call) -> None:
         if not call.is_active:
             self.end("call ended")
 
     def _tap(self, speak: np.ndarray, listen: np.ndarray) -> None:
-        if self.stt is not None:
+        # While the call is connected to someone (a `connect` without transfer) the caller
+        # talks to them, not to the agent.
+        if self.stt is not None and self.call.peer is None:
             self.stt.feed(speak)  # the segmenter copies what it keeps
 
     # -- the loop -------------------------------------------------------------------------
@@ -242,8 +253,7 @@ class Conversation:
             self.end("call ended")
         finally:
             self.end(self._end_reason or "done")
-            if self._remove_tap is not None:
-                self._remove_tap()
+            self._stop_listening()
             unsubscribe_state()
             if self.stt is not None:
                 self.stt.close()

@@ -31,7 +31,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from callbox.server.bridge import BridgeEnd, connect
@@ -78,7 +78,7 @@ class ConnectRequest:
     answer_on_bridge: bool = False
     ringback: tuple[str, ...] | None = None
     max_duration: float = DEFAULT_MAX_DURATION
-    ignored: tuple[str, ...] = field(default=())  # parameters callbox does not support
+    ignored: tuple[str, ...] = ()  # parameters callbox does not support
 
     @property
     def plan(self) -> list[list[Device]]:
@@ -240,28 +240,28 @@ class LegStateWebhooks:
     def _call_changed(self, leg: DialLeg, call: Call) -> None:
         """The answered leg's end (dialing reports the legs only until one answers)."""
         if call.state is CallState.ENDED:
-            self._send(leg, "ended", call.end_reason, answered_at=call.answered_at)
+            self._send(leg, "ended", call.end_reason)
 
-    def _send(self, leg: DialLeg, state: str, end_reason: str | None,
-              answered_at: float | None = None) -> None:
+    def _send(self, leg: DialLeg, state: str, end_reason: str | None) -> None:
         hook = self.hooks.get(id(leg.device))
         if hook is None or state not in hook.events:
             return
         to = leg.device.to
+        caller = leg.call.from_user if leg.call is not None else leg.device.from_ or ""
+        answered_at = leg.call.answered_at if leg.call is not None else None
         device = {"type": "sip" if to.lower().startswith("sip:") else "phone",
-                  "params": {"from_number": leg.device.from_ or self.parent.to_user,
-                             "to_number": to}}
+                  "params": {"from_number": caller, "to_number": to}}
         params = wire.state_params(call_id=leg.id, node_id=self.node_id, tag="", state=state,
                                    direction="outbound", device=device,
                                    end_reason=end_reason)
         params["created_by"] = "connect"
         params["parent"] = {"call_id": self.parent.id, "node_id": self.node_id,
                             "device_type": "sip"}
-        if state == "answered" or answered_at is not None:
+        if answered_at is not None:
             params["peer"] = {"call_id": self.parent.id, "node_id": self.node_id}
         now = time.time()
         times = {"start_time": self.started.get(leg.id),
-                 "answer_time": now if state == "answered" else answered_at,
+                 "answer_time": answered_at,
                  "end_time": now if state == "ended" else None}
         params.update({k: int(v * 1000) for k, v in times.items() if v is not None})
         envelope = {"event_type": wire.CALL_STATE, "event_channel":
