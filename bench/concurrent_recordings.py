@@ -720,7 +720,7 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
     else:
         callee_source = None
     result = StepResult(variant.name, loop, calls, seconds, legs=variant.legs * calls,
-                        max_cpu_pct=max_cpu_pct)
+                        callee_calls_ok=0 if variant.bridged else -1, max_cpu_pct=max_cpu_pct)
     relay_proc: subprocess.Popen[bytes] | None = None
     callee_sipp: SippResult | None = None
     samples: list[Sample] = []
