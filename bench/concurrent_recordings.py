@@ -3,7 +3,10 @@
 Starts the platform (`callbox serve`, a subprocess with a generated config and its own data
 directory), drives N concurrent calls with sipp (each streams the same known speech file for
 `--seconds`, then hangs up; calls are ramped with `-r`), records every call (a SWML
-`record_call` route, or a RELAY program), and measures:
+`record_call` route, or a RELAY program), and measures what follows. The `bridged-*` variant
+connects every call (SWML `record_call` then `connect`) to one sipp UAS that answers all N and
+streams other speech back: N pairs, 2N legs, each pair recorded stereo on the inbound leg
+(caller left, callee right), both channels checked; "per call" then means per pair.
 
 - the platform's CPU time per recorded call-second (utime+stime of the platform process, all
   threads, from /proc, over the window where all N calls are up), its event-loop thread's share,
@@ -13,7 +16,8 @@ directory), drives N concurrent calls with sipp (each streams the same known spe
 - every recording decoded and compared with the source, 20 ms frame by 20 ms frame, after
   aligning by cross-correlation: a frame is lost when it differs from the source by more than
   G.711 noise (WAV: the file must equal the decoded G.711 stream) or, for MP3, by more than the
-  codec's own error (see LOSSY_ERROR_RATIO);
+  codec's own error (see LOSSY_ERROR_RATIO); bridged, the right channel likewise against the
+  callee's source (aligned on its own: it starts when the callee answered);
 - the time from sipp's BYE to the recording's `finished` event (its `end_time` in the REST
   API; sipp logs the moment each BYE leaves), p50 and p99;
 - SIP setup latency: sipp's INVITE -> 200 OK response time (`rtd`), p50 and p99.
@@ -28,8 +32,11 @@ this bench) used under `--max-cpu` (80 %) of the machine; other users' CPU is re
         --loops uvloop --seconds 60                                       # one step
     .venv/bin/python bench/concurrent_recordings.py --max-minutes 60 --results bench/RESULTS.md
 
-`tests/integration/test_concurrent_recordings.py` runs a small step (20 calls x 10 s) through
-the same functions as a correctness test.
+    .venv/bin/python bench/concurrent_recordings.py --variants wav-stereo,bridged-wav-stereo \\
+        --loops uvloop --steps 150,250,300                                # bridged vs not
+
+`tests/integration/test_concurrent_recordings.py` runs small steps (20 calls, 5 bridged pairs,
+x 10 s) through the same functions as a correctness test.
 """
 
 from __future__ import annotations
@@ -70,7 +77,13 @@ from tests.peers.ports import (  # noqa: E402
     free_tcp_port,
     free_udp_port,
 )
-from tests.peers.sipp import SippResult, run_sipp, stream_key  # noqa: E402
+from tests.peers.sipp import (  # noqa: E402
+    SippResult,
+    SippUas,
+    run_sipp,
+    start_sipp_uas,
+    stream_key,
+)
 
 from callbox.server.media.g711 import ulaw_decode, ulaw_encode  # noqa: E402
 
@@ -109,6 +122,7 @@ class Variant:
     format: str
     stereo: bool
     relay: bool = False
+    bridged: bool = False  # the route connects each caller to a sipp callee (2 legs a call)
 
     def record_params(self) -> dict[str, object]:
         return {"format": self.format, "stereo": self.stereo, "direction": "both"}
@@ -117,6 +131,11 @@ class Variant:
     def lossy(self) -> bool:
         return self.format == "mp3"
 
+    @property
+    def legs(self) -> int:
+        """SIP calls on the platform per recorded call."""
+        return 2 if self.bridged else 1
+
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("wav-mono", "wav", False),
@@ -124,16 +143,35 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("mp3-mono", "mp3", False),
     Variant("mp3-stereo", "mp3", True),
     Variant("relay-wav-stereo", "wav", True, relay=True),
+    Variant("bridged-wav-stereo", "wav", True, bridged=True),
 )}
 
 
 @dataclass(frozen=True)
+class Speaker:
+    """Who streams a source: the sentences, the espeak-ng voice and the two-tone bed under them."""
+
+    name: str
+    sentences: tuple[str, ...]
+    voice: str
+    bed_hz: tuple[float, float]
+    late_seconds: float  # starts up to this long after the caller's ACK, so ends this much sooner
+
+
+CALLER = Speaker("caller", SENTENCES, "en", (350.0, 440.0), 0.0)
+# The callee says other sentences in another voice over another bed: a channel holding the wrong
+# party (or both) does not match its source. The platform dials it once the caller is answered,
+# so its stream starts later; it is shorter by `late_seconds` to end before the caller's BYE.
+CALLEE = Speaker("callee", SENTENCES[::-1], "en+f3", (480.0, 620.0), 1.5)
+
+
+@dataclass(frozen=True)
 class Source:
-    """The audio every caller streams, and what the platform should receive of it."""
+    """The audio every caller (or callee) streams, and what the platform should receive of it."""
 
     stream: str  # sipp `-key stream` value
     path: Path  # headerless PCMU
-    call_seconds: float  # ACK -> BYE
+    call_seconds: float  # the caller's ACK -> BYE
     frames: int  # RTP packets per call
     content_start: int  # first sample that is checked (after the lead-in)
 
@@ -142,28 +180,30 @@ class Source:
         return ulaw_decode(self.path.read_bytes())
 
 
-def make_source(call_seconds: float, directory: Path) -> Source:
+def make_source(call_seconds: float, directory: Path, speaker: Speaker = CALLER) -> Source:
     """Speech (espeak-ng) over a quiet two-tone bed, lead-in silence, as a PCMU file lasting
-    `call_seconds - TAIL_SECONDS`."""
-    if call_seconds < LEAD_SECONDS + TAIL_SECONDS + 1.0:
-        raise ValueError(f"calls must last at least 2 s, got {call_seconds:g}")
-    total = round((call_seconds - TAIL_SECONDS) * RATE) // FRAME * FRAME
+    `call_seconds - TAIL_SECONDS - speaker.late_seconds`."""
+    shortest = LEAD_SECONDS + TAIL_SECONDS + speaker.late_seconds + 1.0
+    if call_seconds < shortest:
+        raise ValueError(f"calls must last at least {shortest:g} s, got {call_seconds:g}")
+    total = round((call_seconds - TAIL_SECONDS - speaker.late_seconds) * RATE) // FRAME * FRAME
     lead = int(LEAD_SECONDS * RATE)
     pieces: list[np.ndarray] = []
     length = 0
     while length < total - lead:
-        for sentence in SENTENCES:
-            piece = audio.speech(sentence)
+        for sentence in speaker.sentences:
+            piece = audio.speech(sentence, voice=speaker.voice)
             pieces += [piece, np.zeros(RATE // 4, np.int16)]
             length += len(piece) + RATE // 4
     speech = np.concatenate(pieces)[: total - lead].astype(np.float64)
     t = np.arange(len(speech)) / RATE
-    bed = 10 ** (BED_DBFS / 20) * 32767 * 0.5 * (np.sin(2 * np.pi * 350 * t)
-                                                  + np.sin(2 * np.pi * 440 * t))
+    low, high = speaker.bed_hz
+    bed = 10 ** (BED_DBFS / 20) * 32767 * 0.5 * (np.sin(2 * np.pi * low * t)
+                                                  + np.sin(2 * np.pi * high * t))
     content = np.clip(speech + bed, -32768, 32767).astype(np.int16)
     samples = np.concatenate([np.zeros(lead, np.int16), content])
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"source-{call_seconds:g}s.ulaw"
+    path = directory / f"source-{speaker.name}-{call_seconds:g}s.ulaw"
     path.write_bytes(ulaw_encode(samples))
     return Source(stream_key(path, 1, 0), path, call_seconds, total // FRAME, lead)
 
@@ -172,20 +212,34 @@ def make_source(call_seconds: float, directory: Path) -> Source:
 
 
 @dataclass
-class FrameCheck:
-    """One recording against the source."""
+class ChannelCheck:
+    """One channel of a recording against the source its party streamed."""
 
-    path: str
     frames: int = 0  # content frames checked
     lost: int = 0  # frames missing or different
     lag: int = 0  # samples: where the source's first sample sits in the recording
-    duration: float = 0.0  # seconds of audio in the file
-    channels: int = 0
     score: float = 0.0  # normalised cross-correlation at `lag`
     lost_at: list[int] = field(default_factory=list)  # checked frame numbers (first few)
     skipped: int = 0  # content frames sent before the recording started
+
+
+@dataclass
+class FrameCheck:
+    """One recording against the sources: the caller's on the first channel (the only one of
+    a mono file) and, when bridged, the callee's on the second."""
+
+    path: str
+    caller: ChannelCheck = field(default_factory=ChannelCheck)
+    callee: ChannelCheck | None = None
+    duration: float = 0.0  # seconds of audio in the file
+    channels: int = 0
     expected_duration: float = math.nan  # seconds from the recording's start to the BYE
     error: str = ""
+
+    @property
+    def lost(self) -> int:
+        """Lost frames on every checked channel."""
+        return self.caller.lost + (self.callee.lost if self.callee else 0)
 
 
 def count_lost_frames(recorded: np.ndarray, reference: np.ndarray, content_start: int,
@@ -198,18 +252,20 @@ def count_lost_frames(recorded: np.ndarray, reference: np.ndarray, content_start
 
 
 def lost_frame_map(recorded: np.ndarray, reference: np.ndarray, content_start: int,
-                   *, lossy: bool) -> tuple[int, np.ndarray, int, float, int]:
+                   *, lossy: bool, max_lag_seconds: float = MAX_START_LAG_SECONDS,
+                   ) -> tuple[int, np.ndarray, int, float, int]:
     """:func:`count_lost_frames` with the per-frame verdict (True = lost) instead of a count.
 
     Returns (frames checked, verdicts, lag, score, frames skipped): content frames the caller
     sent before the recording started (a RELAY program answers, then records) are skipped,
     not lost; from the recording's first sample to the source's end every frame must be there.
+    The source may start up to `max_lag_seconds` into the recording.
     """
     rec = recorded.astype(np.float64)
     ref = reference.astype(np.float64)
     probe_at = content_start + PROBE_OFFSET_SECONDS * RATE
     probe = ref[probe_at: probe_at + 3 * RATE]
-    max_lag = int(MAX_START_LAG_SECONDS * RATE)
+    max_lag = int(max_lag_seconds * RATE)
     window = rec[: probe_at + len(probe) + max_lag]
     score, shift = audio.max_normalized_xcorr(window, probe, max_lag + probe_at,
                                               min_overlap=0.9)
@@ -232,34 +288,51 @@ def lost_frame_map(recorded: np.ndarray, reference: np.ndarray, content_start: i
     return frames, error > ratio * np.maximum(power, 1.0), lag, score, skipped
 
 
-_REFERENCES: dict[str, np.ndarray] = {}
+_REFERENCES: dict[Path, np.ndarray] = {}
 
 
-def check_recording(path: str, source_path: str, content_start: int, lossy: bool) -> FrameCheck:
-    """Decode one recording and count its lost frames (runs in worker processes)."""
+def check_channel(recorded: np.ndarray, source: Source, *, lossy: bool,
+                  max_lag_seconds: float = MAX_START_LAG_SECONDS) -> ChannelCheck:
+    """One channel against `source`, frame by frame (see :func:`lost_frame_map`)."""
+    reference = _REFERENCES.get(source.path)
+    if reference is None:
+        reference = _REFERENCES[source.path] = source.reference()
+    check = ChannelCheck()
+    check.frames, bad, check.lag, check.score, check.skipped = lost_frame_map(
+        recorded, reference, source.content_start, lossy=lossy, max_lag_seconds=max_lag_seconds)
+    check.lost = int(np.count_nonzero(bad))
+    check.lost_at = [int(i) for i in np.flatnonzero(bad)[:10]]
+    return check
+
+
+def check_recording(path: str, caller: Source, callee: Source | None, lossy: bool
+                    ) -> FrameCheck:
+    """Decode one recording and count its lost frames (runs in worker processes): the first
+    channel against the caller's source; with a `callee`, the second channel against the
+    callee's, which may start as late as the callee answers."""
     check = FrameCheck(path)
     try:
-        reference = _REFERENCES.get(source_path)
-        if reference is None:
-            reference = _REFERENCES[source_path] = ulaw_decode(Path(source_path).read_bytes())
         samples, rate = audio.decode_audio(path)
         if rate != RATE:
             raise ValueError(f"sample rate {rate}, expected {RATE}")
         check.channels = 1 if samples.ndim == 1 else samples.shape[1]
         check.duration = len(samples) / RATE
         speak = samples if samples.ndim == 1 else samples[:, 0]
-        check.frames, bad, check.lag, check.score, check.skipped = lost_frame_map(
-            speak, reference, content_start, lossy=lossy)
-        check.lost = int(np.count_nonzero(bad))
-        check.lost_at = [int(i) for i in np.flatnonzero(bad)[:10]]
+        check.caller = check_channel(speak, caller, lossy=lossy)
+        if callee is not None:
+            if check.channels != 2:
+                raise ValueError(f"{check.channels} channel(s): no callee channel to check")
+            check.callee = check_channel(samples[:, 1], callee, lossy=lossy,
+                                         max_lag_seconds=MAX_START_LAG_SECONDS
+                                         + CALLEE.late_seconds)
     except Exception as exc:  # a broken file is a result, not a crash of the bench
         check.error = f"{type(exc).__name__}: {exc}"
     return check
 
 
-def check_recordings(paths: Sequence[str], source: Source, *, lossy: bool,
-                     workers: int = 2) -> list[FrameCheck]:
-    args = [(p, str(source.path), source.content_start, lossy) for p in paths]
+def check_recordings(paths: Sequence[str], caller: Source, callee: Source | None = None, *,
+                     lossy: bool, workers: int = 2) -> list[FrameCheck]:
+    args = [(p, caller, callee, lossy) for p in paths]
     if workers <= 1 or len(paths) < 8:
         return [check_recording(*a) for a in args]
     with ProcessPoolExecutor(workers) as pool:
@@ -336,21 +409,29 @@ def raise_open_files_limit(wanted: int = 65536) -> int:
 # -- the platform under test ----------------------------------------------------------------
 
 
-def swml_route(variant: Variant) -> str:
+def swml_route(variant: Variant, callee_uri: str | None = None) -> str:
+    """Answer, record, then stay on the line (or, bridged, connect to `callee_uri`)."""
+    last: dict[str, object] = {"sleep": 3_600_000}
+    if variant.bridged:
+        if callee_uri is None:
+            raise ValueError(f"the {variant.name} variant needs a callee URI")
+        last = {"connect": {"to": callee_uri}}
     return json.dumps({"version": "1.0.0", "sections": {"main": [
-        {"answer": {}}, {"record_call": variant.record_params()}, {"sleep": 3_600_000},
+        {"answer": {}}, {"record_call": variant.record_params()}, last,
     ]}}, separators=(",", ":"))
 
 
-def write_config(directory: Path, variant: Variant, calls: int) -> tuple[Path, dict[str, int]]:
-    """A callbox.toml for this step: fresh data dir, an RTP range of 2 ports per call (+100),
-    max_calls above N, a plain-HTTP listener for the bench's polling (no TLS handshakes in
-    the numbers), and the recording route."""
-    rtp = free_port_range(2 * calls + 100)
+def write_config(directory: Path, variant: Variant, calls: int,
+                 callee_uri: str | None = None) -> tuple[Path, dict[str, int]]:
+    """A callbox.toml for this step: fresh data dir, an RTP range of 2 ports per leg (+100),
+    max_calls above N legs, a plain-HTTP listener for the bench's polling (no TLS handshakes
+    in the numbers), and the recording route."""
+    legs = variant.legs * calls
+    rtp = free_port_range(2 * legs + 100)
     ports = {"sip": free_udp_port(), "https": free_tcp_port(), "http": free_tcp_port()}
     lines = [
         "[sip]", f'listen = "127.0.0.1:{ports["sip"]}"',
-        f'rtp_ports = "{rtp.start}-{rtp.stop - 1}"', f"max_calls = {calls + 100}",
+        f'rtp_ports = "{rtp.start}-{rtp.stop - 1}"', f"max_calls = {legs + 100}",
         "[http]", f'listen = "127.0.0.1:{ports["https"]}"',
         f'public_url = "https://127.0.0.1:{ports["https"]}"',
         f'plain_listen = "127.0.0.1:{ports["http"]}"',
@@ -360,7 +441,7 @@ def write_config(directory: Path, variant: Variant, calls: int) -> tuple[Path, d
         "[[routes]]", f'number = "{SERVICE}"',
     ]
     lines += [f'context = "{RELAY_CONTEXT}"'] if variant.relay else [
-        f"swml = '{swml_route(variant)}'"]
+        f"swml = '{swml_route(variant, callee_uri)}'"]
     path = directory / "callbox.toml"
     path.write_text("\n".join(lines) + "\n")
     return path, ports
@@ -369,9 +450,10 @@ def write_config(directory: Path, variant: Variant, calls: int) -> tuple[Path, d
 class ServedPlatform:
     """`callbox serve` as a subprocess, with its log in a file."""
 
-    def __init__(self, directory: Path, variant: Variant, calls: int, loop: str) -> None:
+    def __init__(self, directory: Path, variant: Variant, calls: int, loop: str,
+                 callee_uri: str | None = None) -> None:
         self.directory = directory
-        self.config, self.ports = write_config(directory, variant, calls)
+        self.config, self.ports = write_config(directory, variant, calls, callee_uri)
         self.loop = loop
         self.log_path = directory / "platform.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -473,10 +555,13 @@ class Sample:
 class StepResult:
     variant: str
     loop: str
-    calls: int
+    calls: int  # recorded calls (bridged: pairs)
     seconds: float
+    legs: int = 0  # SIP calls on the platform (bridged: 2 per pair)
     calls_ok: int = 0
     calls_failed: int = 0
+    callee_calls_ok: int = -1  # bridged: calls the sipp callee completed (-1: no callee)
+    callee_answer_ms: tuple[float, float, float] = (math.nan, math.nan, math.nan)
     recordings: int = 0
     complete: int = 0  # finished, 0 lost frames, right duration
     lost_frames: int = 0
@@ -510,7 +595,7 @@ class StepResult:
     @property
     def passed(self) -> bool:
         return (not self.problems and self.complete == self.calls
-                and self.calls_ok == self.calls
+                and self.calls_ok == self.calls and self.callee_calls_ok in (-1, self.calls)
                 and not (self.our_cpu_pct >= self.max_cpu_pct))
 
 
@@ -607,22 +692,47 @@ def _steady_window(samples: list[Sample], calls: int) -> tuple[Sample, Sample] |
     return samples[full[0] + 1], samples[full[-1] - 1]
 
 
+def start_callees(calls: int, source: Source, workdir: Path
+                  ) -> contextlib.AbstractAsyncContextManager[SippUas]:
+    """One sipp UAS taking the platform's `calls` outbound calls: each answered at once,
+    `source` streamed once from the ACK, ended by the platform's BYE. Media ports: a block of
+    4 per call (sipp's `[auto_media_port]`); sipp accepts incoming calls without a `-l` limit."""
+    media = free_port_range(4 * calls + 8)
+    return start_sipp_uas("uas_answer", media_port=media.start, keys={"stream": source.stream},
+                          calls=calls, trace_messages=False, workdir=workdir,
+                          extra_args=["-fd", "5"])
+
+
 async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate: float = 50.0,
                    loop: str = "uvloop", workdir: Path, source: Source | None = None,
-                   max_cpu_pct: float = 80.0, analysis_workers: int = 2,
+                   callee_source: Source | None = None, max_cpu_pct: float = 80.0,
+                   analysis_workers: int = 2,
                    progress: Callable[[str], object] | None = None) -> StepResult:
-    """Run N concurrent recorded calls against a fresh platform and measure everything."""
+    """Run N concurrent recorded calls (bridged: N pairs, each caller connected to a sipp
+    callee streaming `callee_source`) against a fresh platform and measure everything."""
     started = time.monotonic()
     say = progress or (lambda _msg: None)
     workdir.mkdir(parents=True, exist_ok=True)
     raise_open_files_limit()
     source = source or make_source(seconds, workdir)
-    result = StepResult(variant.name, loop, calls, seconds, max_cpu_pct=max_cpu_pct)
-    platform = ServedPlatform(workdir, variant, calls, loop)
+    if variant.bridged:
+        callee_source = callee_source or make_source(seconds, workdir, CALLEE)
+    else:
+        callee_source = None
+    result = StepResult(variant.name, loop, calls, seconds, legs=variant.legs * calls,
+                        callee_calls_ok=0 if variant.bridged else -1, max_cpu_pct=max_cpu_pct)
     relay_proc: subprocess.Popen[bytes] | None = None
+    callee_sipp: SippResult | None = None
     samples: list[Sample] = []
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))
+        callees = None
+        if callee_source is not None:
+            callees = await stack.enter_async_context(
+                start_callees(calls, callee_source, workdir / "callee"))
+        platform = ServedPlatform(workdir, variant, calls, loop,
+                                  callees.uri("callee") if callees else None)
         try:
             metrics = await platform.start(session)
             result.loop = metrics.get("event_loop", loop)
@@ -666,6 +776,8 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
             result.late_ticks = metrics.get("media_late_ticks", 0)
             result.max_stall_ms = metrics.get("media_max_behind_ms", 0.0)
             rows = await platform.recordings(session)
+            if callees is not None:  # it got every BYE by now, unless calls failed
+                callee_sipp = await callees.wait(timeout=10)
         finally:
             if relay_proc is not None:
                 result.relay_ms_per_call = proc_cpu_seconds(relay_proc.pid) * 1000 / calls
@@ -679,8 +791,15 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
         result.problems.append(f"sipp exit {sipp.returncode}"
                                f"{' (timed out)' if sipp.timed_out else ''}")
     result.rtp_sent = result.calls_ok * source.frames
+    if callee_sipp is not None and callee_source is not None:
+        result.callee_calls_ok = callee_sipp.stat("SuccessfulCall")
+        if not callee_sipp.ok:
+            result.problems.append(f"callee sipp exit {callee_sipp.returncode}"
+                                   f"{' (stopped)' if callee_sipp.timed_out else ''}, "
+                                   f"{result.callee_calls_ok} calls completed")
+        result.rtp_sent += result.callee_calls_ok * callee_source.frames
     result.setup_ms = percentiles(sipp_response_times(workdir / "sipp"))
-    window = _steady_window(samples, calls)
+    window = _steady_window(samples, result.legs)
     if window is None:
         result.problems.append("never had all calls up at once (ramp too slow for the length?)")
     else:
@@ -727,7 +846,7 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
         result.problems.append(f"BYE time known for {len(latencies)} of {len(finished)}")
     say(f"{variant.name} {loop} N={calls}: checking {len(finished)} recordings")
     paths = [str(data_dir / f"{r['id']}.{r['format']}") for r in finished]
-    result.checks = check_recordings(paths, source, lossy=variant.lossy,
+    result.checks = check_recordings(paths, source, callee_source, lossy=variant.lossy,
                                      workers=analysis_workers)
     channels = 2 if variant.stereo else 1
     tolerance = DURATION_TOLERANCE + (MP3_EXTRA_SECONDS if variant.lossy else 0.0)
@@ -747,19 +866,33 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
         result.problems.append(f"{result.bad_duration} recordings of the wrong length (worst: "
                                f"{worst.duration} s for {worst.expected_duration} s)")
     if result.checks:
-        result.max_start_lag_ms = max(c.lag for c in result.checks) * 1000 / RATE
-        late_start = max(c.skipped for c in result.checks)
+        result.max_start_lag_ms = max(c.caller.lag for c in result.checks) * 1000 / RATE
+        late_start = max(c.caller.skipped for c in result.checks)
         if late_start and not variant.relay:  # SWML starts at the answer, before any audio
             result.problems.append(f"a recording started {late_start * 20} ms into the "
                                    "caller's audio")
+    callee_checks = [c.callee for c in result.checks if c.callee is not None]
+    if callee_checks:  # the callee's audio starts in the recording when it answered
+        result.callee_answer_ms = percentiles(c.lag * 1000 / RATE for c in callee_checks)
     lossy_calls = [c for c in result.checks if c.lost]
     if lossy_calls:
-        where = sorted({round(i * FRAME / RATE, 1) for c in lossy_calls for i in c.lost_at})
-        result.problems.append(f"{len(lossy_calls)} recordings lost frames, at content "
-                               f"seconds {where[:8]}")
+        result.problems.append(f"{len(lossy_calls)} recordings lost frames"
+                               + lost_frames_where(result.checks))
     result.wall_seconds = time.monotonic() - started
     (workdir / "result.json").write_text(json.dumps(asdict(result), indent=1, default=str))
     return result
+
+
+def lost_frames_where(checks: Sequence[FrameCheck]) -> str:
+    """", at content seconds [...]" per channel that lost frames (the first few)."""
+    parts = []
+    sides = (("caller", [c.caller for c in checks]),
+             ("callee", [c.callee for c in checks if c.callee is not None]))
+    for side, channels in sides:
+        where = sorted({round(i * FRAME / RATE, 1) for ch in channels for i in ch.lost_at})
+        if where:
+            parts.append(f"{side} channel at content seconds {where[:8]}")
+    return ": " + "; ".join(parts) if parts else ""
 
 
 # -- the RELAY variant ------------------------------------------------------------------------
@@ -802,12 +935,12 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 # -- report -----------------------------------------------------------------------------------
 
 HEADER = (
-    "| variant | loop | N | calls ok | recordings complete | lost frames "
+    "| variant | loop | N | legs | calls ok | recordings complete | lost frames "
     "| CPU ms per rec. call-s | platform CPU (% of 1 core) | loop thread % "
     "| machine CPU % (ours / all) | sipp CPU % | other CPU % | peak RSS MB | RSS per call KB "
     "| RTP sent / received / late | clock max stall ms | BYE->finished p50 / p99 ms "
     "| SIP setup p50 / p99 ms | pass |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -821,7 +954,12 @@ def table_row(r: StepResult) -> str:
                                                  if r.problems else "")
     name = r.variant + (f" (RELAY program: {_f(r.relay_ms_per_call, 1)} ms CPU per call)"
                         if not math.isnan(r.relay_ms_per_call) else "")
-    return (f"| {name} | {r.loop} | {r.calls} | {r.calls_ok} | {r.complete}/{r.calls} "
+    calls_ok = str(r.calls_ok)
+    if r.callee_calls_ok >= 0:
+        name += (f" (callee audio from {_f(r.callee_answer_ms[0])} / "
+                 f"{_f(r.callee_answer_ms[1])} ms p50 / p99)")
+        calls_ok += f" (callee {r.callee_calls_ok})"
+    return (f"| {name} | {r.loop} | {r.calls} | {r.legs} | {calls_ok} | {r.complete}/{r.calls} "
             f"| {r.lost_frames} | {_f(r.cpu_ms_per_call_second, 3)} | {_f(r.platform_cpu_pct)} "
             f"| {_f(r.loop_cpu_pct)} | {_f(r.our_cpu_pct)} / {_f(r.machine_cpu_pct)} "
             f"| {_f(r.sipp_cpu_pct)} "
@@ -895,6 +1033,8 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="callbox-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     source = make_source(args.seconds, root)
+    callee_source = (make_source(args.seconds, root, CALLEE)
+                     if any(v.bridged for v in variants) else None)
     print(f"# concurrent_recordings: {machine_description()}; commit {git_commit()}; "
           f"calls of {args.seconds:g} s ramped at {args.rate:g}/s; workdir {root}", flush=True)
     print(HEADER, flush=True)
@@ -903,7 +1043,7 @@ def main(argv: list[str] | None = None) -> int:
     for loop in loops:
         for variant in variants:
             for calls in steps:
-                estimate = args.seconds + calls / args.rate + 30 + calls * 0.05
+                estimate = args.seconds + calls / args.rate + 30 + calls * 0.05 * variant.legs
                 if time.monotonic() + estimate > deadline:
                     skipped.append(f"{variant.name} {loop} N>={calls}")
                     break
@@ -913,12 +1053,13 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         result = asyncio.run(run_step(
                             variant, calls, seconds=args.seconds, rate=args.rate, loop=loop,
-                            workdir=step_dir, source=source, max_cpu_pct=args.max_cpu,
+                            workdir=step_dir, source=source, callee_source=callee_source,
+                            max_cpu_pct=args.max_cpu,
                             progress=lambda msg: print(f"  ... {msg}", file=sys.stderr,
                                                        flush=True)))
                     except Exception as exc:  # a step that cannot run fails; the rest goes on
                         result = StepResult(variant.name, loop, calls, args.seconds,
-                                            max_cpu_pct=args.max_cpu)
+                                            legs=variant.legs * calls, max_cpu_pct=args.max_cpu)
                         result.problems.append(f"the step could not run: {exc!r}"[:300])
                     results.append(result)
                     print(table_row(result), flush=True)
