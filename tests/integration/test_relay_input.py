@@ -5,7 +5,8 @@ official `signalwire-sdk` (from `.venv-sw`) collect them.
 - ours: play_and_collect with a TTS prompt; the first digit stops the prompt (barge-in,
   checked on the platform's play events) and counts; "1 2 #" gives digits "12", terminator "#";
   bad params get 400 naming the field; commands on an ended call get 410.
-- the official client: collect max 2 -> the digits; collect with nobody pressing -> no_input
+- the official client: collect max 2 -> the digits; prompt_tts (play_and_collect) -> the digit
+  pressed during the prompt; collect with nobody pressing -> no_input
   after the initial timeout; send_digits("123") while recording -> baresip receives 1, 2, 3 and
   the recording finishes; bad params -> 400; collect on an ended call -> 410.
 """
@@ -210,6 +211,10 @@ async def handle_call(call):
     first = await call.collect(digits={"max": 2, "digit_timeout": 5}, initial_timeout=15)
     say("COLLECTING")
     say("DIGITS", (await first.wait(timeout=20)).params)
+    prompt = await call.prompt_tts("Press one to be recorded.",
+                                   {"digits": {"max": 1}, "initial_timeout": 15})
+    say("PROMPTING")
+    say("PROMPT", (await prompt.wait(timeout=20)).params)
     silent = await call.collect(digits={"max": 2}, initial_timeout=1)
     say("NO_INPUT", (await silent.wait(timeout=20)).params)
 
@@ -265,6 +270,9 @@ async def test_official_client_collects_times_out_and_sends_digits(tmp_path: Pat
             await read_step(proc, "COLLECTING")
             await phone.send_dtmf("47")
             digits = await read_step(proc, "DIGITS")
+            await read_step(proc, "PROMPTING")
+            await phone.send_dtmf("1")
+            prompted = await read_step(proc, "PROMPT")
             no_input = await read_step(proc, "NO_INPUT")
             send = await read_step(proc, "SEND")
             sent = await read_step(proc, "SENT")
@@ -280,7 +288,9 @@ async def test_official_client_collects_times_out_and_sends_digits(tmp_path: Pat
     assert digits["result"] == {"type": "digit", "params": {"digits": "47", "terminator": ""}}
     assert digits["final"] is True and digits["state"] == "finished"
     assert no_input["result"] == {"type": "no_input"} and no_input["final"] is True
-    assert seen.digits == ["4", "7"]  # nothing pressed during the second collect
+    # prompt_tts (play_and_collect): the digit pressed during the prompt
+    assert prompted["result"] == {"type": "digit", "params": {"digits": "1", "terminator": ""}}
+    assert seen.digits == ["4", "7", "1"]  # nothing pressed during the silent collect
     assert send["code"] == "200" and send["control_id"]
     assert sent == {"call_id": seen.call.id, "node_id": sent["node_id"],
                     "control_id": send["control_id"], "state": "finished"}
