@@ -35,6 +35,7 @@ from tests.integration.test_relay import (
 )
 from tests.integration.test_relay import ROUTES as RELAY_ROUTES
 from tests.peers import audio
+from tests.peers.baresip import Baresip
 from tests.peers.official_sdk import official_sdk_python
 from tests.peers.poll import until
 from tests.peers.ports import free_port_range
@@ -213,6 +214,33 @@ async def test_client_dial_returns_the_answered_call_and_records_the_callee(
     assert result.ok, result.describe()  # the program's hangup reached the callee as a BYE
     samples, rate = audio.decode_audio(path)
     assert rate == 8000 and len(samples) > 8000
+    assert audio.tone_level_dbfs(samples[800:-800], CALLEE_HZ) > -16
+
+
+@pytest.mark.parametrize("kind", ["callbox", "signalwire-sdk"])
+async def test_client_dial_reaches_a_softphone_that_answers_by_itself(
+        tmp_path: Path, kind: str, peer_env: Any) -> None:
+    code = DIAL_PROGRAM
+    python = str(official_sdk_python())
+    if kind == "callbox":
+        code = code.replace("from signalwire.relay", "from callbox.relay")
+        python = sys.executable
+    program = tmp_path / "dial.py"
+    async with Baresip(source=audio.tone(CALLEE_HZ, 5.0, -12), auto_answer=True) as phone, \
+            relay_platform(tmp_path) as running:
+        program.write_text(fill(code, running))
+        proc = await run_program(running, program, python, phone.uri)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 40)
+        finally:
+            await stop_program(proc)
+        assert proc.returncode == 0, err.decode()[-3000:]
+        lines = program_lines(out.decode())
+        (recorded,) = [line for line in lines if line[0] == "recorded"]
+        assert recorded[1] == "finished"
+        path = await fetch_recording(running, recorded[2], tmp_path / "softphone.wav")
+        await phone.wait_call_closed(timeout=10)  # the program's hangup reached baresip
+    samples, _ = audio.decode_audio(path)
     assert audio.tone_level_dbfs(samples[800:-800], CALLEE_HZ) > -16
 
 
