@@ -22,6 +22,7 @@ from callbox.server.bridge import BridgeEnd, connect
 from callbox.server.call import Call
 from callbox.server.config import Trunk
 from callbox.server.dialing import Device, DialFailed, DialLeg
+from callbox.server.outbound import OutboundError
 from callbox.server.recording.engine import Recording
 from callbox.wire.recording import RecordParams
 
@@ -268,3 +269,20 @@ async def test_a_number_is_connected_through_the_trunk(tmp_path: Path) -> None:
         assert [r.authorized for r in carrier.requests("INVITE")] == [False, True]
     samples, _ = audio.decode_audio(recording.path)
     assert audio.tone_level_dbfs(tail(samples[:, 1], 1.0), CALLEE_HZ) > -16
+
+
+async def test_an_unreachable_destination_fails_as_an_error_and_a_bad_one_at_once(
+        tmp_path: Path) -> None:
+    async with running_platform(tmp_path) as running:
+        placing = caller(running, tmp_path, seconds=8.0)
+        a = await inbound_call(running)
+        nobody = f"sip:x@127.0.0.1:{free_udp_port()}"  # nothing listens: no response at all
+        with pytest.raises(DialFailed) as failed:
+            await connect(a, running.platform.outbound, [[Device(nobody)]])
+        assert (failed.value.status, failed.value.end_reason) == (408, "error")
+        with pytest.raises(OutboundError, match="no trunk is configured"):
+            await connect(a, running.platform.outbound, [[Device("+15550001")]])
+        assert running.platform.ports.in_use == 1  # only the caller's: nothing leaked
+        assert a.is_active and a.peer is None
+        await a.hangup()
+        await placing

@@ -36,6 +36,7 @@ from callbox.server.sip.uac import UacState
 log = logging.getLogger(__name__)
 
 CANCELLED_STATUS = 487  # a leg we gave up on
+NO_RESPONSE_STATUS = 408  # nothing answered in time: unreachable when not even a 100 came
 # SIP status of a failed attempt -> the end reason SignalWire reports.
 END_REASONS = {486: "busy", 600: "busy", 603: "decline", 408: "noAnswer", 480: "noAnswer",
                487: "noAnswer"}
@@ -150,8 +151,11 @@ async def _ring_group(
 
     async def ring(leg: DialLeg) -> None:
         report(leg, "created")
+        heard_from = False  # any response at all: the destination is there
 
         def progress(state: UacState, response: SipResponse) -> None:
+            nonlocal heard_from
+            heard_from = True
             if response.status in (180, 183) or state is UacState.EARLY:
                 report(leg, "ringing")
 
@@ -166,7 +170,8 @@ async def _ring_group(
                 on_progress=progress, on_early_media=early, project_id=project_id,
                 call_id=leg.id, headers=device.headers)
         except CallFailed as exc:
-            failed(leg, exc.status, end_reason_for(exc.status))
+            unreachable = exc.status == NO_RESPONSE_STATUS and not heard_from
+            failed(leg, exc.status, "error" if unreachable else end_reason_for(exc.status))
             return
         except (NoPortsAvailable, OutboundError) as exc:  # no port, at max_calls, stopping
             log.warning("dial %s: %s", device.to, exc)
