@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
 import os
 import signal
@@ -28,9 +27,6 @@ log = logging.getLogger("callbox")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 EVENT_LOOP_ENV = "CALLBOX_EVENT_LOOP"
 USAGE_ERROR = 2
-# The collector's thresholds once the platform runs: a young generation 30 x the default (700),
-# so calls' short-lived containers are collected ~30 x less often, in the media tick included.
-SERVE_GC_THRESHOLDS = (20_000, 10, 10)
 
 
 class CliError(Exception):
@@ -89,7 +85,6 @@ async def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         await platform.stop()
         raise CliError(f"cannot listen: {exc}") from None
-    _settle_garbage_collector()
     print(platform.banner(), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -99,14 +94,6 @@ async def _serve(args: argparse.Namespace) -> int:
     log.info("shutting down")
     await platform.stop()
     return 0
-
-
-def _settle_garbage_collector() -> None:
-    """After start-up: what exists now (modules, configuration, servers) lives as long as the
-    process, so the collector stops traversing it (gc.freeze), and collects less often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*SERVE_GC_THRESHOLDS)
 
 
 # -- call ---------------------------------------------------------------------------------
