@@ -10,6 +10,11 @@ reads what waits on the socket (up to the first packet that arrived on time, eve
 second), then plays out the frame. Packets are placed by their RTP timestamp, so reading them
 up to 20 ms later changes nothing in the audio, and the loop is spared one wake-up and one
 callback per packet (500 calls = 25,000 a second) and, mostly, the read that ends in EAGAIN.
+
+Once the session latched its peer (symmetric RTP) the socket is connect()ed to it: send() and
+recv() cost less than sendto() and recvfrom(), and the kernel drops datagrams from any other
+source (they are then no longer counted in `MediaStats.packets_foreign`). A new address in a
+re-INVITE unlatches: the socket is disconnected until the peer's packets latch it again.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from callbox.server.media.g711 import CODECS, G711Codec, codec_for_payload_type
 from callbox.server.media.jitter import ReceiveBuffer
 from callbox.server.media.playback import FINISHED, Playback
 from callbox.server.media.rtp import RtpError, RtpSender, is_rtcp, parse_header_span
+from callbox.server.media.udp import disconnect
 
 RECV_BUFFER_BYTES = 2048
 # A tick reads at most this many datagrams from one socket (normal: one); a flood beyond it
@@ -56,6 +62,8 @@ LATCH_ANY_SOURCE_AFTER_TICKS = 50
 _PLAIN_RTP_FIRST_BYTE = 0x80
 _PLAIN_HEADER = struct.Struct("!xB2xII")
 _PLAIN_HEADER_SIZE = 12
+# c= addresses of an RFC 2543-style hold: not where the peer's media moved.
+_HOLD_HOSTS = ("0.0.0.0", "::")
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,9 @@ class FrameTap(Protocol):
 
 @dataclass
 class MediaStats:
+    """Per-session counters. `packets_foreign` counts datagrams from other sources while the
+    socket is not connected (before the latch); once it is, the kernel drops them uncounted."""
+
     packets_received: int = 0
     packets_sent: int = 0
     packets_foreign: int = 0
@@ -90,8 +101,10 @@ class MediaSession:
         self.local_port: int = sock.getsockname()[1]
         self.advertised_host = advertised_host
         self.remote: tuple[str, int] | None = None
-        self._sdp_host: str | None = None
+        self._sdp_address: tuple[str, int] | None = None
         self._latched = False
+        self._connected = False  # the socket is connect()ed to self.remote
+        self._latch_any_source_from = LATCH_ANY_SOURCE_AFTER_TICKS  # tick number
         self._ticks = 0
         self.codec: G711Codec = CODECS["PCMU"]
         self.dtmf_payload_type: int | None = None
@@ -132,9 +145,9 @@ class MediaSession:
         direction: str = "sendrecv",
     ) -> None:
         """Apply negotiated SDP. Until the first packet arrives we send to the SDP address;
-        afterwards to where the packets come from (symmetric RTP). `remote_host` must be a
-        numeric address of the socket's family: a host name would be looked up by every
-        `sendto` in the media tick."""
+        afterwards to where the packets come from (symmetric RTP). A new address (not a hold
+        address) unlatches. `remote_host` must be a numeric address of the socket's family: a
+        host name would be looked up by every `sendto` in the media tick."""
         if not _is_numeric_address(remote_host, self.sock.family):
             family = "IPv6" if self.sock.family == socket.AF_INET6 else "IPv4"
             raise ValueError(f"remote RTP host must be a numeric {family} address, "
@@ -146,7 +159,11 @@ class MediaSession:
         self._silence_payload = codec.encode(self._silence)
         self.dtmf_payload_type = dtmf_payload_type
         self.sending = direction in ("sendrecv", "sendonly")
-        self._sdp_host = remote_host
+        if remote_host not in _HOLD_HOSTS:
+            address = (remote_host, remote_port)
+            if self._latched and address != self._sdp_address:
+                self._unlatch()
+            self._sdp_address = address
         if not self._latched:
             self.remote = (remote_host, remote_port) if remote_port else None
 
@@ -186,12 +203,27 @@ class MediaSession:
     def _on_readable(self) -> None:
         """Read the datagrams waiting on the socket, up to the first fresh audio packet (all
         of them every DRAIN_EVERY_TICKS), at most MAX_PACKETS_PER_TICK."""
-        recv = self.sock.recvfrom
-        on_datagram = self.on_datagram
         drain = self._ticks % DRAIN_EVERY_TICKS == 0
+        if self._connected:  # every datagram is from self.remote
+            recv = self.sock.recv
+            take = self._take_from_remote
+            for _ in range(MAX_PACKETS_PER_TICK):
+                try:
+                    data = recv(RECV_BUFFER_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except ConnectionRefusedError:  # an ICMP error, reported once: read on
+                    continue
+                except OSError:
+                    return
+                if take(data) and not drain:
+                    return
+            return
+        recvfrom = self.sock.recvfrom
+        on_datagram = self.on_datagram
         for _ in range(MAX_PACKETS_PER_TICK):
             try:
-                data, addr = recv(RECV_BUFFER_BYTES)
+                data, addr = recvfrom(RECV_BUFFER_BYTES)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # e.g. ICMP port unreachable reported on the socket
@@ -206,16 +238,26 @@ class MediaSession:
             if addr != self.remote:
                 self.stats.packets_foreign += 1
                 return False
-            if len(data) > _PLAIN_HEADER_SIZE and data[0] == _PLAIN_RTP_FIRST_BYTE:
-                second, timestamp, ssrc = _PLAIN_HEADER.unpack_from(data)
-                if second & 0x7F == self.codec.payload_type:  # the common case: audio
-                    self.stats.packets_received += 1
-                    return self.receive_buffer.push_g711(
-                        ssrc, timestamp, data, _PLAIN_HEADER_SIZE, len(data),
-                        self.codec.decode_table)
-        elif addr[0] != self._sdp_host and self._ticks < LATCH_ANY_SOURCE_AFTER_TICKS:
+            return self._take_from_remote(data)
+        sdp_host = self._sdp_address[0] if self._sdp_address is not None else None
+        if addr[0] != sdp_host and self._ticks < self._latch_any_source_from:
             self.stats.packets_foreign += 1
             return False
+        return self._take(data, addr)
+
+    def _take_from_remote(self, data: bytes) -> bool:
+        """A datagram from the latched peer (see on_datagram)."""
+        if len(data) > _PLAIN_HEADER_SIZE and data[0] == _PLAIN_RTP_FIRST_BYTE:
+            second, timestamp, ssrc = _PLAIN_HEADER.unpack_from(data)
+            if second & 0x7F == self.codec.payload_type:  # the common case: audio
+                self.stats.packets_received += 1
+                return self.receive_buffer.push_g711(
+                    ssrc, timestamp, data, _PLAIN_HEADER_SIZE, len(data),
+                    self.codec.decode_table)
+        return self._take(data, None)
+
+    def _take(self, data: bytes, latch_to: tuple[str, int] | None) -> bool:
+        """The general receive path; a valid RTP packet latches `latch_to` (when not None)."""
         if is_rtcp(data):
             return False
         try:
@@ -223,9 +265,8 @@ class MediaSession:
         except RtpError:
             self.stats.packets_malformed += 1
             return False
-        if not self._latched:
-            self.remote = (addr[0], addr[1])
-            self._latched = True
+        if latch_to is not None:
+            self._latch((latch_to[0], latch_to[1]))
         self.stats.packets_received += 1
         if payload_type == self.codec.payload_type:
             return self.receive_buffer.push_g711(ssrc, timestamp, data, start, end,
@@ -243,6 +284,28 @@ class MediaSession:
                                                  other.decode_table)
         self.stats.packets_unknown_pt += 1
         return False
+
+    def _latch(self, address: tuple[str, int]) -> None:
+        """Send to `address` from now on, and receive only from it (connect())."""
+        self.remote = address
+        self._latched = True
+        try:
+            self.sock.connect(address)
+        except OSError as exc:  # stay unconnected: sendto/recvfrom and the address check
+            log.debug("RTP socket not connected to %s: %s", address, exc)
+            return
+        self._connected = True
+
+    def _unlatch(self) -> None:
+        """The peer moved (a re-INVITE): latch again, afresh, on what comes next."""
+        self._latched = False
+        self._latch_any_source_from = self._ticks + LATCH_ANY_SOURCE_AFTER_TICKS
+        if self._connected:
+            self._connected = False
+            try:
+                disconnect(self.sock)
+            except OSError as exc:  # sendto() still reaches the new address
+                log.warning("RTP socket still connected to the old peer: %s", exc)
 
     # -- outbound -------------------------------------------------------------------------
 
@@ -363,7 +426,10 @@ class MediaSession:
 
     def _sendto(self, packet: bytes) -> None:
         try:
-            self.sock.sendto(packet, self.remote)  # type: ignore[arg-type]
+            if self._connected:
+                self.sock.send(packet)
+            else:
+                self.sock.sendto(packet, self.remote)  # type: ignore[arg-type]
             self.stats.packets_sent += 1
         except (BlockingIOError, InterruptedError):
             pass
