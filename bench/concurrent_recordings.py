@@ -6,7 +6,10 @@ directory), drives N concurrent calls with sipp (each streams the same known spe
 `record_call` route, or a RELAY program), and measures what follows. The `bridged-*` variant
 connects every call (SWML `record_call` then `connect`) to one sipp UAS that answers all N and
 streams other speech back: N pairs, 2N legs, each pair recorded stereo on the inbound leg
-(caller left, callee right), both channels checked; "per call" then means per pair.
+(caller left, callee right), both channels checked; "per call" then means per pair. The
+`prompt-*` variants play a prompt lasting the whole call (SWML `play` of a WAV written here) to
+every caller, checked on the right channel. `short-wav-stereo` places 10 s calls, N at a time,
+for `--seconds`: setup and teardown cost (whole-run CPU per call).
 
 - the platform's CPU time per recorded call-second (utime+stime of the platform process, all
   threads, from /proc, over the window where all N calls are up), its event-loop thread's share,
@@ -34,9 +37,11 @@ this bench) used under `--max-cpu` (80 %) of the machine; other users' CPU is re
 
     .venv/bin/python bench/concurrent_recordings.py --variants wav-stereo,bridged-wav-stereo \\
         --loops uvloop --steps 150,250,300                                # bridged vs not
+    .venv/bin/python bench/concurrent_recordings.py --loops uvloop --steps 300,500,600 \\
+        --variants wav-stereo,prompt-wav-stereo,prompt-mp3-stereo,short-wav-stereo  # the real workload
 
 `tests/integration/test_concurrent_recordings.py` runs small steps (20 calls, 5 bridged pairs,
-x 10 s) through the same functions as a correctness test.
+10 calls with a prompt, x 10 s) through the same functions as a correctness test.
 """
 
 from __future__ import annotations
