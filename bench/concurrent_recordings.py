@@ -28,7 +28,8 @@ for `--seconds`: setup and teardown cost (whole-run CPU per call).
 The step search runs N over `--steps` for each variant and event loop, stopping a variant at its
 first failing step; a step passes when every call succeeded, every recording is complete
 (0 lost frames, right duration) and the processes under test (platform, sipp, RELAY program,
-this bench) used under `--max-cpu` (80 %) of the machine; other users' CPU is reported beside.
+this bench) used under `--max-cpu` (80 %) of the machine, and BYE -> `finished` p99 is within
+`--max-finish-ms` (250 ms); other users' CPU is reported beside.
 
     .venv/bin/python bench/concurrent_recordings.py                       # the full search
     .venv/bin/python bench/concurrent_recordings.py --variants wav-stereo --steps 500 \\
@@ -766,12 +767,15 @@ def start_callees(calls: int, source: Source, workdir: Path
 async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate: float = 50.0,
                    loop: str = "uvloop", workdir: Path, source: Source | None = None,
                    callee_source: Source | None = None, prompt_source: Source | None = None,
-                   max_cpu_pct: float = 80.0, analysis_workers: int = 2,
+                   max_cpu_pct: float = 80.0, max_finish_ms: float = math.inf,
+                   analysis_workers: int = 2,
                    progress: Callable[[str], object] | None = None) -> StepResult:
     """Run N concurrent recorded calls (bridged: N pairs, each caller connected to a sipp
     callee streaming `callee_source`; prompt: the platform plays `prompt_source` to each
     caller; short: calls of `variant.call_seconds`, N at a time, for `seconds`) against a fresh
-    platform and measure everything. Sources of the wrong length are made anew."""
+    platform and measure everything. Sources of the wrong length are made anew. A BYE ->
+    `finished` p99 over `max_finish_ms` is a problem (the search's criterion; tests keep it off:
+    no timing is asserted there)."""
     started = time.monotonic()
     say = progress or (lambda _msg: None)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -924,6 +928,9 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
             path = str(data_dir / f"{row['id']}.{row['format']}")
             expected[path] = bye - _iso_to_unix(row["start_time"])
     result.bye_to_finished_ms = percentiles(latencies)
+    if result.bye_to_finished_ms[1] > max_finish_ms:
+        result.problems.append(f"BYE -> finished p99 {result.bye_to_finished_ms[1]:.0f} ms, "
+                               f"over {max_finish_ms:g} ms")
     if len(latencies) != len(finished):
         result.problems.append(f"BYE time known for {len(latencies)} of {len(finished)}")
     say(f"{variant.name} {loop} N={calls}: checking {len(finished)} recordings")
@@ -1103,6 +1110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=50.0, help="new calls per second")
     parser.add_argument("--max-minutes", type=float, default=90.0,
                         help="stop starting steps after this long")
+    parser.add_argument("--max-finish-ms", type=float, default=250.0,
+                        help="a step fails when BYE -> finished p99 is above this (ms)")
     parser.add_argument("--max-cpu", type=float, default=80.0,
                         help="a step fails when the machine's CPU is above this (%%)")
     parser.add_argument("--workdir", help="keep files here (default: a temp dir, removed)")
@@ -1151,7 +1160,7 @@ def main(argv: list[str] | None = None) -> int:
                             workdir=step_dir,
                             source=short_sources.get(variant.call_seconds, source),
                             callee_source=callee_source, prompt_source=prompt_source,
-                            max_cpu_pct=args.max_cpu,
+                            max_cpu_pct=args.max_cpu, max_finish_ms=args.max_finish_ms,
                             progress=lambda msg: print(f"  ... {msg}", file=sys.stderr,
                                                        flush=True)))
                     except Exception as exc:  # a step that cannot run fails; the rest goes on
