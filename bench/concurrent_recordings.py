@@ -39,7 +39,8 @@ this bench) used under `--max-cpu` (80 %) of the machine, and BYE -> `finished` 
     .venv/bin/python bench/concurrent_recordings.py --variants wav-stereo,bridged-wav-stereo \\
         --loops uvloop --steps 150,250,300                                # bridged vs not
     .venv/bin/python bench/concurrent_recordings.py --loops uvloop --steps 300,500,600 \\
-        --variants wav-stereo,prompt-wav-stereo,prompt-mp3-stereo,short-wav-stereo  # real
+        --variants wav-stereo,prompt-wav-stereo,prompt-mp3-stereo,short-wav-stereo
+                                                                  # the real workload, interleaved
 
 `tests/integration/test_concurrent_recordings.py` runs small steps (20 calls, 5 bridged pairs,
 10 calls with a prompt, x 10 s) through the same functions as a correctness test.
