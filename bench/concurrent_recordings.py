@@ -6,7 +6,10 @@ directory), drives N concurrent calls with sipp (each streams the same known spe
 `record_call` route, or a RELAY program), and measures what follows. The `bridged-*` variant
 connects every call (SWML `record_call` then `connect`) to one sipp UAS that answers all N and
 streams other speech back: N pairs, 2N legs, each pair recorded stereo on the inbound leg
-(caller left, callee right), both channels checked; "per call" then means per pair.
+(caller left, callee right), both channels checked; "per call" then means per pair. The
+`prompt-*` variants play a prompt lasting the whole call (SWML `play` of a WAV written here) to
+every caller, checked on the right channel. `short-wav-stereo` places 10 s calls, N at a time,
+for `--seconds`: setup and teardown cost (whole-run CPU per call).
 
 - the platform's CPU time per recorded call-second (utime+stime of the platform process, all
   threads, from /proc, over the window where all N calls are up), its event-loop thread's share,
@@ -25,7 +28,8 @@ streams other speech back: N pairs, 2N legs, each pair recorded stereo on the in
 The step search runs N over `--steps` for each variant and event loop, stopping a variant at its
 first failing step; a step passes when every call succeeded, every recording is complete
 (0 lost frames, right duration) and the processes under test (platform, sipp, RELAY program,
-this bench) used under `--max-cpu` (80 %) of the machine; other users' CPU is reported beside.
+this bench) used under `--max-cpu` (80 %) of the machine, and BYE -> `finished` p99 is within
+`--max-finish-ms` (250 ms); other users' CPU is reported beside.
 
     .venv/bin/python bench/concurrent_recordings.py                       # the full search
     .venv/bin/python bench/concurrent_recordings.py --variants wav-stereo --steps 500 \\
@@ -34,9 +38,12 @@ this bench) used under `--max-cpu` (80 %) of the machine; other users' CPU is re
 
     .venv/bin/python bench/concurrent_recordings.py --variants wav-stereo,bridged-wav-stereo \\
         --loops uvloop --steps 150,250,300                                # bridged vs not
+    .venv/bin/python bench/concurrent_recordings.py --loops uvloop --steps 300,500,600 \\
+        --variants wav-stereo,prompt-wav-stereo,prompt-mp3-stereo,short-wav-stereo
+                                                                  # the real workload, interleaved
 
 `tests/integration/test_concurrent_recordings.py` runs small steps (20 calls, 5 bridged pairs,
-x 10 s) through the same functions as a correctness test.
+10 calls with a prompt, x 10 s) through the same functions as a correctness test.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import itertools
 import json
 import math
 import os
@@ -57,6 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import wave
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -123,6 +132,13 @@ class Variant:
     stereo: bool
     relay: bool = False
     bridged: bool = False  # the route connects each caller to a sipp callee (2 legs a call)
+    prompt: bool = False  # the route plays a prompt lasting the whole call (checked on the right)
+    call_seconds: float = 0.0  # short calls: this long each, N at a time for `--seconds`
+
+    @property
+    def short(self) -> bool:
+        """Many short calls in sequence at a concurrency of N (setup and teardown cost)."""
+        return self.call_seconds > 0
 
     def record_params(self) -> dict[str, object]:
         return {"format": self.format, "stereo": self.stereo, "direction": "both"}
@@ -144,6 +160,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("mp3-stereo", "mp3", True),
     Variant("relay-wav-stereo", "wav", True, relay=True),
     Variant("bridged-wav-stereo", "wav", True, bridged=True),
+    Variant("prompt-wav-stereo", "wav", True, prompt=True),
+    Variant("prompt-mp3-stereo", "mp3", True, prompt=True),
+    Variant("short-wav-stereo", "wav", True, call_seconds=10.0),
 )}
 
 
@@ -163,6 +182,9 @@ CALLER = Speaker("caller", SENTENCES, "en", (350.0, 440.0), 0.0)
 # party (or both) does not match its source. The platform dials it once the caller is answered,
 # so its stream starts later; it is shorter by `late_seconds` to end before the caller's BYE.
 CALLEE = Speaker("callee", SENTENCES[::-1], "en+f3", (480.0, 620.0), 1.5)
+# The prompt the platform plays (from a WAV file the bench writes) starts at the answer, before
+# the caller's ACK, and ends `late_seconds` before the caller's stream would.
+PROMPT = Speaker("prompt", SENTENCES[3:] + SENTENCES[:3], "en+m3", (300.0, 530.0), 0.5)
 
 
 @dataclass(frozen=True)
@@ -174,6 +196,8 @@ class Source:
     call_seconds: float  # the caller's ACK -> BYE
     frames: int  # RTP packets per call
     content_start: int  # first sample that is checked (after the lead-in)
+    max_lag_seconds: float = MAX_START_LAG_SECONDS  # its first sample is at most this far in
+
 
     def reference(self) -> np.ndarray:
         """The decoded G.711 stream: exactly what the platform's receive path produces."""
@@ -205,7 +229,21 @@ def make_source(call_seconds: float, directory: Path, speaker: Speaker = CALLER)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"source-{speaker.name}-{call_seconds:g}s.ulaw"
     path.write_bytes(ulaw_encode(samples))
-    return Source(stream_key(path, 1, 0), path, call_seconds, total // FRAME, lead)
+    return Source(stream_key(path, 1, 0), path, call_seconds, total // FRAME, lead,
+                  MAX_START_LAG_SECONDS + speaker.late_seconds)
+
+
+def write_prompt_wav(source: Source) -> Path:
+    """The prompt as an 8 kHz mono WAV for the platform's `play`: the decoded G.711 file, so
+    what the platform sends (and records) at unity gain is exactly `source.reference()`."""
+    path = source.path.with_suffix(".wav")
+    if not path.exists():
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(RATE)
+            out.writeframes(source.reference().astype("<i2").tobytes())
+    return path
 
 
 # -- checking a recording ---------------------------------------------------------------------
@@ -291,15 +329,15 @@ def lost_frame_map(recorded: np.ndarray, reference: np.ndarray, content_start: i
 _REFERENCES: dict[Path, np.ndarray] = {}
 
 
-def check_channel(recorded: np.ndarray, source: Source, *, lossy: bool,
-                  max_lag_seconds: float = MAX_START_LAG_SECONDS) -> ChannelCheck:
+def check_channel(recorded: np.ndarray, source: Source, *, lossy: bool) -> ChannelCheck:
     """One channel against `source`, frame by frame (see :func:`lost_frame_map`)."""
     reference = _REFERENCES.get(source.path)
     if reference is None:
         reference = _REFERENCES[source.path] = source.reference()
     check = ChannelCheck()
     check.frames, bad, check.lag, check.score, check.skipped = lost_frame_map(
-        recorded, reference, source.content_start, lossy=lossy, max_lag_seconds=max_lag_seconds)
+        recorded, reference, source.content_start, lossy=lossy,
+        max_lag_seconds=source.max_lag_seconds)
     check.lost = int(np.count_nonzero(bad))
     check.lost_at = [int(i) for i in np.flatnonzero(bad)[:10]]
     return check
@@ -308,8 +346,8 @@ def check_channel(recorded: np.ndarray, source: Source, *, lossy: bool,
 def check_recording(path: str, caller: Source, callee: Source | None, lossy: bool
                     ) -> FrameCheck:
     """Decode one recording and count its lost frames (runs in worker processes): the first
-    channel against the caller's source; with a `callee`, the second channel against the
-    callee's, which may start as late as the callee answers."""
+    channel against the caller's source; with a `callee` (the callee's stream, or the prompt
+    the platform played), the second channel against it."""
     check = FrameCheck(path)
     try:
         samples, rate = audio.decode_audio(path)
@@ -322,9 +360,7 @@ def check_recording(path: str, caller: Source, callee: Source | None, lossy: boo
         if callee is not None:
             if check.channels != 2:
                 raise ValueError(f"{check.channels} channel(s): no callee channel to check")
-            check.callee = check_channel(samples[:, 1], callee, lossy=lossy,
-                                         max_lag_seconds=MAX_START_LAG_SECONDS
-                                         + CALLEE.late_seconds)
+            check.callee = check_channel(samples[:, 1], callee, lossy=lossy)
     except Exception as exc:  # a broken file is a result, not a crash of the bench
         check.error = f"{type(exc).__name__}: {exc}"
     return check
@@ -352,6 +388,19 @@ def proc_cpu_seconds(pid: int, tid: int | None = None) -> float:
     except (OSError, IndexError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process, its reaped children (cutime + cstime) and its live descendants."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    total = sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError, ValueError):
+            total += sum(process_tree_cpu_seconds(int(c)) for c in children.read_text().split())
+    return total
 
 
 def proc_status_kb(pid: int, key: str) -> int:
@@ -409,20 +458,26 @@ def raise_open_files_limit(wanted: int = 65536) -> int:
 # -- the platform under test ----------------------------------------------------------------
 
 
-def swml_route(variant: Variant, callee_uri: str | None = None) -> str:
-    """Answer, record, then stay on the line (or, bridged, connect to `callee_uri`)."""
-    last: dict[str, object] = {"sleep": 3_600_000}
+def swml_route(variant: Variant, callee_uri: str | None = None,
+               prompt: Path | None = None) -> str:
+    """Answer, record, then stay on the line (bridged: connect to `callee_uri`; with a prompt:
+    play the `prompt` file first, then stay on the line)."""
+    verbs: list[dict[str, object]] = [{"answer": {}}, {"record_call": variant.record_params()}]
+    if variant.prompt:
+        if prompt is None:
+            raise ValueError(f"the {variant.name} variant needs a prompt file")
+        verbs.append({"play": {"url": str(prompt)}})
     if variant.bridged:
         if callee_uri is None:
             raise ValueError(f"the {variant.name} variant needs a callee URI")
-        last = {"connect": {"to": callee_uri}}
-    return json.dumps({"version": "1.0.0", "sections": {"main": [
-        {"answer": {}}, {"record_call": variant.record_params()}, last,
-    ]}}, separators=(",", ":"))
+        verbs.append({"connect": {"to": callee_uri}})
+    else:
+        verbs.append({"sleep": 3_600_000})
+    return json.dumps({"version": "1.0.0", "sections": {"main": verbs}}, separators=(",", ":"))
 
 
-def write_config(directory: Path, variant: Variant, calls: int,
-                 callee_uri: str | None = None) -> tuple[Path, dict[str, int]]:
+def write_config(directory: Path, variant: Variant, calls: int, callee_uri: str | None = None,
+                 prompt: Path | None = None) -> tuple[Path, dict[str, int]]:
     """A callbox.toml for this step: fresh data dir, an RTP range of 2 ports per leg (+100),
     max_calls above N legs, a plain-HTTP listener for the bench's polling (no TLS handshakes
     in the numbers), and the recording route."""
@@ -441,7 +496,7 @@ def write_config(directory: Path, variant: Variant, calls: int,
         "[[routes]]", f'number = "{SERVICE}"',
     ]
     lines += [f'context = "{RELAY_CONTEXT}"'] if variant.relay else [
-        f"swml = '{swml_route(variant, callee_uri)}'"]
+        f"swml = '{swml_route(variant, callee_uri, prompt)}'"]
     path = directory / "callbox.toml"
     path.write_text("\n".join(lines) + "\n")
     return path, ports
@@ -451,9 +506,9 @@ class ServedPlatform:
     """`callbox serve` as a subprocess, with its log in a file."""
 
     def __init__(self, directory: Path, variant: Variant, calls: int, loop: str,
-                 callee_uri: str | None = None) -> None:
+                 callee_uri: str | None = None, prompt: Path | None = None) -> None:
         self.directory = directory
-        self.config, self.ports = write_config(directory, variant, calls, callee_uri)
+        self.config, self.ports = write_config(directory, variant, calls, callee_uri, prompt)
         self.loop = loop
         self.log_path = directory / "platform.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -555,9 +610,10 @@ class Sample:
 class StepResult:
     variant: str
     loop: str
-    calls: int  # recorded calls (bridged: pairs)
-    seconds: float
-    legs: int = 0  # SIP calls on the platform (bridged: 2 per pair)
+    calls: int  # recorded calls at once (bridged: pairs)
+    seconds: float  # length of each call
+    legs: int = 0  # SIP calls on the platform at once (bridged: 2 per pair)
+    placed: int = 0  # calls placed in all (short calls: N at a time, in sequence; else N)
     calls_ok: int = 0
     calls_failed: int = 0
     callee_calls_ok: int = -1  # bridged: calls the sipp callee completed (-1: no callee)
@@ -567,6 +623,9 @@ class StepResult:
     lost_frames: int = 0
     bad_duration: int = 0
     cpu_ms_per_call_second: float = math.nan
+    # every platform process (children too) from the first INVITE to the last recording done
+    run_cpu_ms_per_call: float = math.nan
+    run_cpu_ms_per_call_second: float = math.nan
     platform_cpu_pct: float = math.nan  # of one core
     loop_cpu_pct: float = math.nan  # the event-loop thread, of one core
     machine_cpu_pct: float = math.nan  # of the whole machine (all cores, all processes)
@@ -592,10 +651,13 @@ class StepResult:
     problems: list[str] = field(default_factory=list)
     checks: list[FrameCheck] = field(default_factory=list, repr=False)
 
+    def __post_init__(self) -> None:
+        self.placed = self.placed or self.calls
+
     @property
     def passed(self) -> bool:
-        return (not self.problems and self.complete == self.calls
-                and self.calls_ok == self.calls and self.callee_calls_ok in (-1, self.calls)
+        return (not self.problems and self.complete == self.placed
+                and self.calls_ok == self.placed and self.callee_calls_ok in (-1, self.calls)
                 and not (self.our_cpu_pct >= self.max_cpu_pct))
 
 
@@ -705,22 +767,37 @@ def start_callees(calls: int, source: Source, workdir: Path
 
 async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate: float = 50.0,
                    loop: str = "uvloop", workdir: Path, source: Source | None = None,
-                   callee_source: Source | None = None, max_cpu_pct: float = 80.0,
+                   callee_source: Source | None = None, prompt_source: Source | None = None,
+                   max_cpu_pct: float = 80.0, max_finish_ms: float = math.inf,
                    analysis_workers: int = 2,
                    progress: Callable[[str], object] | None = None) -> StepResult:
     """Run N concurrent recorded calls (bridged: N pairs, each caller connected to a sipp
-    callee streaming `callee_source`) against a fresh platform and measure everything."""
+    callee streaming `callee_source`; prompt: the platform plays `prompt_source` to each
+    caller; short: calls of `variant.call_seconds`, N at a time, for `seconds`) against a fresh
+    platform and measure everything. Sources of the wrong length are made anew. A BYE ->
+    `finished` p99 over `max_finish_ms` is a problem (the search's criterion; tests keep it off:
+    no timing is asserted there)."""
     started = time.monotonic()
     say = progress or (lambda _msg: None)
     workdir.mkdir(parents=True, exist_ok=True)
     raise_open_files_limit()
-    source = source or make_source(seconds, workdir)
-    if variant.bridged:
-        callee_source = callee_source or make_source(seconds, workdir, CALLEE)
-    else:
-        callee_source = None
+    placed = calls
+    if variant.short:  # N at a time, a new call as one ends: the ramp takes one call length
+        placed = calls * max(1, round(seconds / variant.call_seconds))
+        seconds, rate = variant.call_seconds, calls / variant.call_seconds
+
+    def fitting(given: Source | None, speaker: Speaker) -> Source:
+        if given is not None and given.call_seconds == seconds:
+            return given
+        return make_source(seconds, workdir, speaker)
+
+    source = fitting(source, CALLER)
+    callee_source = fitting(callee_source, CALLEE) if variant.bridged else None
+    prompt_source = fitting(prompt_source, PROMPT) if variant.prompt else None
+    prompt_wav = write_prompt_wav(prompt_source) if prompt_source else None
     result = StepResult(variant.name, loop, calls, seconds, legs=variant.legs * calls,
-                        callee_calls_ok=0 if variant.bridged else -1, max_cpu_pct=max_cpu_pct)
+                        placed=placed, callee_calls_ok=0 if variant.bridged else -1,
+                        max_cpu_pct=max_cpu_pct)
     relay_proc: subprocess.Popen[bytes] | None = None
     callee_sipp: SippResult | None = None
     samples: list[Sample] = []
@@ -732,7 +809,7 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
             callees = await stack.enter_async_context(
                 start_callees(calls, callee_source, workdir / "callee"))
         platform = ServedPlatform(workdir, variant, calls, loop,
-                                  callees.uri("callee") if callees else None)
+                                  callees.uri("callee") if callees else None, prompt_wav)
         try:
             metrics = await platform.start(session)
             result.loop = metrics.get("event_loop", loop)
@@ -743,13 +820,14 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
             await asyncio.sleep(0.5)
             idle_rss = proc_status_kb(platform.pid, "VmRSS")
             drops_before = udp_drops()
+            cpu_before = process_tree_cpu_seconds(platform.pid)
             media = free_port_range(4 * calls + 8)
             say(f"{variant.name} {loop} N={calls}: calling")
             sipp_task = asyncio.create_task(run_sipp(
                 "uac_stream_bye", platform.sip_target, service=SERVICE,
                 local_port=free_udp_port(), media_port=media.start,
-                keys={"stream": source.stream}, calls=calls, rate=rate, limit=calls,
-                timeout=seconds + calls / rate + 120, trace_messages=False,
+                keys={"stream": source.stream}, calls=placed, rate=rate, limit=calls,
+                timeout=seconds * placed / calls + calls / rate + 120, trace_messages=False,
                 workdir=workdir / "sipp",
                 extra_args=["-d", str(int(seconds * 1000)), "-trace_logs", "-log_file",
                             str(workdir / "sipp" / "calls.log"), "-trace_rtt",
@@ -767,6 +845,9 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
                 if metrics["recordings"] == 0 and metrics["calls"] == 0:
                     break
                 await asyncio.sleep(0.2)
+            run_cpu = process_tree_cpu_seconds(platform.pid) - cpu_before
+            result.run_cpu_ms_per_call = run_cpu * 1000 / placed
+            result.run_cpu_ms_per_call_second = result.run_cpu_ms_per_call / seconds
             result.peak_rss_mb = proc_status_kb(platform.pid, "VmHWM") / 1024
             result.rss_per_call_kb = (proc_status_kb(platform.pid, "VmHWM") - idle_rss) / calls
             result.udp_drops = udp_drops() - drops_before
@@ -799,7 +880,8 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
                                    f"{result.callee_calls_ok} calls completed")
         result.rtp_sent += result.callee_calls_ok * callee_source.frames
     result.setup_ms = percentiles(sipp_response_times(workdir / "sipp"))
-    window = _steady_window(samples, result.legs)
+    # short calls come and go: their window is where at least 90 % of N are up
+    window = _steady_window(samples, math.ceil(result.legs * (0.9 if variant.short else 1.0)))
     if window is None:
         result.problems.append("never had all calls up at once (ramp too slow for the length?)")
     else:
@@ -807,7 +889,12 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
         span = last.t - first.t
         result.window_seconds = span
         platform_cpu = last.platform_cpu - first.platform_cpu
-        result.cpu_ms_per_call_second = platform_cpu * 1000 / (calls * span)
+        call_seconds = calls * span
+        if variant.short:  # the calls that were up, sampled every second
+            steady = [s for s in samples if first.t <= s.t <= last.t]
+            call_seconds = sum((a.calls + b.calls) / 2 * (b.t - a.t)
+                               for a, b in itertools.pairwise(steady)) / variant.legs
+        result.cpu_ms_per_call_second = platform_cpu * 1000 / call_seconds
         result.platform_cpu_pct = 100 * platform_cpu / span
         result.loop_cpu_pct = 100 * (last.loop_cpu - first.loop_cpu) / span
         # /proc/stat misses some ticks (about 5 % in this VM), per-process times do not: use
@@ -842,12 +929,15 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
             path = str(data_dir / f"{row['id']}.{row['format']}")
             expected[path] = bye - _iso_to_unix(row["start_time"])
     result.bye_to_finished_ms = percentiles(latencies)
+    if result.bye_to_finished_ms[1] > max_finish_ms:
+        result.problems.append(f"BYE -> finished p99 {result.bye_to_finished_ms[1]:.0f} ms, "
+                               f"over {max_finish_ms:g} ms")
     if len(latencies) != len(finished):
         result.problems.append(f"BYE time known for {len(latencies)} of {len(finished)}")
     say(f"{variant.name} {loop} N={calls}: checking {len(finished)} recordings")
     paths = [str(data_dir / f"{r['id']}.{r['format']}") for r in finished]
-    result.checks = check_recordings(paths, source, callee_source, lossy=variant.lossy,
-                                     workers=analysis_workers)
+    result.checks = check_recordings(paths, source, callee_source or prompt_source,
+                                     lossy=variant.lossy, workers=analysis_workers)
     channels = 2 if variant.stereo else 1
     tolerance = DURATION_TOLERANCE + (MP3_EXTRA_SECONDS if variant.lossy else 0.0)
     for check in result.checks:
@@ -872,7 +962,7 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
             result.problems.append(f"a recording started {late_start * 20} ms into the "
                                    "caller's audio")
     callee_checks = [c.callee for c in result.checks if c.callee is not None]
-    if callee_checks:  # the callee's audio starts in the recording when it answered
+    if callee_checks:  # the callee's audio (or the prompt) starts when it answered (played)
         result.callee_answer_ms = percentiles(c.lag * 1000 / RATE for c in callee_checks)
     lossy_calls = [c for c in result.checks if c.lost]
     if lossy_calls:
@@ -936,11 +1026,12 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 
 HEADER = (
     "| variant | loop | N | legs | calls ok | recordings complete | lost frames "
-    "| CPU ms per rec. call-s | platform CPU (% of 1 core) | loop thread % "
+    "| CPU ms per rec. call-s | whole run: CPU ms per call / per call-s "
+    "| platform CPU (% of 1 core) | loop thread % "
     "| machine CPU % (ours / all) | sipp CPU % | other CPU % | peak RSS MB | RSS per call KB "
     "| RTP sent / received / late | clock max stall ms | BYE->finished p50 / p99 ms "
     "| SIP setup p50 / p99 ms | pass |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -955,12 +1046,16 @@ def table_row(r: StepResult) -> str:
     name = r.variant + (f" (RELAY program: {_f(r.relay_ms_per_call, 1)} ms CPU per call)"
                         if not math.isnan(r.relay_ms_per_call) else "")
     calls_ok = str(r.calls_ok)
+    if not math.isnan(r.callee_answer_ms[0]):
+        name += (f" ({'callee' if r.callee_calls_ok >= 0 else 'prompt'} audio from "
+                 f"{_f(r.callee_answer_ms[0])} / {_f(r.callee_answer_ms[1])} ms p50 / p99)")
     if r.callee_calls_ok >= 0:
-        name += (f" (callee audio from {_f(r.callee_answer_ms[0])} / "
-                 f"{_f(r.callee_answer_ms[1])} ms p50 / p99)")
         calls_ok += f" (callee {r.callee_calls_ok})"
-    return (f"| {name} | {r.loop} | {r.calls} | {r.legs} | {calls_ok} | {r.complete}/{r.calls} "
-            f"| {r.lost_frames} | {_f(r.cpu_ms_per_call_second, 3)} | {_f(r.platform_cpu_pct)} "
+    n = str(r.calls) if r.placed == r.calls else f"{r.calls} at once, {r.placed} x {r.seconds:g} s"
+    return (f"| {name} | {r.loop} | {n} | {r.legs} | {calls_ok} | {r.complete}/{r.placed} "
+            f"| {r.lost_frames} | {_f(r.cpu_ms_per_call_second, 3)} "
+            f"| {_f(r.run_cpu_ms_per_call, 1)} / {_f(r.run_cpu_ms_per_call_second, 3)} "
+            f"| {_f(r.platform_cpu_pct)} "
             f"| {_f(r.loop_cpu_pct)} | {_f(r.our_cpu_pct)} / {_f(r.machine_cpu_pct)} "
             f"| {_f(r.sipp_cpu_pct)} "
             f"| {_f(r.other_cpu_pct)} "
@@ -1016,6 +1111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=50.0, help="new calls per second")
     parser.add_argument("--max-minutes", type=float, default=90.0,
                         help="stop starting steps after this long")
+    parser.add_argument("--max-finish-ms", type=float, default=250.0,
+                        help="a step fails when BYE -> finished p99 is above this (ms)")
     parser.add_argument("--max-cpu", type=float, default=80.0,
                         help="a step fails when the machine's CPU is above this (%%)")
     parser.add_argument("--workdir", help="keep files here (default: a temp dir, removed)")
@@ -1038,23 +1135,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# concurrent_recordings: {machine_description()}; commit {git_commit()}; "
           f"calls of {args.seconds:g} s ramped at {args.rate:g}/s; workdir {root}", flush=True)
     print(HEADER, flush=True)
+    prompt_source = (make_source(args.seconds, root, PROMPT)
+                     if any(v.prompt for v in variants) else None)
+    short_sources = {v.call_seconds: make_source(v.call_seconds, root)
+                     for v in variants if v.short}
     results: list[StepResult] = []
     skipped: list[str] = []
     for loop in loops:
-        for variant in variants:
-            for calls in steps:
+        failed: set[str] = set()
+        for calls in steps:  # every variant at this N, then the next N: ratios hold
+            for variant in variants:
+                if variant.name in failed:
+                    continue
                 estimate = args.seconds + calls / args.rate + 30 + calls * 0.05 * variant.legs
                 if time.monotonic() + estimate > deadline:
                     skipped.append(f"{variant.name} {loop} N>={calls}")
-                    break
+                    failed.add(variant.name)
+                    continue
                 for attempt in range(1 + max(0, args.retries)):
                     step_dir = root / f"{variant.name}-{loop}-{calls}-{attempt + 1}"
                     forget_handed_out()  # the last step's platform and sipp have exited
                     try:
                         result = asyncio.run(run_step(
                             variant, calls, seconds=args.seconds, rate=args.rate, loop=loop,
-                            workdir=step_dir, source=source, callee_source=callee_source,
-                            max_cpu_pct=args.max_cpu,
+                            workdir=step_dir,
+                            source=short_sources.get(variant.call_seconds, source),
+                            callee_source=callee_source, prompt_source=prompt_source,
+                            max_cpu_pct=args.max_cpu, max_finish_ms=args.max_finish_ms,
                             progress=lambda msg: print(f"  ... {msg}", file=sys.stderr,
                                                        flush=True)))
                     except Exception as exc:  # a step that cannot run fails; the rest goes on
@@ -1068,7 +1175,7 @@ def main(argv: list[str] | None = None) -> int:
                     if result.passed or time.monotonic() + estimate > deadline:
                         break
                 if not result.passed:
-                    break
+                    failed.add(variant.name)
     summary = _summary(results, skipped)
     print(summary)
     if args.results:
@@ -1092,9 +1199,37 @@ def _summary(results: list[StepResult], skipped: list[str]) -> str:
             best[key] = max(best[key], r.calls)
     for (variant, loop), n in best.items():
         lines.append(f"- {variant}, {loop}: {n or 'none of the steps'}")
+    lines += _ratios(results)
     if skipped:
         lines.append(f"Not run (time budget): {', '.join(skipped)}")
     return "\n".join(lines)
+
+
+def _ratios(results: list[StepResult]) -> list[str]:
+    """At each N of one invocation: CPU per call-second with a prompt over without (steady
+    window, and whole run), and the short calls' setup + teardown: their whole-run CPU per
+    call minus the media of as long a call (wav-stereo's steady CPU per call-second)."""
+    last = {(r.variant, r.loop, r.calls): r for r in results}  # the last attempt
+    lines = []
+    for (name, loop, n), r in last.items():
+        silent = last.get((name.removeprefix("prompt-").removeprefix("short-"), loop, n))
+        if silent is None or silent is r:
+            continue
+        if name.startswith("prompt-"):
+            lines.append(
+                f"- {name} / {silent.variant}, {loop}, N={n}: CPU per call-second x "
+                f"{_f(r.cpu_ms_per_call_second / silent.cpu_ms_per_call_second, 2)} (steady), x "
+                f"{_f(r.run_cpu_ms_per_call_second / silent.run_cpu_ms_per_call_second, 2)} "
+                "(whole run, every platform process)")
+        elif name.startswith("short-"):
+            setup = r.run_cpu_ms_per_call - r.seconds * silent.cpu_ms_per_call_second
+            lines.append(
+                f"- {name}, {loop}, N={n} at once ({r.placed} calls of {r.seconds:g} s): "
+                f"{_f(r.run_cpu_ms_per_call, 1)} ms CPU per call over the whole run "
+                f"({_f(r.run_cpu_ms_per_call_second, 3)} per call-second), of which setup + "
+                f"teardown ~ {_f(setup, 1)} ms (minus {r.seconds:g} s x {silent.variant}'s "
+                f"{_f(silent.cpu_ms_per_call_second, 3)} ms per call-second)")
+    return ["", "Ratios within this invocation:", *lines] if lines else []
 
 
 def _append_results(path: Path, args: argparse.Namespace, results: list[StepResult],

@@ -5,7 +5,9 @@ calls that each stream 9.5 s of known speech and hang up after 10 s; the platfor
 one (SWML `record_call`, WAV stereo); every file is decoded and compared with the source, 20 ms
 frame by 20 ms frame. The bridged variant connects each caller to a sipp callee streaming other
 speech: the left channel must be the caller's audio and the right channel the callee's, frame
-for frame. Nothing about speed is asserted here (the bench measures it).
+for frame. The prompt variant (the real workload) plays a prompt lasting the whole call to each
+caller: the right channel must be the prompt, frame for frame. Nothing about speed is asserted
+here (the bench measures it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from bench.concurrent_recordings import (
     DURATION_TOLERANCE,
     FRAME,
     LEAD_SECONDS,
+    PROMPT,
     RATE,
     TAIL_SECONDS,
     VARIANTS,
@@ -78,3 +81,19 @@ async def test_bridged_pairs_record_the_caller_left_and_the_callee_right_frame_f
         assert check.callee.skipped == 0, check
     # the platform received every packet of both parties (rtp_received == rtp_sent above)
     assert result.rtp_sent == pairs * (packets["caller"] + packets["callee"]), summary
+
+
+async def test_a_prompt_lasting_the_whole_call_is_recorded_frame_for_frame_on_the_right(
+        tmp_path: Path, peer_env: object) -> None:
+    calls = 10
+    result = await run_step(VARIANTS["prompt-wav-stereo"], calls, seconds=SECONDS, rate=10,
+                            loop="auto", workdir=tmp_path / "step", analysis_workers=1)
+    assert_every_recording_complete(result, calls)
+    prompt_samples = round((SECONDS - TAIL_SECONDS - PROMPT.late_seconds) * RATE) // FRAME * FRAME
+    prompt_frames = (prompt_samples - round(LEAD_SECONDS * RATE)) // FRAME
+    for check in result.checks:
+        assert check.callee is not None, check
+        assert check.callee.score > 0.99, check  # the prompt, not the caller's speech
+        assert check.callee.frames == prompt_frames, check  # all of the prompt was checked...
+        assert check.callee.lost == 0, check  # ...and every frame of it is on the right
+        assert check.callee.skipped == 0, check  # played after record_call started
