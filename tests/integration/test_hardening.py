@@ -68,12 +68,15 @@ async def test_rtp_flood_from_an_unknown_source_does_not_reach_the_call(tmp_path
         attacker.setblocking(False)
         stop = asyncio.Event()
 
+        flooded = [0]
+
         async def flood(port: int) -> None:
             sequence = 0
             while not stop.is_set():
                 for _ in range(10):
                     sequence += 1
                     attacker.sendto(rtp_noise_packet(sequence), ("127.0.0.1", port))
+                    flooded[0] += 1
                 await asyncio.sleep(0.005)
 
         def start_flood(call) -> None:  # as soon as the call exists, before its media
@@ -83,14 +86,17 @@ async def test_rtp_flood_from_an_unknown_source_does_not_reach_the_call(tmp_path
         tone = tmp_path / "tone.wav"
         audio.write_wav(tone, audio.tone(700, 2.0, dbfs=-12))
         try:
-            await place_call(running.uri("rec"), play=str(tone), hangup_after=2.5)
+            caller = await place_call(running.uri("rec"), play=str(tone), hangup_after=2.5)
             seen = await running.wait_call_ended()
             (recording,) = seen.call.recordings
             await recording.done
         finally:
             stop.set()
             attacker.close()
-    assert seen.call.media.stats.packets_foreign > 500
+    # Before the caller's first packet latched the call, the flood was counted and dropped;
+    # after it, the socket is connected to the caller and the kernel drops the rest unseen.
+    assert flooded[0] > 500
+    assert seen.call.media.stats.packets_received <= caller.packets_sent
     samples, _ = audio.decode_audio(recording.path)
     spans = audio.active_spans(samples, 8000, threshold_dbfs=-40)
     assert len(spans) == 1 and spans[0][1] - spans[0][0] == pytest.approx(2.0, abs=0.05)

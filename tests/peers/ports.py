@@ -51,9 +51,13 @@ REUSE_AFTER = 180.0
 _lock = threading.Lock()
 _handed_out: dict[int, float] = {}  # port -> monotonic time it may be handed out again
 
-# Ranges from free_port_range() are drawn from [_RANGE_LOW, _RANGE_HIGH).
+# Ranges from free_port_range() are drawn from [_RANGE_LOW, _RANGE_HIGH): small ones (a peer's
+# few ports) below _SMALL_RANGES_END, large ones (a platform's RTP range) above it, so that the
+# many small ranges of a long run cannot fragment the space the large ones need.
 _RANGE_LOW = 10000
 _RANGE_HIGH = 32000
+_SMALL_RANGES_END = 16000
+_SMALL_RANGE = 20  # ports: at most this many is a small range
 
 
 def _reserve(ports: range) -> bool:
@@ -162,11 +166,13 @@ def free_port_range(
     """
     if n < 1:
         raise ValueError("n must be >= 1")
-    if n > (_RANGE_HIGH - _RANGE_LOW) // 4:
+    low, high = ((_RANGE_LOW, _SMALL_RANGES_END) if n <= _SMALL_RANGE
+                 else (_SMALL_RANGES_END, _RANGE_HIGH))
+    if n > (high - low) // 4:
         raise ValueError(f"range of {n} ports is too large")
     rng = random.Random()
     for _ in range(500):
-        base = rng.randrange(_RANGE_LOW, _RANGE_HIGH - n)
+        base = rng.randrange(low, high - n)
         if even:
             base -= base % 2
         ports = range(base, base + n)

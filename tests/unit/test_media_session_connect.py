@@ -131,3 +131,21 @@ def test_disconnect_keeps_an_ephemeral_port() -> None:
     assert sock.recvfrom(16) == (b"x", third.getsockname())
     for s in (sock, other, third):
         s.close()
+
+
+def test_datagrams_queued_before_the_connect_are_still_checked(call: Call) -> None:
+    """connect() filters only what arrives after it: a stranger's packets already waiting in
+    the socket when the peer latched are read with their source checked, not as the peer's."""
+    media, peer, stranger = call
+    address = ("127.0.0.1", media.local_port)
+    peer.sendto(rtp(1), address)
+    for k in range(2, 6):
+        stranger.sendto(rtp(k, ssrc=99, fill=0x70), address)
+    media.tick()  # reads the peer's packet, latches and connects; the stranger's wait
+    assert media.sock.getpeername() == peer.getsockname()
+    for _ in range(3):
+        media.tick()
+    assert (media.stats.packets_received, media.stats.packets_foreign) == (1, 4)
+    peer.sendto(rtp(2), address)
+    media.tick()  # the queue was emptied: from now on, recv() and no check
+    assert media.stats.packets_received == 2

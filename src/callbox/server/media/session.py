@@ -104,6 +104,7 @@ class MediaSession:
         self._sdp_address: tuple[str, int] | None = None
         self._latched = False
         self._connected = False  # the socket is connect()ed to self.remote
+        self._checking_sources = False  # connected, with datagrams queued from before
         self._latch_any_source_from = LATCH_ANY_SOURCE_AFTER_TICKS  # tick number
         self._ticks = 0
         self.codec: G711Codec = CODECS["PCMU"]
@@ -204,7 +205,7 @@ class MediaSession:
         """Read the datagrams waiting on the socket, up to the first fresh audio packet (all
         of them every DRAIN_EVERY_TICKS), at most MAX_PACKETS_PER_TICK."""
         drain = self._ticks % DRAIN_EVERY_TICKS == 0
-        if self._connected:  # every datagram is from self.remote
+        if self._connected and not self._checking_sources:  # every datagram is from remote
             recv = self.sock.recv
             take = self._take_from_remote
             for _ in range(MAX_PACKETS_PER_TICK):
@@ -225,6 +226,7 @@ class MediaSession:
             try:
                 data, addr = recvfrom(RECV_BUFFER_BYTES)
             except (BlockingIOError, InterruptedError):
+                self._checking_sources = False  # what was queued before connect() is read
                 return
             except OSError:  # e.g. ICMP port unreachable reported on the socket
                 return
@@ -295,6 +297,9 @@ class MediaSession:
             log.debug("RTP socket not connected to %s: %s", address, exc)
             return
         self._connected = True
+        # connect() filters what arrives from now on; datagrams already queued (a flood from
+        # elsewhere, say) are still read with their source checked, until the queue is empty.
+        self._checking_sources = True
 
     def _unlatch(self) -> None:
         """The peer moved (a re-INVITE): latch again, afresh, on what comes next."""
