@@ -417,6 +417,14 @@ def connect_human(args, raw_data):
 CALLER_HZ, CALLEE_HZ = 1000, 700
 
 
+def call_the_agent(running: Any, stream: str) -> asyncio.Future[Any]:
+    """A sipp caller streaming `stream` to the `agent` route until the platform hangs up."""
+    block = free_port_range(8)
+    return asyncio.ensure_future(run_sipp(
+        "uac_hangup_by_server", running.target, service="agent", local_port=block.start,
+        media_port=block.start + 4, keys={"stream": stream}, timeout=60 + STT_DEADLINE))
+
+
 async def test_agent_connects_the_caller_and_its_recording_keeps_both_people(tmp_path):
     """The model's first turn starts the recording, then calls `connect_human`: the agent says
     its response, the AI session ends, the caller is bridged to a sipp callee (a tone) for the
@@ -432,11 +440,7 @@ async def test_agent_connects_the_caller_and_its_recording_keeps_both_people(tmp
         with agents(tmp_path, ("callbox", source)) as (agent,):
             async with FakeLlm(first_turn("start_recording", "connect_human")) as llm, \
                     platform_with_llm(tmp_path, [agent_route("agent", agent)], llm) as running:
-                block = free_port_range(8)
-                placing = asyncio.ensure_future(run_sipp(
-                    "uac_hangup_by_server", running.target, service="agent",
-                    local_port=block.start, media_port=block.start + 4,
-                    keys={"stream": caller_stream}, timeout=60 + STT_DEADLINE))
+                placing = call_the_agent(running, caller_stream)
                 call = (await wait_until(lambda: running.observed, 10, "the call"))[0].call
                 callee = await wait_until(lambda: call.peer, 30, "the caller connected")
                 # the AI session is over; the call goes on, bridged
@@ -482,11 +486,7 @@ async def test_agent_connect_not_final_resumes_and_does_not_listen_while_connect
         with agents(tmp_path, ("callbox", source)) as (agent,):
             async with FakeLlm(first_turn("connect_human")) as llm, \
                     platform_with_llm(tmp_path, [agent_route("agent", agent)], llm) as running:
-                block = free_port_range(8)
-                placing = asyncio.ensure_future(run_sipp(
-                    "uac_hangup_by_server", running.target, service="agent",
-                    local_port=block.start, media_port=block.start + 4,
-                    keys={"stream": caller_stream}, timeout=60 + STT_DEADLINE))
+                placing = call_the_agent(running, caller_stream)
                 call = (await wait_until(lambda: running.observed, 10, "the call"))[0].call
                 conversation = await wait_until(
                     lambda: (c := active_conversation(call.id)) and c.stt and c, 20,

@@ -187,29 +187,36 @@ asyncio.run(main())
 '''
 
 
-@pytest.mark.parametrize("kind", ["callbox", "signalwire-sdk"])
-async def test_client_dial_returns_the_answered_call_and_records_the_callee(
-        tmp_path: Path, kind: str) -> None:
+async def dial_and_record(running: RunningPlatform, tmp_path: Path, kind: str, uri: str
+                          ) -> tuple[list[Any], Path]:
+    """Run DIAL_PROGRAM with our client or the official one: it dials `uri`, records the
+    answered call for 2 s and hangs up. Its output lines and the fetched recording."""
     code = DIAL_PROGRAM
     python = str(official_sdk_python())
     if kind == "callbox":
         code = code.replace("from signalwire.relay", "from callbox.relay")
         python = sys.executable
     program = tmp_path / "dial.py"
+    program.write_text(fill(code, running))
+    proc = await run_program(running, program, python, uri)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 40)
+    finally:
+        await stop_program(proc)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    lines = program_lines(out.decode())
+    (recorded,) = [line for line in lines if line[0] == "recorded"]
+    assert recorded[1] == "finished"
+    return lines, await fetch_recording(running, recorded[2], tmp_path / "callee.wav")
+
+
+@pytest.mark.parametrize("kind", ["callbox", "signalwire-sdk"])
+async def test_client_dial_returns_the_answered_call_and_records_the_callee(
+        tmp_path: Path, kind: str) -> None:
     async with callee(tmp_path) as uas, relay_platform(tmp_path) as running:
-        program.write_text(fill(code, running))
-        proc = await run_program(running, program, python, uas.uri())
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), 40)
-        finally:
-            await stop_program(proc)
-        assert proc.returncode == 0, err.decode()[-3000:]
-        lines = program_lines(out.decode())
+        lines, path = await dial_and_record(running, tmp_path, kind, uas.uri())
         (answered,) = [line for line in lines if line[0] == "answered"]
         assert answered[1] and answered[2] == "outbound"
-        (recorded,) = [line for line in lines if line[0] == "recorded"]
-        assert recorded[1] == "finished"
-        path = await fetch_recording(running, recorded[2], tmp_path / "callee.wav")
         result = await uas.wait(timeout=20)
     assert result.ok, result.describe()  # the program's hangup reached the callee as a BYE
     samples, rate = audio.decode_audio(path)
@@ -220,25 +227,9 @@ async def test_client_dial_returns_the_answered_call_and_records_the_callee(
 @pytest.mark.parametrize("kind", ["callbox", "signalwire-sdk"])
 async def test_client_dial_reaches_a_softphone_that_answers_by_itself(
         tmp_path: Path, kind: str, peer_env: Any) -> None:
-    code = DIAL_PROGRAM
-    python = str(official_sdk_python())
-    if kind == "callbox":
-        code = code.replace("from signalwire.relay", "from callbox.relay")
-        python = sys.executable
-    program = tmp_path / "dial.py"
     async with Baresip(source=audio.tone(CALLEE_HZ, 5.0, -12), auto_answer=True) as phone, \
             relay_platform(tmp_path) as running:
-        program.write_text(fill(code, running))
-        proc = await run_program(running, program, python, phone.uri)
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), 40)
-        finally:
-            await stop_program(proc)
-        assert proc.returncode == 0, err.decode()[-3000:]
-        lines = program_lines(out.decode())
-        (recorded,) = [line for line in lines if line[0] == "recorded"]
-        assert recorded[1] == "finished"
-        path = await fetch_recording(running, recorded[2], tmp_path / "softphone.wav")
+        _, path = await dial_and_record(running, tmp_path, kind, phone.uri)
         await phone.wait_call_closed(timeout=10)  # the program's hangup reached baresip
     samples, _ = audio.decode_audio(path)
     assert audio.tone_level_dbfs(samples[800:-800], CALLEE_HZ) > -16

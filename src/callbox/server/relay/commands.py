@@ -32,6 +32,7 @@ from callbox.server.relay.results import (
     SessionHandler,
     bad_params,
     call_gone,
+    find_control,
     ok,
 )
 from callbox.server.tasks import spawn
@@ -190,12 +191,7 @@ class Commands:
         entry.play_started(control, op)
 
     def _play(self, entry: CallEntry, params: Mapping[str, Any]) -> PlayControl:
-        control_id = params.get("control_id")
-        control = entry.plays.get(control_id) if isinstance(control_id, str) else None
-        if control is None:
-            raise CommandError(wire.CODE_NOT_FOUND,
-                               f"no play with control_id {control_id!r} on this call")
-        return control
+        return find_control(params, "play", entry.plays.get)
 
     async def play_stop(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
                         ) -> Result:
@@ -283,12 +279,7 @@ class Commands:
         return ok("Recording", control_id=control_id, url=recording.url)
 
     def _record(self, entry: CallEntry, params: Mapping[str, Any]) -> RecordControl:
-        control_id = params.get("control_id")
-        control = entry.records.get(control_id) if isinstance(control_id, str) else None
-        if control is None:
-            raise CommandError(wire.CODE_NOT_FOUND,
-                               f"no recording with control_id {control_id!r} on this call")
-        return control
+        return find_control(params, "recording", entry.records.get)
 
     async def record_stop(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
                           ) -> Result:

@@ -32,6 +32,7 @@ from callbox.server.relay.results import (
     Result,
     bad_params,
     call_gone,
+    find_control,
     ok,
 )
 from callbox.wire import collect as input_wire
@@ -267,13 +268,8 @@ class InputCommands:
         return control
 
     def _collect(self, entry: CallEntry, params: Mapping[str, Any]) -> CollectControl:
-        control_id = params.get("control_id")
-        control = self.collects.get((entry.call.id, control_id)) \
-            if isinstance(control_id, str) else None
-        if control is None:
-            raise CommandError(wire.CODE_NOT_FOUND,
-                               f"no collect with control_id {control_id!r} on this call")
-        return control
+        return find_control(params, "collect",
+                            lambda control_id: self.collects.get((entry.call.id, control_id)))
 
     async def collect_stop(self, session: Session, entry: CallEntry, params: Mapping[str, Any]
                            ) -> Result:

@@ -8,7 +8,7 @@ message naming the wrong field, "404", "410").
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from callbox.wire import relay as wire
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 REPLY_WITHIN = 5.0
 
 Result = dict[str, Any]
+T = TypeVar("T")
 Handler = Callable[["Session", "CallEntry", Mapping[str, Any]], Awaitable[Result]]
 # A command with no call_id (calling.dial): it gets only the session and the params.
 SessionHandler = Callable[["Session", Mapping[str, Any]], Awaitable[Result]]
@@ -42,6 +43,17 @@ def bad_params(error: Exception) -> CommandError:
 
 def call_gone(entry: CallEntry) -> CommandError:
     return CommandError(wire.CODE_GONE, f"call {entry.call.id} has ended")
+
+
+def find_control(params: Mapping[str, Any], kind: str,
+                 lookup: Callable[[str], T | None]) -> T:
+    """The running operation the command's `control_id` names; a "404" naming it otherwise."""
+    control_id = params.get("control_id")
+    control = lookup(control_id) if isinstance(control_id, str) else None
+    if control is None:
+        raise CommandError(wire.CODE_NOT_FOUND,
+                           f"no {kind} with control_id {control_id!r} on this call")
+    return control
 
 
 def ok(message: str, **extra: Any) -> Result:
