@@ -108,6 +108,8 @@ async def dial(
     Raises DialFailed, or OutboundError for a device that cannot be dialled at all (nothing
     else is rung then). Cancelling the awaiting task cancels every ringing leg."""
     validate_plan(plan)
+    for device in (d for group in plan for d in group):  # a bad device fails before any rings
+        route_outbound(device.to, outbound.trunks, from_=device.from_, trunk=device.trunk)
     failures: list[DialLeg] = []
     for group in plan:
         legs = [DialLeg(device) for device in group]
@@ -188,10 +190,6 @@ async def _ring_group(
         winner.set_result(call)
         report(leg, "answered")
 
-    # Checked before anything rings: a bad device fails the whole dial at once.
-    for leg in legs:
-        route_outbound(leg.device.to, outbound.trunks, from_=leg.device.from_,
-                       trunk=leg.device.trunk)
     tasks = [asyncio.ensure_future(ring(leg)) for leg in legs]
     everyone = asyncio.gather(*tasks, return_exceptions=True)
     outcomes: list[asyncio.Future[Any]] = [winner, everyone]
