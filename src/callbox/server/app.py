@@ -68,7 +68,7 @@ class Platform:
                                user_agent=f"callbox/{__version__}", timers=sip_timers)
         self._runners: list[web.AppRunner] = []
         self.listening: Listening | None = None
-        self.node_id = str(uuid.uuid4())
+        self.node_id = config.cluster.node_id or str(uuid.uuid4())
         self.recorder: RecordingEngine | None = None
         self.recordings: RecordingStore | None = None  # the recorder's metadata (REST reads it)
         self.webhooks: WebhookQueue | None = None  # the recorder's webhook queue
@@ -93,6 +93,7 @@ class Platform:
         )
         self.services.outbound = self.outbound
         self._ended_media: Counter[str] = Counter()  # RTP counters of the calls that ended
+        self._no_calls = asyncio.Event()  # set when the last call ends
 
     def media_counters(self) -> dict[str, int]:
         """RTP totals since start (ended calls + live ones), for /metrics and benchmarks."""
@@ -145,10 +146,37 @@ class Platform:
         addresses = runner.addresses  # the bound (host, port, ...) of each listening socket
         return host, int(addresses[0][1]) if addresses else port
 
+    def refuse_new_calls(self) -> None:
+        """New INVITEs and OPTIONS health checks get 503 from now on (a load balancer sends
+        new calls to the other nodes); calls in progress go on."""
+        self.inbound.accepting = self.outbound.accepting = False
+        self.sip.accepting_calls = False
+
+    async def drain(self, seconds: float, cut_short: asyncio.Event | None = None) -> None:
+        """Refuse new calls and wait up to `seconds` for the calls in progress to end, or
+        until `cut_short` is set (a second signal). `stop()` hangs up the ones left."""
+        self.refuse_new_calls()
+        if not self.calls or seconds <= 0:
+            return
+        log.info("draining: %d calls in progress, waiting up to %g s for them to end",
+                 len(self.calls), seconds)
+        self._no_calls.clear()
+        waits = [asyncio.ensure_future(self._no_calls.wait())]
+        if cut_short is not None:
+            waits.append(asyncio.ensure_future(cut_short.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        if self.calls:
+            log.info("draining ended with %d calls in progress: hanging them up",
+                     len(self.calls))
+
     async def stop(self) -> None:
         """Graceful: refuse new calls (503), hang up the active ones (their recordings finish
         with complete files), deliver queued webhooks, then close everything."""
-        self.inbound.accepting = self.outbound.accepting = False
+        self.refuse_new_calls()
         await self.relay.close()
         for call in list(self.calls.values()):
             await call.hangup()
@@ -186,6 +214,8 @@ class Platform:
         self.calls.pop(call.id, None)
         self._ended_media.update(_media_counters(call.media))
         self.ports.release(call.media.sock)
+        if not self.calls:
+            self._no_calls.set()
 
     async def _run_route(self, call: Call, route: Route) -> None:
         if route.context:

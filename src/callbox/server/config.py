@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -49,6 +50,23 @@ class StorageConfig:
 class LogConfig:
     level: str = "info"
 
+
+@dataclass
+class ClusterConfig:
+    """This node among several behind a SIP load balancer (README "Scale out")."""
+
+    # Names this node in RELAY events and recordings; empty = a new random id at each start.
+    node_id: str = ""
+    # The NATS server that will carry offers, commands and events between nodes: accepted and
+    # checked, not used yet.
+    bus_url: str = ""
+    # At SIGTERM, calls in progress may go on for this many seconds while new INVITEs and
+    # OPTIONS health checks get 503; the ones left are then hung up. 0 = hang up at once.
+    drain_seconds: int = 0
+
+
+MAX_DRAIN_SECONDS = 86400
+BUS_SCHEMES = ("nats",)
 
 # Speech-to-text engines the `ai` verb can use ([ai] stt).
 STT_ENGINES = ("pocketsphinx",)
@@ -140,6 +158,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
     ai: AiConfig = field(default_factory=AiConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     projects: list[Project] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
     trunks: list[Trunk] = field(default_factory=list)
@@ -162,6 +181,7 @@ _SECTIONS: dict[str, type] = {
     "storage": StorageConfig,
     "log": LogConfig,
     "ai": AiConfig,
+    "cluster": ClusterConfig,
 }
 
 
@@ -371,6 +391,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"ai.base_url must be an http(s) URL, got {config.ai.base_url!r}")
         if not config.ai.model:
             raise ConfigError("ai.model must be set when ai.base_url is (e.g. \"gpt-4o-mini\")")
+    validate_cluster(config.cluster)
     ids = [p.id for p in config.projects]
     if len(ids) != len(set(ids)):
         raise ConfigError("[[projects]] ids must be unique")
@@ -380,3 +401,29 @@ def validate(config: Config) -> None:
     for route in config.routes:
         if route.project and route.project not in ids:
             raise ConfigError(f"route {route.number!r} names unknown project {route.project!r}")
+
+
+def validate_cluster(cluster: ClusterConfig) -> None:
+    node_id = cluster.node_id
+    if node_id and not (len(node_id) <= 64
+                        and all(ch.isascii() and (ch.isalnum() or ch in "-_.") for ch in node_id)):
+        raise ConfigError(f"cluster.node_id may hold only letters, digits, '-', '_' and '.' "
+                          f"(at most 64), got {node_id!r}")
+    if cluster.bus_url:
+        check_bus_url(cluster.bus_url)
+    if not 0 <= cluster.drain_seconds <= MAX_DRAIN_SECONDS:
+        raise ConfigError(f"cluster.drain_seconds must be 0-{MAX_DRAIN_SECONDS}, "
+                          f"got {cluster.drain_seconds}")
+
+
+def check_bus_url(url: str) -> None:
+    """A NATS server URL: nats://HOST[:PORT] (credentials allowed, nothing after the port)."""
+    what = f'cluster.bus_url must be a NATS URL such as "nats://127.0.0.1:4222", got {url!r}'
+    parsed = urllib.parse.urlsplit(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ConfigError(what) from None
+    if (parsed.scheme not in BUS_SCHEMES or not parsed.hostname or port == 0
+            or parsed.path not in ("", "/") or parsed.query or parsed.fragment):
+        raise ConfigError(what)
