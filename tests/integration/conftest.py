@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,15 +93,16 @@ class RunningPlatform:
 
 
 def write_serve_config(tmp_path: Path, *, sip_port: int, http_port: int,
-                       routes: dict[str, str]) -> Path:
+                       routes: dict[str, str], sections: Sequence[str] = ()) -> Path:
     """A callbox.toml for `callbox serve` as a subprocess: project p1/t1, SWML `routes`
-    (number -> document)."""
+    (number -> document); `sections`: more TOML lines (e.g. a ``[cluster]`` table)."""
     rtp = free_port_range(40)
     lines = [
         "[sip]", f'listen = "127.0.0.1:{sip_port}"', f'rtp_ports = "{rtp.start}-{rtp.stop - 1}"',
         "[http]", f'listen = "127.0.0.1:{http_port}"',
         f'public_url = "https://127.0.0.1:{http_port}"',
         "[storage]", f'data_dir = "{tmp_path / "data"}"',
+        *sections,
         "[[projects]]", 'id = "p1"', 'token = "t1"',
     ]
     for number, document in routes.items():
