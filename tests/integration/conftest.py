@@ -16,7 +16,7 @@ from tests.peers.ports import free_port_range
 
 from callbox.server.app import Platform
 from callbox.server.call import Call
-from callbox.server.config import Config, Route
+from callbox.server.config import Config, Route, Trunk
 from callbox.server.sip.transaction import Timers
 
 PROMPT_TEXT = "Hello from callbox. This is the prompt route."
@@ -112,7 +112,7 @@ def write_serve_config(tmp_path: Path, *, sip_port: int, http_port: int,
     return path
 
 
-def make_config(tmp_path, routes=ROUTES) -> Config:
+def make_config(tmp_path: Path, routes: Sequence[Route] = ROUTES) -> Config:
     config = Config()
     config.sip.listen = "127.0.0.1:0"
     config.http.listen = "127.0.0.1:0"
@@ -124,8 +124,9 @@ def make_config(tmp_path, routes=ROUTES) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def running_platform(tmp_path, routes=ROUTES, *, trunks=(),
-                           **settings) -> AsyncIterator[RunningPlatform]:
+async def running_platform(tmp_path: Path, routes: Sequence[Route] = ROUTES, *,
+                           trunks: Sequence[Trunk] = (),
+                           **settings: object) -> AsyncIterator[RunningPlatform]:
     """A platform on ephemeral ports with `routes` and `trunks`; `settings` are dotted config
     keys."""
     config = make_config(tmp_path, routes)
@@ -152,6 +153,6 @@ async def running_platform(tmp_path, routes=ROUTES, *, trunks=(),
 
 
 @pytest.fixture
-async def platform(tmp_path) -> AsyncIterator[RunningPlatform]:
+async def platform(tmp_path: Path) -> AsyncIterator[RunningPlatform]:
     async with running_platform(tmp_path) as running:
         yield running
