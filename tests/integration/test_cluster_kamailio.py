@@ -203,7 +203,8 @@ async def test_a_draining_node_sends_new_calls_to_the_other_and_finishes_its_own
 
 
 async def test_a_node_killed_outright_gets_no_new_calls(tmp_path: Path, peer_env: object) -> None:
-    async with cluster(tmp_path) as (kamailio, nodes):
+    # Probes every 60 s: only the INVITE that times out takes the dead node out.
+    async with cluster(tmp_path, ping_interval=60) as (kamailio, nodes):
         dead, alive = nodes
         dead.signal(signal.SIGKILL)
         assert await dead.exited() == -signal.SIGKILL
@@ -214,9 +215,57 @@ async def test_a_node_killed_outright_gets_no_new_calls(tmp_path: Path, peer_env
         assert len(placed) == 6 and placed <= set(alive.sip_call_ids())
         rows = await finished_recordings(alive, len(placed))
         assert_holds_the_tone(alive, rows)
-        # Kamailio saw the dead node time out, or its OPTIONS probe had already taken it out.
         routed = kamailio.routed()
-        tried_dead = [call_id for call_id in placed if dead.target in routed.get(call_id, [])]
         assert all(routed[call_id][-1] == alive.target for call_id in placed), routed
-        timed_out = {call_id for call_id, node, _ in kamailio.failovers() if node == dead.target}
-        assert set(tried_dead) == timed_out
+        # Round-robin tried the dead node (as often as calls were sent before the first of
+        # them timed out): no answer (408), each INVITE moved on to the live node.
+        failed_over = {(node, status) for call_id, node, status in kamailio.failovers()
+                       if call_id in placed}
+        assert failed_over == {(dead.target, "408")}, kamailio.failovers()
+
+
+async def call_up_on(nodes: Sequence[Node], caller: asyncio.Task[SippResult]) -> Node:
+    """The node that took the call `caller` places (polled through the nodes' REST API)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:
+        for node in nodes:
+            if await node.calls():
+                return node
+        assert loop.time() < deadline and not caller.done(), "the call never came up"
+        await asyncio.sleep(0.05)
+
+
+async def until_state(kamailio: Dispatcher, node: Node, flag: str) -> None:
+    """Wait until Kamailio's dispatcher holds `node` active (``A``) or inactive (``I``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while not (states := await kamailio.states()).get(node.target, "").startswith(flag):
+        assert loop.time() < deadline, f"{node.node_id} is not {flag}: {states}"
+        await asyncio.sleep(0.1)
+
+
+async def test_the_health_check_takes_out_a_node_that_answers_503_or_nothing(
+        tmp_path: Path, peer_env: object) -> None:
+    async with cluster(tmp_path, drain_seconds=60, ping_interval=1) as (kamailio, nodes):
+        for node in nodes:
+            await until_state(kamailio, node, "A")
+        first = asyncio.create_task(run_sipp(
+            "uac_hangup_by_server_via_proxy", kamailio.target, service="rec",
+            local_port=free_udp_port(), media_port=free_port_range(4).start,
+            keys={"stream": tone_stream(tmp_path)}, timeout=120, workdir=tmp_path / "first"))
+        draining = await call_up_on(nodes, first)
+        dead = next(node for node in nodes if node is not draining)
+        placed = len(kamailio.requests("INVITE"))
+
+        dead.signal(signal.SIGKILL)
+        draining.signal(signal.SIGTERM)  # it answers OPTIONS 503 from now on
+        await until_state(kamailio, dead, "I")
+        await until_state(kamailio, draining, "I")
+        assert len(kamailio.requests("INVITE")) == placed  # the probes alone took them out
+        assert draining.process.returncode is None and not first.done()
+
+        draining.signal(signal.SIGTERM)
+        assert await draining.exited() == 0
+        caller = await asyncio.wait_for(first, 30)
+        assert caller.ok, caller.describe()

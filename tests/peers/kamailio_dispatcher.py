@@ -4,9 +4,10 @@
 values given with ``-A`` defines (listen address, the dispatcher list it writes for `nodes`,
 a short OPTIONS probe interval and node answer timeout), until the ``async with`` block ends.
 
-The config logs one line per request (``REQ <method> ... src=<ip>:<port> ci=<Call-ID>``), one
-per call sent to a node (``CALL ci=<Call-ID> to node sip:<host>:<port>``) and one per failover;
-:class:`Dispatcher` reads them back.
+:meth:`Dispatcher.states` reads each node's state (active, inactive, probed) with
+``kamcmd dispatcher.list``. The config logs one line per request (``REQ <method> ...
+src=<ip>:<port> ci=<Call-ID>``), one per call sent to a node (``CALL ci=<Call-ID> to node
+sip:<host>:<port>``) and one per failover; :class:`Dispatcher` reads them back.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ CONFIG_PATH = Path(__file__).resolve().parents[2] / "deploy" / "kamailio" / "cal
 
 _REQ = re.compile(r"REQ (\S+) ru=(\S+) src=(\S+):(\d+) ci=(\S+) cs=(\d+)")
 _CALL = re.compile(r"CALL ci=(\S+) to node sip:(\S+)")
+_DEST = re.compile(r"URI: sip:(\S+)\s+FLAGS: (\w+)")
 _FAILOVER = re.compile(r"FAILOVER ci=(\S+) node sip:(\S+) answered (\S+)")
 
 
@@ -76,6 +78,16 @@ class Dispatcher:
             nodes.setdefault(match[1], []).append(match[2])
         return nodes
 
+    async def states(self) -> dict[str, str]:
+        """Node (``host:port``) -> its dispatcher flags: ``A`` active or ``I`` inactive, then
+        ``P`` when probed, ``X`` when not (``kamcmd dispatcher.list`` over the ctl socket)."""
+        process = await asyncio.create_subprocess_exec(
+            "kamcmd", "-s", f"unix:{self.workdir / 'ctl'}", "dispatcher.list",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), 10)
+        assert process.returncode == 0, f"kamcmd dispatcher.list: {err.decode(errors='replace')}"
+        return dict(_DEST.findall(out.decode(errors="replace")))
+
     def failovers(self) -> list[tuple[str, str, str]]:
         """(Call-ID, node, its answer) for each INVITE moved on to the next node."""
         return [(m[1], m[2], m[3]) for m in _FAILOVER.finditer(self.log())]
@@ -102,7 +114,8 @@ async def start_dispatcher(nodes: Sequence[str], *, host: str = LOOPBACK,
     list_path.write_text(dispatcher_list(nodes))
     defines = [f"LISTEN=udp:{host}:{port}", f'DISPATCHER_LIST="{list_path}"',
                f'MODULES_DIR="{MODULES_DIR}"', f"DS_PING_INTERVAL={ping_interval}",
-               f"NODE_ANSWER_TIMEOUT={answer_timeout_ms}"]
-    async with run_kamailio(CONFIG_PATH, workdir, port=port, host=host,
-                            defines=defines) as process:
+               f"NODE_ANSWER_TIMEOUT={answer_timeout_ms}",
+               f'CTL_SOCKET="unix:{workdir / "ctl"}"']
+    async with run_kamailio(CONFIG_PATH, workdir, port=port, host=host, defines=defines,
+                            ready=(workdir / "ctl").exists) as process:
         yield Dispatcher(host, port, workdir, process)
