@@ -77,6 +77,7 @@ start_kamailio() {
   done
   setsid kamailio -f "$KAMAILIO_CONFIG" -DD -E -P "$run/kamailio.pid" -Y "$run" -w "$run" \
     -A "LISTEN=udp:$HOST:$SIP_PORT" -A "DISPATCHER_LIST=\"$run/dispatcher.list\"" \
+    -A "CTL_SOCKET=\"unix:$run/ctl\"" \
     >"$run/kamailio.log" 2>&1 &
   PIDS+=($!)
 }
@@ -105,6 +106,7 @@ main() {
     echo "  $name    udp:$HOST:$sip  https://$HOST:$https/  RTP $rtp  (pid ${NODE_PIDS[$index]})"
     index=$((index + 1))
   done
+  echo "Nodes' states: kamcmd -s unix:$DIR/kamailio/ctl dispatcher.list"
   echo "Drain a node: kill -TERM <its pid>. Stop everything: Ctrl-C."
   wait "${PIDS[-1]}" || true
   echo "kamailio exited (see $DIR/kamailio/kamailio.log); stopping the nodes"
