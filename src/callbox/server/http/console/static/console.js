@@ -149,7 +149,7 @@ async function loadCalls() {
 
 // -- one recording ---------------------------------------------------------------------------
 
-const view = { id: null, record: null, peaks: null };
+const view = { id: null, record: null, peaks: null, deliveriesTimer: null };
 
 function metaList(rec) {
   const items = [
@@ -270,6 +270,11 @@ async function loadRecording(id, { reloadMedia = true } = {}) {
   $("#rec-title").textContent = `Recording ${rec.id} (${rec.state})`;
   metaList(rec);
   deliveriesTable(rec.deliveries);
+  clearTimeout(view.deliveriesTimer);
+  if (rec.deliveries.some((d) => d.status === "pending" || d.status === "retrying")) {
+    view.deliveriesTimer = setTimeout(
+      () => loadRecording(id, { reloadMedia: false }).catch(showError), 2000);
+  }
   const download = $("#download");
   download.hidden = !rec.audio_url;
   if (rec.audio_url) download.href = rec.audio_url;
