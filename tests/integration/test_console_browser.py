@@ -9,6 +9,7 @@ Screenshots are kept in each test's tmp dir.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,13 +23,14 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from tests.integration.conftest import RunningPlatform, running_platform, swml
 from tests.peers import audio
 from tests.peers.ports import free_port_range
-from tests.peers.sipp import g711_stream, run_sipp
+from tests.peers.sipp import g711_stream, run_sipp, start_sipp_uas
 
 from callbox.server.config import Project, Route
 
 pytestmark = [pytest.mark.peers, pytest.mark.asyncio(loop_scope="module")]
 
 CALLER_HZ = 700
+CALLEE_HZ = 1000
 WAIT_MS = 30_000  # a browser wait's deadline (the machine may be loaded)
 
 
@@ -56,6 +58,7 @@ async def _no_content(request: web.Request) -> web.Response:
 class Console:
     running: RunningPlatform
     url: str  # https://127.0.0.1:PORT
+    hook_url: str  # a status_url that answers 204
 
 
 @dataclass
@@ -83,14 +86,14 @@ async def console(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Con
     receiver = await webhook_receiver()
     site = web.TCPSite(receiver, "127.0.0.1", 0)
     await site.start()
-    hook_port = receiver.addresses[0][1]
+    hook_url = f"http://127.0.0.1:{receiver.addresses[0][1]}/hook"
     try:
         async with running_platform(tmp_path_factory.mktemp("console"),
-                                    routes(f"http://127.0.0.1:{hook_port}/hook")) as running:
+                                    routes(hook_url)) as running:
             running.platform.config.projects += [Project("p1", "t1"), Project("p2", "t2")]
             assert running.platform.listening is not None
             host, port = running.platform.listening.https
-            yield Console(running, f"https://{host}:{port}")
+            yield Console(running, f"https://{host}:{port}", hook_url)
     finally:
         await receiver.cleanup()
 
@@ -116,6 +119,31 @@ async def sign_in(tab: BrowserPage, project: str = "p1", token: str = "t1") -> N
     await tab.page.get_by_label("Project id").fill(project)
     await tab.page.get_by_label("Token").fill(token)
     await tab.page.get_by_role("button", name="Sign in").click()
+
+
+async def open_fresh_recording(tab: BrowserPage, console: Console, tmp_path: Path,
+                               service: str) -> str:
+    """A 3 s sipp call to `service` (which records it) while the list is open; its recording's
+    row appears live, then the recording's page is opened; returns its id."""
+    page = tab.page
+    await expect(page.locator("#live-status")).to_have_text("live")
+    store = console.running.platform.recordings
+    before = {row.id for row in store.list("p1", page_size=100)[0]}
+    caller = start_caller(console, tmp_path, service, 3.0)
+    # the new recording shows up while it records, without reloading the page
+    row = page.locator("#recordings tbody tr").first
+    await expect(row.locator(".state")).to_have_text("recording")
+    rec_id = await row.get_attribute("data-id")
+    assert rec_id is not None and rec_id not in before
+    await tab.shot("1-recording-live")
+    result = await caller
+    assert result.ok, result.describe()
+    await expect(page.locator(f'tr[data-id="{rec_id}"] .state')).to_have_text("finished")
+    await tab.shot("2-list")
+    await page.locator(f'tr[data-id="{rec_id}"] a').click()
+    await expect(page).to_have_url(f"{console.url}/console/recordings/{rec_id}")
+    await expect(page.locator('#meta dd[data-field="state"]')).to_have_text("finished")
+    return rec_id
 
 
 def start_caller(console: Console, tmp_path: Path, service: str, seconds: float
@@ -148,28 +176,12 @@ async def test_fresh_recording_appears_plays_draws_and_is_deleted(
     page = tab.page
     await sign_in(tab)
     await expect(page.get_by_role("heading", name="Recordings")).to_be_visible()
-    await expect(page.locator("#live-status")).to_have_text("live")
+    rec_id = await open_fresh_recording(tab, console, tmp_path, "rec")
     store = console.running.platform.recordings
-    before = {row.id for row in store.list("p1", page_size=100)[0]}
-
-    caller = start_caller(console, tmp_path, "rec", 3.0)
-    # the new recording shows up while it records, without reloading the page
-    row = page.locator("#recordings tbody tr").first
-    await expect(row.locator(".state")).to_have_text("recording")
-    rec_id = await row.get_attribute("data-id")
-    assert rec_id is not None and rec_id not in before
-    await tab.shot("1-recording-live")
-    result = await caller
-    assert result.ok, result.describe()
-    await expect(page.locator(f'tr[data-id="{rec_id}"] .state')).to_have_text("finished")
     stored = store.get(rec_id)
     assert stored is not None and stored.project_id == "p1" and stored.channels == 2
-    await tab.shot("2-list")
-
-    await page.locator(f'tr[data-id="{rec_id}"] a').click()
-    await expect(page).to_have_url(f"{console.url}/console/recordings/{rec_id}")
-    await expect(page.locator('#meta dd[data-field="state"]')).to_have_text("finished")
-    await expect(page.locator('#meta dd[data-field="who-is-where"]')).to_contain_text("Left:")
+    await expect(page.locator('#meta dd[data-field="who-is-where"]')).to_have_text(
+        "Left: the caller (sipp); Right: what the platform plays")
     # the status_url webhooks, as delivered (the page polls while one is on its way)
     await expect(page.locator("#deliveries tbody tr")).to_have_count(2)
     await expect(page.locator("#deliveries tbody tr").last).to_contain_text("finished")
@@ -194,7 +206,6 @@ async def test_fresh_recording_appears_plays_draws_and_is_deleted(
     position = await page.evaluate("document.querySelector('#player').currentTime")
     assert abs(position - player_seconds / 2) < 0.25
     await tab.shot("3-recording-page")
-    shutil.copy(tab.shots / "3-recording-page.png", tmp_path / "console.png")
 
     await page.get_by_role("button", name="Delete…").click()
     await page.get_by_role("button", name="Delete", exact=True).click()
@@ -283,6 +294,36 @@ async def wait_state_after(events: list[tuple[str, int]], changed: asyncio.Event
                 return
             changed.clear()
             await changed.wait()
+
+
+async def test_bridged_recording_shows_who_is_on_each_channel(
+        tab: BrowserPage, console: Console, tmp_path: Path) -> None:
+    page = tab.page
+    stream = g711_stream(audio.tone(CALLEE_HZ, 1.0, dbfs=-12), tmp_path / "callee.ulaw",
+                         loops=-1)
+    async with start_sipp_uas("uas_answer", media_port=free_port_range(4).start,
+                              keys={"stream": stream}) as callee:
+        record = {"format": "wav", "stereo": True, "direction": "both",
+                  "status_url": console.hook_url}
+        console.running.platform.config.routes.insert(0, Route("bridge", swml=swml(
+            {"record_call": record}, {"connect": {"to": callee.uri("bob"), "timeout": 20}})))
+        await sign_in(tab)
+        rec_id = await open_fresh_recording(tab, console, tmp_path, "bridge")
+        assert (await callee.wait(timeout=20)).ok
+    legend = page.locator('#meta dd[data-field="who-is-where"]')
+    callee_is = r"Right: the callee \(sip:bob@127\.0\.0\.1:\d+\)"
+    await expect(legend).to_have_text(re.compile(rf"Left: the caller \(sipp\); {callee_is}"))
+    await expect(page.locator('#meta dd[data-field="bridged-to"]')).not_to_be_empty()
+    await expect(page.locator(".wave span")).to_have_text(
+        ["Left: the caller (sipp)", re.compile(callee_is)])
+    # each party on its channel: both waveforms are drawn
+    assert await canvas_ink(page, 0) > 1000 and await canvas_ink(page, 1) > 1000
+    await expect(page.locator("#deliveries tbody tr").last).to_contain_text("delivered")
+    await page.evaluate("document.querySelector('#player').currentTime = 1.5")
+    await tab.shot("3-bridged-recording")
+    rows = console.running.platform.recordings.get(rec_id)
+    assert rows is not None and rows.channels == 2
+    assert tab.errors == []
 
 
 async def test_wrong_token_is_refused(tab: BrowserPage, console: Console) -> None:

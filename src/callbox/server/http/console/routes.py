@@ -22,7 +22,7 @@ from aiohttp import hdrs, web
 
 from callbox.server.call import Call
 from callbox.server.http.console.csrf import require_csrf, same_origin
-from callbox.server.http.console.events import ConsoleEvents, sse_stream
+from callbox.server.http.console.events import ConsoleEvents, Parties, parties_of, sse_stream
 from callbox.server.http.console.peaks import PeaksCache, PeaksError
 from callbox.server.http.console.sessions import (
     COOKIE_NAME,
@@ -193,13 +193,14 @@ async def api_recording(request: web.Request) -> web.Response:
     recorder = services.recorder
     deliveries = recorder.webhooks.queue.deliveries(row.id) if recorder is not None else []
     playable = row.state in SERVABLE_STATES and file_of(row) is not None
-    peer_call_id = console_of(request).events.peers.get(row.id)
     call = services.calls.get(row.call_id)
+    parties = (parties_of(call, services.calls) if call is not None
+               else console_of(request).events.parties.get(row.id))
     return web.json_response({
         **row.to_api(),
         "audio_url": f"{DOWNLOAD_PREFIX}{row.id}.{row.format}" if playable else None,
-        "peer_call_id": peer_call_id,
-        "channel_legend": channel_legend(row, call, peer_call_id),
+        "peer_call_id": parties.peer_call_id if parties is not None else None,
+        "channel_legend": channel_legend(row, parties),
         "deliveries": [{
             "url": d.url, "event": d.label, "status": d.status, "attempts": d.attempts,
             "last_error": d.last_error, "last_time": iso_time(d.last_time),
@@ -295,7 +296,6 @@ async def api_control(request: web.Request) -> web.Response:
 async def api_events(request: web.Request) -> web.StreamResponse:
     session = require_session(request)
     state = console_of(request)
-    state.events.attach(services_of(request).recorder)
     return await sse_stream(request, state.events, session.project_id,
                             lambda: state.sessions.get(session.id) is not None)
 
@@ -308,7 +308,11 @@ def console_of(request: web.Request) -> ConsoleState:
 
 
 def session_of(request: web.Request) -> Session | None:
-    return console_of(request).sessions.get(request.cookies.get(COOKIE_NAME))
+    """The request's live session, else None. Also starts observing the recording engine
+    once it exists, so the console notes who each recording holds from then on."""
+    state, services = console_of(request), services_of(request)
+    state.events.attach(services.recorder, services.calls)
+    return state.sessions.get(request.cookies.get(COOKIE_NAME))
 
 
 def require_session(request: web.Request) -> Session:
@@ -339,15 +343,11 @@ def parse_filter(query: Any) -> RecordingFilter:
                            search=search)
 
 
-def channel_legend(row: RecordingRow, call: Call | None, peer_call_id: str | None
-                   ) -> list[str]:
+def channel_legend(row: RecordingRow, parties: Parties | None) -> list[str]:
     """Who each channel holds: left = the recorded leg's party (speak), right = what it hears
     (listen); on the inbound leg of a bridged call, caller left and callee right."""
-    party = "the caller" if row.call_id and (call is None or call.direction == "inbound") \
-        else "the called party"
-    if call is not None:
-        party += f" ({call.from_user if call.direction == 'inbound' else call.to_user})"
-    hears = f"the bridged call {peer_call_id}" if peer_call_id else "what the platform plays"
+    party = parties.speaker if parties is not None else "the recorded party"
+    hears = parties.hearer if parties is not None else "what that party hears"
     if row.channels == 2:
         return [f"Left: {party}", f"Right: {hears}"]
     heard = {"speak": party, "listen": hears, "both": f"{party} and {hears}, mixed"}
