@@ -213,6 +213,7 @@ async def test_fresh_recording_appears_plays_draws_and_is_deleted(
     await expect(page.locator(f'tr[data-id="{rec_id}"]')).to_have_count(0)
     assert store.get(rec_id) is None
     assert not Path(stored.path).exists()
+    assert console.running.platform.recorder.webhooks.queue.deliveries(rec_id) == []
     assert tab.errors == []
 
 

@@ -210,7 +210,14 @@ async def test_another_projects_recording_is_404(env: Env) -> None:
     assert (await own.json())["audio_url"] == f"/recordings/{mine.id}.wav"
     peaks = await env.client.get(f"/console/api/recordings/{mine.id}/peaks?bins=20",
                                  headers=headers)
-    assert (await peaks.json())["bins"] == 20
+    body = await peaks.json()
+    assert body["bins"] == 20 and len(body["channels"]) == 1
+    assert body["channels"][0] == [0.0] * 20  # the file is silence
+    for bad in ("5", "4001", "x", "²", "-1", "1" * 30):
+        response = await env.client.get(f"/console/api/recordings/{mine.id}/peaks",
+                                        params={"bins": bad}, headers=headers)
+        assert response.status == 400, bad
+        assert (await response.json())["errors"][0]["attribute"] == "bins"
 
 
 async def test_changes_need_the_csrf_token(env: Env) -> None:

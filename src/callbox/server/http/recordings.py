@@ -89,12 +89,13 @@ async def get_recording(request: web.Request) -> web.Response:
 async def delete_recording(request: web.Request) -> web.Response:
     project = require_project(request)
     row = own_row(request, project.id)
-    await remove_recording(_store(request), row)
+    await remove_recording(request, row)
     return web.Response(status=204)
 
 
-async def remove_recording(store: RecordingStore, row: RecordingRow) -> None:
-    """Delete a recording's file and row; a JSON 409 while it is still in progress."""
+async def remove_recording(request: web.Request, row: RecordingRow) -> None:
+    """Delete a recording's file, row and webhook deliveries log; a JSON 409 while it is
+    still in progress."""
     if row.is_active:
         raise json_error(web.HTTPConflict, "recording_in_progress",
                      f"recording {row.id} is still in progress (state {row.state!r}); "
@@ -102,7 +103,10 @@ async def remove_recording(store: RecordingStore, row: RecordingRow) -> None:
     path = file_of(row)
     if path is not None:
         await asyncio.get_running_loop().run_in_executor(None, _unlink, path)
-    store.delete(row.id)
+    _store(request).delete(row.id)
+    recorder = services_of(request).recorder
+    if recorder is not None:
+        recorder.webhooks.queue.forget(row.id)
 
 
 async def download_recording(request: web.Request) -> web.StreamResponse:

@@ -23,7 +23,7 @@ from aiohttp import hdrs, web
 from callbox.server.call import Call
 from callbox.server.http.console.csrf import require_csrf, same_origin
 from callbox.server.http.console.events import ConsoleEvents, Parties, parties_of, sse_stream
-from callbox.server.http.console.peaks import PeaksCache, PeaksError
+from callbox.server.http.console.peaks import MAX_BINS, MIN_BINS, PeaksCache, PeaksError
 from callbox.server.http.console.sessions import (
     COOKIE_NAME,
     COOKIE_PATH,
@@ -68,7 +68,8 @@ SECURITY_HEADERS: Final = {
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
 }
-_DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_BINS: Final = re.compile(r"[0-9]{1,5}")
 
 
 @dataclass
@@ -212,16 +213,17 @@ async def api_peaks(request: web.Request) -> web.Response:
     session = require_session(request)
     row = own_row(request, session.project_id)
     raw = request.query.get("bins", str(DEFAULT_BINS))
+    if not (_BINS.fullmatch(raw) and MIN_BINS <= int(raw) <= MAX_BINS):
+        raise _bad("bins", f"bins must be an integer from {MIN_BINS} to {MAX_BINS}, "
+                           f"got {raw[:20]!r}")
     path = file_of(row)
     if row.state not in SERVABLE_STATES or path is None:
         raise json_error(web.HTTPConflict, "not_ready",
                          f"recording {row.id} has no finished file yet (state {row.state!r})")
     try:
-        bins = int(raw) if raw.isdigit() and len(raw) < 6 else -1
-        peaks = await console_of(request).peaks.peaks(path, row.format, row.channels, bins)
+        peaks = await console_of(request).peaks.peaks(path, row.format, row.channels, int(raw))
     except PeaksError as exc:
-        raise json_error(web.HTTPBadRequest if bins < 0 or "bins" in str(exc)
-                         else web.HTTPUnprocessableEntity, "peaks", str(exc)) from None
+        raise json_error(web.HTTPUnprocessableEntity, "unreadable", str(exc)) from None
     return web.json_response({"bins": peaks.shape[1], "duration": row.duration,
                               "channels": [[round(float(v), 3) for v in channel]
                                            for channel in peaks]})
@@ -231,10 +233,7 @@ async def api_delete(request: web.Request) -> web.Response:
     session = require_session(request)
     require_csrf(request, session)
     row = own_row(request, session.project_id)
-    await remove_recording(_store(request), row)
-    recorder = services_of(request).recorder
-    if recorder is not None:
-        recorder.webhooks.queue.forget(row.id)
+    await remove_recording(request, row)
     return web.Response(status=204)
 
 
