@@ -205,6 +205,14 @@ async def test_fresh_recording_appears_plays_draws_and_is_deleted(
     await page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     position = await page.evaluate("document.querySelector('#player').currentTime")
     assert abs(position - player_seconds / 2) < 0.25
+    # and from the keyboard: the waveform is a labelled slider
+    wave = page.get_by_role("slider", name=re.compile(r"^Waveform, Left: the caller"))
+    await wave.focus()
+    await page.keyboard.press("Home")
+    assert await page.evaluate("document.querySelector('#player').currentTime") == 0
+    await page.keyboard.press("ArrowRight")  # 5 s on: the end of this 3 s file
+    position = await page.evaluate("document.querySelector('#player').currentTime")
+    assert position == pytest.approx(player_seconds, abs=0.05)
     await tab.shot("3-recording-page")
 
     await page.get_by_role("button", name="Delete…").click()
@@ -214,6 +222,10 @@ async def test_fresh_recording_appears_plays_draws_and_is_deleted(
     assert store.get(rec_id) is None
     assert not Path(stored.path).exists()
     assert console.running.platform.recorder.webhooks.queue.deliveries(rec_id) == []
+
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_label("Project id")).to_be_visible()
+    assert (await page.request.get("/console/api/recordings")).status == 401
     assert tab.errors == []
 
 
@@ -322,8 +334,19 @@ async def test_bridged_recording_shows_who_is_on_each_channel(
     await expect(page.locator("#deliveries tbody tr").last).to_contain_text("delivered")
     await page.evaluate("document.querySelector('#player').currentTime = 1.5")
     await tab.shot("3-bridged-recording")
-    rows = console.running.platform.recordings.get(rec_id)
-    assert rows is not None and rows.channels == 2
+    stored = console.running.platform.recordings.get(rec_id)
+    assert stored is not None and stored.channels == 2
+
+    # back to the list: search by the call id, then filter by state
+    await page.get_by_role("link", name="All recordings").click()
+    await page.get_by_label("Call or control id").fill(stored.call_id)
+    await page.get_by_role("button", name="Apply").click()
+    await expect(page.locator("#recordings tbody tr")).to_have_count(1)
+    await expect(page.locator(f'#recordings tr[data-id="{rec_id}"]')).to_have_count(1)
+    await page.get_by_label("State").select_option("error")
+    await page.get_by_role("button", name="Apply").click()
+    await expect(page.locator("#recordings tbody tr")).to_have_count(0)
+    await expect(page.locator("#no-recordings")).to_be_visible()
     assert tab.errors == []
 
 

@@ -148,8 +148,8 @@ async def sign_in(request: web.Request) -> web.Response:
     state.limiter.succeeded(*keys)
     session = state.sessions.create(project.id)
     response = web.Response(status=303, headers={hdrs.LOCATION: ROOT})
-    response.set_cookie(COOKIE_NAME, session.id,
-                        **state.sessions.cookie_attributes())  # type: ignore[arg-type]
+    response.set_cookie(COOKIE_NAME, session.id, path=COOKIE_PATH, httponly=True, secure=True,
+                        samesite="Strict", max_age=int(state.sessions.lifetime))
     return response
 
 

@@ -75,11 +75,6 @@ class SessionStore:
     def end(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
 
-    def cookie_attributes(self) -> dict[str, str | bool | int]:
-        """Keyword arguments of `StreamResponse.set_cookie` for the session cookie."""
-        return {"path": COOKIE_PATH, "httponly": True, "secure": True, "samesite": "Strict",
-                "max_age": int(self.lifetime)}
-
 
 class AttemptLimiter:
     """At most `max_failures` failed attempts per key within `window` seconds."""
