@@ -457,8 +457,8 @@ class RecordingEngine:
         self._observers: list[EngineListener] = []
 
     def on_event(self, listener: EngineListener) -> Callable[[], None]:
-        """Call `listener(project_id, params)` on every recording event (recovered ends
-        included); returns the unsubscribe. A failing listener is logged, never raised."""
+        """Call `listener(project_id, params)` on every recording event (and on a recovered
+        end reported by webhook); returns the unsubscribe. A failing listener is logged."""
         self._observers.append(listener)
         return lambda: self._observers.remove(listener) if listener in self._observers else None
 
