@@ -73,9 +73,12 @@ class BrowserPage:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
+    executable = shutil.which("chromium")
+    assert executable, "Debian's chromium is needed: apt-get install chromium " \
+                       "(scripts/setup.sh --test does it; never `playwright install`)"
     async with async_playwright() as playwright:
         chromium = await playwright.chromium.launch(
-            executable_path=shutil.which("chromium"),
+            executable_path=executable,
             args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
         yield chromium
         await chromium.close()
