@@ -30,7 +30,6 @@ from callbox.server.http.errors import json_error
 from callbox.server.store.recordings import RecordingRow
 
 if TYPE_CHECKING:
-    from callbox.server.config import Project
     from callbox.server.store.recordings import RecordingStore
 
 API_PATH: Final = "/api/relay/rest/recordings"
@@ -61,7 +60,7 @@ def add_recording_routes(app: web.Application) -> None:
 
 async def list_recordings(request: web.Request) -> web.Response:
     project = require_project(request)
-    page_size = _page_size(request.query.get("page_size"))
+    page_size = parse_page_size(request.query.get("page_size"))
     page_token = request.query.get("page_token") or None
     try:
         rows, next_token = _store(request).list(project.id, page_size=page_size,
@@ -83,22 +82,31 @@ async def list_recordings(request: web.Request) -> web.Response:
 
 async def get_recording(request: web.Request) -> web.Response:
     project = require_project(request)
-    row = _own_row(request, project)
+    row = own_row(request, project.id)
     return web.json_response(row.to_api())
 
 
 async def delete_recording(request: web.Request) -> web.Response:
     project = require_project(request)
-    row = _own_row(request, project)
+    row = own_row(request, project.id)
+    await remove_recording(request, row)
+    return web.Response(status=204)
+
+
+async def remove_recording(request: web.Request, row: RecordingRow) -> None:
+    """Delete a recording's file, row and webhook deliveries log; a JSON 409 while it is
+    still in progress."""
     if row.is_active:
         raise json_error(web.HTTPConflict, "recording_in_progress",
                      f"recording {row.id} is still in progress (state {row.state!r}); "
                      "stop it, then delete it")
-    path = _file_of(row)
+    path = file_of(row)
     if path is not None:
         await asyncio.get_running_loop().run_in_executor(None, _unlink, path)
     _store(request).delete(row.id)
-    return web.Response(status=204)
+    recorder = services_of(request).recorder
+    if recorder is not None:
+        recorder.webhooks.queue.forget(row.id)
 
 
 async def download_recording(request: web.Request) -> web.StreamResponse:
@@ -110,7 +118,7 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
     row = _store(request).get(rec_id)
     if row is None or row.format != ext or row.state not in SERVABLE_STATES:
         raise _not_found()
-    path = _file_of(row)
+    path = file_of(row)
     if path is None:
         raise _not_found()
     headers: dict[str, str] = {hdrs.CONTENT_TYPE: CONTENT_TYPES[ext],
@@ -145,7 +153,7 @@ def _public_url(request: web.Request) -> str:
     return services_of(request).public_url.rstrip("/")
 
 
-def _page_size(raw: str | None) -> int:
+def parse_page_size(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_PAGE_SIZE
     if _PAGE_SIZE.fullmatch(raw) and 1 <= int(raw) <= MAX_PAGE_SIZE:
@@ -162,18 +170,19 @@ def _page_url(base: str, page_size: int, page_token: str | None) -> str:
     return f"{base}?{urlencode(query)}"
 
 
-def _own_row(request: web.Request, project: Project) -> RecordingRow:
-    """The project's recording named in the path; 404 for any other (never another's)."""
+def own_row(request: web.Request, project_id: str) -> RecordingRow:
+    """The project's recording named in the path (`{id}`); a JSON 404 for any other (never
+    another project's)."""
     rec_id = request.match_info["id"]
     if _ID.fullmatch(rec_id) is None:
         raise _not_found()
     row = _store(request).get(rec_id)
-    if row is None or not hmac.compare_digest(row.project_id.encode(), project.id.encode()):
+    if row is None or not hmac.compare_digest(row.project_id.encode(), project_id.encode()):
         raise _not_found()
     return row
 
 
-def _file_of(row: RecordingRow) -> Path | None:
+def file_of(row: RecordingRow) -> Path | None:
     """The recording's file, only if the stored path has the name the id implies."""
     if not row.path:
         return None
