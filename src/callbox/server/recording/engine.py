@@ -357,6 +357,12 @@ class Recording:
                  self.control_id, self.call.id, self.state, self.duration or 0.0, self.size,
                  f" ({self.reason})" if self.reason else "")
         self.done.set_result(self.events[-1])
+        if self.size is not None:  # its file is kept
+            for listener in tuple(self.engine._concluded):
+                try:
+                    listener(self)
+                except Exception:
+                    log.exception("recording concluded listener failed")
 
     def _store_add(self) -> str | None:
         try:
@@ -451,6 +457,13 @@ class RecordingEngine:
                                                 thread_name_prefix="recording-files")
         self.active: dict[str, Recording] = {}
         self._queued: list[tuple[Recording, np.ndarray]] = []  # blocks for the next job
+        self._concluded: list[Callable[[Recording], None]] = []
+
+    def on_concluded(self, listener: Callable[[Recording], None]) -> Callable[[], None]:
+        """Call `listener` with each recording that ends with its file kept, once its end is
+        stored and reported; returns the unsubscribe."""
+        self._concluded.append(listener)
+        return lambda: self._concluded.remove(listener)
 
     @property
     def signing_keys(self) -> dict[str, str]:
