@@ -171,6 +171,9 @@ async def test_a_recording_moves_to_the_bucket_and_is_still_served(tmp_path: Pat
         status, headers, _ = await download(platform, recording.url,
                                             {"Range": f"bytes={len(stored) + 10}-"})
         assert status == 416 and headers["Content-Range"] == f"bytes */{len(stored)}"
+        async with aiohttp.ClientSession() as http, \
+                http.head(recording.url, ssl=https(platform)) as response:
+            assert response.status == 200 and response.content_length == len(stored)
 
         # REST DELETE removes the object and the row
         api = f"{platform.config.http.public_url}/api/relay/rest/recordings/{recording.id}"

@@ -7,7 +7,9 @@ signature, so a wrong secret is refused (``SignatureDoesNotMatch``). It returns 
 exists (the gateway needs a few seconds after start: creating the bucket is retried).
 
 :meth:`SeaweedFS.stop` and :meth:`SeaweedFS.start` take the server down and bring it back on the
-same ports and directory (its objects kept), for tests of an S3 outage.
+same ports and directory (its objects kept), for tests of an S3 outage. The stop is a kill (weed's
+graceful stop waits 15 s for its filer), then the Unix sockets weed leaves in /tmp are removed;
+`-master.electionTimeout=1s` lets the restarted master lead again within a second or two.
 
 Ports: weed takes each service's gRPC port as the port + 10000, so the four ports are drawn
 from the small-range region of :mod:`tests.peers.ports` (10000-16000) and their gRPC twins
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -93,27 +96,36 @@ class SeaweedFS:
             f"-ip.bind={LOOPBACK}", f"-master.port={master}", f"-volume.port={volume}",
             "-filer", f"-filer.port={filer}", "-s3", f"-s3.port={s3}", "-s3.port.lance=0",
             "-s3.port.iceberg=0", f"-s3.config={self.workdir / 's3.json'}",
+            "-master.electionTimeout=1s",  # a restarted master leads again at once
+            f"-filer.localSocket={self.workdir / 'filer.sock'}",
+            f"-s3.localSocket={self.workdir / 's3.sock'}",
         ]
 
     async def start(self) -> None:
         """Run weed and wait until the bucket exists (created when missing)."""
         (self.workdir / "data").mkdir(exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=log,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=log, start_new_session=True,
+                env={**os.environ, "TMPDIR": str(self.workdir)})  # its sockets go there
         await self._create_bucket()
 
     async def stop(self) -> None:
-        """Stop weed; returns once its S3 port is closed."""
+        """Kill weed (a graceful stop waits 15 s for its filer), like a crash of the S3 server;
+        its data stays for `start()`."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(asyncio.to_thread(process.wait), 15)
-        except TimeoutError:
+        if process is not None and process.poll() is None:
             process.kill()
             await asyncio.to_thread(process.wait)
+        for path in self.grpc_sockets():
+            path.unlink(missing_ok=True)
+
+    def grpc_sockets(self) -> list[Path]:
+        """The Unix sockets weed opens beside each gRPC port, always in /tmp (the others are
+        put in the workdir)."""
+        return [Path(f"/tmp/seaweedfs-{kind}-grpc-{port + GRPC_OFFSET}.sock")
+                for kind, port in zip(("master", "volume", "filer", "s3"), self.ports,
+                                      strict=True)]
 
     async def _create_bucket(self) -> None:
         loop = asyncio.get_running_loop()

@@ -119,6 +119,15 @@ class ObjectStore:
             raise RuntimeError("ObjectStore.open() was not called")
         return self._client
 
+    async def create_bucket(self) -> None:
+        """Create the bucket (one that exists and is ours already is fine)."""
+        try:
+            async with self._translated("create", "the bucket"):
+                await self.client.create_bucket(Bucket=self.bucket)
+        except ObjectStoreError as exc:
+            if exc.code != "BucketAlreadyOwnedByYou":
+                raise
+
     async def put(self, key: str, data: bytes, md5: bytes) -> str:
         """Store `data` (S3 checks it against `md5`); returns the ETag."""
         async with self._translated("upload", key):
