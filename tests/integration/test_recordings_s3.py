@@ -89,10 +89,12 @@ def row_of(platform: Platform, recording_id: str) -> RecordingRow:
     return row
 
 
-async def uploaded(platform: Platform, recording_id: str) -> RecordingRow:
-    await until(lambda: bool(row_of(platform, recording_id).location), UPLOAD_TIMEOUT,
-                what=f"recording {recording_id} uploaded")
-    return row_of(platform, recording_id)
+async def uploaded(platform: Platform, recording: Recording) -> RecordingRow:
+    """The row once its upload is complete: `location` stored, then the local copy removed."""
+    await until(lambda: bool(row_of(platform, recording.id).location)
+                and not recording.path.exists(), UPLOAD_TIMEOUT,
+                what=f"recording {recording.id} uploaded")
+    return row_of(platform, recording.id)
 
 
 async def fetch_object(s3: SeaweedFS, key: str) -> bytes:
@@ -150,7 +152,7 @@ def upload_errors(caplog: pytest.LogCaptureFixture, recording_id: str) -> list[s
 async def test_a_recording_moves_to_the_bucket_and_is_still_served(tmp_path: Path) -> None:
     async with start_seaweedfs() as s3, s3_platform(tmp_path, s3) as platform:
         recording = await record_a_call(tmp_path, platform)
-        row = await uploaded(platform, recording.id)
+        row = await uploaded(platform, recording)
         assert row.location == f"{recording.id}.wav"
         assert not recording.path.exists()  # the local copy is gone once verified
 
@@ -193,8 +195,12 @@ async def test_s3_down_keeps_the_recording_local_until_it_is_back(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="callbox.server.storage.uploads")
     async with start_seaweedfs() as s3, s3_platform(tmp_path, s3) as platform:
-        await s3.stop()
-        recording = await record_a_call(tmp_path, platform)
+        call = asyncio.create_task(record_a_call(tmp_path, platform))
+        assert platform.recorder is not None
+        await until(lambda: bool(platform.recorder.active), 20,  # type: ignore[union-attr]
+                    what="recording")
+        await s3.stop()  # down while the recording runs and finishes
+        recording = await call
         await until(lambda: bool(upload_errors(caplog, recording.id)), 30,
                     what="the failed upload logged")
         assert "unreachable" in upload_errors(caplog, recording.id)[0]
@@ -204,7 +210,7 @@ async def test_s3_down_keeps_the_recording_local_until_it_is_back(
         assert status == 200 and body == local
 
         await s3.start()  # back, objects and all: the retries get it there
-        row = await uploaded(platform, recording.id)
+        row = await uploaded(platform, recording)
         assert not recording.path.exists()
         assert await fetch_object(s3, row.location) == local
         assert recording.id not in platform.uploads.pending  # type: ignore[union-attr]
@@ -229,7 +235,7 @@ async def test_refused_credentials_keep_it_local_and_a_restart_uploads_it(
 
         # the same node restarted with the right secret uploads what it left behind
         async with s3_platform(tmp_path, s3) as platform:
-            row = await uploaded(platform, recording.id)
+            row = await uploaded(platform, recording)
             assert not recording.path.exists()
             stored = await fetch_object(s3, row.location)
             assert stored == local
@@ -264,8 +270,8 @@ async def test_a_big_file_goes_up_in_parts_and_is_verified(tmp_path: Path) -> No
                 created_at=1.0, start_time=1.0, end_time=1251.0, reason=None, status_url=""))
 
             uploads.submit(rec_id)
-            await until(lambda: bool(store.get(rec_id).location),  # type: ignore[union-attr]
-                        UPLOAD_TIMEOUT, what="the big file uploaded")
+            await until(lambda: bool(store.get(rec_id).location)  # type: ignore[union-attr]
+                        and not path.exists(), UPLOAD_TIMEOUT, what="the big file uploaded")
             assert not path.exists()
             info = await objects.head(f"{rec_id}.wav")
             assert info is not None and info.size == len(local)
