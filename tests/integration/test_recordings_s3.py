@@ -77,6 +77,7 @@ async def record_a_call(tmp_path: Path, platform: Platform) -> Recording:
     assert result.status == 200
     await until(lambda: bool(calls and calls[0].recordings), what="the recording started")
     (recording,) = calls[0].recordings
+    assert isinstance(recording, Recording)
     await asyncio.wait_for(asyncio.shield(recording.done), 30)
     assert recording.state == "finished" and recording.size
     return recording

@@ -114,7 +114,7 @@ class ObjectStore:
         self._client = None
 
     @property
-    def client(self) -> Any:
+    def _api(self) -> Any:
         if self._client is None:
             raise RuntimeError("ObjectStore.open() was not called")
         return self._client
@@ -123,7 +123,7 @@ class ObjectStore:
         """Create the bucket (one that exists and is ours already is fine)."""
         try:
             async with self._translated("create", "the bucket"):
-                await self.client.create_bucket(Bucket=self.bucket)
+                await self._api.create_bucket(Bucket=self.bucket)
         except ObjectStoreError as exc:
             if exc.code != "BucketAlreadyOwnedByYou":
                 raise
@@ -131,7 +131,7 @@ class ObjectStore:
     async def put(self, key: str, data: bytes, md5: bytes) -> str:
         """Store `data` (S3 checks it against `md5`); returns the ETag."""
         async with self._translated("upload", key):
-            response = await self.client.put_object(
+            response = await self._api.put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentMD5=content_md5(md5))
         return str(response["ETag"]).strip('"')
 
@@ -140,7 +140,7 @@ class ObjectStore:
         """Store the (data, md5) `parts` in order as one object; returns the ETag. A failure
         aborts the upload so no parts are left behind."""
         async with self._translated("start the multipart upload of", key):
-            created = await self.client.create_multipart_upload(Bucket=self.bucket, Key=key)
+            created = await self._api.create_multipart_upload(Bucket=self.bucket, Key=key)
         upload_id = created["UploadId"]
         try:
             done = []
@@ -148,17 +148,17 @@ class ObjectStore:
             async for data, md5 in parts:
                 number += 1
                 async with self._translated(f"upload part {number} of", key):
-                    part = await self.client.upload_part(
+                    part = await self._api.upload_part(
                         Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
                         Body=data, ContentMD5=content_md5(md5))
                 done.append({"PartNumber": number, "ETag": part["ETag"]})
             async with self._translated("complete the multipart upload of", key):
-                response = await self.client.complete_multipart_upload(
+                response = await self._api.complete_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id,
                     MultipartUpload={"Parts": done})
         except BaseException:
             with contextlib.suppress(Exception):
-                await self.client.abort_multipart_upload(
+                await self._api.abort_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id)
             raise
         return str(response["ETag"]).strip('"')
@@ -167,7 +167,7 @@ class ObjectStore:
         """The object's size and ETag; None when there is no such object."""
         try:
             async with self._translated("look up", key):
-                response = await self.client.head_object(Bucket=self.bucket, Key=key)
+                response = await self._api.head_object(Bucket=self.bucket, Key=key)
         except ObjectStoreError as exc:
             if exc.status == 404:
                 return None
@@ -178,13 +178,13 @@ class ObjectStore:
         """Start reading the object (`byte_range`: a Range header value, passed on)."""
         extra = {"Range": byte_range} if byte_range else {}
         async with self._translated("download", key):
-            response = await self.client.get_object(Bucket=self.bucket, Key=key, **extra)
+            response = await self._api.get_object(Bucket=self.bucket, Key=key, **extra)
         return ObjectBody(response)
 
     async def delete(self, key: str) -> None:
         """Remove the object (no error when it is already gone)."""
         async with self._translated("delete", key):
-            await self.client.delete_object(Bucket=self.bucket, Key=key)
+            await self._api.delete_object(Bucket=self.bucket, Key=key)
 
     @contextlib.asynccontextmanager
     async def _translated(self, action: str, key: str) -> AsyncIterator[None]:

@@ -141,13 +141,17 @@ class RecordingUploads:
         count, last = self._failures.get(recording_id, (0, ""))
         count += 1
         self._failures[recording_id] = (count, message)
-        delay = min(self.retry_seconds * 2 ** (count - 1),
-                    self.retry_seconds * MAX_BACKOFF_FACTOR)
+        delay = self.retry_delay(count)
         level = logging.ERROR if message != last else logging.DEBUG  # no flood while S3 is down
         log.log(level, "recording %s: upload failed, its file stays on local disk; "
                 "trying again in %.1f s: %s", recording_id, delay, message)
         self._retries[recording_id] = asyncio.get_running_loop().call_later(
             delay, self._requeue, recording_id)
+
+    def retry_delay(self, failures: int) -> float:
+        """Seconds before the next try after `failures` failed ones (1, 2, ...)."""
+        return min(self.retry_seconds * 2.0 ** (failures - 1),
+                   self.retry_seconds * MAX_BACKOFF_FACTOR)
 
     def _requeue(self, recording_id: str) -> None:
         self._retries.pop(recording_id, None)
@@ -183,7 +187,7 @@ class RecordingUploads:
             await self.objects.delete(key)
             return False
         await _run_blocking(path.unlink, True)
-        log.info("recording %s: moved to bucket %r as %s (%d bytes)", row.id,
+        log.debug("recording %s: moved to bucket %r as %s (%d bytes)", row.id,
                  self.objects.bucket, key, size)
         return True
 
