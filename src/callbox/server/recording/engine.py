@@ -359,6 +359,8 @@ class Recording:
                  self.control_id, self.call.id, self.state, self.duration or 0.0, self.size,
                  f" ({self.reason})" if self.reason else "")
         self.done.set_result(self.events[-1])
+        if self.size is not None:  # its file is kept
+            self.engine.concluded(self)
 
     def _store_add(self) -> str | None:
         try:
@@ -455,6 +457,7 @@ class RecordingEngine:
         self.active: dict[str, Recording] = {}
         self._queued: list[tuple[Recording, np.ndarray]] = []  # blocks for the next job
         self._observers: list[EngineListener] = []
+        self._concluded: list[Callable[[Recording], None]] = []
 
     def on_event(self, listener: EngineListener) -> Callable[[], None]:
         """Call `listener(project_id, params)` on every recording event (and on a recovered
@@ -468,6 +471,19 @@ class RecordingEngine:
                 listener(project_id, params)
             except Exception:
                 log.exception("recording engine observer failed")
+
+    def on_concluded(self, listener: Callable[[Recording], None]) -> Callable[[], None]:
+        """Call `listener` with each recording that ends with its file kept, once its end is
+        stored and reported; returns the unsubscribe."""
+        self._concluded.append(listener)
+        return lambda: self._concluded.remove(listener)
+
+    def concluded(self, recording: Recording) -> None:
+        for listener in tuple(self._concluded):
+            try:
+                listener(recording)
+            except Exception:
+                log.exception("recording concluded listener failed")
 
     @property
     def signing_keys(self) -> dict[str, str]:

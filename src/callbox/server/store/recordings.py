@@ -1,8 +1,8 @@
 """Recording metadata: the `RecordingStore` interface and its SQLite implementation.
 
 The store holds metadata only (ids, call, control_id, state, format, sizes, times, url, the file's
-path); the audio files are the recording engine's. Calls are short and synchronous: the platform
-makes them from the event loop or from its writer thread.
+path, where the audio lives now); the audio files are the recording engine's. Calls are short
+and synchronous: the platform makes them from the event loop or from its writer thread.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from callbox.wire.recording import STATES, TERMINAL_STATES
 
 # States of a recording still running (to repair after a crash; not deletable).
 ACTIVE_STATES: Final = tuple(s for s in STATES if s not in TERMINAL_STATES)
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 
 @dataclass
@@ -47,6 +47,8 @@ class RecordingRow:
     reason: str | None
     status_url: str
     params: dict[str, Any] = field(default_factory=dict)
+    # Where the audio is: "" = the local file at `path`; else its key in the object storage.
+    location: str = ""
 
     @property
     def is_active(self) -> bool:
@@ -171,6 +173,9 @@ _MIGRATIONS: Final = (
     );
     CREATE INDEX recordings_by_project ON recordings (project_id, created_at DESC, id DESC);
     CREATE INDEX recordings_by_state ON recordings (state);
+    """,
+    """
+    ALTER TABLE recordings ADD COLUMN location TEXT NOT NULL DEFAULT '';
     """,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
