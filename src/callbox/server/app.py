@@ -31,6 +31,8 @@ from callbox.server.services import Services
 from callbox.server.sip.endpoint import SipEndpoint
 from callbox.server.sip.transaction import Timers
 from callbox.server.sip.trunks import Trunks
+from callbox.server.storage.s3 import S3Settings
+from callbox.server.storage.uploads import RecordingUploads, open_uploads
 from callbox.server.store.recordings import RecordingRow, RecordingStore
 from callbox.server.swml.fetch import SwmlFetchError, fetch_swml
 from callbox.server.swml.runner import SwmlError, SwmlRunner, parse_document
@@ -73,6 +75,7 @@ class Platform:
         self.recordings: RecordingStore | None = None  # the recorder's metadata (REST reads it)
         self.webhooks: WebhookQueue | None = None  # the recorder's webhook queue
         self.recovered: list[RecordingRow] = []
+        self.uploads: RecordingUploads | None = None  # moves recordings to S3, when configured
         self.services = Services(
             calls=self.calls, auth=ProjectAuth(config), node_id=self.node_id, clock=self.clock,
             media_counters=self.media_counters, public_url=config.http.public_url,
@@ -128,6 +131,12 @@ class Platform:
         self.services.recordings = self.recordings
         self.services.recorder = self.recorder
         self.recovered = await self.recorder.start()
+        uploads = self.uploads = await open_uploads(
+            S3Settings.from_config(self.config.storage), self.recorder.store,
+            self.recorder.recordings_dir, retry_seconds=self.config.storage.s3_retry_seconds)
+        if uploads is not None:
+            self.recorder.on_concluded(lambda recording: uploads.submit(recording.id))
+            self.services.objects = uploads.objects
         self.clock.start()
         sip_host, sip_port = parse_host_port(self.config.sip.listen, "sip.listen")
         await self.sip.start(sip_host, sip_port)
@@ -187,6 +196,8 @@ class Platform:
             await runner.cleanup()
         if self.recorder is not None:  # last: REST reads its store until the runners stop
             await self.recorder.close()  # finishes its recordings, flushes its webhooks
+        if self.uploads is not None:  # what is not uploaded yet is, at the next start
+            await self.uploads.close()
 
     def banner(self) -> str:
         assert self.listening is not None

@@ -16,6 +16,7 @@ from callbox.server.call import Call
 from callbox.server.media.clock import MediaClock
 from callbox.server.outbound import OutboundCalls
 from callbox.server.recording.engine import RecordingEngine
+from callbox.server.storage.s3 import ObjectStore
 from callbox.server.store.recordings import RecordingStore
 
 
@@ -31,3 +32,4 @@ class Services:
     recorder: RecordingEngine | None = None  # None until the platform has started
     trunk_states: Callable[[], dict[str, str]] = dict  # registering trunks' state by name
     outbound: OutboundCalls | None = None  # places calls (dial, connect); set by the platform
+    objects: ObjectStore | None = None  # the S3 bucket of recordings, when configured

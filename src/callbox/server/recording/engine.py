@@ -70,6 +70,8 @@ BATCH_SAMPLES = 25 * FRAME_SAMPLES  # hand audio to the writer thread every 0.5 
 FILE_THREADS = 4  # open / close (fsync) / abort, concurrently with the writer thread
 MAX_RECORDINGS_PER_CALL = 10
 EventListener = Callable[[dict[str, Any]], None]
+# Every recording's events, for observers of the whole engine: (project id, event params).
+EngineListener = Callable[[str, dict[str, Any]], None]
 
 
 class RecordingError(RuntimeError):
@@ -357,6 +359,8 @@ class Recording:
                  self.control_id, self.call.id, self.state, self.duration or 0.0, self.size,
                  f" ({self.reason})" if self.reason else "")
         self.done.set_result(self.events[-1])
+        if self.size is not None:  # its file is kept
+            self.engine.concluded(self)
 
     def _store_add(self) -> str | None:
         try:
@@ -405,6 +409,7 @@ class Recording:
     def _emit(self) -> None:
         params = self.event_params()
         self.events.append(params)
+        self.engine.publish(self.project_id, params)
         for listener in tuple(self.listeners):
             try:
                 listener(params)
@@ -451,6 +456,34 @@ class RecordingEngine:
                                                 thread_name_prefix="recording-files")
         self.active: dict[str, Recording] = {}
         self._queued: list[tuple[Recording, np.ndarray]] = []  # blocks for the next job
+        self._observers: list[EngineListener] = []
+        self._concluded: list[Callable[[Recording], None]] = []
+
+    def on_event(self, listener: EngineListener) -> Callable[[], None]:
+        """Call `listener(project_id, params)` on every recording event (and on a recovered
+        end reported by webhook); returns the unsubscribe. A failing listener is logged."""
+        self._observers.append(listener)
+        return lambda: self._observers.remove(listener) if listener in self._observers else None
+
+    def publish(self, project_id: str, params: dict[str, Any]) -> None:
+        for listener in tuple(self._observers):
+            try:
+                listener(project_id, params)
+            except Exception:
+                log.exception("recording engine observer failed")
+
+    def on_concluded(self, listener: Callable[[Recording], None]) -> Callable[[], None]:
+        """Call `listener` with each recording that ends with its file kept, once its end is
+        stored and reported; returns the unsubscribe."""
+        self._concluded.append(listener)
+        return lambda: self._concluded.remove(listener)
+
+    def concluded(self, recording: Recording) -> None:
+        for listener in tuple(self._concluded):
+            try:
+                listener(recording)
+            except Exception:
+                log.exception("recording concluded listener failed")
 
     @property
     def signing_keys(self) -> dict[str, str]:
@@ -585,6 +618,7 @@ class RecordingEngine:
                 end_time=updated.end_time,
                 reason=updated.reason if state is RecState.ERROR else None,
             )
+            self.publish(updated.project_id, params)
             self.webhooks.send(updated.status_url, project_id=updated.project_id,
                                call_id=updated.call_id, recording_id=updated.id, params=params)
         return updated
