@@ -6,7 +6,8 @@
 - A node told to stop (SIGTERM) drains: new calls get 503 from it, Kamailio moves them to the
   other node, the call in progress goes on; at a second SIGTERM the node hangs it up with a BYE
   that follows the route set (through Kamailio), its recording finished.
-- A node killed with kill -9: Kamailio moves new calls to the live node.
+- A node killed with kill -9: Kamailio's INVITE to it times out and goes to the live node.
+- The OPTIONS health check alone takes out a node that answers 503 (draining) or nothing.
 """
 
 from __future__ import annotations
@@ -57,13 +58,12 @@ def tone_stream(tmp_path: Path) -> str:
 
 
 async def call_through(kamailio: Dispatcher, tmp_path: Path, *, calls: int,
-                       scenario: str = "uac_stream_bye_via_proxy", seconds: float = 1.5,
-                       name: str = "sipp") -> SippResult:
+                       seconds: float = 1.5, name: str = "sipp") -> SippResult:
     """`calls` calls from one sipp to "rec" through Kamailio, a few at once; each streams the
     tone and hangs up `seconds` after the ACK."""
     media = free_port_range(4 * calls)
     return await run_sipp(
-        scenario, kamailio.target, service="rec", local_port=free_udp_port(),
+        "uac_stream_bye_via_proxy", kamailio.target, service="rec", local_port=free_udp_port(),
         media_port=media.start, keys={"stream": tone_stream(tmp_path)}, calls=calls,
         rate=10, limit=5, timeout=120, workdir=tmp_path / name,
         extra_args=["-d", str(round(seconds * 1000)), *LATE_PROVISIONALS_IGNORED])
@@ -132,6 +132,36 @@ async def test_calls_through_kamailio_are_spread_over_both_nodes_and_all_recorde
             assert_holds_the_tone(node, rows)
 
 
+def caller_waiting_for_bye(kamailio: Dispatcher, tmp_path: Path) -> asyncio.Task[SippResult]:
+    """One call through Kamailio that streams the tone until the node hangs up."""
+    return asyncio.create_task(run_sipp(
+        "uac_hangup_by_server_via_proxy", kamailio.target, service="rec",
+        local_port=free_udp_port(), media_port=free_port_range(4).start,
+        keys={"stream": tone_stream(tmp_path)}, timeout=120, workdir=tmp_path / "first",
+        extra_args=LATE_PROVISIONALS_IGNORED))
+
+
+async def call_up_on(nodes: Sequence[Node], caller: asyncio.Task[SippResult]) -> Node:
+    """The node that took the call `caller` places (polled through the nodes' REST API)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:
+        for node in nodes:
+            if await node.calls():
+                return node
+        assert loop.time() < deadline and not caller.done(), "the call never came up"
+        await asyncio.sleep(0.05)
+
+
+async def until_state(kamailio: Dispatcher, node: Node, flag: str) -> None:
+    """Wait until Kamailio's dispatcher holds `node` active (``A``) or inactive (``I``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while not (states := await kamailio.states()).get(node.target, "").startswith(flag):
+        assert loop.time() < deadline, f"{node.node_id} is not {flag}: {states}"
+        await asyncio.sleep(0.1)
+
+
 async def options_status(node: Node) -> int:
     """The status of an OPTIONS (a health check) sent straight to the node."""
     raw = RawSip()
@@ -148,30 +178,13 @@ async def test_a_draining_node_sends_new_calls_to_the_other_and_finishes_its_own
         tmp_path: Path, peer_env: object) -> None:
     # Probes every 60 s: nothing but the INVITE's 503 takes the draining node out.
     async with cluster(tmp_path, drain_seconds=60, ping_interval=60) as (kamailio, nodes):
-        first = asyncio.create_task(run_sipp(
-            "uac_hangup_by_server_via_proxy", kamailio.target, service="rec",
-            local_port=free_udp_port(), media_port=free_port_range(4).start,
-            keys={"stream": tone_stream(tmp_path)}, timeout=120, workdir=tmp_path / "first",
-            extra_args=LATE_PROVISIONALS_IGNORED))
-        draining: Node | None = None
-
-        async def call_up() -> bool:
-            nonlocal draining
-            for node in nodes:
-                if await node.calls():
-                    draining = node
-            return draining is not None
-
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while not await call_up():
-            assert loop.time() < deadline and not first.done(), "the first call never came up"
-            await asyncio.sleep(0.05)
-        assert draining is not None
+        first = caller_waiting_for_bye(kamailio, tmp_path)
+        draining = await call_up_on(nodes, first)
         other = next(node for node in nodes if node is not draining)
         assert await options_status(draining) == 200
 
         draining.signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
         deadline = loop.time() + 20
         while await options_status(draining) != 503:  # the health check says: not me
             assert loop.time() < deadline, "the draining node still answers OPTIONS 200"
@@ -229,37 +242,12 @@ async def test_a_node_killed_outright_gets_no_new_calls(tmp_path: Path, peer_env
         assert failed_over == {(dead.target, "408")}, kamailio.failovers()
 
 
-async def call_up_on(nodes: Sequence[Node], caller: asyncio.Task[SippResult]) -> Node:
-    """The node that took the call `caller` places (polled through the nodes' REST API)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    while True:
-        for node in nodes:
-            if await node.calls():
-                return node
-        assert loop.time() < deadline and not caller.done(), "the call never came up"
-        await asyncio.sleep(0.05)
-
-
-async def until_state(kamailio: Dispatcher, node: Node, flag: str) -> None:
-    """Wait until Kamailio's dispatcher holds `node` active (``A``) or inactive (``I``)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    while not (states := await kamailio.states()).get(node.target, "").startswith(flag):
-        assert loop.time() < deadline, f"{node.node_id} is not {flag}: {states}"
-        await asyncio.sleep(0.1)
-
-
 async def test_the_health_check_takes_out_a_node_that_answers_503_or_nothing(
         tmp_path: Path, peer_env: object) -> None:
     async with cluster(tmp_path, drain_seconds=60, ping_interval=1) as (kamailio, nodes):
         for node in nodes:
             await until_state(kamailio, node, "A")
-        first = asyncio.create_task(run_sipp(
-            "uac_hangup_by_server_via_proxy", kamailio.target, service="rec",
-            local_port=free_udp_port(), media_port=free_port_range(4).start,
-            keys={"stream": tone_stream(tmp_path)}, timeout=120, workdir=tmp_path / "first",
-            extra_args=LATE_PROVISIONALS_IGNORED))
+        first = caller_waiting_for_bye(kamailio, tmp_path)
         draining = await call_up_on(nodes, first)
         dead = next(node for node in nodes if node is not draining)
         placed = len(kamailio.requests("INVITE"))
