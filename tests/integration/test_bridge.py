@@ -14,7 +14,7 @@ import pytest
 from tests.integration.conftest import RunningPlatform, running_platform
 from tests.peers import audio
 from tests.peers.kamailio import start_kamailio
-from tests.peers.poll import until
+from tests.peers.poll import until, until_async
 from tests.peers.ports import free_port_range, free_udp_port
 from tests.peers.sipp import SippResult, g711_stream, run_sipp, start_sipp_uas
 
@@ -131,9 +131,14 @@ async def test_the_callees_bye_ends_the_caller_unless_asked_to_go_on(tmp_path: P
         await bridge.b.hangup()  # the callee's side ends (as its BYE would)
         assert await asyncio.wait_for(asyncio.shield(bridge.done), 10) is BridgeEnd.CALLEE_HUNG_UP
         assert a.is_active and a.peer is None
-        assert a.media in running.platform.clock  # ticking on its own again
-        ticks = a.media.ticks
-        await until(lambda: a.media.ticks >= ticks + 50, 10, "a second after the callee left")
+        media = await a.media.snapshot()
+        assert media.ticking  # ticking on its own again
+        ticks = media.ticks
+
+        async def ticked_a_second() -> bool:
+            return (await a.media.snapshot()).ticks >= ticks + 50
+
+        await until_async(ticked_a_second, 10, "a second after the callee left")
         assert recording.state == "recording"  # the caller's recording goes on
         await a.hangup()
         await asyncio.wait_for(asyncio.shield(recording.done), 10)

@@ -96,7 +96,7 @@ async def test_rtp_flood_from_an_unknown_source_does_not_reach_the_call(tmp_path
     # Before the caller's first packet latched the call, the flood was counted and dropped;
     # after it, the socket is connected to the caller and the kernel drops the rest unseen.
     assert flooded[0] > 500
-    assert seen.call.media.stats.packets_received <= caller.packets_sent
+    assert (await seen.call.media.snapshot()).counters["packets_received"] <= caller.packets_sent
     samples, _ = audio.decode_audio(recording.path)
     spans = audio.active_spans(samples, 8000, threshold_dbfs=-40)
     assert len(spans) == 1 and spans[0][1] - spans[0][0] == pytest.approx(2.0, abs=0.05)
@@ -129,7 +129,7 @@ async def test_sip_flood_does_not_starve_live_media(tmp_path):
     spans = audio.active_spans(samples, 8000, threshold_dbfs=-40)
     assert len(spans) == 1, spans  # no hole in the caller's audio
     assert spans[0][1] - spans[0][0] == pytest.approx(4.0, abs=0.05)
-    assert seen.call.media.receive_buffer.late == 0
+    assert (await seen.call.media.snapshot()).counters["packets_late"] == 0
 
 
 async def test_recordings_per_call_are_capped(tmp_path, caplog):

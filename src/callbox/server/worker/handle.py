@@ -14,6 +14,7 @@ Plays report `paused`, `playing` and `finished` at once when the main process ch
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import socket
@@ -32,7 +33,7 @@ from callbox.server.media.sound import Sound
 from callbox.server.recording.machine import RecState
 from callbox.server.recording.runtime import RuntimeEnd, RuntimeReports
 from callbox.server.worker import messages as m
-from callbox.server.worker.link import MediaLink
+from callbox.server.worker.link import MediaLink, WorkerLost
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class HostView:
     def __init__(self, link: MediaLink) -> None:
         self.link = link
         self.handles: dict[int, MediaHandle] = {}
+        self.closing: dict[int, MediaHandle] = {}  # closed, until the host confirms
         self.recordings: dict[str, RuntimeReports] = {}
         self.ended_counters: dict[str, int] = {}  # of the sessions closed on this host
         self._sounds: OrderedDict[int, int] = OrderedDict()  # key -> bytes, sent to the host
@@ -73,8 +75,11 @@ class HostView:
                 reports.ended(event.rid, RuntimeEnd(RecState(event.state), event.reason,
                                                     event.size, event.duration))
         elif isinstance(event, m.SessionClosed):
-            for name, value in event.counters.items():
+            for name, value in event.snapshot.counters.items():
                 self.ended_counters[name] = self.ended_counters.get(name, 0) + value
+            closed = self.closing.pop(event.sid, None)
+            if closed is not None:
+                closed.closed_as(event.snapshot)
         else:
             log.warning("unexpected media event %r", event)
 
@@ -85,6 +90,9 @@ class HostView:
             reports.lost(rid)
         handles, self.handles = self.handles, {}
         for handle in handles.values():
+            handle.host_lost()
+        closing, self.closing = self.closing, {}
+        for handle in closing.values():
             handle.host_lost()
 
     def segments(self, segments: Sequence[np.ndarray | Sound]) -> list[int | np.ndarray | Sound]:
@@ -219,6 +227,8 @@ class MediaHandle:
         self._taps: list[FrameTap] = []
         self._dtmf_listeners: list[Callable[[str], None]] = []
         self._lost_listeners: list[Callable[[], None]] = []
+        self._final: asyncio.Future[m.SessionSnapshot] = \
+            asyncio.get_running_loop().create_future()  # its state at the close
         view.handles[sid] = self
 
     def __repr__(self) -> str:
@@ -255,12 +265,21 @@ class MediaHandle:
             play.reported(FINISHED, REASON_STOPPED)
         self._digit_sends.clear()
         self._taps.clear()
-        self._send(m.CloseSession(self.sid))
         self.view.handles.pop(self.sid, None)
+        if not self.lost:
+            self.view.closing[self.sid] = self
+        self._send(m.CloseSession(self.sid))
         self._release(self.local_port)
+
+    def closed_as(self, snapshot: m.SessionSnapshot) -> None:
+        if not self._final.done():
+            self._final.set_result(snapshot)
 
     def host_lost(self) -> None:
         """The host died: the session is gone; whoever listens (the call) learns it."""
+        if not self._final.done():
+            self._final.set_exception(WorkerLost("the media worker died"))
+            self._final.exception()  # retrieved: nobody may ask
         if self.closed:
             return
         self.lost = True
@@ -385,7 +404,10 @@ class MediaHandle:
             self._send(m.Split(self.sid))
 
     async def snapshot(self) -> m.SessionSnapshot:
-        """The session's state in the host (remote address, codec, counters)."""
+        """The session's state in the host (remote address, codec, counters); after the
+        close, its last state."""
+        if self.closed:
+            return await asyncio.shield(self._final)
         value = await self.view.link.request(m.SessionQuery(self.sid))
         assert isinstance(value, m.SessionSnapshot)
         return value

@@ -119,9 +119,9 @@ class MediaHost:
         for key in [k for k in self._plays if k[0] == c.sid]:
             del self._plays[key]
         self._taps.pop(c.sid, lambda: None)()
-        counters = session_counters(session)
+        snapshot = self._snapshot(session)
         session.sock.close()
-        self.emit(m.SessionClosed(c.sid, counters))
+        self.emit(m.SessionClosed(c.sid, snapshot))
 
     def _set_tap(self, c: m.SetTap) -> None:
         if not c.on:
@@ -235,11 +235,13 @@ class MediaHost:
     # -- questions ------------------------------------------------------------------------
 
     def _session_query(self, c: m.SessionQuery) -> m.SessionSnapshot:
-        session = self.sessions[c.sid]
+        return self._snapshot(self.sessions[c.sid])
+
+    def _snapshot(self, session: MediaSession) -> m.SessionSnapshot:
         return m.SessionSnapshot(
             local_port=session.local_port, remote=session.remote, codec=session.codec.name,
             sending=session.sending, ticks=session.ticks, ticking=session in self.clock,
-            counters=session_counters(session))
+            buffered=session.receive_buffer.packets, counters=session_counters(session))
 
     def _host_query(self, c: m.HostQuery) -> m.HostSnapshot:
         totals: dict[str, int] = {}

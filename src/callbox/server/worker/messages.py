@@ -217,10 +217,10 @@ class RecordingEnded:
 
 @dataclass(slots=True)
 class SessionClosed:
-    """A session's counters at its close (the operators' totals)."""
+    """A session's last state (its counters go to the operators' totals)."""
 
     sid: int
-    counters: dict[str, int]
+    snapshot: SessionSnapshot
 
 
 # -- answers to questions -----------------------------------------------------------------------
@@ -234,6 +234,7 @@ class SessionSnapshot:
     sending: bool
     ticks: int
     ticking: bool  # a member of the clock on its own (not bridged, not ended)
+    buffered: int  # audio packets placed on the receive timeline
     counters: dict[str, int] = field(default_factory=dict)
 
 
