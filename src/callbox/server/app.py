@@ -166,10 +166,17 @@ class Platform:
             f"  HTTPS     https://{https[0]}:{https[1]}/  (RELAY: wss://{https[0]}:{https[1]}/)",
             f"  TLS cert  {self.listening.cert}",
             f"  data      {self.config.data_dir.resolve()}",
+            f"  media     {self._media_description()}",
         ]
         if plain:
             lines.insert(3, f"  HTTP      http://{plain[0]}:{plain[1]}/  (plain WS for local use)")
         return "\n".join(lines)
+
+    def _media_description(self) -> str:
+        if self.media.workers == 0:
+            return "in this process (server.workers = 0)"
+        pids = ", ".join(str(view.link.pid) for view in self.media.views)
+        return f"{self.media.workers} worker processes (pids {pids})"
 
     # -- calls ----------------------------------------------------------------------------
 

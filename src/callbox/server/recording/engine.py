@@ -83,6 +83,9 @@ class Recording:
         self.events: list[dict[str, Any]] = []
         self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._media: RecordingMedia | None = None  # once its file is open
+        # its first state from the media half (`recording`, or `paused` when asked before),
+        # or its end: `start()` returns then
+        self._first_state: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._started = False  # the media half records
         self._pause_behavior: str | None = None  # of the last `paused`
         self._stored = False  # our row is in the store
@@ -140,6 +143,7 @@ class Recording:
         self.start_time = time.time()
         self._started = True
         media.start(self.params, self._pause_requested)
+        await asyncio.shield(self._first_state)
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -172,6 +176,8 @@ class Recording:
         self._pause_behavior = pause_behavior
         self._store_update(state=state.value)
         self._emit()
+        if not self._first_state.done():
+            self._first_state.set_result(None)
 
     def media_ended(self, end: RuntimeEnd) -> None:
         self.size, self.duration = end.size, end.duration
@@ -216,6 +222,8 @@ class Recording:
                  self.control_id, self.call.id, self.state, self.duration or 0.0, self.size,
                  f" ({self.reason})" if self.reason else "")
         self.done.set_result(self.events[-1])
+        if not self._first_state.done():
+            self._first_state.set_result(None)
 
     def _store_add(self) -> str | None:
         try:

@@ -57,10 +57,10 @@ class HostView:
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, m.Frames):
-            for sid, speak, listen in event.items:
+            for sid, tick, speak, listen in event.items:
                 handle = self.handles.get(sid)
                 if handle is not None:
-                    handle.frames(speak, listen)
+                    handle.frames(tick, speak, listen)
         elif isinstance(event, m.PlayState | m.Digit | m.DigitsSent):
             handle = self.handles.get(event.sid)
             if handle is not None:
@@ -220,6 +220,7 @@ class MediaHandle:
         self.closed = False
         self.lost = False  # the host died under it
         self.peer: MediaHandle | None = None  # joined to it in the host
+        self.frame_tick = -1  # the host clock's tick of the frames the taps get now
         self._plays: dict[int, RemotePlayback] = {}
         self._next_play = 0
         self._digit_sends: dict[int, Callable[[], None]] = {}
@@ -319,7 +320,8 @@ class MediaHandle:
         self._dtmf_listeners.append(listener)
         return lambda: _discard(self._dtmf_listeners, listener)
 
-    def frames(self, speak: np.ndarray, listen: np.ndarray) -> None:
+    def frames(self, tick: int, speak: np.ndarray, listen: np.ndarray) -> None:
+        self.frame_tick = tick
         for tap in tuple(self._taps):
             try:
                 tap(speak, listen)
@@ -393,6 +395,8 @@ class MediaHandle:
             raise ValueError("a session cannot be bridged to itself")
         if other.view is not self.view:
             raise ValueError("sessions on different media hosts cannot be bridged")
+        self.split()
+        other.split()
         self.peer, other.peer = other, self
         self.started = other.started = True
         self._send(m.Join(self.sid, other.sid))

@@ -93,13 +93,18 @@ class MediaHost:
 
     # -- sessions -------------------------------------------------------------------------
 
+    # A command for a session closed meanwhile (the call ended while it was on its way) is
+    # dropped; only questions about it fail.
+
     def _configure(self, c: m.Configure) -> None:
-        self.sessions[c.sid].configure(c.remote_host, c.remote_port, c.payload_type,
-                                       c.dtmf_payload_type, c.direction)
+        session = self.sessions.get(c.sid)
+        if session is not None:
+            session.configure(c.remote_host, c.remote_port, c.payload_type,
+                              c.dtmf_payload_type, c.direction)
 
     def _start(self, c: m.StartSession) -> None:
-        session = self.sessions[c.sid]
-        if not session.closed and not session.started:
+        session = self.sessions.get(c.sid)
+        if session is not None and not session.closed and not session.started:
             session.start()
             if c.sid not in self._bridges:
                 self.clock.add(session)
@@ -127,22 +132,29 @@ class MediaHost:
         if not c.on:
             self._taps.pop(c.sid, lambda: None)()
             return
-        if c.sid in self._taps:
+        session = self.sessions.get(c.sid)
+        if session is None or c.sid in self._taps:
             return
         sid = c.sid
 
         def tap(speak: np.ndarray, listen: np.ndarray) -> None:
-            self.emit(m.Frames([(sid, speak, listen)]))
+            self.emit(m.Frames([(sid, self.clock.ticks, speak, listen)]))
 
-        self._taps[sid] = self.sessions[sid].add_tap(tap)
+        self._taps[sid] = session.add_tap(tap)
 
     def _send_digits(self, c: m.SendDigits) -> None:
         sid, did = c.sid, c.did
-        self.sessions[sid].send_dtmf(
-            c.digits, on_sent=lambda: self.emit(m.DigitsSent(sid, did)))
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.send_dtmf(c.digits, on_sent=lambda: self.emit(m.DigitsSent(sid, did)))
 
     def _join(self, c: m.Join) -> None:
-        bridge = MediaBridge(self.sessions[c.a], self.sessions[c.b], self.clock)
+        a, b = self.sessions.get(c.a), self.sessions.get(c.b)
+        if a is None or b is None:
+            return
+        self._split(m.Split(c.a))
+        self._split(m.Split(c.b))
+        bridge = MediaBridge(a, b, self.clock)
         self._bridges[c.a] = self._bridges[c.b] = bridge
         bridge.join()
 
@@ -199,7 +211,9 @@ class MediaHost:
     # -- recordings -----------------------------------------------------------------------
 
     def _start_recording(self, c: m.StartRecording) -> None:
-        runtime = self._runtimes[c.rid]
+        runtime = self._runtimes.get(c.rid)
+        if runtime is None or runtime.ended:  # the call ended first: it ended `no_input`
+            return
         session = self.sessions.get(self._runtime_sessions[c.rid])
         if session is None or session.closed:
             runtime.stop()  # the call ended meanwhile: no_input, no file

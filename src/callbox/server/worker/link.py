@@ -46,6 +46,11 @@ class MediaLink:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id (None: the host runs in this process)."""
+        return None
+
     async def start(self) -> None:
         raise NotImplementedError
 
@@ -132,7 +137,7 @@ class ProcessLink(MediaLink):
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
+        return self.process.pid if self.process is not None else None  # None: not started
 
     def _on_message(self, message: Any, fds: collections.deque[int]) -> None:
         if isinstance(message, m.Reply):

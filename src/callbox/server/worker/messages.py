@@ -194,9 +194,9 @@ class DigitsSent:
 
 @dataclass(slots=True)
 class Frames:
-    """One tick's frames of the sessions with a tap: (sid, speak, listen) each."""
+    """Frames of sessions with a tap: (sid, the host clock's tick, speak, listen) each."""
 
-    items: list[tuple[int, np.ndarray, np.ndarray]]
+    items: list[tuple[int, int, np.ndarray, np.ndarray]]
 
 
 @dataclass(slots=True)
