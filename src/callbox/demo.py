@@ -28,6 +28,7 @@ from callbox.caller import place_call
 from callbox.server.app import Platform
 from callbox.server.call import Call
 from callbox.server.config import Config, Project, Route
+from callbox.server.http.console.routes import ROOT as CONSOLE_PATH
 from callbox.server.media.sources import render_tts
 from callbox.server.recording.engine import Recording
 from callbox.server.recording.machine import RecState
@@ -196,6 +197,8 @@ async def run_demo(data_dir: Path) -> int:
     await platform.start()
     try:
         print(platform.banner())
+        print(f"  console   {platform.config.http.public_url}{CONSOLE_PATH}  (sign in with "
+              f"project {PROJECT!r} and token {TOKEN!r}; open it while the demo runs)")
         demo_dir = data_dir / "demo"
         demo_dir.mkdir(parents=True, exist_ok=True)
         voicemail = await voicemail_call(platform, demo_dir)

@@ -39,6 +39,7 @@ async def test_demo_records_the_voicemail_and_the_call_between_two_people(tmp_pa
     out, _ = await asyncio.wait_for(process.communicate(), 90)
     text = out.decode()
     assert process.returncode == 0, text
+    assert re.search(r"console   https://127\.0\.0\.1:\d+/console/  \(sign in", text), text
     url = re.search(r"\[voicemail.py\] Recording saved: (https://\S+\.mp3)", text).group(1)
     path = tmp_path / "data" / "recordings" / url.rsplit("/", 1)[-1]
     samples, _ = audio.decode_audio(path)

@@ -363,3 +363,53 @@ async def test_non_http_url_is_refused_at_enqueue(queues: list[WebhookQueue],
     q.enqueue("not a url", event(1), KEY, ordering_key="rec-1")
     assert q.pending == 0 and q.failed_permanently == 2
     await q.stop()
+
+
+async def test_deliveries_log_kept_after_delivery_per_ordering_key(
+        receiver: Receiver, queues: list[WebhookQueue], tmp_path: Path) -> None:
+    receiver.responders["/flaky"] = status(500, 503)
+    receiver.responders["/gone"] = status(404)
+    await receiver.start()
+    clock = ManualClock()
+    q = make(queues, tmp_path / "wh.db", clock=clock)
+    await q.start()
+    q.enqueue(receiver.url("/flaky?secret=x"), event(0), KEY, ordering_key="rec-1",
+              label="recording")
+    q.enqueue(receiver.url("/flaky"), event(1, state="finished"), KEY, ordering_key="rec-1",
+              label="finished")
+    q.enqueue(receiver.url("/gone"), event(0, "rec-2"), KEY, ordering_key="rec-2",
+              label="recording")
+    q.enqueue("ftp://example.com/hook", event(1, "rec-2"), KEY, ordering_key="rec-2",
+              label="finished")
+    assert await q.flush(5)
+
+    first, second = q.deliveries("rec-1")  # kept after delivery, oldest first
+    assert (first.label, first.status, first.attempts) == ("recording", "delivered", 3)
+    assert first.last_error is None and first.last_time == clock.now
+    assert first.url == receiver.url("/flaky") + "?..."  # no query string: it may hold secrets
+    assert (second.label, second.status, second.attempts) == ("finished", "delivered", 1)
+    gone, bad_url = q.deliveries("rec-2")
+    assert (gone.status, gone.attempts) == ("failed", 1)
+    assert gone.last_error is not None and "HTTP 404" in gone.last_error
+    assert bad_url.status == "failed" and bad_url.attempts == 0
+    assert bad_url.last_error is not None and "not an absolute http(s) url" in bad_url.last_error
+    assert q.deliveries("rec-3") == []
+
+    await q.stop()  # the log is on disk: a new queue on the same file sees it
+    again = make(queues, tmp_path / "wh.db")
+    assert [d.status for d in again.deliveries("rec-1")] == ["delivered", "delivered"]
+    again.forget("rec-1")
+    assert again.deliveries("rec-1") == [] and len(again.deliveries("rec-2")) == 2
+
+
+async def test_deliveries_log_shows_a_retry_in_progress(
+        receiver: Receiver, queues: list[WebhookQueue], tmp_path: Path) -> None:
+    receiver.responders["/down"] = status(500, then=500)
+    await receiver.start()
+    q = make(queues, tmp_path / "wh.db", backoff_initial=30.0, backoff_max=30.0)
+    await q.start()
+    q.enqueue(receiver.url("/down"), event(0), KEY, ordering_key="rec-1", label="recording")
+    assert [d.status for d in q.deliveries("rec-1")] == ["pending"]
+    await until(lambda: q.deliveries("rec-1")[0].status == "retrying", timeout=5)
+    (delivery,) = q.deliveries("rec-1")
+    assert delivery.attempts == 1 and "HTTP 500" in (delivery.last_error or "")

@@ -177,3 +177,47 @@ def test_to_api() -> None:
 def test_ids_are_unguessable() -> None:
     ids = {make_row().id for _ in range(100)}
     assert len(ids) == 100 and all(len(i) == 32 for i in ids)
+
+
+# The schema a version-1 callbox wrote (before recordings could move to object storage).
+SCHEMA_V1 = """
+CREATE TABLE recordings (
+    id TEXT PRIMARY KEY, project_id TEXT NOT NULL, call_id TEXT NOT NULL,
+    control_id TEXT NOT NULL, state TEXT NOT NULL, format TEXT NOT NULL,
+    channels INTEGER NOT NULL, direction TEXT NOT NULL, duration REAL, size INTEGER,
+    url TEXT NOT NULL, path TEXT NOT NULL, created_at REAL NOT NULL, start_time REAL,
+    end_time REAL, reason TEXT, status_url TEXT NOT NULL DEFAULT '',
+    params TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX recordings_by_project ON recordings (project_id, created_at DESC, id DESC);
+CREATE INDEX recordings_by_state ON recordings (state);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_database_migrates_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "recordings.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_V1)
+    conn.execute(
+        "INSERT INTO recordings (id, project_id, call_id, control_id, state, format, channels,"
+        " direction, duration, size, url, path, created_at) VALUES"
+        " ('a' || hex(randomblob(15)), 'p1', 'c1', 'ctl', 'finished', 'wav', 1, 'speak', 1.5,"
+        " 24044, 'https://h/recordings/x.wav', '/data/recordings/x.wav', 1.0)")
+    conn.commit()
+    conn.close()
+
+    store = SqliteRecordingStore(path)
+    try:
+        (old,), _ = store.list("p1", page_size=10)
+        assert (old.state, old.size, old.location) == ("finished", 24044, "")  # still local
+        assert store.update(old.id, location=f"{old.id}.wav")
+        assert store.get(old.id).location == f"{old.id}.wav"  # type: ignore[union-attr]
+        row = make_row(location="0123.wav")
+        store.add(row)
+        assert store.get(row.id) == row
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    conn.close()

@@ -28,6 +28,8 @@ from callbox.server.services import Services
 from callbox.server.sip.endpoint import SipEndpoint
 from callbox.server.sip.transaction import Timers
 from callbox.server.sip.trunks import Trunks
+from callbox.server.storage.s3 import S3Settings
+from callbox.server.storage.uploads import RecordingUploads, open_uploads
 from callbox.server.store.recordings import RecordingRow, RecordingStore
 from callbox.server.swml.fetch import SwmlFetchError, fetch_swml
 from callbox.server.swml.runner import SwmlError, SwmlRunner, parse_document
@@ -72,6 +74,7 @@ class Platform:
         self.recordings: RecordingStore | None = None  # the recorder's metadata (REST reads it)
         self.webhooks: WebhookQueue | None = None  # the recorder's webhook queue
         self.recovered: list[RecordingRow] = []
+        self.uploads: RecordingUploads | None = None  # moves recordings to S3, when configured
         self.services = Services(
             calls=self.calls, auth=ProjectAuth(config), node_id=self.node_id, media=self.media,
             public_url=config.http.public_url,
@@ -122,6 +125,12 @@ class Platform:
         self.services.recordings = self.recordings
         self.services.recorder = self.recorder
         self.recovered = await self.recorder.start()
+        uploads = self.uploads = await open_uploads(
+            S3Settings.from_config(self.config.storage), self.recorder.store,
+            self.recorder.recordings_dir, retry_seconds=self.config.storage.s3_retry_seconds)
+        if uploads is not None:
+            self.recorder.on_concluded(lambda recording: uploads.submit(recording.id))
+            self.services.objects = uploads.objects
         loop_module = type(asyncio.get_running_loop()).__module__.split(".")[0]
         self.media.event_loop = "uvloop" if loop_module == "uvloop" else "asyncio"
         await self.media.start()
@@ -155,7 +164,9 @@ class Platform:
             await runner.cleanup()
         if self.recorder is not None:  # REST reads its store until the runners stop
             await self.recorder.close()  # finishes its recordings, flushes its webhooks
-        await self.media.stop()  # last: the recordings' ends come from the media hosts
+        await self.media.stop()  # after the recorder: its recordings ended in the hosts
+        if self.uploads is not None:  # what is not uploaded yet is, at the next start
+            await self.uploads.close()
 
     def banner(self) -> str:
         assert self.listening is not None

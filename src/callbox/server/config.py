@@ -43,7 +43,19 @@ class HttpConfig:
 
 @dataclass
 class StorageConfig:
+    """Local disk, and optionally an S3 API where finished recordings are moved.
+
+    `s3_endpoint` empty = recordings stay on local disk. `s3_retry_seconds` is the first delay
+    before a failed upload is tried again (doubling on each failure, up to 30 times it).
+    """
+
     data_dir: str = "./callbox-data"
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""  # or CALLBOX_STORAGE_S3_SECRET_KEY
+    s3_region: str = "us-east-1"
+    s3_retry_seconds: float = 2.0
 
 
 @dataclass
@@ -208,6 +220,11 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be a string, got {value!r}")
     return value
@@ -360,6 +377,21 @@ def load_config(
     return config
 
 
+def validate_storage(storage: StorageConfig) -> None:
+    if not storage.s3_endpoint:
+        return
+    if not storage.s3_endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"storage.s3_endpoint must be an http(s) URL, "
+                          f"got {storage.s3_endpoint!r}")
+    for key in ("s3_bucket", "s3_access_key", "s3_secret_key", "s3_region"):
+        if not getattr(storage, key):
+            hint = " (or CALLBOX_STORAGE_S3_SECRET_KEY)" if key == "s3_secret_key" else ""
+            raise ConfigError(f"storage.{key} must be set when storage.s3_endpoint is{hint}")
+    if not 0 < storage.s3_retry_seconds <= 3600:
+        raise ConfigError(f"storage.s3_retry_seconds must be > 0 and <= 3600, "
+                          f"got {storage.s3_retry_seconds!r}")
+
+
 def validate(config: Config) -> None:
     parse_host_port(config.sip.listen, "sip.listen")
     parse_port_range(config.sip.rtp_ports)
@@ -384,6 +416,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"ai.base_url must be an http(s) URL, got {config.ai.base_url!r}")
         if not config.ai.model:
             raise ConfigError("ai.model must be set when ai.base_url is (e.g. \"gpt-4o-mini\")")
+    validate_storage(config.storage)
     ids = [p.id for p in config.projects]
     if len(ids) != len(set(ids)):
         raise ConfigError("[[projects]] ids must be unique")

@@ -15,6 +15,7 @@ from callbox.server.auth import ProjectAuth
 from callbox.server.call import Call
 from callbox.server.outbound import OutboundCalls
 from callbox.server.recording.engine import RecordingEngine
+from callbox.server.storage.s3 import ObjectStore
 from callbox.server.store.recordings import RecordingStore
 from callbox.server.worker.pool import MediaHosts
 
@@ -30,3 +31,4 @@ class Services:
     recorder: RecordingEngine | None = None  # None until the platform has started
     trunk_states: Callable[[], dict[str, str]] = dict  # registering trunks' state by name
     outbound: OutboundCalls | None = None  # places calls (dial, connect); set by the platform
+    objects: ObjectStore | None = None  # the S3 bucket of recordings, when configured

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from callbox.server.http.calls import add_call_routes
+from callbox.server.http.console import add_console_routes
 from callbox.server.http.context import SERVICES_KEY
 from callbox.server.http.metrics import add_metrics_routes
 from callbox.server.http.recordings import add_recording_routes
@@ -31,5 +32,6 @@ def make_app(services: Services, relay: WebSocketHandler) -> web.Application:
     add_metrics_routes(app)  # /metrics: counts for operators (project credentials)
     add_recording_routes(app)  # REST /api/relay/rest/recordings and /recordings/<id>.<ext>
     add_call_routes(app)  # /api/callbox/calls[/{id}/swaig]: live calls, SWAIG by hand
+    add_console_routes(app)  # /console/: the recordings console in the browser
     app.router.add_get("/", relay)  # RELAY (JSON-RPC over WebSocket)
     return app

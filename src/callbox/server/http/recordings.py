@@ -8,13 +8,16 @@ project's id answers 404, exactly like an unknown one. Errors are
 Downloads: ``GET /recordings/<id>.<wav|mp3>`` (the url in recording events) needs no
 credentials: the id (128 random bits) is the capability, so the url can be handed to a player or
 a webhook receiver as it is. The id is checked against ``^[0-9a-f]{32}$`` before anything else,
-and only the file the store names for that id, under that exact name, is ever served.
+and only the file the store names for that id, under that exact name, is ever served. A
+recording moved to S3 (its row has a `location`) is proxied from the bucket, Range included and
+streamed chunk by chunk, so the same url keeps working and is still all a client needs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -27,11 +30,14 @@ from aiohttp import hdrs, web
 from callbox.server.http.auth import require_project
 from callbox.server.http.context import services_of
 from callbox.server.http.errors import json_error
+from callbox.server.storage.s3 import ObjectStore, ObjectStoreError
+from callbox.server.storage.uploads import object_key
 from callbox.server.store.recordings import RecordingRow
 
 if TYPE_CHECKING:
-    from callbox.server.config import Project
     from callbox.server.store.recordings import RecordingStore
+
+log = logging.getLogger(__name__)
 
 API_PATH: Final = "/api/relay/rest/recordings"
 DOWNLOAD_PREFIX: Final = "/recordings/"
@@ -45,6 +51,7 @@ _ID: Final = re.compile(r"[0-9a-f]{32}")
 _FILE_NAME: Final = re.compile(r"([0-9a-f]{32})\.(wav|mp3)")
 _PAGE_SIZE: Final = re.compile(r"[0-9]{1,7}")
 _EMPTY_SUFFIX_RANGE: Final = re.compile(r"bytes\s*=\s*-\s*0+", re.ASCII | re.IGNORECASE)
+_ONE_RANGE: Final = re.compile(r"bytes=(?:[0-9]{1,19}-[0-9]{0,19}|-[0-9]{1,19})", re.ASCII)
 DOWNLOAD_CHUNK_BYTES: Final = 256 * 1024
 T = TypeVar("T")
 
@@ -61,7 +68,7 @@ def add_recording_routes(app: web.Application) -> None:
 
 async def list_recordings(request: web.Request) -> web.Response:
     project = require_project(request)
-    page_size = _page_size(request.query.get("page_size"))
+    page_size = parse_page_size(request.query.get("page_size"))
     page_token = request.query.get("page_token") or None
     try:
         rows, next_token = _store(request).list(project.id, page_size=page_size,
@@ -83,22 +90,32 @@ async def list_recordings(request: web.Request) -> web.Response:
 
 async def get_recording(request: web.Request) -> web.Response:
     project = require_project(request)
-    row = _own_row(request, project)
+    row = own_row(request, project.id)
     return web.json_response(row.to_api())
 
 
 async def delete_recording(request: web.Request) -> web.Response:
     project = require_project(request)
-    row = _own_row(request, project)
+    row = own_row(request, project.id)
+    await remove_recording(request, row)
+    return web.Response(status=204)
+
+
+async def remove_recording(request: web.Request, row: RecordingRow) -> None:
+    """Delete a recording's file, row and webhook deliveries log; a JSON 409 while it is
+    still in progress."""
     if row.is_active:
         raise json_error(web.HTTPConflict, "recording_in_progress",
                      f"recording {row.id} is still in progress (state {row.state!r}); "
                      "stop it, then delete it")
-    path = _file_of(row)
+    await _delete_object(request, row)
+    path = file_of(row)
     if path is not None:
         await asyncio.get_running_loop().run_in_executor(None, _unlink, path)
     _store(request).delete(row.id)
-    return web.Response(status=204)
+    recorder = services_of(request).recorder
+    if recorder is not None:
+        recorder.webhooks.queue.forget(row.id)
 
 
 async def download_recording(request: web.Request) -> web.StreamResponse:
@@ -110,12 +127,16 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
     row = _store(request).get(rec_id)
     if row is None or row.format != ext or row.state not in SERVABLE_STATES:
         raise _not_found()
-    path = _file_of(row)
-    if path is None:
-        raise _not_found()
     headers: dict[str, str] = {hdrs.CONTENT_TYPE: CONTENT_TYPES[ext],
                                hdrs.CACHE_CONTROL: "private"}
     byte_range = request.headers.get(hdrs.RANGE, "").strip()
+    path = file_of(row)
+    if not row.location and path is not None and not await _run_blocking(path.exists):
+        row = _store(request).get(rec_id) or row  # moved to S3 since we looked?
+    if row.location:
+        return await _send_object(request, row, headers, byte_range)
+    if path is None:
+        raise _not_found()
     if "," in byte_range:  # several ranges: allowed to ignore them, so the whole file
         return await _send_whole_file(request, path, headers)
     if _EMPTY_SUFFIX_RANGE.fullmatch(byte_range):  # "the last 0 bytes": unsatisfiable
@@ -145,7 +166,7 @@ def _public_url(request: web.Request) -> str:
     return services_of(request).public_url.rstrip("/")
 
 
-def _page_size(raw: str | None) -> int:
+def parse_page_size(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_PAGE_SIZE
     if _PAGE_SIZE.fullmatch(raw) and 1 <= int(raw) <= MAX_PAGE_SIZE:
@@ -162,18 +183,19 @@ def _page_url(base: str, page_size: int, page_token: str | None) -> str:
     return f"{base}?{urlencode(query)}"
 
 
-def _own_row(request: web.Request, project: Project) -> RecordingRow:
-    """The project's recording named in the path; 404 for any other (never another's)."""
+def own_row(request: web.Request, project_id: str) -> RecordingRow:
+    """The project's recording named in the path (`{id}`); a JSON 404 for any other (never
+    another project's)."""
     rec_id = request.match_info["id"]
     if _ID.fullmatch(rec_id) is None:
         raise _not_found()
     row = _store(request).get(rec_id)
-    if row is None or not hmac.compare_digest(row.project_id.encode(), project.id.encode()):
+    if row is None or not hmac.compare_digest(row.project_id.encode(), project_id.encode()):
         raise _not_found()
     return row
 
 
-def _file_of(row: RecordingRow) -> Path | None:
+def file_of(row: RecordingRow) -> Path | None:
     """The recording's file, only if the stored path has the name the id implies."""
     if not row.path:
         return None
@@ -221,3 +243,73 @@ async def _send_whole_file(request: web.Request, path: Path,
         return response
     finally:
         await _run_blocking(file.close)
+
+
+# -- audio in the object storage ------------------------------------------------------------
+
+
+def _objects(request: web.Request) -> ObjectStore:
+    objects = services_of(request).objects
+    if objects is None:
+        raise json_error(web.HTTPServiceUnavailable, "unavailable",
+                         "this recording is in S3 object storage, which is not configured "
+                         "([storage] s3_endpoint) or not open yet")
+    return objects
+
+
+def _storage_failed(exc: ObjectStoreError) -> web.HTTPException:
+    log.warning("recording storage: %s", exc)
+    return json_error(web.HTTPServiceUnavailable, "storage_unavailable",
+                      "the recording storage did not answer; try again later")
+
+
+async def _send_object(request: web.Request, row: RecordingRow, headers: dict[str, str],
+                       byte_range: str) -> web.StreamResponse:
+    """The object, streamed from S3 with the client's Range passed on (206 and Content-Range
+    come back as S3 gives them)."""
+    objects = _objects(request)
+    if _EMPTY_SUFFIX_RANGE.fullmatch(byte_range):
+        return web.Response(status=416, headers={hdrs.CONTENT_RANGE: f"bytes */{row.size}"})
+    if not _ONE_RANGE.fullmatch(byte_range):
+        byte_range = ""  # several ranges, or one we need not honour: the whole object
+    try:
+        if request.method == hdrs.METH_HEAD:
+            info = await objects.head(row.location)
+            if info is None:
+                raise _not_found()
+            return web.Response(headers={**headers, hdrs.ACCEPT_RANGES: "bytes",
+                                         hdrs.CONTENT_LENGTH: str(info.size)})
+        body = await objects.get(row.location, byte_range or None)
+    except ObjectStoreError as exc:
+        if exc.status == 404:
+            raise _not_found() from None
+        if exc.status == 416:
+            return web.Response(status=416, headers={hdrs.CONTENT_RANGE: f"bytes */{row.size}"})
+        raise _storage_failed(exc) from None
+    try:
+        response = web.StreamResponse(status=body.status,
+                                      headers={**headers, hdrs.ACCEPT_RANGES: "bytes"})
+        response.content_length = body.size
+        if body.content_range:
+            response.headers[hdrs.CONTENT_RANGE] = body.content_range
+        await response.prepare(request)
+        async for chunk in body.chunks():
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        body.close()
+
+
+async def _delete_object(request: web.Request, row: RecordingRow) -> None:
+    """Remove the recording's object. Without a `location` it may still be uploading: its key
+    is removed too when S3 is configured (a failure then is only logged: the audio is local)."""
+    objects = services_of(request).objects
+    if not row.location and objects is None:
+        return
+    try:
+        await _objects(request).delete(row.location or object_key(row))
+    except ObjectStoreError as exc:
+        if row.location:
+            raise _storage_failed(exc) from None
+        log.warning("recording %s: %s", row.id, exc)

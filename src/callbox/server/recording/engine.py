@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 MAX_RECORDINGS_PER_CALL = 10
 EventListener = Callable[[dict[str, Any]], None]
+# Every recording's events, for observers of the whole engine: (project id, event params).
+EngineListener = Callable[[str, dict[str, Any]], None]
 
 
 class RecordingError(RuntimeError):
@@ -224,6 +226,8 @@ class Recording:
         self.done.set_result(self.events[-1])
         if not self._first_state.done():
             self._first_state.set_result(None)
+        if self.size is not None:  # its file is kept
+            self.engine.concluded(self)
 
     def _store_add(self) -> str | None:
         try:
@@ -266,6 +270,7 @@ class Recording:
     def _emit(self) -> None:
         params = self.event_params()
         self.events.append(params)
+        self.engine.publish(self.project_id, params)
         for listener in tuple(self.listeners):
             try:
                 listener(params)
@@ -322,6 +327,34 @@ class RecordingEngine:
         self.webhooks = RecordWebhooks(data_dir / "webhooks.db", signing_keys or {})
         self.active: dict[str, Recording] = {}
         self.reports: RuntimeReports = _MediaReports(self.active)
+        self._observers: list[EngineListener] = []
+        self._concluded: list[Callable[[Recording], None]] = []
+
+    def on_event(self, listener: EngineListener) -> Callable[[], None]:
+        """Call `listener(project_id, params)` on every recording event (and on a recovered
+        end reported by webhook); returns the unsubscribe. A failing listener is logged."""
+        self._observers.append(listener)
+        return lambda: self._observers.remove(listener) if listener in self._observers else None
+
+    def publish(self, project_id: str, params: dict[str, Any]) -> None:
+        for listener in tuple(self._observers):
+            try:
+                listener(project_id, params)
+            except Exception:
+                log.exception("recording engine observer failed")
+
+    def on_concluded(self, listener: Callable[[Recording], None]) -> Callable[[], None]:
+        """Call `listener` with each recording that ends with its file kept, once its end is
+        stored and reported; returns the unsubscribe."""
+        self._concluded.append(listener)
+        return lambda: self._concluded.remove(listener)
+
+    def concluded(self, recording: Recording) -> None:
+        for listener in tuple(self._concluded):
+            try:
+                listener(recording)
+            except Exception:
+                log.exception("recording concluded listener failed")
 
     @property
     def signing_keys(self) -> dict[str, str]:
@@ -438,6 +471,7 @@ class RecordingEngine:
                 end_time=updated.end_time,
                 reason=updated.reason if state is RecState.ERROR else None,
             )
+            self.publish(updated.project_id, params)
             self.webhooks.send(updated.status_url, project_id=updated.project_id,
                                call_id=updated.call_id, recording_id=updated.id, params=params)
         return updated

@@ -64,7 +64,8 @@ class RecordWebhooks:
         while self._held:
             url, envelope, key, ordering_key = self._held[0]
             try:
-                self.queue.enqueue(url, envelope, key, ordering_key=ordering_key)
+                self.queue.enqueue(url, envelope, key, ordering_key=ordering_key,
+                                   label=str(envelope["params"].get("state", "")))
             except (sqlite3.Error, OSError) as exc:
                 if self._retry is None:
                     log.error("webhook for recording %s held in memory: the queue cannot "

@@ -1,8 +1,8 @@
 """Recording metadata: the `RecordingStore` interface and its SQLite implementation.
 
 The store holds metadata only (ids, call, control_id, state, format, sizes, times, url, the file's
-path); the audio files are the recording engine's. Calls are short and synchronous: the platform
-makes them from the event loop or from its writer thread.
+path, where the audio lives now); the audio files are the recording engine's. Calls are short
+and synchronous: the platform makes them from the event loop or from its writer thread.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from callbox.wire.recording import STATES, TERMINAL_STATES
 
 # States of a recording still running (to repair after a crash; not deletable).
 ACTIVE_STATES: Final = tuple(s for s in STATES if s not in TERMINAL_STATES)
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 
 @dataclass
@@ -47,6 +47,8 @@ class RecordingRow:
     reason: str | None
     status_url: str
     params: dict[str, Any] = field(default_factory=dict)
+    # Where the audio is: "" = the local file at `path`; else its key in the object storage.
+    location: str = ""
 
     @property
     def is_active(self) -> bool:
@@ -75,6 +77,38 @@ class RecordingRow:
         return body
 
 
+@dataclass(frozen=True)
+class RecordingFilter:
+    """Which recordings `list` keeps: every field that is set must match (None: any)."""
+
+    state: str | None = None
+    format: str | None = None
+    channels: int | None = None
+    since: float | None = None  # created_at >= since (unix seconds)
+    until: float | None = None  # created_at < until
+    search: str | None = None  # the exact call id, control id or recording id
+
+    def sql(self) -> tuple[str, builtins.list[Any]]:
+        """`" AND ..."` conditions and their arguments."""
+        conditions: builtins.list[str] = []
+        args: builtins.list[Any] = []
+        for column in ("state", "format", "channels"):
+            value = getattr(self, column)
+            if value is not None:
+                conditions.append(f"{column} = ?")
+                args.append(value)
+        if self.since is not None:
+            conditions.append("created_at >= ?")
+            args.append(self.since)
+        if self.until is not None:
+            conditions.append("created_at < ?")
+            args.append(self.until)
+        if self.search:
+            conditions.append("(call_id = ? OR control_id = ? OR id = ?)")
+            args += [self.search] * 3
+        return "".join(f" AND {c}" for c in conditions), args
+
+
 # `list` is a method of the stores: annotations inside them use this name instead.
 Rows = builtins.list[RecordingRow]
 
@@ -95,10 +129,11 @@ class RecordingStore(Protocol):
 
     def get(self, id: str) -> RecordingRow | None: ...
 
-    def list(self, project_id: str, *, page_size: int,
-             cursor: str | None = None) -> tuple[Rows, str | None]:
-        """One page of a project's recordings, newest first (created_at, then id), and the
-        opaque cursor of the next page (None on the last). A bad cursor raises ValueError."""
+    def list(self, project_id: str, *, page_size: int, cursor: str | None = None,
+             where: RecordingFilter | None = None) -> tuple[Rows, str | None]:
+        """One page of a project's recordings (those `where` keeps), newest first (created_at,
+        then id), and the opaque cursor of the next page (None on the last). A bad cursor
+        raises ValueError."""
         ...
 
     def delete(self, id: str) -> bool: ...
@@ -138,6 +173,9 @@ _MIGRATIONS: Final = (
     );
     CREATE INDEX recordings_by_project ON recordings (project_id, created_at DESC, id DESC);
     CREATE INDEX recordings_by_state ON recordings (state);
+    """,
+    """
+    ALTER TABLE recordings ADD COLUMN location TEXT NOT NULL DEFAULT '';
     """,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
@@ -229,12 +267,13 @@ class SqliteRecordingStore:
             record = self._conn.execute("SELECT * FROM recordings WHERE id = ?", (id,)).fetchone()
         return None if record is None else self._from_db(record)
 
-    def list(self, project_id: str, *, page_size: int,
-             cursor: str | None = None) -> tuple[Rows, str | None]:
+    def list(self, project_id: str, *, page_size: int, cursor: str | None = None,
+             where: RecordingFilter | None = None) -> tuple[Rows, str | None]:
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size}")
-        sql = "SELECT * FROM recordings WHERE project_id = ?"
-        args: builtins.list[Any] = [project_id]
+        conditions, args = (where or RecordingFilter()).sql()
+        sql = "SELECT * FROM recordings WHERE project_id = ?" + conditions
+        args.insert(0, project_id)
         if cursor is not None:
             created_at, rec_id = decode_cursor(cursor)
             sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"

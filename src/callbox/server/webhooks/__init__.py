@@ -8,6 +8,7 @@ from callbox.server.webhooks.queue import (
     DELIVERY_HEADER,
     EVENT_HEADER,
     USER_AGENT,
+    Delivery,
     WebhookQueue,
     backoff_delay,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "EVENT_HEADER",
     "SIGNATURE_HEADER",
     "USER_AGENT",
+    "Delivery",
     "WebhookQueue",
     "backoff_delay",
     "sign",

@@ -73,6 +73,18 @@ CREATE TABLE IF NOT EXISTS webhooks (
     attempts     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS webhooks_by_key ON webhooks (ordering_key, id);
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id  TEXT    PRIMARY KEY,
+    ordering_key TEXT    NOT NULL,
+    url          TEXT    NOT NULL,
+    label        TEXT    NOT NULL,
+    status       TEXT    NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT,
+    last_time    REAL,
+    created_at   REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_key ON deliveries (ordering_key, created_at);
 """
 
 
@@ -94,6 +106,24 @@ class _Result:
     outcome: _Outcome
     detail: str
     retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One webhook's delivery as it went, kept after it was delivered or given up.
+
+    `status`: pending (not tried yet), retrying, delivered or failed (given up); `label` is
+    what the sender called the event (a recording event's state); `url` is shown without
+    credentials or query string."""
+
+    delivery_id: str
+    url: str
+    label: str
+    status: str
+    attempts: int
+    last_error: str | None
+    last_time: float | None
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,12 +182,19 @@ class WebhookQueue:
         return self._pending
 
     def enqueue(self, url: str, body: Mapping[str, Any], signing_key: str, *,
-                ordering_key: str) -> None:
+                ordering_key: str, label: str = "") -> None:
         """Queue a POST of `body` (as JSON) to `url`, signed with `signing_key`; on disk when
-        this returns. A url that is not http(s) is logged and dropped at once."""
+        this returns. A url that is not http(s) is logged and dropped at once. `label` names
+        the event in the deliveries log (see `deliveries`)."""
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False).encode()
         problem = _url_problem(url)
+        delivery_id, now = uuid.uuid4().hex, self.clock()
+        self._conn().execute(
+            "INSERT INTO deliveries (delivery_id, ordering_key, url, label, status, last_error,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (delivery_id, ordering_key, _for_log(url), label,
+             "pending" if problem is None else "failed", problem, now))
         if problem is not None:
             log.error("webhook dropped: %s (ordering key %s)", problem, ordering_key)
             self.failed_permanently += 1
@@ -167,11 +204,23 @@ class WebhookQueue:
             "INSERT INTO webhooks (ordering_key, url, event, body, signing_key, delivery_id,"
             " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (ordering_key, url, event if isinstance(event, str) else DEFAULT_EVENT, data,
-             signing_key, uuid.uuid4().hex, self.clock()),
+             signing_key, delivery_id, now),
         )
         self._set_pending(self._pending + 1)
         if self._running and ordering_key not in self._workers:
             self._spawn(ordering_key)
+
+    def deliveries(self, ordering_key: str) -> list[Delivery]:
+        """The deliveries log of one ordering key, oldest first (kept after delivery)."""
+        rows = self._conn().execute(
+            "SELECT delivery_id, url, label, status, attempts, last_error, last_time,"
+            " created_at FROM deliveries WHERE ordering_key = ? ORDER BY created_at, rowid",
+            (ordering_key,)).fetchall()
+        return [Delivery(*row) for row in rows]
+
+    def forget(self, ordering_key: str) -> None:
+        """Drop the deliveries log of `ordering_key` (its subject was deleted)."""
+        self._conn().execute("DELETE FROM deliveries WHERE ordering_key = ?", (ordering_key,))
 
     async def start(self) -> None:
         """Start delivering, beginning with whatever a previous run left in the database."""
@@ -254,6 +303,8 @@ class WebhookQueue:
         if age >= self.max_age:
             log.warning("webhook to %s dropped: not delivered within max_age %g s "
                         "(%d attempts)", where, self.max_age, entry.attempts)
+            self._log_delivery(entry, "failed", entry.attempts,
+                               f"not delivered within max_age {self.max_age:g} s")
             self._remove(entry, failed=True, expired=True)
             return False
         attempt = entry.attempts + 1
@@ -261,11 +312,13 @@ class WebhookQueue:
         self.attempts += 1
         if result.outcome is _Outcome.DELIVERED:
             log.debug("webhook to %s delivered: %s (attempt %d)", where, result.detail, attempt)
+            self._log_delivery(entry, "delivered", attempt, None)
             self._remove(entry)
             return False
         if result.outcome is _Outcome.PERMANENT:
             log.warning("webhook to %s dropped: %s (attempt %d); this is not retried",
                         where, result.detail, attempt)
+            self._log_delivery(entry, "failed", attempt, result.detail)
             self._remove(entry, failed=True)
             return False
         delay = backoff_delay(attempt, self.backoff_initial, self.backoff_max)
@@ -274,10 +327,12 @@ class WebhookQueue:
         if self.clock() + delay - entry.created_at >= self.max_age:
             log.warning("webhook to %s dropped: %s (attempt %d); giving up, max_age %g s "
                         "reached", where, result.detail, attempt, self.max_age)
+            self._log_delivery(entry, "failed", attempt, result.detail)
             self._remove(entry, failed=True, expired=True)
             return False
         self._conn().execute("UPDATE webhooks SET attempts = ? WHERE id = ?",
                              (attempt, entry.id))
+        self._log_delivery(entry, "retrying", attempt, result.detail)
         log.warning("webhook to %s failed: %s (attempt %d); next retry in %.3g s",
                     where, result.detail, attempt, delay)
         await self._sleep(delay)
@@ -335,6 +390,12 @@ class WebhookQueue:
             " FROM webhooks WHERE ordering_key = ? ORDER BY id LIMIT 1", (key,)
         ).fetchone()
         return None if row is None else _Entry(*row)
+
+    def _log_delivery(self, entry: _Entry, status: str, attempts: int,
+                      error: str | None) -> None:
+        self._conn().execute(
+            "UPDATE deliveries SET status = ?, attempts = ?, last_error = ?, last_time = ?"
+            " WHERE delivery_id = ?", (status, attempts, error, self.clock(), entry.delivery_id))
 
     def _remove(self, entry: _Entry, *, failed: bool = False, expired: bool = False) -> None:
         """Forget `entry` (delivered, or given up when `failed`) and count it."""
