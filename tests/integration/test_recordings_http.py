@@ -18,11 +18,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from callbox.server.auth import ProjectAuth
 from callbox.server.config import Config, HttpConfig, Project, StorageConfig
 from callbox.server.http.app import make_app
-from callbox.server.media.ports import RtpPortPool
 from callbox.server.recording.writers import open_writer
 from callbox.server.services import Services
 from callbox.server.store import RecordingRow, SqliteRecordingStore
-from callbox.server.worker.pool import MediaHosts
 
 PUBLIC = "https://rec.example:8443"
 API = "/api/relay/rest/recordings"
@@ -59,8 +57,6 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     )
     store = SqliteRecordingStore(tmp_path / "recordings.db")
     services = Services(calls={}, auth=ProjectAuth(config), node_id="node-1",
-                        media=MediaHosts(0, RtpPortPool("127.0.0.1", 40000, 40001),
-                                         "127.0.0.1"),
                         public_url=config.http.public_url, recordings=store)
     rec_dir = tmp_path / "recordings"
     rec_dir.mkdir()

@@ -31,7 +31,8 @@ async def metrics(request: web.Request) -> web.Response:
     require_project(request)
     loop_module = type(asyncio.get_running_loop()).__module__.split(".")[0]
     services = services_of(request)
-    text = render_metrics(services, await services.media.snapshot(), event_loop=loop_module)
+    media = await services.media.snapshot() if services.media is not None else HostSnapshot()
+    text = render_metrics(services, media, event_loop=loop_module)
     return web.Response(body=text.encode(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
 
 
@@ -43,10 +44,12 @@ def render_metrics(services: Services, media: HostSnapshot, *, event_loop: str) 
     lines += _metric("calls", "gauge", "live calls", len(services.calls))
     lines += _metric("recordings_active", "gauge", "recordings in progress",
                      len(recorder.active) if recorder is not None else 0)
-    lines += _metric("media_workers", "gauge", "media worker processes (0: media in the main "
-                     "process)", services.media.workers)
-    lines += _metric("media_worker_restarts_total", "counter",
-                     "media workers restarted after they died", services.media.restarts)
+    hosts = services.media
+    if hosts is not None:
+        lines += _metric("media_workers", "gauge", "media worker processes (0: media in the "
+                         "main process)", hosts.workers)
+        lines += _metric("media_worker_restarts_total", "counter",
+                         "media workers restarted after they died", hosts.restarts)
     lines += _metric("media_ticks_total", "counter", "media clock ticks (20 ms each)",
                      media.ticks)
     lines += _metric("media_late_ticks_total", "counter",

@@ -240,8 +240,8 @@ class SessionSnapshot:
 
 @dataclass(slots=True)
 class HostSnapshot:
-    sessions: int
-    ticks: int
-    late_ticks: int
-    max_behind: float
+    sessions: int = 0
+    ticks: int = 0
+    late_ticks: int = 0
+    max_behind: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)  # of the open sessions

@@ -93,8 +93,7 @@ class MediaHosts:
 
     async def snapshot(self) -> m.HostSnapshot:
         """Every host's clock and counters together (ended sessions included)."""
-        total = m.HostSnapshot(sessions=0, ticks=0, late_ticks=0, max_behind=0.0,
-                               counters=dict(self.retired_counters))
+        total = m.HostSnapshot(counters=dict(self.retired_counters))
         for view in self.views:
             try:
                 snap = await view.link.request(m.HostQuery())
