@@ -506,10 +506,12 @@ class ServedPlatform:
     """`callbox serve` as a subprocess, with its log in a file."""
 
     def __init__(self, directory: Path, variant: Variant, calls: int, loop: str,
-                 callee_uri: str | None = None, prompt: Path | None = None) -> None:
+                 callee_uri: str | None = None, prompt: Path | None = None, *,
+                 workers: int = 1) -> None:
         self.directory = directory
         self.config, self.ports = write_config(directory, variant, calls, callee_uri, prompt)
         self.loop = loop
+        self.workers = workers
         self.log_path = directory / "platform.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.base = f"http://127.0.0.1:{self.ports['http']}"
@@ -526,7 +528,7 @@ class ServedPlatform:
     async def start(self, session: aiohttp.ClientSession, timeout: float = 30.0
                     ) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "callbox.cli", "serve", "--config", str(self.config),
-               "--loop", self.loop]
+               "--loop", self.loop, "--workers", str(self.workers)]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=self.directory,
@@ -604,6 +606,7 @@ class Sample:
     bench_cpu: float
     rss_kb: int
     calls: int
+    worker_cpu: dict[int, float] = field(default_factory=dict)  # media workers by pid
 
 
 @dataclass
@@ -612,6 +615,7 @@ class StepResult:
     loop: str
     calls: int  # recorded calls at once (bridged: pairs)
     seconds: float  # length of each call
+    workers: int = 1  # media worker processes (0: media in the main process)
     legs: int = 0  # SIP calls on the platform at once (bridged: 2 per pair)
     placed: int = 0  # calls placed in all (short calls: N at a time, in sequence; else N)
     calls_ok: int = 0
@@ -628,6 +632,7 @@ class StepResult:
     run_cpu_ms_per_call_second: float = math.nan
     platform_cpu_pct: float = math.nan  # of one core
     loop_cpu_pct: float = math.nan  # the event-loop thread, of one core
+    busiest_worker_pct: float = math.nan  # the busiest media worker process, of one core
     machine_cpu_pct: float = math.nan  # of the whole machine (all cores, all processes)
     our_cpu_pct: float = math.nan  # of the whole machine: platform + sipp + RELAY + bench
     sipp_cpu_pct: float = math.nan  # of one core
@@ -729,14 +734,24 @@ async def _sample(platform: ServedPlatform, session: aiohttp.ClientSession,
     except (aiohttp.ClientError, OSError, KeyError):
         calls = -1
     return Sample(
-        t=time.monotonic(), platform_cpu=proc_cpu_seconds(platform.pid),
+        t=time.monotonic(), platform_cpu=process_tree_cpu_seconds(platform.pid),
         loop_cpu=proc_cpu_seconds(platform.pid, platform.pid),
         machine_busy=busy, machine_total=total,
         sipp_cpu=sum(proc_cpu_seconds(pid) for pid in child_pids("sipp")),
         relay_cpu=proc_cpu_seconds(relay_pid) if relay_pid else 0.0,
         bench_cpu=time.process_time() + _children_cpu(),
         rss_kb=proc_status_kb(platform.pid, "VmRSS"), calls=calls,
+        worker_cpu={pid: proc_cpu_seconds(pid) for pid in process_children(platform.pid)},
     )
+
+
+def process_children(pid: int) -> list[int]:
+    """The direct children of `pid` (the platform's media workers)."""
+    pids: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            pids += [int(c) for c in children.read_text().split()]
+    return pids
 
 
 def _children_cpu() -> float:
@@ -766,7 +781,8 @@ def start_callees(calls: int, source: Source, workdir: Path
 
 
 async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate: float = 50.0,
-                   loop: str = "uvloop", workdir: Path, source: Source | None = None,
+                   loop: str = "uvloop", workers: int = 1, workdir: Path,
+                   source: Source | None = None,
                    callee_source: Source | None = None, prompt_source: Source | None = None,
                    max_cpu_pct: float = 80.0, max_finish_ms: float = math.inf,
                    analysis_workers: int = 2,
@@ -795,7 +811,7 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
     callee_source = fitting(callee_source, CALLEE) if variant.bridged else None
     prompt_source = fitting(prompt_source, PROMPT) if variant.prompt else None
     prompt_wav = write_prompt_wav(prompt_source) if prompt_source else None
-    result = StepResult(variant.name, loop, calls, seconds, legs=variant.legs * calls,
+    result = StepResult(variant.name, loop, calls, seconds, workers, legs=variant.legs * calls,
                         placed=placed, callee_calls_ok=0 if variant.bridged else -1,
                         max_cpu_pct=max_cpu_pct)
     relay_proc: subprocess.Popen[bytes] | None = None
@@ -809,7 +825,8 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
             callees = await stack.enter_async_context(
                 start_callees(calls, callee_source, workdir / "callee"))
         platform = ServedPlatform(workdir, variant, calls, loop,
-                                  callees.uri("callee") if callees else None, prompt_wav)
+                                  callees.uri("callee") if callees else None, prompt_wav,
+                                  workers=workers)
         try:
             metrics = await platform.start(session)
             result.loop = metrics.get("event_loop", loop)
@@ -897,6 +914,10 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
         result.cpu_ms_per_call_second = platform_cpu * 1000 / call_seconds
         result.platform_cpu_pct = 100 * platform_cpu / span
         result.loop_cpu_pct = 100 * (last.loop_cpu - first.loop_cpu) / span
+        worker_cpu = [last.worker_cpu[pid] - first.worker_cpu[pid]
+                      for pid in last.worker_cpu if pid in first.worker_cpu]
+        if worker_cpu:
+            result.busiest_worker_pct = 100 * max(worker_cpu) / span
         # /proc/stat misses some ticks (about 5 % in this VM), per-process times do not: use
         # its busy *share*, and wall time x cores for the per-process figures
         busy_share = ((last.machine_busy - first.machine_busy)
@@ -1025,9 +1046,9 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 # -- report -----------------------------------------------------------------------------------
 
 HEADER = (
-    "| variant | loop | N | legs | calls ok | recordings complete | lost frames "
+    "| variant | loop, media workers | N | legs | calls ok | recordings complete | lost frames "
     "| CPU ms per rec. call-s | whole run: CPU ms per call / per call-s "
-    "| platform CPU (% of 1 core) | loop thread % "
+    "| platform CPU (% of 1 core) | main loop thread / busiest worker % "
     "| machine CPU % (ours / all) | sipp CPU % | other CPU % | peak RSS MB | RSS per call KB "
     "| RTP sent / received / late | clock max stall ms | BYE->finished p50 / p99 ms "
     "| SIP setup p50 / p99 ms | pass |\n"
@@ -1052,11 +1073,13 @@ def table_row(r: StepResult) -> str:
     if r.callee_calls_ok >= 0:
         calls_ok += f" (callee {r.callee_calls_ok})"
     n = str(r.calls) if r.placed == r.calls else f"{r.calls} at once, {r.placed} x {r.seconds:g} s"
-    return (f"| {name} | {r.loop} | {n} | {r.legs} | {calls_ok} | {r.complete}/{r.placed} "
+    return (f"| {name} | {r.loop}, {r.workers} | {n} | {r.legs} | {calls_ok} "
+            f"| {r.complete}/{r.placed} "
             f"| {r.lost_frames} | {_f(r.cpu_ms_per_call_second, 3)} "
             f"| {_f(r.run_cpu_ms_per_call, 1)} / {_f(r.run_cpu_ms_per_call_second, 3)} "
             f"| {_f(r.platform_cpu_pct)} "
-            f"| {_f(r.loop_cpu_pct)} | {_f(r.our_cpu_pct)} / {_f(r.machine_cpu_pct)} "
+            f"| {_f(r.loop_cpu_pct)} / {_f(r.busiest_worker_pct)} "
+            f"| {_f(r.our_cpu_pct)} / {_f(r.machine_cpu_pct)} "
             f"| {_f(r.sipp_cpu_pct)} "
             f"| {_f(r.other_cpu_pct)} "
             f"| {_f(r.peak_rss_mb)} | {_f(r.rss_per_call_kb)} "
@@ -1120,11 +1143,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, default=1,
                         help="re-run a failing step this many times (other users of the "
                              "machine can cause a failure; every run is reported)")
+    parser.add_argument("--workers", default="1,2",
+                        help="media worker processes to compare (0 = media in the main process)")
     parser.add_argument("--results", help="append the table to this Markdown file")
     args = parser.parse_args(argv)
 
     variants = [VARIANTS[name.strip()] for name in args.variants.split(",") if name.strip()]
     loops = [name.strip() for name in args.loops.split(",") if name.strip()]
+    setups = [(loop, int(n)) for loop in loops for n in args.workers.split(",") if n.strip()]
     steps = sorted(int(n) for n in args.steps.split(","))
     deadline = time.monotonic() + args.max_minutes * 60
     root = Path(args.workdir or tempfile.mkdtemp(prefix="callbox-bench-"))
@@ -1141,7 +1167,7 @@ def main(argv: list[str] | None = None) -> int:
                      for v in variants if v.short}
     results: list[StepResult] = []
     skipped: list[str] = []
-    for loop in loops:
+    for loop, workers in setups:
         failed: set[str] = set()
         for calls in steps:  # every variant at this N, then the next N: ratios hold
             for variant in variants:
@@ -1149,23 +1175,23 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 estimate = args.seconds + calls / args.rate + 30 + calls * 0.05 * variant.legs
                 if time.monotonic() + estimate > deadline:
-                    skipped.append(f"{variant.name} {loop} N>={calls}")
+                    skipped.append(f"{variant.name} {loop} {workers} workers N>={calls}")
                     failed.add(variant.name)
                     continue
                 for attempt in range(1 + max(0, args.retries)):
-                    step_dir = root / f"{variant.name}-{loop}-{calls}-{attempt + 1}"
+                    step_dir = root / f"{variant.name}-{loop}-w{workers}-{calls}-{attempt + 1}"
                     forget_handed_out()  # the last step's platform and sipp have exited
                     try:
                         result = asyncio.run(run_step(
                             variant, calls, seconds=args.seconds, rate=args.rate, loop=loop,
-                            workdir=step_dir,
+                            workers=workers, workdir=step_dir,
                             source=short_sources.get(variant.call_seconds, source),
                             callee_source=callee_source, prompt_source=prompt_source,
                             max_cpu_pct=args.max_cpu, max_finish_ms=args.max_finish_ms,
                             progress=lambda msg: print(f"  ... {msg}", file=sys.stderr,
                                                        flush=True)))
                     except Exception as exc:  # a step that cannot run fails; the rest goes on
-                        result = StepResult(variant.name, loop, calls, args.seconds,
+                        result = StepResult(variant.name, loop, calls, args.seconds, workers,
                                             legs=variant.legs * calls, max_cpu_pct=args.max_cpu)
                         result.problems.append(f"the step could not run: {exc!r}"[:300])
                     results.append(result)
@@ -1191,14 +1217,19 @@ def _remove_recordings(step_dir: Path) -> None:
 
 def _summary(results: list[StepResult], skipped: list[str]) -> str:
     lines = ["", "Largest N with every recording complete and the machine under the CPU limit:"]
-    best: dict[tuple[str, str], int] = {}
+    best: dict[tuple[str, str, int], int] = {}
     for r in results:
-        key = (r.variant, r.loop)
+        key = (r.variant, r.loop, r.workers)
         best.setdefault(key, 0)
         if r.passed:
             best[key] = max(best[key], r.calls)
-    for (variant, loop), n in best.items():
-        lines.append(f"- {variant}, {loop}: {n or 'none of the steps'}")
+    for (variant, loop, workers), n in best.items():
+        lines.append(f"- {variant}, {loop}, {workers} media workers: {n or 'none of the steps'}")
+    for (variant, loop, workers), n in best.items():
+        one = best.get((variant, loop, 1))
+        if workers > 1 and one:
+            lines.append(f"- {variant}, {loop}: {workers} workers carry x {n / one:.2f} the "
+                         f"calls of 1 (largest passing steps {n} / {one})")
     lines += _ratios(results)
     if skipped:
         lines.append(f"Not run (time budget): {', '.join(skipped)}")
@@ -1209,22 +1240,25 @@ def _ratios(results: list[StepResult]) -> list[str]:
     """At each N of one invocation: CPU per call-second with a prompt over without (steady
     window, and whole run), and the short calls' setup + teardown: their whole-run CPU per
     call minus the media of as long a call (wav-stereo's steady CPU per call-second)."""
-    last = {(r.variant, r.loop, r.calls): r for r in results}  # the last attempt
+    last = {(r.variant, r.loop, r.workers, r.calls): r for r in results}  # the last attempt
     lines = []
-    for (name, loop, n), r in last.items():
-        silent = last.get((name.removeprefix("prompt-").removeprefix("short-"), loop, n))
+    for (name, loop, workers, n), r in last.items():
+        silent = last.get((name.removeprefix("prompt-").removeprefix("short-"), loop, workers,
+                           n))
         if silent is None or silent is r:
             continue
         if name.startswith("prompt-"):
             lines.append(
-                f"- {name} / {silent.variant}, {loop}, N={n}: CPU per call-second x "
+                f"- {name} / {silent.variant}, {loop}, {workers} workers, N={n}: CPU per "
+                "call-second x "
                 f"{_f(r.cpu_ms_per_call_second / silent.cpu_ms_per_call_second, 2)} (steady), x "
                 f"{_f(r.run_cpu_ms_per_call_second / silent.run_cpu_ms_per_call_second, 2)} "
                 "(whole run, every platform process)")
         elif name.startswith("short-"):
             setup = r.run_cpu_ms_per_call - r.seconds * silent.cpu_ms_per_call_second
             lines.append(
-                f"- {name}, {loop}, N={n} at once ({r.placed} calls of {r.seconds:g} s): "
+                f"- {name}, {loop}, {workers} workers, N={n} at once ({r.placed} calls of "
+                f"{r.seconds:g} s): "
                 f"{_f(r.run_cpu_ms_per_call, 1)} ms CPU per call over the whole run "
                 f"({_f(r.run_cpu_ms_per_call_second, 3)} per call-second), of which setup + "
                 f"teardown ~ {_f(setup, 1)} ms (minus {r.seconds:g} s x {silent.variant}'s "

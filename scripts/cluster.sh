@@ -58,13 +58,15 @@ start_node() {  # name sip_port https_port rtp_ports
   NODE_PIDS+=($!)
 }
 
-wait_healthy() {  # name https_port pid
+wait_started() {  # name https_port pid
+  # The banner is printed once SIP listens too (HTTPS answers earlier, while media starts).
   for _ in $(seq 300); do
-    curl -skf "https://$HOST:$2/health" >/dev/null 2>&1 && return 0
+    grep -q "is running" "$DIR/$1/node.log" && curl -skf "https://$HOST:$2/health" >/dev/null 2>&1 \
+      && return 0
     kill -0 "$3" 2>/dev/null || fail "$1 exited: see $DIR/$1/node.log"
     sleep 0.1
   done
-  fail "$1 did not answer /health: see $DIR/$1/node.log"
+  fail "$1 did not start: see $DIR/$1/node.log"
 }
 
 start_kamailio() {
@@ -91,7 +93,7 @@ main() {
   for node in "${NODES[@]}"; do
     read -r name sip https rtp <<<"$node"
     start_node "$name" "$sip" "$https" "$rtp"
-    wait_healthy "$name" "$https" "${NODE_PIDS[$index]}"
+    wait_started "$name" "$https" "${NODE_PIDS[$index]}"
     index=$((index + 1))
   done
   start_kamailio

@@ -70,6 +70,7 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides={
             "sip.listen": args.sip_listen, "sip.rtp_ports": args.rtp_ports,
+            "server.workers": args.workers,
             "http.listen": args.http_listen, "http.public_url": args.public_url,
             "storage.data_dir": args.data_dir, "log.level": args.log_level,
         })
@@ -166,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML configuration file (see README)")
     serve.add_argument("--sip-listen", help="SIP UDP and TCP HOST:PORT (sip.listen)")
     serve.add_argument("--rtp-ports", help="RTP port range LOW-HIGH (sip.rtp_ports)")
+    serve.add_argument("--workers", type=int,
+                       help="media worker processes, 0 = media in this process (server.workers; "
+                            "default: one per core)")
     serve.add_argument("--http-listen", help="HTTPS/WSS HOST:PORT (http.listen)")
     serve.add_argument("--public-url", help="base URL for recording links (http.public_url)")
     serve.add_argument("--data-dir", help="where recordings and state live (storage.data_dir)")

@@ -1,7 +1,8 @@
 """`callbox serve` as a subprocess: one node of a cluster, as an operator runs it.
 
 :func:`start_node` writes the node's config (its own data dir, SIP and HTTPS ports,
-``[cluster] node_id`` and ``drain_seconds``), starts it, waits until it answers ``/health``,
+``[cluster] node_id`` and ``drain_seconds``), starts it, waits until it has printed its banner
+and answers ``/health``,
 and at the end stops it (SIGTERM, then SIGKILL) unless the test already did (``kill -9``).
 """
 
@@ -26,6 +27,7 @@ from callbox.wire.basic_auth import basic_auth_header
 CALLBOX = str(Path(sys.executable).parent / "callbox")
 PROJECT, TOKEN = "p1", "t1"  # the project write_serve_config configures
 START_TIMEOUT = 30.0
+_BANNER = re.compile(r"^callbox \S+ is running$", re.MULTILINE)
 _CALL_LINE = re.compile(r"call (\S+) from .* \(SIP (\S+)\)$", re.MULTILINE)
 
 
@@ -83,7 +85,9 @@ class Node:
         return await asyncio.wait_for(self.process.wait(), timeout)
 
 
-async def _wait_healthy(node: Node) -> None:
+async def _wait_started(node: Node) -> None:
+    """Until the node has printed its banner (printed once SIP listens too: HTTP answers
+    /health earlier, while the media workers start) and answers /health."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT
     async with aiohttp.ClientSession() as session:
@@ -92,11 +96,12 @@ async def _wait_healthy(node: Node) -> None:
                 raise RuntimeError(f"callbox serve exited ({node.process.returncode}):\n"
                                    + node.log()[-3000:])
             with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(node.base + "/health", ssl=False) as response:
-                    if response.status == 200:
-                        return
+                if _BANNER.search(node.log()):
+                    async with session.get(node.base + "/health", ssl=False) as response:
+                        if response.status == 200:
+                            return
             if loop.time() > deadline:
-                raise RuntimeError(f"callbox serve did not answer /health:\n{node.log()[-3000:]}")
+                raise RuntimeError(f"callbox serve did not start:\n{node.log()[-3000:]}")
             await asyncio.sleep(0.1)
 
 
@@ -115,7 +120,7 @@ async def start_node(directory: Path, node_id: str, routes: dict[str, str], *,
             stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL)
     node = Node(node_id, sip_port, http_port, directory, process)
     try:
-        await _wait_healthy(node)
+        await _wait_started(node)
         yield node
     finally:
         if process.returncode is None:

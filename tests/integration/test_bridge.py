@@ -14,7 +14,7 @@ import pytest
 from tests.integration.conftest import RunningPlatform, running_platform
 from tests.peers import audio
 from tests.peers.kamailio import start_kamailio
-from tests.peers.poll import until
+from tests.peers.poll import until, until_async
 from tests.peers.ports import free_port_range, free_udp_port
 from tests.peers.sipp import SippResult, g711_stream, run_sipp, start_sipp_uas
 
@@ -106,16 +106,18 @@ async def test_the_callee_hears_the_caller_frame_for_frame(tmp_path: Path) -> No
         placing = caller(running, tmp_path, seconds=3.0)
         a = await inbound_call(running)
         bridge = await connect(a, running.platform.outbound, [[Device(uas.uri())]])
-        pairs: list[tuple[np.ndarray, np.ndarray]] = []
-        heard_by_b: list[np.ndarray] = []
-        a.add_tap(lambda speak, listen: pairs.append((speak.copy(), listen.copy())))
-        bridge.b.add_tap(lambda speak, listen: heard_by_b.append(listen.copy()))
+        said_by_a: dict[int, np.ndarray] = {}  # by the media clock's tick
+        heard_by_b: dict[int, np.ndarray] = {}
+        a.add_tap(lambda speak, listen: said_by_a.setdefault(a.media.frame_tick, speak.copy()))
+        bridge.b.add_tap(
+            lambda speak, listen: heard_by_b.setdefault(bridge.b.media.frame_tick, listen.copy()))
         await until(lambda: len(heard_by_b) >= 50, 10, "a second of bridged media")
         await placing
         await asyncio.wait_for(bridge.b.wait_ended(), 10)
-    count = min(len(pairs), len(heard_by_b))
-    said = np.concatenate([speak for speak, _ in pairs[:count]])
-    heard = np.concatenate(heard_by_b[:count])
+    ticks = sorted(set(said_by_a) & set(heard_by_b))
+    assert len(ticks) >= 50
+    said = np.concatenate([said_by_a[tick] for tick in ticks])
+    heard = np.concatenate([heard_by_b[tick] for tick in ticks])
     assert audio.tone_level_dbfs(said, CALLER_HZ) > -16
     assert np.array_equal(said, heard)
 
@@ -131,9 +133,14 @@ async def test_the_callees_bye_ends_the_caller_unless_asked_to_go_on(tmp_path: P
         await bridge.b.hangup()  # the callee's side ends (as its BYE would)
         assert await asyncio.wait_for(asyncio.shield(bridge.done), 10) is BridgeEnd.CALLEE_HUNG_UP
         assert a.is_active and a.peer is None
-        assert a.media in running.platform.clock  # ticking on its own again
-        ticks = a.media.ticks
-        await until(lambda: a.media.ticks >= ticks + 50, 10, "a second after the callee left")
+        media = await a.media.snapshot()
+        assert media.ticking  # ticking on its own again
+        ticks = media.ticks
+
+        async def ticked_a_second() -> bool:
+            return (await a.media.snapshot()).ticks >= ticks + 50
+
+        await until_async(ticked_a_second, 10, "a second after the callee left")
         assert recording.state == "recording"  # the caller's recording goes on
         await a.hangup()
         await asyncio.wait_for(asyncio.shield(recording.done), 10)

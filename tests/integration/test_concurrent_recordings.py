@@ -56,7 +56,8 @@ async def test_twenty_concurrent_recorded_calls_are_all_complete(tmp_path: Path,
                                                                 peer_env: object) -> None:
     calls = 20
     result = await run_step(VARIANTS["wav-stereo"], calls, seconds=SECONDS, rate=20,
-                            loop="auto", workdir=tmp_path / "step", analysis_workers=1)
+                            loop="auto", workers=2, workdir=tmp_path / "step",
+                            analysis_workers=1)
     assert_every_recording_complete(result, calls)
     assert all(check.callee is None for check in result.checks)
 
@@ -65,7 +66,8 @@ async def test_bridged_pairs_record_the_caller_left_and_the_callee_right_frame_f
         tmp_path: Path, peer_env: object) -> None:
     pairs = 5
     result = await run_step(VARIANTS["bridged-wav-stereo"], pairs, seconds=SECONDS, rate=10,
-                            loop="auto", workdir=tmp_path / "step", analysis_workers=1)
+                            loop="auto", workers=2, workdir=tmp_path / "step",
+                            analysis_workers=1)
     assert_every_recording_complete(result, pairs)
     summary = table_row(result)
     assert result.legs == 2 * pairs, summary

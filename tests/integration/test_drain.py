@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from tests.integration.conftest import RunningPlatform, running_platform
-from tests.peers.poll import until
 from tests.peers.ports import free_port_range, free_udp_port
 from tests.peers.rawsip import SDP_PCMU, RawSip
 from tests.peers.sipp import SippResult, run_sipp
@@ -22,6 +21,17 @@ def call_waiting_for_our_bye(running: RunningPlatform) -> asyncio.Task[SippResul
     return asyncio.create_task(run_sipp(
         "uac_hangup_by_server", running.target, service="listen", local_port=free_udp_port(),
         media_port=free_port_range(4).start, timeout=60))
+
+
+async def caller_streaming(running: RunningPlatform) -> None:
+    """Until the call is up and the caller's RTP arrives: sipp has passed its ACK and waits
+    for our BYE (a BYE before that would be unexpected to it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while len(running.platform.calls) != 1 or (
+            await running.platform.media_counters()).get("packets_received", 0) == 0:
+        assert loop.time() < deadline, "the call did not come up with the caller's audio"
+        await asyncio.sleep(0.02)
 
 
 async def answer_to(running: RunningPlatform, method: str) -> tuple[int, str | None]:
@@ -42,7 +52,7 @@ async def test_a_drain_refuses_new_calls_and_ends_with_the_last_call(tmp_path: P
     async with running_platform(tmp_path) as running:
         platform = running.platform
         caller = call_waiting_for_our_bye(running)
-        await until(lambda: len(platform.calls) == 1, timeout=20, what="the call is up")
+        await caller_streaming(running)
         assert (await answer_to(running, "OPTIONS"))[0] == 200
 
         drain = asyncio.create_task(platform.drain(60))
@@ -63,7 +73,7 @@ async def test_a_drain_cut_short_leaves_the_calls_to_stop(tmp_path: Path,
     async with running_platform(tmp_path) as running:
         platform = running.platform
         caller = call_waiting_for_our_bye(running)
-        await until(lambda: len(platform.calls) == 1, timeout=20, what="the call is up")
+        await caller_streaming(running)
         second_signal = asyncio.Event()
         drain = asyncio.create_task(platform.drain(60, cut_short=second_signal))
         assert (await answer_to(running, "OPTIONS"))[0] == 503

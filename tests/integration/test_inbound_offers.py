@@ -118,7 +118,8 @@ async def test_host_name_in_connection_is_resolved_before_answering(platform, ra
     dialog, ok = await Dialog.start(raw, platform, offer(port, connection="IN IP4 localhost"))
     assert ok is not None and ok.status == 200
     call = await call_of(platform)
-    assert call.media.remote == ("127.0.0.1", port)  # numeric: no lookup in the media tick
+    # numeric: no lookup in the media tick
+    assert (await call.media.snapshot()).remote == ("127.0.0.1", port)
     await dialog.ack(ok)
     await rtp_arrives(rtp)
 
@@ -133,7 +134,7 @@ async def test_host_name_in_reinvite_is_resolved_too(platform, raw, rtp):
                                              media="a=sendonly\r\n"))
     assert answer is not None and answer.status == 200
     assert "a=recvonly" in answer.body.decode()
-    assert call.media.remote == ("127.0.0.1", port + 2)
+    assert (await call.media.snapshot()).remote == ("127.0.0.1", port + 2)
     # RFC 3264 section 5: the same session id for the whole call, a higher version each time.
     first, second = parse_sdp(ok.body).origin, parse_sdp(answer.body).origin
     assert second.session_id == first.session_id
@@ -216,7 +217,7 @@ async def test_sdp_inside_multipart_mixed_is_used(platform, raw, rtp):
     _, ok = await Dialog.start(raw, platform, body, replace=replace)
     assert ok is not None and ok.status == 200
     call = await call_of(platform)
-    assert call.media.remote == ("127.0.0.1", rtp.getsockname()[1])
+    assert (await call.media.snapshot()).remote == ("127.0.0.1", rtp.getsockname()[1])
 
 
 async def test_unknown_content_type_gets_415_with_accept(platform, raw):
@@ -235,7 +236,7 @@ async def test_invite_without_sdp_gets_our_offer_and_the_ack_answers(platform, r
     port = rtp.getsockname()[1]
     await dialog.ack(ok, offer(port))
     assert await rtp_arrives(rtp) == ("127.0.0.1", ours.media[0].port)
-    assert call.media.remote == ("127.0.0.1", port)
+    assert (await call.media.snapshot()).remote == ("127.0.0.1", port)
 
 
 # -- SIP status codes (RFC 3261, RFC 4475) ---------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from tests.integration.conftest import running_platform
 from tests.peers import audio
 from tests.peers.kamailio import start_kamailio
-from tests.peers.poll import until
+from tests.peers.poll import until_async
 from tests.peers.ports import free_port_range, free_udp_port
 from tests.peers.sipp import g711_stream, start_sipp_uas
 
@@ -61,7 +61,10 @@ async def test_a_number_is_called_through_the_trunk_and_the_callee_is_recorded(
         recording = await platform.recorder.start_recording(
             call, RecordParams.parse(RECORD, "relay"))
         assert isinstance(recording, Recording)
-        await until(lambda: call.media.stats.packets_received >= 100, 20, "2 s of the callee")
+        async def heard_two_seconds() -> bool:
+            return (await call.media.snapshot()).counters["packets_received"] >= 100
+
+        await until_async(heard_two_seconds, 20, "2 s of the callee")
         await call.hangup()
         await asyncio.wait_for(asyncio.shield(recording.done), 10)
         result = await uas.wait(timeout=20)
@@ -125,7 +128,7 @@ async def test_a_sip_uri_is_called_directly_and_early_media_flows_before_the_ans
             running_platform(tmp_path, trunks=[trunk("127.0.0.1:9")]) as running:
         call = await running.platform.outbound.dial(
             uas.uri(), from_="+15557777", on_early_media=lambda m: early.append(m.local_port))
-        received_before_answer = call.media.stats.packets_received
+        received_before_answer = (await call.media.snapshot()).counters["packets_received"]
         assert call.from_user == "+15557777" and call.state == "answered"
         await call.hangup()
         result = await uas.wait(timeout=20)
@@ -140,9 +143,13 @@ async def test_a_hold_from_the_callee_is_answered_on_the_outbound_call(tmp_path:
     async with start_sipp_uas("uas_hold", media_port=free_port_range(4).start) as uas, \
             running_platform(tmp_path) as running:
         call = await running.platform.outbound.dial(uas.uri())
-        assert call.media.sending
+        assert (await call.media.snapshot()).sending
+
+        async def on_hold() -> bool:
+            return not (await call.media.snapshot()).sending
+
         # the callee's re-INVITE (a=sendonly) is answered a=recvonly: we stop sending
-        await until(lambda: not call.media.sending, 10, "the hold applied to our media")
+        await until_async(on_hold, 10, "the hold applied to our media")
         await call.hangup()
         result = await uas.wait(timeout=20)
         assert result.ok, result.describe()

@@ -18,7 +18,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from callbox.server.auth import ProjectAuth
 from callbox.server.config import Config, HttpConfig, Project, StorageConfig
 from callbox.server.http.app import make_app
-from callbox.server.media.clock import MediaClock
 from callbox.server.recording.writers import open_writer
 from callbox.server.services import Services
 from callbox.server.store import RecordingRow, SqliteRecordingStore
@@ -58,7 +57,6 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     )
     store = SqliteRecordingStore(tmp_path / "recordings.db")
     services = Services(calls={}, auth=ProjectAuth(config), node_id="node-1",
-                        clock=MediaClock(), media_counters=dict,
                         public_url=config.http.public_url, recordings=store)
     rec_dir = tmp_path / "recordings"
     rec_dir.mkdir()

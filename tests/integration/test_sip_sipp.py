@@ -51,8 +51,9 @@ async def test_sipp_stream_and_rfc4733_digits_arrive_complete(platform, peer_env
     seen = await platform.wait_call_ended()
     assert seen.call.end_reason == "hangup"  # sipp's BYE
     # every audio packet arrived and was placed on the timeline
-    assert seen.call.media.receive_buffer.packets == len(sent) // 160
-    assert seen.call.media.receive_buffer.late == 0
+    media = await seen.call.media.snapshot()
+    assert media.buffered == len(sent) // 160
+    assert media.counters["packets_late"] == 0
     assert seen.digits == ["1", "2", "3", "#"]  # once per key press, end packets deduplicated
     assert_same_audio(seen.speak, sent)
 
@@ -68,7 +69,7 @@ async def test_sipp_pcap_digits_with_payload_type_101(platform, peer_env):
     assert result.ok, result.describe()
     seen = await platform.wait_call_ended()
     assert seen.digits == ["5", "#"]
-    assert seen.call.media.stats.digits_received == 2
+    assert (await seen.call.media.snapshot()).counters["digits_received"] == 2
 
 
 async def test_prompt_route_plays_and_hangs_up_cleanly(platform, tmp_path):
@@ -80,7 +81,8 @@ async def test_prompt_route_plays_and_hangs_up_cleanly(platform, tmp_path):
     assert result.ok, result.describe()  # sipp got our BYE and we got its 200
     seen = await platform.wait_call_ended()
     assert seen.call.end_reason == "hangup"
-    assert seen.call.media.stats.packets_sent > 50  # at least a second of prompt was sent
+    # at least a second of prompt was sent
+    assert (await seen.call.media.snapshot()).counters["packets_sent"] > 50
     assert "BYE sip:" in result.messages
 
 
@@ -130,6 +132,7 @@ async def test_hold_reinvite_and_route_set_behind_a_proxy(platform):
     )
     assert result.ok, result.describe()
     seen = await platform.wait_call_ended()
-    assert seen.call.media.codec.name == "PCMA"
-    assert seen.call.media.sending is False  # on hold: recvonly, nothing sent
+    media = await seen.call.media.snapshot()
+    assert media.codec == "PCMA"
+    assert media.sending is False  # on hold: recvonly, nothing sent
     assert seen.call.end_reason == "hangup"

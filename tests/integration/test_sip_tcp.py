@@ -191,8 +191,9 @@ async def test_a_bad_tcp_stream_closes_only_its_connection_while_a_udp_call_goes
     result = await call
     assert result.ok, result.describe()
     seen = await platform.wait_call_ended()
-    assert seen.call.media.receive_buffer.packets == len(sent) // 160
-    assert seen.call.media.receive_buffer.late == 0
+    media = await seen.call.media.snapshot()
+    assert media.buffered == len(sent) // 160
+    assert media.counters["packets_late"] == 0
 
 
 def options(target: str, endpoint: SipEndpoint, padding: int) -> SipRequest:

@@ -23,7 +23,6 @@ from callbox.server.http.console.sessions import (
     AttemptLimiter,
     SessionStore,
 )
-from callbox.server.media.clock import MediaClock
 from callbox.server.recording.writers import open_writer
 from callbox.server.services import Services
 from callbox.server.store import RecordingRow, SqliteRecordingStore
@@ -116,7 +115,6 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
                     projects=[Project("p1", "t1"), Project("p2", "t2")])
     store = SqliteRecordingStore(tmp_path / "recordings.db")
     services = Services(calls={}, auth=ProjectAuth(config), node_id="node-1",
-                        clock=MediaClock(), media_counters=dict,
                         public_url="https://rec.example", recordings=store)
     rec_dir = tmp_path / "recordings"
     rec_dir.mkdir()

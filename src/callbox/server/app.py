@@ -6,9 +6,8 @@ import asyncio
 import logging
 import ssl
 import uuid
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -21,9 +20,7 @@ from callbox.server.call_media import CallMediaFactory
 from callbox.server.config import Config, Route, parse_host_port, parse_port_range
 from callbox.server.http.app import make_app
 from callbox.server.inbound import InboundCalls
-from callbox.server.media.clock import MediaClock
 from callbox.server.media.ports import RtpPortPool
-from callbox.server.media.session import MediaSession
 from callbox.server.outbound import OutboundCalls
 from callbox.server.recording.engine import RecordingEngine
 from callbox.server.relay.hub import RelayHub
@@ -39,6 +36,7 @@ from callbox.server.swml.runner import SwmlError, SwmlRunner, parse_document
 from callbox.server.tasks import spawn
 from callbox.server.tls import ensure_self_signed, server_context
 from callbox.server.webhooks import WebhookQueue
+from callbox.server.worker.pool import MediaHosts
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +59,12 @@ class Platform:
         self.calls: dict[str, Call] = {}
         # Called with each new call before its route runs (tests, metrics, RELAY offers).
         self.call_observers: list[Callable[[Call], None]] = []
-        self.clock = MediaClock()
         sip_host, _ = parse_host_port(config.sip.listen, "sip.listen")
         self.advertised_host = config.sip.public_host or sip_host
         first, last = parse_port_range(config.sip.rtp_ports)
         self.ports = RtpPortPool(sip_host, first, last)
+        self.media = MediaHosts(config.server.workers, self.ports, self.advertised_host,
+                                log_level=config.log.level)
         self.sip = SipEndpoint(advertised_host=self.advertised_host,
                                user_agent=f"callbox/{__version__}", timers=sip_timers)
         self._runners: list[web.AppRunner] = []
@@ -77,13 +76,13 @@ class Platform:
         self.recovered: list[RecordingRow] = []
         self.uploads: RecordingUploads | None = None  # moves recordings to S3, when configured
         self.services = Services(
-            calls=self.calls, auth=ProjectAuth(config), node_id=self.node_id, clock=self.clock,
-            media_counters=self.media_counters, public_url=config.http.public_url,
+            calls=self.calls, auth=ProjectAuth(config), node_id=self.node_id, media=self.media,
+            public_url=config.http.public_url,
         )
         self.trunks = Trunks(self.sip, config.trunks)
         self.services.trunk_states = self.trunks.states
         self.relay = RelayHub(self.services)
-        media = CallMediaFactory(self.ports, self.advertised_host, self.clock)
+        media = CallMediaFactory(self.media)
         self.inbound = InboundCalls(
             config=config, media=media, calls=self.calls,
             has_relay_session=self.relay.has_session_for,
@@ -95,15 +94,11 @@ class Platform:
             on_call_ended=self._on_call_ended, max_calls=config.sip.max_calls,
         )
         self.services.outbound = self.outbound
-        self._ended_media: Counter[str] = Counter()  # RTP counters of the calls that ended
         self._no_calls = asyncio.Event()  # set when the last call ends
 
-    def media_counters(self) -> dict[str, int]:
+    async def media_counters(self) -> dict[str, int]:
         """RTP totals since start (ended calls + live ones), for /metrics and benchmarks."""
-        totals = Counter(self._ended_media)
-        for call in self.calls.values():
-            totals.update(_media_counters(call.media))
-        return dict(totals)
+        return (await self.media.snapshot()).counters
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -137,7 +132,9 @@ class Platform:
         if uploads is not None:
             self.recorder.on_concluded(lambda recording: uploads.submit(recording.id))
             self.services.objects = uploads.objects
-        self.clock.start()
+        loop_module = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        self.media.event_loop = "uvloop" if loop_module == "uvloop" else "asyncio"
+        await self.media.start()
         sip_host, sip_port = parse_host_port(self.config.sip.listen, "sip.listen")
         await self.sip.start(sip_host, sip_port)
         self.trunks.start()
@@ -191,11 +188,11 @@ class Platform:
             await call.hangup()
         await self.trunks.stop()
         self.sip.close()
-        await self.clock.stop()
         for runner in self._runners:
             await runner.cleanup()
-        if self.recorder is not None:  # last: REST reads its store until the runners stop
+        if self.recorder is not None:  # REST reads its store until the runners stop
             await self.recorder.close()  # finishes its recordings, flushes its webhooks
+        await self.media.stop()  # after the recorder: its recordings ended in the hosts
         if self.uploads is not None:  # what is not uploaded yet is, at the next start
             await self.uploads.close()
 
@@ -208,10 +205,17 @@ class Platform:
             f"  HTTPS     https://{https[0]}:{https[1]}/  (RELAY: wss://{https[0]}:{https[1]}/)",
             f"  TLS cert  {self.listening.cert}",
             f"  data      {self.config.data_dir.resolve()}",
+            f"  media     {self._media_description()}",
         ]
         if plain:
             lines.insert(3, f"  HTTP      http://{plain[0]}:{plain[1]}/  (plain WS for local use)")
         return "\n".join(lines)
+
+    def _media_description(self) -> str:
+        if self.media.workers == 0:
+            return "in this process (server.workers = 0)"
+        pids = ", ".join(str(view.link.pid) for view in self.media.views)
+        return f"{self.media.workers} worker processes (pids {pids})"
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -223,8 +227,6 @@ class Platform:
 
     def _on_call_ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
-        self._ended_media.update(_media_counters(call.media))
-        self.ports.release(call.media.sock)
         if not self.calls:
             self._no_calls.set()
 
@@ -254,11 +256,4 @@ class Platform:
         except Exception:  # the error prompt is best effort; the hangup is not
             log.debug("error prompt failed", exc_info=True)
         await call.hangup("error")
-
-
-def _media_counters(media: MediaSession) -> dict[str, int]:
-    counters = asdict(media.stats)
-    counters["packets_late"] = media.receive_buffer.late
-    counters["receive_resyncs"] = media.receive_buffer.resyncs
-    return counters
 

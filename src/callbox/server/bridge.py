@@ -3,7 +3,8 @@
 `connect(a, plan, ...)` rings the plan for call `a` (see dialing.py) while `a` hears ringback -
 the given media, else a ring tone - until a callee's early media (a 183 with SDP) replaces it.
 Once a callee answers, the two calls are bridged: `Bridge` joins their media in the one media
-clock (see media/bridge.py), relays RFC 4733 digits each way and sets `Call.peer` on both.
+clock of their media host (see media/bridge.py; the callee's media is opened on the caller's
+host), relays RFC 4733 digits each way and sets `Call.peer` on both.
 
 Recording keeps its rule on each leg: speak = this leg's party, listen = what that party hears
 (the other party plus any prompt played to it). A stereo recording of the inbound leg so has the
@@ -30,11 +31,9 @@ from callbox.server.dialing import (
     dial,
     validate_plan,
 )
-from callbox.server.media.bridge import MediaBridge
-from callbox.server.media.clock import MediaClock
-from callbox.server.media.session import MediaSession
 from callbox.server.outbound import OutboundCalls
 from callbox.server.recording.target import Unsubscribe
+from callbox.server.worker.handle import MediaHandle
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +50,12 @@ class BridgeEnd(StrEnum):
 class Bridge:
     """Calls `a` (the one that connected) and `b` (the callee), talking to each other."""
 
-    def __init__(self, a: Call, b: Call, clock: MediaClock, *,
+    def __init__(self, a: Call, b: Call, *,
                  end_caller_with_callee: bool = True, max_duration: float | None = None
                  ) -> None:
         self.a = a
         self.b = b
         self.end_caller_with_callee = end_caller_with_callee
-        self.media = MediaBridge(a.media, b.media, clock)
         self.done: asyncio.Future[BridgeEnd] = asyncio.get_running_loop().create_future()
         self._max_duration = max_duration
         self._timer: asyncio.TimerHandle | None = None
@@ -78,7 +76,7 @@ class Bridge:
             if call.peer is not None:
                 raise ValueError(f"call {call.id} is already bridged to {call.peer.id}")
         self.a.peer, self.b.peer = self.b, self.a
-        self.media.join()
+        self.a.media.join(self.b.media)
         self._unsubscribe = [
             self.a.on_state(lambda call: self._on_state(call, BridgeEnd.CALLER_HUNG_UP)),
             self.b.on_state(lambda call: self._on_state(call, BridgeEnd.CALLEE_HUNG_UP)),
@@ -115,7 +113,7 @@ class Bridge:
             self._timer.cancel()
         for unsubscribe in self._unsubscribe:
             unsubscribe()
-        self.media.split()
+        self.a.media.split()
         if self.a.peer is self.b:
             self.a.peer = None
         if self.b.peer is self.a:
@@ -140,12 +138,11 @@ class Ringback:
     """What `a` hears while the plan rings: the ringback media, until a callee's early media
     takes its place (and back to ringback if that callee fails)."""
 
-    def __init__(self, a: Call, clock: MediaClock, media: Sequence[str]) -> None:
+    def __init__(self, a: Call, media: Sequence[str]) -> None:
         self.a = a
-        self.clock = clock
         self.urls = tuple(media)
         self.play: PlayOperation | None = None
-        self.early: MediaBridge | None = None
+        self.early: MediaHandle | None = None  # the callee's session the caller hears
         self.early_leg: DialLeg | None = None
         self._starting: asyncio.Task[None] | None = None
 
@@ -174,14 +171,14 @@ class Ringback:
             self.play.playback.stop()
             self.play = None
 
-    def early_media(self, leg: DialLeg, session: MediaSession) -> None:
+    def early_media(self, leg: DialLeg, session: MediaHandle) -> None:
         """A callee's early media: the caller hears it instead of the ringback."""
         if self.early is not None or not self.a.is_active or self.a.state is not CallState.ANSWERED:
             return
         self.stop_playing()
-        self.early = MediaBridge(self.a.media, session, self.clock)
+        self.early = session
         self.early_leg = leg
-        self.early.join()
+        self.a.media.join(session)
 
     def leg_changed(self, leg: DialLeg) -> None:
         if leg is self.early_leg and leg.state == "ended":
@@ -190,7 +187,7 @@ class Ringback:
 
     def end_early(self) -> None:
         if self.early is not None:
-            self.early.split()
+            self.a.media.split()
             self.early = None
             self.early_leg = None
 
@@ -218,7 +215,7 @@ async def connect(
     if a.peer is not None:
         raise ValueError(f"call {a.id} is already connected to {a.peer.id}")
     validate_plan(plan)
-    ring = Ringback(a, outbound.clock, ringback or DEFAULT_RINGBACK)
+    ring = Ringback(a, ringback or DEFAULT_RINGBACK)
 
     def leg_changed(leg: DialLeg) -> None:
         ring.leg_changed(leg)
@@ -227,7 +224,7 @@ async def connect(
 
     dialling = asyncio.ensure_future(dial(
         outbound, plan, project_id=a.project_id, on_leg=leg_changed,
-        on_early_media=ring.early_media))
+        on_early_media=ring.early_media, near=a.media))
 
     def caller_changed(call: Call) -> None:
         if not call.is_active and not dialling.done():
@@ -249,7 +246,7 @@ async def connect(
         raise CallGone(f"call {a.id} ended while dialling")
     if a.state is not CallState.ANSWERED:
         a.answer()
-    bridge = Bridge(a, b, outbound.clock, end_caller_with_callee=end_caller_with_callee,
+    bridge = Bridge(a, b, end_caller_with_callee=end_caller_with_callee,
                     max_duration=max_duration)
     try:
         bridge.start()

@@ -32,13 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from callbox.server.media.clock import MediaClock
-from callbox.server.media.playback import PLAYING, REASON_DONE, Playback
-from callbox.server.media.session import FrameTap, MediaSession
+from callbox.server.media.playback import PLAYING, REASON_DONE
+from callbox.server.media.session import FrameTap
 from callbox.server.media.sound import SHARED_SOUNDS, Sound, SoundCache
-from callbox.server.recording.target import AttachedRecording, Unsubscribe
+from callbox.server.recording.runtime import RuntimeReports
+from callbox.server.recording.target import AttachedRecording, RecordingMedia, Unsubscribe
 from callbox.server.sip.endpoint import InboundInvite, Leg
 from callbox.server.tasks import spawn
+from callbox.server.worker.handle import MediaHandle, RemotePlayback
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,13 @@ class CallGone(RuntimeError):
 class PlayOperation:
     """A playback on a call, with a future that completes when it finishes."""
 
-    def __init__(self, playback: Playback, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, playback: RemotePlayback, loop: asyncio.AbstractEventLoop) -> None:
         self.playback = playback
         self.done: asyncio.Future[str] = loop.create_future()
         self.listeners: list[Callable[[str], None]] = []
         playback.on_state = self._on_state
+        if playback.state == "finished":  # on a session that had closed
+            self.done.set_result(playback.finished_reason or REASON_DONE)
 
     def _on_state(self, state: str) -> None:
         for listener in tuple(self.listeners):
@@ -85,8 +88,7 @@ class Call:
         self,
         *,
         leg: Leg,
-        media: MediaSession,
-        clock: MediaClock,
+        media: MediaHandle,
         sdp_answer: bytes,
         from_uri: str,
         to_uri: str,
@@ -98,7 +100,6 @@ class Call:
         self.id = call_id or str(uuid.uuid4())
         self.leg = leg
         self.media = media
-        self.clock = clock
         self.sdp_answer = sdp_answer
         self.from_uri, self.to_uri = from_uri, to_uri
         self.from_user, self.to_user = from_user, to_user
@@ -119,6 +120,7 @@ class Call:
         self.ended = asyncio.Event()
         self._on_ended = on_ended
         leg.on_terminated = self._on_leg_terminated
+        media.on_lost(self._on_media_lost)
 
     def __repr__(self) -> str:
         return f"<Call {self.id} {self.from_user}->{self.to_user} {self.state}>"
@@ -151,6 +153,10 @@ class Call:
     def on_dtmf(self, listener: Callable[[str], None]) -> Unsubscribe:
         """Subscribe to received digits; returns the unsubscribe function."""
         return self.media.on_dtmf(listener)
+
+    def record_media(self, recording_id: str, reports: RuntimeReports) -> RecordingMedia:
+        """The media half of a new recording on this call (where the call's media runs)."""
+        return self.media.record_media(recording_id, reports)
 
     def attach_recording(self, recording: AttachedRecording) -> None:
         """Make `recording` one of the call's operations: it is stopped first when the call
@@ -190,9 +196,7 @@ class Call:
         log.info("call %s answered (%s -> %s)", self.id, self.from_user, self.to_user)
 
     def start_media(self) -> None:
-        if not self.media.closed and not self.media.started:
-            self.media.start()
-            self.clock.add(self.media)
+        self.media.start()
 
     async def hangup(self, reason: str = "hangup") -> None:
         """End the call from our side: BYE when answered, a final error response before."""
@@ -206,6 +210,12 @@ class Call:
         if answered:  # the call is over for us now; the BYE retransmits until answered
             await self.leg.bye()
 
+    def _on_media_lost(self) -> None:
+        """The media worker died: the call cannot go on (its recordings are repaired)."""
+        if self.is_active:
+            log.error("call %s: its media worker died; hanging up", self.id)
+            spawn(self.hangup("error"), name=f"call-media-lost-{self.id}")
+
     def _on_leg_terminated(self, why: str) -> None:
         if not self.is_active:
             return
@@ -216,7 +226,6 @@ class Call:
     def _begin_ending(self) -> None:
         """`ending`: no more frames; our own operations stop before anyone is told."""
         self.state = CallState.ENDING
-        self.clock.remove(self.media)
         self.media.close()
         for recording in tuple(self._recordings):
             if not recording.is_done:
@@ -314,11 +323,11 @@ class Call:
         control_id: str = "",
     ) -> PlayOperation:
         self._require_active()
-        playback = Playback(segments, volume_db=volume_db, loop=loop, control_id=control_id)
+        playback = self.media.play(segments, volume_db=volume_db, loop=loop,
+                                   control_id=control_id)
         operation = PlayOperation(playback, self._loop)
         self.plays.append(operation)
         operation.done.add_done_callback(lambda _: self.plays.remove(operation))
-        self.media.play(playback)
         return operation
 
 

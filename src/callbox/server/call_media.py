@@ -1,26 +1,25 @@
-"""Media for calls both ways: an RTP port from the pool, a media session on it, our SDP for it.
+"""Media for calls both ways: a session on a media host, our SDP for it.
 
 Inbound calls (answering an offer) and outbound calls (making one) get their media here, so the
-port pool, the address we advertise, the RTP family and the SDP origin rules live in one place.
+port pool, the host, the address we advertise, the RTP family and the SDP origin rules live in
+one place.
 """
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 
-from callbox.server.media.clock import MediaClock
-from callbox.server.media.ports import RtpPortPool
-from callbox.server.media.session import MediaSession
 from callbox.server.sip.negotiation import LocalSdp
 from callbox.server.sip.sdp import NegotiatedMedia
+from callbox.server.worker.handle import MediaHandle
+from callbox.server.worker.pool import MediaHosts
 
 
 @dataclass
 class CallMedia:
     """One call's media session and our side of its SDP."""
 
-    session: MediaSession
+    session: MediaHandle
     sdp: LocalSdp
 
     def configure(self, negotiated: NegotiatedMedia) -> None:
@@ -31,20 +30,18 @@ class CallMedia:
 
 
 class CallMediaFactory:
-    def __init__(self, ports: RtpPortPool, advertised_host: str, clock: MediaClock) -> None:
-        self.ports = ports
-        self.advertised_host = advertised_host
-        self.clock = clock
-        self.family = socket.AF_INET6 if ":" in ports.host else socket.AF_INET
+    def __init__(self, hosts: MediaHosts) -> None:
+        self.hosts = hosts
+        self.advertised_host = hosts.advertised_host
+        self.family = hosts.family
 
-    def open(self) -> CallMedia:
-        """A session on a free RTP port; raises NoPortsAvailable."""
-        session = MediaSession(self.ports.open(), self.advertised_host)
+    def open(self, near: MediaHandle | None = None) -> CallMedia:
+        """A session on a free RTP port (on the host of `near` when given: a bridge's legs
+        share one); raises NoPortsAvailable."""
+        session = self.hosts.open(near)
         return CallMedia(session, LocalSdp(self.advertised_host, session.local_port,
                                            self.family))
 
     def release(self, media: CallMedia) -> None:
         """For a call that never came to be: stop the session and free its port."""
-        self.clock.remove(media.session)
         media.session.close()
-        self.ports.release(media.session.sock)

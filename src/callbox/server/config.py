@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "CALLBOX_"
+MAX_WORKERS = 64
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,13 @@ class StorageConfig:
     s3_secret_key: str = ""  # or CALLBOX_STORAGE_S3_SECRET_KEY
     s3_region: str = "us-east-1"
     s3_retry_seconds: float = 2.0
+
+
+@dataclass
+class ServerConfig:
+    # Media worker processes (RTP, the media clock, recording files); 0 = media in the main
+    # process. Default: one per core.
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
 @dataclass
@@ -166,6 +174,7 @@ def split_host_port(value: str, default_port: int = 5060) -> tuple[str, int]:
 @dataclass
 class Config:
     sip: SipConfig = field(default_factory=SipConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -189,6 +198,7 @@ class Config:
 
 _SECTIONS: dict[str, type] = {
     "sip": SipConfig,
+    "server": ServerConfig,
     "http": HttpConfig,
     "storage": StorageConfig,
     "log": LogConfig,
@@ -406,6 +416,9 @@ def validate(config: Config) -> None:
     parse_host_port(config.sip.listen, "sip.listen")
     parse_port_range(config.sip.rtp_ports)
     parse_host_port(config.http.listen, "http.listen")
+    if not 0 <= config.server.workers <= MAX_WORKERS:
+        raise ConfigError(f"server.workers must be 0-{MAX_WORKERS} (0 = media in the main "
+                          f"process), got {config.server.workers}")
     if config.http.plain_listen:
         parse_host_port(config.http.plain_listen, "http.plain_listen")
     if bool(config.http.tls_cert) != bool(config.http.tls_key):

@@ -22,7 +22,6 @@ from typing import Any
 
 from callbox.server.call import Call
 from callbox.server.media.ports import NoPortsAvailable
-from callbox.server.media.session import MediaSession
 from callbox.server.outbound import (
     DEFAULT_RING_TIMEOUT,
     OutboundCalls,
@@ -32,6 +31,7 @@ from callbox.server.outbound import (
 from callbox.server.sip.endpoint import CallFailed
 from callbox.server.sip.message import SipResponse
 from callbox.server.sip.uac import UacState
+from callbox.server.worker.handle import MediaHandle
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class DialLeg:
 
 
 LegListener = Callable[[DialLeg], None]
-EarlyMediaListener = Callable[[DialLeg, MediaSession], None]
+EarlyMediaListener = Callable[[DialLeg, MediaHandle], None]
 
 
 def validate_plan(plan: DialPlan) -> None:
@@ -102,9 +102,11 @@ async def dial(
     project_id: str = "",
     on_leg: LegListener | None = None,
     on_early_media: EarlyMediaListener | None = None,
+    near: MediaHandle | None = None,
 ) -> Call:
     """Ring the plan and return the answered `Call`. `on_leg` sees every leg state change (in
-    the order they happen); `on_early_media` a leg's media session when its early media flows.
+    the order they happen); `on_early_media` a leg's media session when its early media flows;
+    `near`: the media of the call the answered one will be bridged to (see OutboundCalls).
     Raises DialFailed, or OutboundError for a device that cannot be dialled at all (nothing
     else is rung then). Cancelling the awaiting task cancels every ringing leg."""
     validate_plan(plan)
@@ -113,7 +115,7 @@ async def dial(
     failures: list[DialLeg] = []
     for group in plan:
         legs = [DialLeg(device) for device in group]
-        winner = await _ring_group(outbound, legs, project_id, on_leg, on_early_media)
+        winner = await _ring_group(outbound, legs, project_id, on_leg, on_early_media, near)
         if winner is not None:
             return winner
         failures.extend(legs)
@@ -134,6 +136,7 @@ async def _ring_group(
     project_id: str,
     on_leg: LegListener | None,
     on_early_media: EarlyMediaListener | None,
+    near: MediaHandle | None,
 ) -> Call | None:
     winner: asyncio.Future[Call] = asyncio.get_running_loop().create_future()
 
@@ -161,7 +164,7 @@ async def _ring_group(
             if response.status in (180, 183) or state is UacState.EARLY:
                 report(leg, "ringing")
 
-        def early(media: MediaSession) -> None:
+        def early(media: MediaHandle) -> None:
             if on_early_media is not None and not winner.done():
                 on_early_media(leg, media)
 
@@ -170,7 +173,7 @@ async def _ring_group(
             call = await outbound.dial(
                 device.to, from_=device.from_, trunk=device.trunk, ring_timeout=device.timeout,
                 on_progress=progress, on_early_media=early, project_id=project_id,
-                call_id=leg.id, headers=device.headers)
+                call_id=leg.id, headers=device.headers, near=near)
         except CallFailed as exc:
             unreachable = exc.status == NO_RESPONSE_STATUS and not heard_from
             failed(leg, exc.status, "error" if unreachable else end_reason_for(exc.status))

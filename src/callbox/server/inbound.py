@@ -142,7 +142,7 @@ class InboundCalls:
         request = invite.request
         from_addr = NameAddr.parse(request.headers.get("From") or "")
         call = Call(
-            leg=invite, media=media.session, clock=self.media.clock, sdp_answer=sdp,
+            leg=invite, media=media.session, sdp_answer=sdp,
             from_uri=str(from_addr.uri), to_uri=request.uri,
             from_user=from_addr.uri.user or "", to_user=dialled_user(request, self.config),
             on_ended=self.on_call_ended,

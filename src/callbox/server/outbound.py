@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from callbox.server.call import Call
 from callbox.server.call_media import CallMedia, CallMediaFactory
 from callbox.server.config import Trunk
-from callbox.server.media.clock import MediaClock
-from callbox.server.media.session import MediaSession
 from callbox.server.sip.digest import Authenticator
 from callbox.server.sip.endpoint import CallFailed, OfferRejected, SipEndpoint
 from callbox.server.sip.media_address import media_host
@@ -35,6 +33,7 @@ from callbox.server.sip.sdp import (
 )
 from callbox.server.sip.uac import UacState
 from callbox.server.tasks import spawn
+from callbox.server.worker.handle import MediaHandle
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,6 @@ class OutboundCalls:
         self._dialling = 0
         self.sip = sip
         self.media = media
-        self.clock: MediaClock = media.clock
         self.calls = calls
         self.on_call_ended = on_call_ended
 
@@ -141,16 +139,18 @@ class OutboundCalls:
         trunk: str | None = None,
         ring_timeout: float = DEFAULT_RING_TIMEOUT,
         on_progress: Callable[[UacState, SipResponse], None] | None = None,
-        on_early_media: Callable[[MediaSession], None] | None = None,
+        on_early_media: Callable[[MediaHandle], None] | None = None,
         project_id: str = "",
         call_id: str | None = None,
         headers: Sequence[tuple[str, str]] = (),
+        near: MediaHandle | None = None,
     ) -> Call:
         """Call `to` and return the answered `Call` (with id `call_id` when given). Raises
         OutboundError (bad destination or no trunk), NoPortsAvailable, and CallFailed with the
         SIP status (486, 408, 487 ...). `on_early_media` gets the call's media session once
         early media (a 183 with SDP) flows, before the answer: it is the same session the
         answered call then uses. `headers` are added to the INVITE (custom X- headers).
+        `near`: the media of the call this one will be bridged to (they share a media host).
         Cancelling the awaiting task sends CANCEL."""
         route = route_outbound(to, self.trunks, from_=from_, trunk=trunk)
         if not self.accepting:
@@ -161,7 +161,8 @@ class OutboundCalls:
         try:
             return await self._dial(route, to, ring_timeout=ring_timeout,
                                     on_progress=on_progress, on_early_media=on_early_media,
-                                    project_id=project_id, call_id=call_id, headers=headers)
+                                    project_id=project_id, call_id=call_id, headers=headers,
+                                    near=near)
         finally:
             self._dialling -= 1
 
@@ -172,16 +173,17 @@ class OutboundCalls:
         *,
         ring_timeout: float,
         on_progress: Callable[[UacState, SipResponse], None] | None,
-        on_early_media: Callable[[MediaSession], None] | None,
+        on_early_media: Callable[[MediaHandle], None] | None,
         project_id: str,
         call_id: str | None,
         headers: Sequence[tuple[str, str]],
+        near: MediaHandle | None,
     ) -> Call:
         authenticator: Authenticator | None = None
         if route.trunk is not None:
             authenticator = trunk_authenticator(route.trunk)
-        media = self.media.open()
-        placed = _MediaSetup(media, self.clock)
+        media = self.media.open(near)
+        placed = _MediaSetup(media)
         offer = media.sdp.offer()
 
         def early_media(negotiated: NegotiatedMedia) -> None:
@@ -198,7 +200,7 @@ class OutboundCalls:
             raise
         assert leg.media is not None
         call = Call(
-            leg=leg, media=media.session, clock=self.clock, sdp_answer=offer.serialize(),  # our SDP
+            leg=leg, media=media.session, sdp_answer=offer.serialize(),  # our SDP
             from_uri=from_uri, to_uri=route.uri,
             from_user=route.from_user, to_user=to.strip(), on_ended=self.on_call_ended,
             call_id=call_id,
@@ -223,10 +225,9 @@ class _MediaSetup:
     """Configures one outbound call's media session, in order: early media, the answer, then
     re-INVITEs from the callee."""
 
-    def __init__(self, media: CallMedia, clock: MediaClock) -> None:
+    def __init__(self, media: CallMedia) -> None:
         self.media = media
         self.session = media.session
-        self.clock = clock
         self.lock = asyncio.Lock()
         self.early_reported = False
 
@@ -237,12 +238,10 @@ class _MediaSetup:
             if self.session.closed:
                 return
             self.media.configure(negotiated)
-            if not self.session.started:  # early media flows before the answer
-                self.session.start()
-                self.clock.add(self.session)
+            self.session.start()  # early media flows before the answer
 
     async def use_early(self, negotiated: NegotiatedMedia,
-                        then: Callable[[MediaSession], None] | None) -> None:
+                        then: Callable[[MediaHandle], None] | None) -> None:
         """Early media (a 183 with SDP); an unusable address only means nothing is heard yet.
         `then(session)` once it flows (once per call, even if several 183s come)."""
         try:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from callbox.server.auth import ProjectAuth
 from callbox.server.call import Call
-from callbox.server.media.clock import MediaClock
 from callbox.server.outbound import OutboundCalls
 from callbox.server.recording.engine import RecordingEngine
 from callbox.server.storage.s3 import ObjectStore
 from callbox.server.store.recordings import RecordingStore
+from callbox.server.worker.pool import MediaHosts
 
 
 @dataclass
@@ -25,8 +25,7 @@ class Services:
     calls: dict[str, Call]  # the live calls by id (the platform adds and removes them)
     auth: ProjectAuth
     node_id: str
-    clock: MediaClock  # for the operators' metrics
-    media_counters: Callable[[], dict[str, int]]  # RTP totals since start
+    media: MediaHosts | None = None  # the media hosts (clocks, RTP counters: the metrics)
     public_url: str = ""  # base of recording links and REST `links`
     recordings: RecordingStore | None = None  # None until the platform has started
     recorder: RecordingEngine | None = None  # None until the platform has started

@@ -16,6 +16,7 @@ from callbox import __version__
 from callbox.server.http.auth import require_project
 from callbox.server.http.context import services_of
 from callbox.server.services import Services
+from callbox.server.worker.messages import HostSnapshot
 
 METRICS_PATH: Final = "/metrics"
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -29,12 +30,13 @@ def add_metrics_routes(app: web.Application) -> None:
 async def metrics(request: web.Request) -> web.Response:
     require_project(request)
     loop_module = type(asyncio.get_running_loop()).__module__.split(".")[0]
-    text = render_metrics(services_of(request), event_loop=loop_module)
+    services = services_of(request)
+    media = await services.media.snapshot() if services.media is not None else HostSnapshot()
+    text = render_metrics(services, media, event_loop=loop_module)
     return web.Response(body=text.encode(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
 
 
-def render_metrics(services: Services, *, event_loop: str) -> str:
-    clock = services.clock
+def render_metrics(services: Services, media: HostSnapshot, *, event_loop: str) -> str:
     recorder = services.recorder
     lines: list[str] = []
     lines += _metric("info", "gauge", "callbox version and event loop", 1,
@@ -42,13 +44,19 @@ def render_metrics(services: Services, *, event_loop: str) -> str:
     lines += _metric("calls", "gauge", "live calls", len(services.calls))
     lines += _metric("recordings_active", "gauge", "recordings in progress",
                      len(recorder.active) if recorder is not None else 0)
+    hosts = services.media
+    if hosts is not None:
+        lines += _metric("media_workers", "gauge", "media worker processes (0: media in the "
+                         "main process)", hosts.workers)
+        lines += _metric("media_worker_restarts_total", "counter",
+                         "media workers restarted after they died", hosts.restarts)
     lines += _metric("media_ticks_total", "counter", "media clock ticks (20 ms each)",
-                     clock.ticks)
+                     media.ticks)
     lines += _metric("media_late_ticks_total", "counter",
-                     "media clock ticks skipped after a stall", clock.late_ticks)
+                     "media clock ticks skipped after a stall", media.late_ticks)
     lines += _metric("media_max_behind_seconds", "gauge",
-                     "the longest media clock stall seen", round(clock.max_behind, 4))
-    for name, value in sorted(services.media_counters().items()):
+                     "the longest media clock stall seen", round(media.max_behind, 4))
+    for name, value in sorted(media.counters.items()):
         lines += _metric(f"rtp_{name}_total", "counter",
                          f"RTP {name.replace('_', ' ')} since start", value)
     lines += _trunk_metrics(services.trunk_states())

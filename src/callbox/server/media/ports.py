@@ -50,6 +50,10 @@ class RtpPortPool:
         if port is not None:
             self._in_use.discard(port)
 
+    def release_port(self, port: int) -> None:
+        """The port's socket was handed over (to a media host) and is closed there."""
+        self._in_use.discard(port)
+
     @property
     def in_use(self) -> int:
         return len(self._in_use)

@@ -68,7 +68,7 @@ _HOLD_HOSTS = ("0.0.0.0", "::")
 log = logging.getLogger(__name__)
 
 
-def _is_numeric_address(host: str, family: int) -> bool:
+def is_numeric_address(host: str, family: int) -> bool:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -149,7 +149,7 @@ class MediaSession:
         afterwards to where the packets come from (symmetric RTP). A new address (not a hold
         address) unlatches. `remote_host` must be a numeric address of the socket's family: a
         host name would be looked up by every `sendto` in the media tick."""
-        if not _is_numeric_address(remote_host, self.sock.family):
+        if not is_numeric_address(remote_host, self.sock.family):
             family = "IPv6" if self.sock.family == socket.AF_INET6 else "IPv4"
             raise ValueError(f"remote RTP host must be a numeric {family} address, "
                              f"got {remote_host[:80]!r}")

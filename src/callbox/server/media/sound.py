@@ -14,6 +14,7 @@ is fetched every time: its content may change.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import urllib.parse
 from collections import OrderedDict
@@ -29,14 +30,16 @@ from callbox.server.media.sources import render_media_url
 
 MAX_CACHED_BYTES: Final = 64 * 1024 * 1024  # samples and encodings together
 GENERATED_SCHEMES: Final = frozenset({"say", "tone", "ring", "ringtone", "silence"})
+_KEYS: Final = itertools.count(1)
 
 
 class Sound:
     """8 kHz mono int16 samples (read-only) and their G.711 encodings, made on first use."""
 
-    __slots__ = ("_encoded", "samples")
+    __slots__ = ("_encoded", "key", "samples")
 
     def __init__(self, samples: npt.ArrayLike) -> None:
+        self.key = next(_KEYS)  # names it to the media workers that were sent it
         array = np.asarray(samples).reshape(-1)
         if array.dtype != np.int16:
             array = np.clip(array, -32768, 32767).astype(np.int16)

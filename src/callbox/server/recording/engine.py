@@ -1,19 +1,13 @@
 """The recording engine: runs every recording of the platform.
 
-A `Recording` taps its call's two streams (`speak`, `listen`) once per media tick, feeds the
-sans-I/O `RecorderMachine`, and hands the frames it returns to ONE writer thread in batches, so
-encoding and disk writes never block the event loop. The batches of every recording that
-filled one during a tick go to the thread as one job (one hand-over and one completion
-callback per tick, not one per recording). Opening and finishing files (fsync, rename) run on a
-small separate pool: an fsync can take 100-200 ms on a busy disk (ext4 commits the journal with
-everyone's dirty data), and behind it in the writer's queue every other recording's writes and
-every other `finished` event would wait. Each state change becomes a
-`calling.call.record` event for the recording's listeners (SWML, RELAY) and, with `status_url`,
-a signed webhook. The engine knows nothing of SIP, RELAY or SWML.
+A `Recording` is the half of a recording that keeps its state: it opens the file through its
+call's `RecordingMedia` (a `runtime.RecordingRuntime` where the call's media runs: this process
+or a media worker), beeps, starts it, and turns what the runtime reports into the recording's
+state, its metadata row, its `calling.call.record` events for the listeners (SWML, RELAY) and,
+with `status_url`, signed webhooks. The engine knows nothing of SIP, RELAY or SWML.
 
-The engine owns what it runs on: its two thread pools, its metadata store (SQLite in the data
-directory) and its webhook queue; `start()` opens them (and repairs what a crash left),
-`close()` closes them.
+The engine owns its metadata store (SQLite in the data directory) and its webhook queue;
+`start()` opens them (and repairs what a crash left), `close()` closes them.
 
 Rules every entry point (SWML, RELAY, agents) gets alike:
 - A recording with `beep` waits for the plays running (or still starting) on the call when it
@@ -33,13 +27,9 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from callbox.server.media.frames import FRAME_SAMPLES
 from callbox.server.media.sources import beep
 from callbox.server.recording.machine import (
     TERMINAL,
@@ -48,26 +38,15 @@ from callbox.server.recording.machine import (
     check_pause_behavior,
 )
 from callbox.server.recording.notify import RecordWebhooks
-from callbox.server.recording.target import RecordedCall
-from callbox.server.recording.writers import (
-    AudioWriter,
-    RecordingFull,
-    describe_finished,
-    open_writer,
-    repair_partial,
-)
+from callbox.server.recording.runtime import RuntimeEnd, RuntimeReports
+from callbox.server.recording.target import RecordedCall, RecordingMedia
+from callbox.server.recording.writers import describe_finished, part_path, repair_partial
 from callbox.server.store.recordings import RecordingRow, RecordingStore, SqliteRecordingStore
 from callbox.server.tasks import spawn
 from callbox.wire.recording import RecordParams, record_event_params
 
 log = logging.getLogger(__name__)
 
-# The tap stages STAGE_FRAMES ticks of both streams before the state machine sees them, so
-# numpy and the machine work on 200 ms blocks instead of 20 ms frames (a command, a digit or
-# the hangup feeds what is staged first; a timer's state change is noticed <= 180 ms late).
-STAGE_FRAMES = 10
-BATCH_SAMPLES = 25 * FRAME_SAMPLES  # hand audio to the writer thread every 0.5 s
-FILE_THREADS = 4  # open / close (fsync) / abort, concurrently with the writer thread
 MAX_RECORDINGS_PER_CALL = 10
 EventListener = Callable[[dict[str, Any]], None]
 # Every recording's events, for observers of the whole engine: (project id, event params).
@@ -81,7 +60,9 @@ class RecordingError(RuntimeError):
 class Recording:
     """One recording on one call, from start (after the beep) to a terminal state.
 
-    `state` is None until it records, then a `RecState`.
+    `state` is None until it records, then a `RecState`. The frames and the file are its
+    `RecordingMedia`'s (a `RecordingRuntime` where the call's media runs); this half keeps the
+    state, the metadata, the events and the webhooks.
     """
 
     def __init__(self, engine: RecordingEngine, call: RecordedCall, params: RecordParams,
@@ -103,18 +84,13 @@ class Recording:
         self.listeners: list[EventListener] = []
         self.events: list[dict[str, Any]] = []
         self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._machine: RecorderMachine | None = None
-        self._writer: AudioWriter | None = None
+        self._media: RecordingMedia | None = None  # once its file is open
+        # its first state from the media half (`recording`, or `paused` when asked before),
+        # or its end: `start()` returns then
+        self._first_state: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._started = False  # the media half records
+        self._pause_behavior: str | None = None  # of the last `paused`
         self._stored = False  # our row is in the store
-        self._stage_speak = np.empty(STAGE_FRAMES * FRAME_SAMPLES, np.int16)
-        self._stage_listen = np.empty(STAGE_FRAMES * FRAME_SAMPLES, np.int16)
-        self._staged = 0  # samples staged
-        self._batch: list[np.ndarray] = []
-        self._batch_samples = 0
-        self._write_error: BaseException | None = None
-        self._last_job: asyncio.Future[None] | None = None  # the writer job with our last block
-        self._unsubscribe: list[Callable[[], None]] = []
-        self._finishing = False
         self._stop_requested = False  # stop() before it records
         self._pause_requested: str | None = None  # pause() before it records
 
@@ -133,211 +109,100 @@ class Recording:
         try:
             await self._start()
         except asyncio.CancelledError:
-            self._detach()
-            if self._writer is not None:
-                self._writer.abort()  # rare; the loop cannot wait for the pool here
-                self._writer = None
+            if self._media is not None and not self._started:
+                self._media.stop()  # removes the file
             self._conclude(RecState.ERROR, "the start was cancelled")
             raise
         except Exception as exc:
             log.exception("recording %s on call %s failed to start", self.id, self.call.id)
-            await self._fail_start(f"could not start: {exc}")
+            if self._media is not None and not self._started:
+                self._media.stop()
+            self._conclude(RecState.ERROR, f"could not start: {exc}")
 
     async def _start(self) -> None:
-        machine = RecorderMachine(self.params)  # first: a bad setting fails before any file
+        RecorderMachine(self.params)  # first: a bad setting fails before any file
         if self.params.beep:
             await self.call.prompts_played()
         if self._stop_requested or not self.call.is_active:
             self._conclude(RecState.NO_INPUT, None)  # nothing recorded, no file
             return
-        loop = asyncio.get_running_loop()
+        media = self.call.record_media(self.id, self.engine.reports)
         try:
-            self._writer = await loop.run_in_executor(
-                self.engine.file_executor, open_writer, self.params.format, self.path,
-                self.params.channels,
-            )
+            await media.open(self.params.format, self.path, self.params.channels)
         except OSError as exc:
             self._conclude(RecState.ERROR,
                            f"cannot create the recording file: {exc.strerror or exc}")
             return
+        self._media = media
         self.engine.store.add(self._row(RecState.RECORDING))
         self._stored = True
         if self.params.beep and not self._stop_requested and self.call.is_active:
             operation = self.call.play_samples([beep()])
             await operation.wait()
         if self._stop_requested or not self.call.is_active:
-            await self._finish(RecState.NO_INPUT)  # stopped during the beep: nothing recorded
+            media.stop()  # stopped during the beep: nothing recorded, `no_input` follows
             return
-        self._machine = machine
         self.start_time = time.time()
-        self._unsubscribe = [self.call.add_tap(self._on_frame), self.call.on_dtmf(self._on_digit)]
-        if self._pause_requested is not None:
-            machine.pause(self._pause_requested)
-        self._drain()
-
-    async def _fail_start(self, reason: str) -> None:
-        """Undo a start that failed: nothing stays open or half-written."""
-        self._detach()
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            try:
-                await asyncio.get_running_loop().run_in_executor(
-                    self.engine.file_executor, writer.abort)
-            except Exception:
-                log.exception("recording %s: could not remove %s", self.id, writer.temp_path)
-        self._conclude(RecState.ERROR, reason)
-
-    # -- per frame (on the loop, from the media tick) --------------------------------------
-
-    def _on_frame(self, speak: np.ndarray, listen: np.ndarray) -> None:
-        start = self._staged
-        end = start + FRAME_SAMPLES
-        self._stage_speak[start:end] = speak
-        self._stage_listen[start:end] = listen
-        self._staged = end
-        if end == len(self._stage_speak) or self._write_error is not None:
-            self._feed_staged()
-
-    def _feed_staged(self) -> None:
-        """Give the staged frames to the machine, queue what it returns, act on its changes."""
-        machine = self._machine
-        staged, self._staged = self._staged, 0
-        if machine is None or machine.done:
-            return
-        if staged:
-            self._collect(machine.feed(self._stage_speak[:staged], self._stage_listen[:staged]))
-            if self._batch_samples >= BATCH_SAMPLES:
-                self._flush_batch()
-        if machine.has_transitions or self._write_error is not None:
-            self._drain()
-
-    def _on_digit(self, digit: str) -> None:
-        if self._machine is not None and not self._machine.done:
-            self._feed_staged()  # the digit comes after the audio before it
-            self._collect(self._machine.digit(digit))
-            self._drain()
+        self._started = True
+        media.start(self.params, self._pause_requested)
+        await asyncio.shield(self._first_state)
 
     # -- commands ---------------------------------------------------------------------------
 
     def pause(self, behavior: str = "silence") -> None:
-        if self._machine is None:
-            check_pause_behavior(behavior)
+        check_pause_behavior(behavior)
+        if not self._started:
             self._pause_requested = behavior
-            return
-        self._feed_staged()
-        self._machine.pause(behavior)
-        self._drain()
+        elif self._media is not None and not self.is_done:
+            self._media.pause(behavior)
 
     def resume(self) -> None:
-        if self._machine is None:
+        if not self._started:
             self._pause_requested = None
-            return
-        self._feed_staged()
-        self._machine.resume()
-        self._drain()
+        elif self._media is not None and not self.is_done:
+            self._media.resume()
 
     def stop(self) -> None:
         """End `finished` (`no_input` when it has not started recording yet)."""
-        if self._machine is None:
+        if not self._started:
             self._stop_requested = True
+        elif self._media is not None and not self.is_done:
+            self._media.stop()
+
+    # -- what the media half reports --------------------------------------------------------
+
+    def media_transition(self, state: RecState, pause_behavior: str | None) -> None:
+        if self.is_done:
             return
-        if not self._machine.done:
-            self._feed_staged()
-            if not self._machine.done:
-                self._collect(self._machine.stop())
-            self._drain()
+        self.state = state
+        self._pause_behavior = pause_behavior
+        self._store_update(state=state.value)
+        self._emit()
+        if not self._first_state.done():
+            self._first_state.set_result(None)
 
-    # -- state changes ----------------------------------------------------------------------
+    def media_ended(self, end: RuntimeEnd) -> None:
+        self.size, self.duration = end.size, end.duration
+        self._conclude(end.state, end.reason)
 
-    def _collect(self, blocks: list[np.ndarray]) -> None:
-        for block in blocks:
-            self._batch.append(block)
-            self._batch_samples += len(block)
-
-    def _drain(self) -> None:
-        """Act on the machine's state changes."""
-        assert self._machine is not None
-        if self._write_error is not None and not self._machine.done:
-            self._collect(self._machine.fail(self._error_reason(self._write_error)))
-        for state in self._machine.pop_transitions():
-            if state in TERMINAL:
-                if not self._finishing:
-                    self._finishing = True
-                    spawn(self._finish(state), name=f"recording-finish-{self.id}")
-            else:
-                self.state = state
-                self._store_update(state=state.value)
-                self._emit()
-
-    def _flush_batch(self) -> None:
-        if not self._batch or self._writer is None:
-            return
-        block = self._batch[0] if len(self._batch) == 1 else np.concatenate(self._batch)
-        self._batch = []
-        self._batch_samples = 0
-        self.engine.queue_write(self, block)
-
-    def write_block(self, block: np.ndarray) -> None:
-        """In the writer thread. A failure is remembered and ends the recording in `error`."""
-        if self._write_error is not None or self._writer is None:
+    async def media_lost(self) -> None:
+        """The worker that recorded died: repair what it wrote (`.part`) and end `finished`
+        with that audio (`error` when nothing could be kept)."""
+        part = part_path(self.path)
+        if not await asyncio.to_thread(part.exists):
+            self._conclude(RecState.ERROR, "the media worker died before any audio was kept")
             return
         try:
-            self._writer.write(block)
-        except (OSError, RecordingFull) as exc:
-            self._write_error = exc
-
-    def writes_submitted(self, job: asyncio.Future[None]) -> None:
-        """The writer job that holds our latest block (finishing waits for it)."""
-        self._last_job = job
-
-    @staticmethod
-    def _error_reason(exc: BaseException) -> str:
-        if isinstance(exc, RecordingFull):
-            return "recording reached the largest size a WAV file can have"
-        if isinstance(exc, OSError):
-            return f"write failed: {exc.strerror or exc}"
-        return str(exc)
-
-    async def _finish(self, state: RecState) -> None:
-        """Detach, write what is left, close (or discard) the file, report the end. Whatever
-        fails, the recording reaches a terminal state and `done` completes."""
-        final_state = RecState.ERROR
-        reason: str | None = "could not finish the recording"
-        try:
-            final_state, reason = await self._close_file(state)
-        except Exception as exc:
-            log.exception("recording %s: finishing failed", self.id)
-            reason = f"could not finish the recording: {exc}"
-        finally:
-            self._conclude(final_state, reason)
-
-    async def _close_file(self, state: RecState) -> tuple[RecState, str | None]:
-        """The file's end: (final state, reason)."""
-        self._detach()
-        self._flush_batch()
-        self.engine.submit_writes()  # now: the close below must queue behind our last block
-        if self._last_job is not None:  # our last block is written: the file is ours alone
-            await asyncio.gather(self._last_job, return_exceptions=True)
-        loop = asyncio.get_running_loop()
-        files = self.engine.file_executor
-        reason = self._machine.reason if self._machine is not None else None
-        if isinstance(self._write_error, RecordingFull):
-            state = RecState.FINISHED  # the cap is a clean end, not a failure
-        elif self._write_error is not None:
-            state, reason = RecState.ERROR, self._error_reason(self._write_error)
-        writer, self._writer = self._writer, None
-        if writer is None:
-            return state, reason
-        try:
-            if state is RecState.NO_INPUT:
-                await loop.run_in_executor(files, writer.abort)
-            else:
-                self.size = await loop.run_in_executor(files, writer.close)
-                self.duration = round(writer.duration, 3)
-        except OSError as exc:
-            await loop.run_in_executor(files, writer.abort)
-            return RecState.ERROR, f"could not finish the file: {exc.strerror or exc}"
-        return state, reason
+            repaired = await asyncio.to_thread(repair_partial, part)
+        except (ValueError, OSError) as exc:
+            await asyncio.to_thread(part.unlink, missing_ok=True)
+            self._conclude(RecState.ERROR, f"the media worker died and its file could not be "
+                                           f"repaired ({exc})")
+            return
+        log.warning("recording %s: its media worker died; %.1f s of audio repaired", self.id,
+                    repaired.duration)
+        self.size, self.duration = repaired.size, round(repaired.duration, 3)
+        self._conclude(RecState.FINISHED, None)
 
     def _conclude(self, state: RecState, reason: str | None) -> None:
         """Enter the terminal `state`: store it, report it, complete `done` (once)."""
@@ -359,6 +224,8 @@ class Recording:
                  self.control_id, self.call.id, self.state, self.duration or 0.0, self.size,
                  f" ({self.reason})" if self.reason else "")
         self.done.set_result(self.events[-1])
+        if not self._first_state.done():
+            self._first_state.set_result(None)
         if self.size is not None:  # its file is kept
             self.engine.concluded(self)
 
@@ -381,11 +248,6 @@ class Recording:
             return str(exc)
         return None
 
-    def _detach(self) -> None:
-        for unsubscribe in self._unsubscribe:
-            unsubscribe()
-        self._unsubscribe = []
-
     # -- events -----------------------------------------------------------------------------
 
     def event_params(self) -> dict[str, Any]:
@@ -401,8 +263,7 @@ class Recording:
             size=self.size if terminal else None,
             start_time=self.start_time, end_time=self.end_time if terminal else None,
             reason=self.reason if state is RecState.ERROR else None,
-            pause_behavior=(self._machine.pause_behavior
-                            if state is RecState.PAUSED and self._machine else None),
+            pause_behavior=self._pause_behavior if state is RecState.PAUSED else None,
             peer_call_id=self.call.peer_id,
         )
 
@@ -431,13 +292,26 @@ class Recording:
         )
 
 
-def _write_blocks(items: list[tuple[Recording, np.ndarray]]) -> None:
-    """In the writer thread: one job = the blocks of one tick, in order."""
-    for recording, block in items:
-        try:
-            recording.write_block(block)
-        except Exception:  # one recording's bug must not lose the others' audio
-            log.exception("recording %s: write failed", recording.id)
+class _MediaReports:
+    """Routes what the media halves report to the engine's recordings by id."""
+
+    def __init__(self, active: dict[str, Recording]) -> None:
+        self._active = active
+
+    def transition(self, recording_id: str, state: RecState, pause_behavior: str | None) -> None:
+        recording = self._active.get(recording_id)
+        if recording is not None:
+            recording.media_transition(state, pause_behavior)
+
+    def ended(self, recording_id: str, end: RuntimeEnd) -> None:
+        recording = self._active.get(recording_id)
+        if recording is not None:
+            recording.media_ended(end)
+
+    def lost(self, recording_id: str) -> None:
+        recording = self._active.get(recording_id)
+        if recording is not None:
+            spawn(recording.media_lost(), name=f"recording-repair-{recording_id}")
 
 
 class RecordingEngine:
@@ -451,11 +325,8 @@ class RecordingEngine:
         self.node_id = node_id
         self.store: RecordingStore = SqliteRecordingStore(data_dir / "recordings.db")
         self.webhooks = RecordWebhooks(data_dir / "webhooks.db", signing_keys or {})
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recording-writer")
-        self.file_executor = ThreadPoolExecutor(max_workers=FILE_THREADS,
-                                                thread_name_prefix="recording-files")
         self.active: dict[str, Recording] = {}
-        self._queued: list[tuple[Recording, np.ndarray]] = []  # blocks for the next job
+        self.reports: RuntimeReports = _MediaReports(self.active)
         self._observers: list[EngineListener] = []
         self._concluded: list[Callable[[Recording], None]] = []
 
@@ -494,24 +365,6 @@ class RecordingEngine:
         """Start delivering webhooks; repair what a crash left (see `recover`)."""
         await self.webhooks.start()
         return self.recover()
-
-    # -- the writer thread ------------------------------------------------------------------
-
-    def queue_write(self, recording: Recording, block: np.ndarray) -> None:
-        """Hand `block` to the writer thread with the other blocks of this tick (one job,
-        submitted when the loop gets to it, i.e. after the media tick)."""
-        if not self._queued:
-            asyncio.get_running_loop().call_soon(self.submit_writes)
-        self._queued.append((recording, block))
-
-    def submit_writes(self) -> None:
-        """Submit the queued blocks as one job now (the thread runs jobs in order)."""
-        if not self._queued:
-            return
-        items, self._queued = self._queued, []
-        job = asyncio.get_running_loop().run_in_executor(self.executor, _write_blocks, items)
-        for recording, _block in items:
-            recording.writes_submitted(job)
 
     # -- recordings -------------------------------------------------------------------------
 
@@ -630,7 +483,5 @@ class RecordingEngine:
         pending = [r.done for r in self.active.values()]
         if pending:
             await asyncio.wait(pending, timeout=10)
-        self.executor.shutdown(wait=True)
-        self.file_executor.shutdown(wait=True)
         await self.webhooks.close()
         self.store.close()

@@ -9,13 +9,33 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from callbox.server.media.session import FrameTap
+from callbox.server.recording.runtime import RuntimeReports
+from callbox.wire.recording import RecordParams
 
 Unsubscribe = Callable[[], None]
+
+
+class RecordingMedia(Protocol):
+    """The media half of one recording: a `RecordingRuntime` in this process or in a media
+    worker. Its state changes and its end come back through the `RuntimeReports` it was made
+    with; `lost` is reported when the worker holding it died."""
+
+    async def open(self, fmt: str, path: Path, channels: int) -> None:
+        """Create the file; raises OSError."""
+
+    def start(self, params: RecordParams, pause_behavior: str | None) -> None: ...
+
+    def pause(self, behavior: str) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def stop(self) -> None:
+        """End it (`no_input` and no file when it was never started)."""
 
 
 class Playing(Protocol):
@@ -53,9 +73,8 @@ class RecordedCall(Protocol):
 
     def attach_recording(self, recording: AttachedRecording) -> None: ...
 
-    def add_tap(self, tap: FrameTap) -> Unsubscribe: ...
-
-    def on_dtmf(self, listener: Callable[[str], None]) -> Unsubscribe: ...
+    def record_media(self, recording_id: str, reports: RuntimeReports) -> RecordingMedia:
+        """The media half of a new recording on this call."""
 
     def play_samples(self, segments: Sequence[np.ndarray]) -> Playing: ...
 

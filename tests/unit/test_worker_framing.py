@@ -1,0 +1,84 @@
+"""The channel between the main process and a media worker: order, size, descriptors, EOF."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+from typing import Any
+
+import numpy as np
+
+from callbox.server.worker.framing import FramedSocket
+
+
+class End:
+    """One end of a socketpair with what it received."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.messages: list[Any] = []
+        self.fds: list[int] = []
+        self.closed = asyncio.Event()
+        self.channel = FramedSocket(sock, self.on_message, self.closed.set)
+
+    def on_message(self, message: Any, fds: collections.deque[int]) -> None:
+        self.messages.append(message)
+        if message == "with-socket":
+            self.fds.append(fds.popleft())
+
+
+def pair() -> tuple[End, End]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return End(a), End(b)
+
+
+async def until(condition, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+async def test_messages_arrive_in_order_and_whole_even_past_the_socket_buffer():
+    left, right = pair()
+    big = np.arange(4_000_000, dtype=np.int16)  # 8 MB: many times the socket's buffer
+    sent = [("n", i) for i in range(2000)]
+    for message in sent[:1000]:
+        left.channel.send(message)
+    left.channel.send(big)
+    for message in sent[1000:]:
+        left.channel.send(message)
+    await until(lambda: len(right.messages) == 2001)
+    assert right.messages[:1000] == sent[:1000]
+    assert np.array_equal(right.messages[1000], big)
+    assert right.messages[1001:] == sent[1000:]
+    left.channel.close()
+    right.channel.close()
+
+
+async def test_a_socket_travels_with_its_message_and_the_senders_copy_is_closed():
+    left, right = pair()
+    carried, kept = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    left.channel.send("before")
+    left.channel.send("with-socket", [carried])
+    left.channel.send("after")
+    await until(lambda: len(right.messages) == 3)
+    assert right.messages == ["before", "with-socket", "after"]
+    assert carried.fileno() == -1  # ours is closed once it went out
+    received = socket.socket(fileno=right.fds[0])
+    kept.send(b"ping")
+    assert received.recv(16) == b"ping"  # the very socket, not a copy of its name
+    received.close()
+    kept.close()
+    left.channel.close()
+    right.channel.close()
+
+
+async def test_eof_is_reported_once_to_the_other_end():
+    left, right = pair()
+    left.channel.close()
+    await asyncio.wait_for(right.closed.wait(), 5)
+    assert left.closed.is_set()
+    right.channel.send("into the void")  # no error after the other end went away
+    await asyncio.sleep(0)
+    assert right.channel.closed
