@@ -62,7 +62,7 @@ def heartbeat_subject(node_id: str) -> str:
     return f"{PREFIX}.nodes.{token(node_id)}"
 
 
-class BusError(Exception):
+class BusError(ConnectionError):
     """The NATS server cannot be reached (the message says where and why)."""
 
 
