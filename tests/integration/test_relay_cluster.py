@@ -135,3 +135,189 @@ async def test_client_on_a_answers_plays_records_and_hangs_up_a_call_on_b(tmp_pa
     assert event.params["record"]["size"] > 8000  # at least half a second of 8 kHz 16-bit
     assert [r["id"] for r in listed_on_b] == [recording.id] and listed_on_a == []
     assert outcome["states"][-2:] == ["ending", "ended"]
+
+
+async def test_each_call_from_a_third_node_goes_to_exactly_one_of_two_clients(tmp_path, nats):
+    taken: dict[str, list[str]] = {"node-a": [], "node-b": []}
+
+    def handler(name: str) -> Callable[[Call], Awaitable[None]]:
+        async def handle(call: Call) -> None:
+            taken[name].append(call.call_id)
+            await call.answer()
+            await call.hangup()
+        return handle
+
+    async with node(tmp_path, nats, "node-a") as a, node(tmp_path, nats, "node-b") as b, \
+            node(tmp_path, nats, "node-c") as c, \
+            relay_client(a, handler("node-a")), relay_client(b, handler("node-b")):
+        cluster = c.platform.cluster
+        assert cluster is not None
+        await until(lambda: {"node-a", "node-b"} <= {
+            n for n, info in cluster.directory.nodes.items()
+            if ("p1", "default") in info.contexts}, 10, "node C hears of both clients")
+        results = await asyncio.gather(*(
+            place_call(c.uri("voicemail"), hangup_after=20) for _ in range(4)))
+        assert [(r.status, r.hung_up_by) for r in results] == [(200, "remote")] * 4
+        for index in range(4):
+            await c.wait_call_ended(index)
+        offered = sorted(seen.call.id for seen in c.observed)
+    assert not a.observed and not b.observed  # node C owned every call
+    got = taken["node-a"] + taken["node-b"]
+    assert sorted(got) == offered  # each call to one client, none twice, none lost
+
+
+async def test_no_client_on_any_node_rejects_the_call_with_480(tmp_path, nats):
+    async with node(tmp_path, nats, "node-a") as a, node(tmp_path, nats, "node-b") as b:
+        cluster = b.platform.cluster
+        assert cluster is not None
+        await until(lambda: cluster.directory.alive("node-a"), 10, "node B hears node A")
+        result = await place_call(b.uri("voicemail"), hangup_after=5)
+    assert result.status == 480
+    assert not a.observed and not b.observed  # rejected at the INVITE
+
+
+async def test_an_offer_nobody_takes_ends_the_ringing_call_with_480(tmp_path, nats):
+    """A heartbeat said a node has a client of the context, but no node takes the offer (its
+    session left meanwhile): the call, admitted and ringing, ends with 480."""
+    async with node(tmp_path, nats, "node-b") as b:
+        cluster = b.platform.cluster
+        assert cluster is not None
+        cluster.directory.silence = 3600.0
+        cluster.directory.heard("node-x", frozenset({(PROJECT, "default")}), frozenset(),
+                                asyncio.get_running_loop().time())
+        result = await place_call(b.uri("voicemail"), hangup_after=5)
+        seen = await b.wait_call_ended(0)
+    assert result.status == 480
+    assert seen.call.end_reason == "hangup"
+
+
+def serve_config(tmp_path: Path, nats: NatsServer, node_id: str, sip_port: int) -> Path:
+    """A callbox.toml for `callbox serve`: one node of the cluster, a route to "default"."""
+    rtp = free_port_range(40)
+    http_port = free_tcp_port()
+    lines = [
+        "[sip]", f'listen = "127.0.0.1:{sip_port}"', f'rtp_ports = "{rtp.start}-{rtp.stop - 1}"',
+        "[http]", f'listen = "127.0.0.1:{http_port}"',
+        f'public_url = "https://127.0.0.1:{http_port}"',
+        "[storage]", f'data_dir = "{tmp_path / "data"}"',
+        "[server]", "workers = 0",
+        "[cluster]", f'node_id = "{node_id}"', f'bus_url = "{nats.url}"',
+        "[[projects]]", f'id = "{PROJECT}"', f'token = "{TOKEN}"',
+        "[[routes]]", 'number = "voicemail"', 'context = "default"',
+    ]
+    path = tmp_path / f"{node_id}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def test_a_node_killed_mid_call_ends_the_call_for_the_client_on_another_node(
+        tmp_path, nats):
+    answered = asyncio.Event()
+    recording = asyncio.Event()
+    ended: list[Any] = []
+
+    async def handle(call: Call) -> None:
+        call.on("calling.call.state",
+                lambda e: ended.append(e) if e.state == "ended" else None)
+        await call.answer()
+        answered.set()
+        await call.record(audio={"format": "wav", **NO_TIMEOUTS})
+        recording.set()
+
+    sip_port = free_udp_port()
+    config = serve_config(tmp_path, nats, "node-b", sip_port)
+    async with node(tmp_path, nats, "node-a") as a, relay_client(a, handle):
+        cluster = a.platform.cluster
+        assert cluster is not None
+        serve = await asyncio.create_subprocess_exec(
+            CALLBOX, "serve", "--config", str(config), stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        caller: asyncio.Task[Any] | None = None
+        try:
+            # node B hears node A (whose heartbeats name its client's context) when node A
+            # hears node B name it among its peers
+            await until(lambda: "node-a" in getattr(cluster.directory.nodes.get("node-b"),
+                                                    "peers", ()), 30, "nodes A and B meet")
+            caller = asyncio.ensure_future(
+                place_call(f"sip:voicemail@127.0.0.1:{sip_port}", hangup_after=60))
+            await asyncio.wait_for(recording.wait(), 15)
+            assert not ended
+            serve.send_signal(signal.SIGKILL)  # no BYE, no goodbye on the bus
+            await serve.wait()
+            # the silence of node B is noticed (3 s) and its call ends for the client
+            await until(lambda: bool(ended), 15, "the client hears its call end")
+        finally:
+            if serve.returncode is None:
+                serve.kill()
+                await serve.wait()
+            if caller is not None:
+                caller.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await caller
+        assert answered.is_set()
+        (event,) = ended
+        assert event.params["end_reason"] == "error"
+        assert event.params["node_id"] == "node-b"
+        assert not cluster.directory.alive("node-b") and not cluster.remote_calls.calls
+
+
+# The official SDK's program: a call offered by another node, answered, a prompt played, a
+# message recorded for a second, then hung up. Only host/project/token are filled in.
+SDK_PROGRAM = '''\
+import asyncio
+from signalwire.relay import RelayClient
+
+client = RelayClient(project=PROJECT, token=TOKEN, host=HOST, contexts=["default"])
+
+@client.on_call
+async def handle_call(call):
+    await call.answer()
+    play = await call.play([{"type": "tts", "text": "Please leave a message."}])
+    await play.wait()
+    action = await call.record(audio=AUDIO)
+    await asyncio.sleep(1.0)
+    await action.stop()
+    event = await action.wait()
+    record = event.params.get("record", {})
+    print(f"Recording saved: {record.get('url', '')} {record.get('size', 0)}", flush=True)
+    await call.hangup()
+
+client.run()
+'''
+
+
+async def test_the_official_sdk_on_node_a_records_a_call_of_node_b(tmp_path, nats):
+    async with node(tmp_path, nats, "node-a") as a, node(tmp_path, nats, "node-b") as b:
+        listening = a.platform.listening
+        assert listening is not None
+        program = tmp_path / "sdk_program.py"
+        program.write_text(
+            f"PROJECT, TOKEN, HOST = {PROJECT!r}, {TOKEN!r}, '127.0.0.1:{listening.https[1]}'\n"
+            f"AUDIO = {dict(format='wav', **NO_TIMEOUTS)!r}\n" + SDK_PROGRAM)
+        env = dict(os.environ, SIGNALWIRE_RELAY_CA_FILE=str(listening.cert))
+        proc = await asyncio.create_subprocess_exec(
+            str(official_sdk_python()), "-u", str(program), env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            await knows_taker(b, "node B hears of the SDK's session on node A")
+            tone = tmp_path / "tone.wav"
+            audio.write_wav(tone, audio.tone(600, 10.0, dbfs=-12))
+            result = await place_call(b.uri("voicemail"), play=str(tone), hangup_after=30)
+            seen = await b.wait_call_ended(0)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                out, err = await asyncio.wait_for(proc.communicate(), 10)
+            except TimeoutError:
+                proc.kill()
+                out, err = await proc.communicate()
+        assert result.status == 200 and result.hung_up_by == "remote", err.decode()[-3000:]
+        (recording,) = seen.call.recordings
+        listed_on_b = await list_recordings(b)
+    match = re.search(r"^Recording saved: (\S+) (\d+)$", out.decode(), re.M)
+    assert match, f"stdout: {out.decode()!r}\nstderr: {err.decode()[-3000:]}"
+    assert match.group(1) == recording.url
+    assert match.group(1).startswith(b.platform.config.http.public_url)
+    assert int(match.group(2)) == recording.size > 8000
+    assert [r["id"] for r in listed_on_b] == [recording.id]
+    assert not a.observed
