@@ -16,6 +16,7 @@ import re
 import signal
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,11 @@ from tests.peers import audio
 from tests.peers.nats import NatsServer, running_nats
 from tests.peers.official_sdk import official_sdk_python
 from tests.peers.poll import until
-from tests.peers.ports import free_port_range, free_tcp_port, free_udp_port
+from tests.peers.ports import free_port_range, free_tcp_port, free_udp_port, tcp_port_listening
 
 from callbox.caller import place_call
 from callbox.relay import Call, RelayClient
+from callbox.server.cluster.directory import NodeInfo
 from callbox.server.config import Project, Route
 from callbox.wire.basic_auth import basic_auth_header
 
@@ -183,22 +185,25 @@ async def test_an_offer_nobody_takes_ends_the_ringing_call_with_480(tmp_path, na
         cluster = b.platform.cluster
         assert cluster is not None
         cluster.directory.silence = 3600.0
-        cluster.directory.heard("node-x", frozenset({(PROJECT, "default")}), frozenset(),
-                                asyncio.get_running_loop().time())
+        cluster.directory.heard(NodeInfo("node-x", "1", time.monotonic(),
+                                         frozenset({(PROJECT, "default")})))
         result = await place_call(b.uri("voicemail"), hangup_after=5)
         seen = await b.wait_call_ended(0)
     assert result.status == 480
     assert seen.call.end_reason == "hangup"
 
 
-def serve_config(tmp_path: Path, nats: NatsServer, node_id: str, sip_port: int) -> Path:
-    """A callbox.toml for `callbox serve`: one node of the cluster, a route to "default"."""
+def serve_config(tmp_path: Path, nats: NatsServer, node_id: str, sip_port: int,
+                 plain_port: int = 0) -> Path:
+    """A callbox.toml for `callbox serve`: one node of the cluster, a route to "default"
+    (and plain WS on `plain_port`, when given)."""
     rtp = free_port_range(40)
     http_port = free_tcp_port()
     lines = [
         "[sip]", f'listen = "127.0.0.1:{sip_port}"', f'rtp_ports = "{rtp.start}-{rtp.stop - 1}"',
         "[http]", f'listen = "127.0.0.1:{http_port}"',
         f'public_url = "https://127.0.0.1:{http_port}"',
+        f'plain_listen = "127.0.0.1:{plain_port}"' if plain_port else "",
         "[storage]", f'data_dir = "{tmp_path / "data"}"',
         "[server]", "workers = 0",
         "[cluster]", f'node_id = "{node_id}"', f'bus_url = "{nats.url}"',
@@ -321,3 +326,44 @@ async def test_the_official_sdk_on_node_a_records_a_call_of_node_b(tmp_path, nat
     assert int(match.group(2)) == recording.size > 8000
     assert [r["id"] for r in listed_on_b] == [recording.id]
     assert not a.observed
+
+
+async def test_a_node_killed_while_its_client_holds_a_ringing_call_ends_that_call(
+        tmp_path, nats):
+    """Node A (a `callbox serve`) holds the client; node B the call, still ringing. Node A
+    dies: node B treats its session as gone (the hub's rule: an unanswered call is hung up)."""
+    offered = asyncio.Event()
+
+    async def handle(call: Call) -> None:
+        offered.set()  # and never answers
+
+    plain_port = free_tcp_port()
+    config = serve_config(tmp_path, nats, "node-a", free_udp_port(), plain_port)
+    serve = await asyncio.create_subprocess_exec(
+        CALLBOX, "serve", "--config", str(config), stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        async with node(tmp_path, nats, "node-b") as b:
+            await until(lambda: tcp_port_listening(plain_port), 30, "node A listens")
+            client = RelayClient(PROJECT, TOKEN, f"ws://127.0.0.1:{plain_port}/", ["default"])
+            client.on_call(handle)
+            await client.connect()
+            try:
+                await knows_taker(b, "node B hears of node A's client")
+                caller = asyncio.ensure_future(place_call(b.uri("voicemail"), hangup_after=5))
+                await asyncio.wait_for(offered.wait(), 15)
+                serve.send_signal(signal.SIGKILL)
+                await serve.wait()
+                result = await asyncio.wait_for(caller, 20)
+                seen = await b.wait_call_ended(0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.disconnect(), 5)
+    finally:
+        if serve.returncode is None:
+            serve.kill()
+            await serve.wait()
+    assert result.status == 500  # hung up with reason "error" before the answer
+    assert seen.call.end_reason == "error"
+    cluster = b.platform.cluster
+    assert cluster is not None and len(cluster.proxies) == 0

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,8 @@ from callbox.server.cluster.bus import (
 from callbox.server.cluster.directory import (
     HEARTBEAT_INTERVAL,
     Directory,
+    Heard,
+    NodeInfo,
     heartbeat,
     parse_heartbeat,
 )
@@ -51,6 +54,7 @@ log = logging.getLogger(__name__)
 class Cluster:
     def __init__(self, url: str, hub: RelayHub) -> None:
         self.node_id = hub.services.node_id
+        self.incarnation = uuid.uuid4().hex  # this process (a restart under the same id differs)
         self.hub = hub
         self.bus = Bus(url, name=f"callbox-{self.node_id}")
         self.directory = Directory(self.node_id)
@@ -112,8 +116,9 @@ class Cluster:
     # -- heartbeats -------------------------------------------------------------------------
 
     def _send_heartbeat(self) -> None:
-        self.bus.send(heartbeat_subject(self.node_id), heartbeat(
-            self.node_id, self.hub.served_contexts(), self.directory.nodes))
+        this = NodeInfo(self.node_id, self.incarnation, time.monotonic(),
+                        frozenset(self.hub.served_contexts()), frozenset(self.directory.nodes))
+        self.bus.send(heartbeat_subject(self.node_id), heartbeat(this))
 
     async def _announce_changes(self) -> None:
         """Offer subscriptions follow the sessions; a heartbeat tells the others at once."""
@@ -137,22 +142,27 @@ class Cluster:
             self._check_silent()
 
     def _on_heartbeat(self, message: Incoming) -> None:
-        parsed = parse_heartbeat(message.data)
-        if parsed is None:
+        info = parse_heartbeat(message.data, time.monotonic())
+        if info is None:
             log.warning("cluster: malformed heartbeat %.200r; ignored", message.data)
             return
-        node_id, contexts, peers = parsed
-        if self.directory.heard(node_id, contexts, peers, time.monotonic()):
-            log.info("cluster: node %s joined", node_id)
+        heard = self.directory.heard(info)
+        if heard is Heard.RESTARTED:
+            self._node_lost(info.node_id, "restarted")
+        if heard is not Heard.KNOWN:
+            log.info("cluster: node %s joined", info.node_id)
             self._send_heartbeat()  # so that it knows us at once too
 
     def _check_silent(self) -> None:
         for node_id in self.directory.lost(time.monotonic()):
-            calls = self.remote_calls.node_lost(node_id)
-            sessions = self.proxies.node_lost(node_id)
-            self.forwarding.node_lost(node_id)
-            log.warning("cluster: node %s is silent: lost (%d of its calls ended here, %d of "
-                        "its RELAY sessions dropped)", node_id, calls, sessions)
+            self._node_lost(node_id, "silent")
+
+    def _node_lost(self, node_id: str, why: str) -> None:
+        calls = self.remote_calls.node_lost(node_id)
+        sessions = self.proxies.node_lost(node_id)
+        self.forwarding.node_lost(node_id)
+        log.warning("cluster: node %s is %s: lost (%d of its calls ended here, %d of its RELAY "
+                    "sessions dropped)", node_id, why, calls, sessions)
 
     # -- messages for this node -----------------------------------------------------------------
 
