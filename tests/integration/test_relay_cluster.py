@@ -4,7 +4,9 @@ A RELAY client connected to node A only gets the calls of its context that come 
 answers, plays, records and hangs up, every command forwarded to B and every event back; the
 recording stays on B. Two clients of one context on two nodes: each call offered from a third
 node goes to exactly one of them. A node killed mid-call (`callbox serve` as a subprocess,
-SIGKILL): the client on A hears its call end. No client anywhere: 480 at once.
+SIGKILL): the client on A hears its call end; the node holding the client killed while the
+call rings: the call ends. No client anywhere: 480 at once. The bus killed and restarted: calls
+cross again. No bus at start: a clear error.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from tests.integration.conftest import RunningPlatform, running_platform
+from tests.integration.conftest import RunningPlatform, make_config, running_platform
 from tests.peers import audio
 from tests.peers.nats import NatsServer, running_nats
 from tests.peers.official_sdk import official_sdk_python
@@ -32,6 +34,8 @@ from tests.peers.ports import free_port_range, free_tcp_port, free_udp_port, tcp
 
 from callbox.caller import place_call
 from callbox.relay import Call, RelayClient
+from callbox.server.app import Platform
+from callbox.server.cluster.bus import BusError
 from callbox.server.cluster.directory import NodeInfo
 from callbox.server.config import Project, Route
 from callbox.wire.basic_auth import basic_auth_header
@@ -367,3 +371,44 @@ async def test_a_node_killed_while_its_client_holds_a_ringing_call_ends_that_cal
     assert seen.call.end_reason == "error"
     cluster = b.platform.cluster
     assert cluster is not None and len(cluster.proxies) == 0
+
+
+async def test_calls_cross_nodes_again_once_the_bus_is_back(tmp_path):
+    """NATS is killed and restarted on its port: the nodes reconnect, hear each other again,
+    and a call to node B reaches the client on node A."""
+    answered: list[str] = []
+
+    async def handle(call: Call) -> None:
+        await call.answer()
+        answered.append(call.call_id)
+        await call.hangup()
+
+    with running_nats() as bus:
+        async with node(tmp_path, bus, "node-a") as a, node(tmp_path, bus, "node-b") as b, \
+                relay_client(a, handle):
+            await knows_taker(b)
+            cluster = b.platform.cluster
+            assert cluster is not None
+            await asyncio.to_thread(bus.stop)
+            await until(lambda: not cluster.directory.alive("node-a"), 15,
+                        "node B finds node A silent")
+            await asyncio.to_thread(bus.start)
+            await knows_taker(b, "node B hears of node A's client again")
+            result = await place_call(b.uri("voicemail"), hangup_after=10)
+            assert (result.status, result.hung_up_by) == (200, "remote")
+            seen = await b.wait_call_ended(0)
+    assert answered == [seen.call.id]
+
+
+async def test_a_node_that_cannot_reach_nats_refuses_to_start_and_says_why(tmp_path):
+    config = make_config(tmp_path, ROUTES)
+    config.server.workers = 0
+    config.cluster.bus_url = f"nats://127.0.0.1:{free_tcp_port()}"  # nobody listens there
+    platform = Platform(config)
+    try:
+        with pytest.raises(BusError) as caught:
+            await platform.start()
+    finally:
+        await platform.stop()
+    assert f"cannot reach the NATS server at {config.cluster.bus_url}" in str(caught.value)
+    assert "(cluster.bus_url) within 5 s: [Errno 111]" in str(caught.value)  # refused

@@ -29,7 +29,8 @@ PREFIX = "callbox"
 OFFER_QUEUE = "callbox-offers"  # one node of the queue group gets each offer
 NODES = f"{PREFIX}.nodes.*"  # every node's heartbeats
 SESSIONS_GONE = f"{PREFIX}.sessions.gone"  # a node's RELAY session will not come back
-CONNECT_TIMEOUT = 2  # seconds for the first connection (and a flush)
+CONNECT_TIMEOUT = 2  # seconds for one connection attempt (and a flush)
+START_TIMEOUT = 5.0  # seconds for the first connection, attempts included
 RECONNECT_WAIT = 1  # seconds between reconnection attempts
 MAX_QUEUED = 10_000  # messages waiting for the writer before new ones are dropped
 SAFE = frozenset(string.ascii_letters + string.digits + "-_")
@@ -96,18 +97,22 @@ class Bus:
         self._nc: Client | None = None
         self._out: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._last_error: Exception | None = None
         self.dropped = 0
 
     async def connect(self) -> None:
+        """Connect, trying for START_TIMEOUT (BusError then); later it reconnects forever."""
         try:
-            self._nc = await nats.connect(
+            self._nc = await asyncio.wait_for(nats.connect(
                 self.url, name=self.name, connect_timeout=CONNECT_TIMEOUT,
                 reconnect_time_wait=RECONNECT_WAIT, max_reconnect_attempts=-1,
                 allow_reconnect=True, error_cb=self._on_error,
-                disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected)
+                disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected),
+                START_TIMEOUT)
         except (OSError, TimeoutError, NatsError) as exc:
-            raise BusError(f"cannot reach the NATS server at {self.url} (cluster.bus_url): "
-                           f"{exc or type(exc).__name__}") from None
+            why = self._last_error or exc
+            raise BusError(f"cannot reach the NATS server at {self.url} (cluster.bus_url) "
+                           f"within {START_TIMEOUT:g} s: {why or type(why).__name__}") from None
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(),
                                                               name="cluster-bus-writer")
 
@@ -191,7 +196,11 @@ class Bus:
     # -- connection state (logged) ------------------------------------------------------------
 
     async def _on_error(self, exc: Exception) -> None:
-        log.info("cluster bus (%s): %s", self.url, exc)
+        if self._nc is None:  # still trying the first connection
+            self._last_error = exc
+            log.debug("cluster bus (%s): %s", self.url, exc)
+        else:
+            log.info("cluster bus (%s): %s", self.url, exc)
 
     async def _on_disconnected(self) -> None:
         log.warning("cluster bus: disconnected from %s; reconnecting", self.url)
