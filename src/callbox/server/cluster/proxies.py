@@ -59,9 +59,9 @@ class RemoteSessions:
         return len(self._sessions)
 
     def get(self, node_id: str, protocol: str, project_id: str) -> RemoteSession:
-        """The session (made on first use); a session never changes project."""
+        """The session (made on first use: its node names its project, which never changes)."""
         session = self._sessions.get((node_id, protocol))
-        if session is None or session.project_id != project_id:
+        if session is None:
             session = RemoteSession(node_id=node_id, protocol=protocol, project_id=project_id,
                                     send=self._send)
             session.on_expired = self._expired
