@@ -412,3 +412,29 @@ async def test_a_node_that_cannot_reach_nats_refuses_to_start_and_says_why(tmp_p
         await platform.stop()
     assert f"cannot reach the NATS server at {config.cluster.bus_url}" in str(caught.value)
     assert "(cluster.bus_url) within 5 s: [Errno 111]" in str(caught.value)  # refused
+
+
+async def test_a_node_that_stops_gracefully_tells_the_client_elsewhere_its_calls_ended(
+        tmp_path, nats):
+    """Node B stops (SIGTERM's path): it hangs its calls up, and their last events reach the
+    client on node A before B leaves the bus: `ended` with end_reason hangup, not a silence."""
+    answered = asyncio.Event()
+    ended: list[Any] = []
+
+    async def handle(call: Call) -> None:
+        call.on("calling.call.state", lambda e: ended.append(e) if e.state == "ended" else None)
+        await call.answer()
+        answered.set()
+
+    async with node(tmp_path, nats, "node-a") as a, relay_client(a, handle):
+        async with node(tmp_path, nats, "node-b") as b:
+            await knows_taker(b)
+            caller = asyncio.ensure_future(place_call(b.uri("voicemail"), hangup_after=30))
+            await asyncio.wait_for(answered.wait(), 15)
+        result = await asyncio.wait_for(caller, 15)
+        await until(lambda: bool(ended), 10, "the client hears its call end")
+        (event,) = ended
+        cluster = a.platform.cluster
+        assert cluster is not None and not cluster.remote_calls.calls
+    assert result.hung_up_by == "remote"
+    assert event.params["end_reason"] == "hangup"
