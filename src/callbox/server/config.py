@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -68,6 +69,20 @@ class ServerConfig:
 @dataclass
 class LogConfig:
     level: str = "info"
+
+
+@dataclass
+class ClusterConfig:
+    """This node among several (README "Scale out")."""
+
+    # Names this node in RELAY events and recordings; empty = a new random id at each start.
+    node_id: str = ""
+    # The NATS server that carries RELAY offers, commands and events between nodes; empty =
+    # one node on its own.
+    bus_url: str = ""
+
+
+BUS_SCHEMES = ("nats",)
 
 
 # Speech-to-text engines the `ai` verb can use ([ai] stt).
@@ -161,6 +176,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
     ai: AiConfig = field(default_factory=AiConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     projects: list[Project] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
     trunks: list[Trunk] = field(default_factory=list)
@@ -184,6 +200,7 @@ _SECTIONS: dict[str, type] = {
     "storage": StorageConfig,
     "log": LogConfig,
     "ai": AiConfig,
+    "cluster": ClusterConfig,
 }
 
 
@@ -417,6 +434,7 @@ def validate(config: Config) -> None:
         if not config.ai.model:
             raise ConfigError("ai.model must be set when ai.base_url is (e.g. \"gpt-4o-mini\")")
     validate_storage(config.storage)
+    validate_cluster(config.cluster)
     ids = [p.id for p in config.projects]
     if len(ids) != len(set(ids)):
         raise ConfigError("[[projects]] ids must be unique")
@@ -426,3 +444,26 @@ def validate(config: Config) -> None:
     for route in config.routes:
         if route.project and route.project not in ids:
             raise ConfigError(f"route {route.number!r} names unknown project {route.project!r}")
+
+
+def validate_cluster(cluster: ClusterConfig) -> None:
+    node_id = cluster.node_id
+    if node_id and not (len(node_id) <= 64
+                        and all(ch.isascii() and (ch.isalnum() or ch in "-_.") for ch in node_id)):
+        raise ConfigError(f"cluster.node_id may hold only letters, digits, '-', '_' and '.' "
+                          f"(at most 64), got {node_id!r}")
+    if cluster.bus_url:
+        check_bus_url(cluster.bus_url)
+
+
+def check_bus_url(url: str) -> None:
+    """A NATS server URL: nats://HOST[:PORT] (credentials allowed, nothing after the port)."""
+    what = f'cluster.bus_url must be a NATS URL such as "nats://127.0.0.1:4222", got {url!r}'
+    parsed = urllib.parse.urlsplit(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ConfigError(what) from None
+    if (parsed.scheme not in BUS_SCHEMES or not parsed.hostname or port == 0
+            or parsed.path not in ("", "/") or parsed.query or parsed.fragment):
+        raise ConfigError(what)
