@@ -7,6 +7,7 @@ Modules:
   cross-correlation/activity analysis
 - :mod:`tests.peers.sipp`     run sipp scenarios (``tests/peers/scenarios/*.xml``)
 - :mod:`tests.peers.baresip`  a scripted softphone that records what it heard
+- :mod:`tests.peers.nats`     a real NATS server (the bus of the RELAY-across-nodes tests)
 
 The quirks found while building the harness are in the docstrings of :mod:`tests.peers.sipp`
 and :mod:`tests.peers.baresip`.  The harness's own tests, which double as usage examples, are

@@ -17,6 +17,7 @@ from callbox.server import ai  # noqa: F401  (registers the SWML `ai` verb)
 from callbox.server.auth import ProjectAuth
 from callbox.server.call import Call
 from callbox.server.call_media import CallMediaFactory
+from callbox.server.cluster import Cluster
 from callbox.server.config import Config, Route, parse_host_port, parse_port_range
 from callbox.server.http.app import make_app
 from callbox.server.inbound import InboundCalls
@@ -82,10 +83,14 @@ class Platform:
         self.trunks = Trunks(self.sip, config.trunks)
         self.services.trunk_states = self.trunks.states
         self.relay = RelayHub(self.services)
+        # RELAY across nodes over NATS, when [cluster] bus_url is set
+        self.cluster = Cluster(config.cluster.bus_url, self.relay) if config.cluster.bus_url \
+            else None
+        self.relay.cluster = self.cluster
         media = CallMediaFactory(self.media)
         self.inbound = InboundCalls(
             config=config, media=media, calls=self.calls,
-            has_relay_session=self.relay.has_session_for,
+            has_relay_session=self._has_relay_client,
             on_new_call=self._on_new_call, on_call_ended=self._on_call_ended,
         )
         self.sip.on_invite = self.inbound.on_invite
@@ -135,6 +140,8 @@ class Platform:
         loop_module = type(asyncio.get_running_loop()).__module__.split(".")[0]
         self.media.event_loop = "uvloop" if loop_module == "uvloop" else "asyncio"
         await self.media.start()
+        if self.cluster is not None:  # before SIP: calls may be offered across nodes at once
+            await self.cluster.start()
         sip_host, sip_port = parse_host_port(self.config.sip.listen, "sip.listen")
         await self.sip.start(sip_host, sip_port)
         self.trunks.start()
@@ -193,6 +200,8 @@ class Platform:
         if self.recorder is not None:  # REST reads its store until the runners stop
             await self.recorder.close()  # finishes its recordings, flushes its webhooks
         await self.media.stop()  # after the recorder: its recordings ended in the hosts
+        if self.cluster is not None:  # after the calls: their last events go out first
+            await self.cluster.close()
         if self.uploads is not None:  # what is not uploaded yet is, at the next start
             await self.uploads.close()
 
@@ -225,6 +234,11 @@ class Platform:
         call.ring()
         spawn(self._run_route(call, route), name=f"route-{call.id}")
 
+    def _has_relay_client(self, project_id: str, context: str) -> bool:
+        """A RELAY client of the context here, or on another node of the cluster."""
+        return self.relay.has_session_for(project_id, context) or (
+            self.cluster is not None and self.cluster.has_taker(project_id, context))
+
     def _on_call_ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
         if not self.calls:
@@ -232,8 +246,12 @@ class Platform:
 
     async def _run_route(self, call: Call, route: Route) -> None:
         if route.context:
-            if not self.relay.offer(call, route.context):
-                await call.hangup("error")  # the session went away since the INVITE
+            if self.relay.offer(call, route.context):
+                return
+            if self.cluster is not None and await self.cluster.offer(call, route.context):
+                return
+            # the session went away since the INVITE (480 when it was another node's)
+            await call.hangup("error" if self.cluster is None else "hangup")
             return
         try:
             if route.swml:

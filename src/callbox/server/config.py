@@ -73,12 +73,12 @@ class LogConfig:
 
 @dataclass
 class ClusterConfig:
-    """This node among several behind a SIP load balancer (README "Scale out")."""
+    """This node among several (README "Scale out")."""
 
     # Names this node in RELAY events and recordings; empty = a new random id at each start.
     node_id: str = ""
-    # The NATS server that will carry offers, commands and events between nodes: accepted and
-    # checked, not used yet.
+    # The NATS server that carries RELAY offers, commands and events between nodes; empty =
+    # one node on its own.
     bus_url: str = ""
     # At SIGTERM, calls in progress may go on for this many seconds while new INVITEs and
     # OPTIONS health checks get 503; the ones left are then hung up. 0 = hang up at once.
@@ -87,6 +87,7 @@ class ClusterConfig:
 
 MAX_DRAIN_SECONDS = 86400
 BUS_SCHEMES = ("nats",)
+
 
 # Speech-to-text engines the `ai` verb can use ([ai] stt).
 STT_ENGINES = ("pocketsphinx",)

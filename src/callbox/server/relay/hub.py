@@ -7,13 +7,18 @@ project authentication, node id, recorder; never the platform itself):
   `[http] plain_listen`);
 - `has_session_for(project_id, context)` - is a client connected for this context now?
 - `offer(call, context)` - send `calling.call.receive` to one connected session of the context
-  (round-robin across sessions);
+  (round-robin across sessions; `pick_session` + `offer_to`);
+- `served_contexts()` - the (project, context) pairs its connected sessions receive;
 - `close()` - at shutdown: `signalwire.disconnect` to every client, then close the sockets.
 
 Frames are handled in order per socket; `calling.*` commands run as tasks so a slow one (media
 to render, a recording waiting for its prompt) never holds up acks and pings behind it. A bad
 frame gets a JSON-RPC error and the socket stays open. Bad credentials get an error reply, then
 the socket is closed.
+
+With a cluster (`RemoteNodes`, callbox.server.cluster), sessions may also be another node's
+(a `Session` whose events travel over the bus), and a command on a call of another node is
+run there.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from callbox.server.call import Call
 from callbox.server.relay.calls import CallEntry
 from callbox.server.relay.commands import Commands
 from callbox.server.relay.dialing import DialCommands
+from callbox.server.relay.remote import RemoteNodes
 from callbox.server.relay.session import Connection, Session
 from callbox.server.services import Services
 from callbox.server.tasks import spawn
@@ -52,8 +58,9 @@ SESSION_METHODS = (wire.PING, wire.RECEIVE, wire.UNRECEIVE, wire.DISCONNECT)
 
 
 class RelayHub:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, cluster: RemoteNodes | None = None) -> None:
         self.services = services
+        self.cluster = cluster
         self.max_connections = MAX_CONNECTIONS
         self.resume_grace = RESUME_GRACE
         self.ping_interval = PING_INTERVAL
@@ -77,15 +84,30 @@ class RelayHub:
     def has_session_for(self, project_id: str, context: str) -> bool:
         return bool(self._candidates(project_id, context))
 
-    def offer(self, call: Call, context: str) -> bool:
-        """Offer an inbound call to one session of `context` (round-robin)."""
-        candidates = self._candidates(call.project_id, context)
-        if not candidates or not call.is_active:
-            return False
-        key = (call.project_id, context)
+    def served_contexts(self) -> set[tuple[str, str]]:
+        return {(s.project_id, context) for s in self.sessions.values() if s.connected
+                for context in s.contexts}
+
+    def pick_session(self, project_id: str, context: str) -> Session | None:
+        """The next connected session of `context` (round-robin), if any."""
+        candidates = self._candidates(project_id, context)
+        if not candidates:
+            return None
+        key = (project_id, context)
         turn = self._round_robin.get(key, 0)
         self._round_robin[key] = turn + 1
-        session = candidates[turn % len(candidates)]
+        return candidates[turn % len(candidates)]
+
+    def offer(self, call: Call, context: str) -> bool:
+        """Offer an inbound call to one session of `context` (round-robin)."""
+        session = self.pick_session(call.project_id, context)
+        if session is None or not call.is_active:
+            return False
+        self.offer_to(session, call, context)
+        return True
+
+    def offer_to(self, session: Session, call: Call, context: str) -> None:
+        """Send `calling.call.receive` (and the state, if past created) to `session`."""
         entry = self._entry(call)
         entry.bind(session)
         session.emit(wire.CALL_RECEIVE, entry.receive_params(context))
@@ -93,7 +115,6 @@ class RelayHub:
             session.emit(wire.CALL_STATE, entry.state_params(call.state.value))
         log.info("call %s offered to RELAY session %s (context %r)", call.id, session.protocol,
                  context)
-        return True
 
     async def close(self) -> None:
         """Ask every client to reconnect later, then close every socket."""
@@ -143,9 +164,17 @@ class RelayHub:
 
     # -- sessions -------------------------------------------------------------------------
 
-    def _session_expired(self, session: Session) -> None:
+    def _sessions_changed(self) -> None:
+        if self.cluster is not None:
+            self.cluster.sessions_changed()
+
+    def session_expired(self, session: Session) -> None:
+        """`session` is gone for good: its calls that were not answered yet are hung up."""
         if self.sessions.get(session.protocol) is session:
             del self.sessions[session.protocol]
+            if self.cluster is not None:
+                self.cluster.session_expired(session)
+                self.cluster.sessions_changed()
         log.info("RELAY session %s (project %s) expired", session.protocol, session.project_id)
         for entry in list(self.entries.values()):
             if session not in entry.sessions:
@@ -211,6 +240,7 @@ class RelayHub:
                 session.detach(connection, self.resume_grace)
                 log.info("RELAY session %s disconnected; kept %g s for a resume",
                          session.protocol, self.resume_grace)
+                self._sessions_changed()
         return ws
 
     def _connect_timeout(self, connection: Connection) -> None:
@@ -269,7 +299,11 @@ class RelayHub:
 
     async def _command(self, connection: Connection, session: Session,
                        message: wire.Request) -> None:
-        outcome = await self.commands.execute(session, message.method, message.params)
+        outcome = None
+        if self.cluster is not None:  # a call of another node?
+            outcome = await self.cluster.forward(session, message.method, message.params)
+        if outcome is None:
+            outcome = await self.commands.execute(session, message.method, message.params)
         # the reply goes to the socket the command came on (if it is still there)
         connection.send(wire.result(message.id, outcome))
 
@@ -287,6 +321,7 @@ class RelayHub:
             text = "Unreceiving the requested relay contexts"
         connection.send(wire.result(message.id, wire.command_result(
             wire.CODE_OK, text, contexts=list(session.contexts))))
+        self._sessions_changed()
 
     async def _connect(self, connection: Connection, message: wire.Request) -> None:
         if connection.session is not None:
@@ -313,7 +348,7 @@ class RelayHub:
             session = Session(protocol=f"signalwire_{secrets.token_hex(16)}",
                               project_id=params.project, contexts=params.contexts,
                               event_acks=params.event_acks, agent=params.agent)
-            session.on_expired = self._session_expired
+            session.on_expired = self.session_expired
             self.sessions[session.protocol] = session
         elif params.contexts:
             session.contexts = list(params.contexts)
@@ -322,6 +357,7 @@ class RelayHub:
             restored=restored)))
         session.attach(connection)  # after the reply: queued events follow it
         connection.start_pings(self.ping_interval, self.ping_timeout, PING_MAX_MISSED)
+        self._sessions_changed()
         log.info("RELAY session %s %s for project %s (contexts %s, %s)", session.protocol,
                  "resumed" if restored else "started", session.project_id, session.contexts,
                  connection.peer)

@@ -1,0 +1,440 @@
+"""RELAY across nodes over a real NATS server: two (or three) platforms share one bus.
+
+A RELAY client connected to node A only gets the calls of its context that come to node B: it
+answers, plays, records and hangs up, every command forwarded to B and every event back; the
+recording stays on B. Two clients of one context on two nodes: each call offered from a third
+node goes to exactly one of them. A node killed mid-call (`callbox serve` as a subprocess,
+SIGKILL): the client on A hears its call end; the node holding the client killed while the
+call rings: the call ends. No client anywhere: 480 at once. The bus killed and restarted: calls
+cross again. No bus at start: a clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import ssl
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from tests.integration.conftest import RunningPlatform, make_config, running_platform
+from tests.peers import audio
+from tests.peers.nats import NatsServer, running_nats
+from tests.peers.official_sdk import official_sdk_python
+from tests.peers.poll import until
+from tests.peers.ports import free_port_range, free_tcp_port, free_udp_port, tcp_port_listening
+
+from callbox.caller import place_call
+from callbox.relay import Call, RelayClient
+from callbox.server.app import Platform
+from callbox.server.cluster.bus import BusError
+from callbox.server.cluster.directory import NodeInfo
+from callbox.server.config import Project, Route
+from callbox.wire.basic_auth import basic_auth_header
+
+pytestmark = pytest.mark.peers
+
+PROJECT, TOKEN = "p1", "t1"
+ROUTES = [Route("voicemail", context="default")]
+NO_TIMEOUTS = {"initial_timeout": 0, "end_silence_timeout": 0, "terminators": ""}
+API = "/api/relay/rest/recordings"
+CALLBOX = str(Path(sys.executable).parent / "callbox")
+
+
+@pytest.fixture(scope="module")
+def nats() -> Iterator[NatsServer]:
+    with running_nats() as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def node(tmp_path: Path, nats: NatsServer, node_id: str) -> AsyncIterator[RunningPlatform]:
+    """One node of the cluster: project p1/t1, plain WS, media in this process."""
+    async with running_platform(tmp_path / node_id, ROUTES, http__plain_listen="127.0.0.1:0",
+                                server__workers=0, cluster__bus_url=nats.url,
+                                cluster__node_id=node_id) as running:
+        running.platform.config.projects[:] = [Project(PROJECT, TOKEN)]
+        yield running
+
+
+def ws_url(running: RunningPlatform) -> str:
+    assert running.platform.listening is not None and running.platform.listening.plain
+    return f"ws://127.0.0.1:{running.platform.listening.plain[1]}/"
+
+
+@contextlib.asynccontextmanager
+async def relay_client(running: RunningPlatform, handler: Callable[[Call], Awaitable[Any]],
+                       ) -> AsyncIterator[RelayClient]:
+    client = RelayClient(PROJECT, TOKEN, ws_url(running), ["default"])
+    client.on_call(handler)
+    await client.connect()
+    try:
+        yield client
+    finally:
+        await client.disconnect()
+
+
+async def knows_taker(running: RunningPlatform, what: str = "") -> None:
+    """Until `running` has heard (in a heartbeat) of a node with a client of "default"."""
+    cluster = running.platform.cluster
+    assert cluster is not None
+    await until(lambda: cluster.has_taker(PROJECT, "default"), 10, what or "a taker heard of")
+
+
+async def list_recordings(running: RunningPlatform) -> list[dict[str, Any]]:
+    assert running.platform.listening is not None
+    context = ssl.create_default_context(cafile=str(running.platform.listening.cert))
+    url = running.platform.config.http.public_url + API
+    async with aiohttp.ClientSession() as http, http.get(
+            url, ssl=context,
+            headers={"Authorization": basic_auth_header(PROJECT, TOKEN)}) as response:
+        assert response.status == 200
+        body = await response.json()
+    return list(body["data"])
+
+
+async def test_client_on_a_answers_plays_records_and_hangs_up_a_call_on_b(tmp_path, nats):
+    outcome: dict[str, Any] = {}
+
+    async def handle(call: Call) -> None:
+        outcome["node_id"] = call.node_id
+        states: list[str] = []
+        call.on("calling.call.state", lambda e: states.append(e.state))
+        outcome["states"] = states
+        await call.answer()
+        play = await call.play([{"type": "tts", "text": "Hello from node B."}])
+        outcome["play"] = await play.wait(timeout=15)
+        action = await call.record(audio={"format": "wav", **NO_TIMEOUTS})
+        await asyncio.sleep(1.0)
+        await action.stop()
+        outcome["record"] = await action.wait(timeout=10)
+        await call.hangup()
+
+    tone = tmp_path / "tone.wav"
+    audio.write_wav(tone, audio.tone(600, 8.0, dbfs=-12))
+    async with node(tmp_path, nats, "node-a") as a, node(tmp_path, nats, "node-b") as b, \
+            relay_client(a, handle):
+        await knows_taker(b, "node B hears of node A's client")
+        result = await place_call(b.uri("voicemail"), play=str(tone), hangup_after=20)
+        assert result.status == 200
+        assert result.hung_up_by == "remote"  # the client's hangup, forwarded to B: a BYE
+        await until(lambda: "ended" in outcome.get("states", []), 10, "the call's end")
+        seen = await b.wait_call_ended(0)
+        assert not a.observed  # the call never touched node A's SIP or media
+        (recording,) = seen.call.recordings
+        listed_on_b = await list_recordings(b)
+        listed_on_a = await list_recordings(a)
+    assert outcome["node_id"] == "node-b"
+    assert outcome["play"].state == "finished"
+    event = outcome["record"]
+    assert event.state == "finished"
+    assert event.url == recording.url and event.url.startswith(b.platform.config.http.public_url)
+    assert event.duration == pytest.approx(recording.duration) and event.duration > 0.5
+    assert event.params["record"]["size"] > 8000  # at least half a second of 8 kHz 16-bit
+    assert [r["id"] for r in listed_on_b] == [recording.id] and listed_on_a == []
+    assert outcome["states"][-2:] == ["ending", "ended"]
+
+
+async def test_each_call_from_a_third_node_goes_to_exactly_one_of_two_clients(tmp_path, nats):
+    taken: dict[str, list[str]] = {"node-a": [], "node-b": []}
+
+    def handler(name: str) -> Callable[[Call], Awaitable[None]]:
+        async def handle(call: Call) -> None:
+            taken[name].append(call.call_id)
+            await call.answer()
+            await call.hangup()
+        return handle
+
+    async with node(tmp_path, nats, "node-a") as a, node(tmp_path, nats, "node-b") as b, \
+            node(tmp_path, nats, "node-c") as c, \
+            relay_client(a, handler("node-a")), relay_client(b, handler("node-b")):
+        cluster = c.platform.cluster
+        assert cluster is not None
+        await until(lambda: {"node-a", "node-b"} <= {
+            n for n, info in cluster.directory.nodes.items()
+            if ("p1", "default") in info.contexts}, 10, "node C hears of both clients")
+        results = await asyncio.gather(*(
+            place_call(c.uri("voicemail"), hangup_after=20) for _ in range(4)))
+        assert [(r.status, r.hung_up_by) for r in results] == [(200, "remote")] * 4
+        for index in range(4):
+            await c.wait_call_ended(index)
+        offered = sorted(seen.call.id for seen in c.observed)
+    assert not a.observed and not b.observed  # node C owned every call
+    got = taken["node-a"] + taken["node-b"]
+    assert sorted(got) == offered  # each call to one client, none twice, none lost
+
+
+async def test_no_client_on_any_node_rejects_the_call_with_480(tmp_path, nats):
+    async with node(tmp_path, nats, "node-a") as a, node(tmp_path, nats, "node-b") as b:
+        cluster = b.platform.cluster
+        assert cluster is not None
+        await until(lambda: cluster.directory.alive("node-a"), 10, "node B hears node A")
+        result = await place_call(b.uri("voicemail"), hangup_after=5)
+    assert result.status == 480
+    assert not a.observed and not b.observed  # rejected at the INVITE
+
+
+async def test_an_offer_nobody_takes_ends_the_ringing_call_with_480(tmp_path, nats):
+    """A heartbeat said a node has a client of the context, but no node takes the offer (its
+    session left meanwhile): the call, admitted and ringing, ends with 480."""
+    async with node(tmp_path, nats, "node-b") as b:
+        cluster = b.platform.cluster
+        assert cluster is not None
+        cluster.directory.silence = 3600.0
+        cluster.directory.heard(NodeInfo("node-x", "1", time.monotonic(),
+                                         frozenset({(PROJECT, "default")})))
+        result = await place_call(b.uri("voicemail"), hangup_after=5)
+        seen = await b.wait_call_ended(0)
+    assert result.status == 480
+    assert seen.call.end_reason == "hangup"
+
+
+def serve_config(tmp_path: Path, nats: NatsServer, node_id: str, sip_port: int,
+                 plain_port: int = 0) -> Path:
+    """A callbox.toml for `callbox serve`: one node of the cluster, a route to "default"
+    (and plain WS on `plain_port`, when given)."""
+    rtp = free_port_range(40)
+    http_port = free_tcp_port()
+    lines = [
+        "[sip]", f'listen = "127.0.0.1:{sip_port}"', f'rtp_ports = "{rtp.start}-{rtp.stop - 1}"',
+        "[http]", f'listen = "127.0.0.1:{http_port}"',
+        f'public_url = "https://127.0.0.1:{http_port}"',
+        f'plain_listen = "127.0.0.1:{plain_port}"' if plain_port else "",
+        "[storage]", f'data_dir = "{tmp_path / "data"}"',
+        "[server]", "workers = 0",
+        "[cluster]", f'node_id = "{node_id}"', f'bus_url = "{nats.url}"',
+        "[[projects]]", f'id = "{PROJECT}"', f'token = "{TOKEN}"',
+        "[[routes]]", 'number = "voicemail"', 'context = "default"',
+    ]
+    path = tmp_path / f"{node_id}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def test_a_node_killed_mid_call_ends_the_call_for_the_client_on_another_node(
+        tmp_path, nats):
+    answered = asyncio.Event()
+    recording = asyncio.Event()
+    ended: list[Any] = []
+
+    async def handle(call: Call) -> None:
+        call.on("calling.call.state",
+                lambda e: ended.append(e) if e.state == "ended" else None)
+        await call.answer()
+        answered.set()
+        await call.record(audio={"format": "wav", **NO_TIMEOUTS})
+        recording.set()
+
+    sip_port = free_udp_port()
+    config = serve_config(tmp_path, nats, "node-b", sip_port)
+    async with node(tmp_path, nats, "node-a") as a, relay_client(a, handle):
+        cluster = a.platform.cluster
+        assert cluster is not None
+        serve = await asyncio.create_subprocess_exec(
+            CALLBOX, "serve", "--config", str(config), stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        caller: asyncio.Task[Any] | None = None
+        try:
+            # node B hears node A (whose heartbeats name its client's context) when node A
+            # hears node B name it among its peers
+            await until(lambda: "node-a" in getattr(cluster.directory.nodes.get("node-b"),
+                                                    "peers", ()), 30, "nodes A and B meet")
+            caller = asyncio.ensure_future(
+                place_call(f"sip:voicemail@127.0.0.1:{sip_port}", hangup_after=60))
+            await asyncio.wait_for(recording.wait(), 15)
+            assert not ended
+            serve.send_signal(signal.SIGKILL)  # no BYE, no goodbye on the bus
+            await serve.wait()
+            # the silence of node B is noticed (3 s) and its call ends for the client
+            await until(lambda: bool(ended), 15, "the client hears its call end")
+        finally:
+            if serve.returncode is None:
+                serve.kill()
+                await serve.wait()
+            if caller is not None:
+                caller.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await caller
+        assert answered.is_set()
+        (event,) = ended
+        assert event.params["end_reason"] == "error"
+        assert event.params["node_id"] == "node-b"
+        assert not cluster.directory.alive("node-b") and not cluster.remote_calls.calls
+
+
+# The official SDK's program: a call offered by another node, answered, a prompt played, a
+# message recorded for a second, then hung up. Only host/project/token are filled in.
+SDK_PROGRAM = '''\
+import asyncio
+from signalwire.relay import RelayClient
+
+client = RelayClient(project=PROJECT, token=TOKEN, host=HOST, contexts=["default"])
+
+@client.on_call
+async def handle_call(call):
+    await call.answer()
+    play = await call.play([{"type": "tts", "text": "Please leave a message."}])
+    await play.wait()
+    action = await call.record(audio=AUDIO)
+    await asyncio.sleep(1.0)
+    await action.stop()
+    event = await action.wait()
+    record = event.params.get("record", {})
+    print(f"Recording saved: {record.get('url', '')} {record.get('size', 0)}", flush=True)
+    await call.hangup()
+
+client.run()
+'''
+
+
+async def test_the_official_sdk_on_node_a_records_a_call_of_node_b(tmp_path, nats):
+    async with node(tmp_path, nats, "node-a") as a, node(tmp_path, nats, "node-b") as b:
+        listening = a.platform.listening
+        assert listening is not None
+        program = tmp_path / "sdk_program.py"
+        program.write_text(
+            f"PROJECT, TOKEN, HOST = {PROJECT!r}, {TOKEN!r}, '127.0.0.1:{listening.https[1]}'\n"
+            f"AUDIO = {dict(format='wav', **NO_TIMEOUTS)!r}\n" + SDK_PROGRAM)
+        env = dict(os.environ, SIGNALWIRE_RELAY_CA_FILE=str(listening.cert))
+        proc = await asyncio.create_subprocess_exec(
+            str(official_sdk_python()), "-u", str(program), env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            await knows_taker(b, "node B hears of the SDK's session on node A")
+            tone = tmp_path / "tone.wav"
+            audio.write_wav(tone, audio.tone(600, 10.0, dbfs=-12))
+            result = await place_call(b.uri("voicemail"), play=str(tone), hangup_after=30)
+            seen = await b.wait_call_ended(0)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                out, err = await asyncio.wait_for(proc.communicate(), 10)
+            except TimeoutError:
+                proc.kill()
+                out, err = await proc.communicate()
+        assert result.status == 200 and result.hung_up_by == "remote", err.decode()[-3000:]
+        (recording,) = seen.call.recordings
+        listed_on_b = await list_recordings(b)
+    match = re.search(r"^Recording saved: (\S+) (\d+)$", out.decode(), re.M)
+    assert match, f"stdout: {out.decode()!r}\nstderr: {err.decode()[-3000:]}"
+    assert match.group(1) == recording.url
+    assert match.group(1).startswith(b.platform.config.http.public_url)
+    assert int(match.group(2)) == recording.size > 8000
+    assert [r["id"] for r in listed_on_b] == [recording.id]
+    assert not a.observed
+
+
+async def test_a_node_killed_while_its_client_holds_a_ringing_call_ends_that_call(
+        tmp_path, nats):
+    """Node A (a `callbox serve`) holds the client; node B the call, still ringing. Node A
+    dies: node B treats its session as gone (the hub's rule: an unanswered call is hung up)."""
+    offered = asyncio.Event()
+
+    async def handle(call: Call) -> None:
+        offered.set()  # and never answers
+
+    plain_port = free_tcp_port()
+    config = serve_config(tmp_path, nats, "node-a", free_udp_port(), plain_port)
+    serve = await asyncio.create_subprocess_exec(
+        CALLBOX, "serve", "--config", str(config), stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        async with node(tmp_path, nats, "node-b") as b:
+            await until(lambda: tcp_port_listening(plain_port), 30, "node A listens")
+            client = RelayClient(PROJECT, TOKEN, f"ws://127.0.0.1:{plain_port}/", ["default"])
+            client.on_call(handle)
+            await client.connect()
+            try:
+                await knows_taker(b, "node B hears of node A's client")
+                caller = asyncio.ensure_future(place_call(b.uri("voicemail"), hangup_after=5))
+                await asyncio.wait_for(offered.wait(), 15)
+                serve.send_signal(signal.SIGKILL)
+                await serve.wait()
+                result = await asyncio.wait_for(caller, 20)
+                seen = await b.wait_call_ended(0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.disconnect(), 5)
+    finally:
+        if serve.returncode is None:
+            serve.kill()
+            await serve.wait()
+    assert result.status == 500  # hung up with reason "error" before the answer
+    assert seen.call.end_reason == "error"
+    cluster = b.platform.cluster
+    assert cluster is not None and len(cluster.proxies) == 0
+
+
+async def test_calls_cross_nodes_again_once_the_bus_is_back(tmp_path):
+    """NATS is killed and restarted on its port: the nodes reconnect, hear each other again,
+    and a call to node B reaches the client on node A."""
+    answered: list[str] = []
+
+    async def handle(call: Call) -> None:
+        await call.answer()
+        answered.append(call.call_id)
+        await call.hangup()
+
+    with running_nats() as bus:
+        async with node(tmp_path, bus, "node-a") as a, node(tmp_path, bus, "node-b") as b, \
+                relay_client(a, handle):
+            await knows_taker(b)
+            cluster = b.platform.cluster
+            assert cluster is not None
+            await asyncio.to_thread(bus.stop)
+            await until(lambda: not cluster.directory.alive("node-a"), 15,
+                        "node B finds node A silent")
+            await asyncio.to_thread(bus.start)
+            await knows_taker(b, "node B hears of node A's client again")
+            result = await place_call(b.uri("voicemail"), hangup_after=10)
+            assert (result.status, result.hung_up_by) == (200, "remote")
+            seen = await b.wait_call_ended(0)
+    assert answered == [seen.call.id]
+
+
+async def test_a_node_that_cannot_reach_nats_refuses_to_start_and_says_why(tmp_path):
+    config = make_config(tmp_path, ROUTES)
+    config.server.workers = 0
+    config.cluster.bus_url = f"nats://127.0.0.1:{free_tcp_port()}"  # nobody listens there
+    platform = Platform(config)
+    try:
+        with pytest.raises(BusError) as caught:
+            await platform.start()
+    finally:
+        await platform.stop()
+    assert f"cannot reach the NATS server at {config.cluster.bus_url}" in str(caught.value)
+    assert "(cluster.bus_url) within 5 s: [Errno 111]" in str(caught.value)  # refused
+
+
+async def test_a_node_that_stops_gracefully_tells_the_client_elsewhere_its_calls_ended(
+        tmp_path, nats):
+    """Node B stops (SIGTERM's path): it hangs its calls up, and their last events reach the
+    client on node A before B leaves the bus: `ended` with end_reason hangup, not a silence."""
+    answered = asyncio.Event()
+    ended: list[Any] = []
+
+    async def handle(call: Call) -> None:
+        call.on("calling.call.state", lambda e: ended.append(e) if e.state == "ended" else None)
+        await call.answer()
+        answered.set()
+
+    async with node(tmp_path, nats, "node-a") as a, relay_client(a, handle):
+        async with node(tmp_path, nats, "node-b") as b:
+            await knows_taker(b)
+            caller = asyncio.ensure_future(place_call(b.uri("voicemail"), hangup_after=30))
+            await asyncio.wait_for(answered.wait(), 15)
+        result = await asyncio.wait_for(caller, 15)
+        await until(lambda: bool(ended), 10, "the client hears its call end")
+        (event,) = ended
+        cluster = a.platform.cluster
+        assert cluster is not None and not cluster.remote_calls.calls
+    assert result.hung_up_by == "remote"
+    assert event.params["end_reason"] == "hangup"
