@@ -92,6 +92,8 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    stop.clear()  # a second signal ends the drain
+    await platform.drain(config.cluster.drain_seconds, cut_short=stop)
     log.info("shutting down")
     await platform.stop()
     return 0

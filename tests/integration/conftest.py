@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from tests.peers.ports import free_port_range
 
 from callbox.server.app import Platform
 from callbox.server.call import Call
-from callbox.server.config import Config, Route
+from callbox.server.config import Config, Route, Trunk
 from callbox.server.sip.transaction import Timers
 
 PROMPT_TEXT = "Hello from callbox. This is the prompt route."
@@ -93,15 +93,16 @@ class RunningPlatform:
 
 
 def write_serve_config(tmp_path: Path, *, sip_port: int, http_port: int,
-                       routes: dict[str, str]) -> Path:
+                       routes: dict[str, str], sections: Sequence[str] = ()) -> Path:
     """A callbox.toml for `callbox serve` as a subprocess: project p1/t1, SWML `routes`
-    (number -> document)."""
+    (number -> document); `sections`: more TOML lines (e.g. a ``[cluster]`` table)."""
     rtp = free_port_range(40)
     lines = [
         "[sip]", f'listen = "127.0.0.1:{sip_port}"', f'rtp_ports = "{rtp.start}-{rtp.stop - 1}"',
         "[http]", f'listen = "127.0.0.1:{http_port}"',
         f'public_url = "https://127.0.0.1:{http_port}"',
         "[storage]", f'data_dir = "{tmp_path / "data"}"',
+        *sections,
         "[[projects]]", 'id = "p1"', 'token = "t1"',
     ]
     for number, document in routes.items():
@@ -111,7 +112,7 @@ def write_serve_config(tmp_path: Path, *, sip_port: int, http_port: int,
     return path
 
 
-def make_config(tmp_path, routes=ROUTES) -> Config:
+def make_config(tmp_path: Path, routes: Sequence[Route] = ROUTES) -> Config:
     config = Config()
     config.sip.listen = "127.0.0.1:0"
     config.http.listen = "127.0.0.1:0"
@@ -123,8 +124,9 @@ def make_config(tmp_path, routes=ROUTES) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def running_platform(tmp_path, routes=ROUTES, *, trunks=(),
-                           **settings) -> AsyncIterator[RunningPlatform]:
+async def running_platform(tmp_path: Path, routes: Sequence[Route] = ROUTES, *,
+                           trunks: Sequence[Trunk] = (),
+                           **settings: object) -> AsyncIterator[RunningPlatform]:
     """A platform on ephemeral ports with `routes` and `trunks`; `settings` are dotted config
     keys."""
     config = make_config(tmp_path, routes)
@@ -151,6 +153,6 @@ async def running_platform(tmp_path, routes=ROUTES, *, trunks=(),
 
 
 @pytest.fixture
-async def platform(tmp_path) -> AsyncIterator[RunningPlatform]:
+async def platform(tmp_path: Path) -> AsyncIterator[RunningPlatform]:
     async with running_platform(tmp_path) as running:
         yield running

@@ -27,14 +27,14 @@ import asyncio
 import contextlib
 import re
 import shutil
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import new_workdir
 from .ports import LOOPBACK, free_port, udp_port_bound
 
-__all__ = ["Kamailio", "start_kamailio"]
+__all__ = ["Kamailio", "kamailio_binary", "run_kamailio", "start_kamailio"]
 
 MODULES_DIR = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 START_TIMEOUT = 15.0
@@ -220,6 +220,48 @@ def number_routes(routes: Mapping[str, str]) -> str:
         for number, address in routes.items())
 
 
+def kamailio_binary() -> str:
+    binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
+    if not Path(binary).exists():
+        raise RuntimeError("kamailio is not installed (Debian package kamailio)")
+    return binary
+
+
+@contextlib.asynccontextmanager
+async def run_kamailio(config: Path, workdir: Path, *, port: int, host: str = LOOPBACK,
+                       defines: Sequence[str] = (),
+                       ready: Callable[[], bool] = lambda: True,
+                       ) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Kamailio in the foreground with `config` (and ``-A`` `defines`), logging to
+    ``workdir/kamailio.log``: yields once it listens on UDP `port` and `ready()` holds;
+    stopped (SIGTERM, then SIGKILL) at the end."""
+    log_path = workdir / "kamailio.log"
+    command = [kamailio_binary(), "-f", str(config), "-P", str(workdir / "kamailio.pid"),
+               "-Y", str(workdir), "-DD", "-E", "-w", str(workdir)]
+    for define in defines:
+        command += ["-A", define]
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=log, stderr=log, start_new_session=True)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while not (udp_port_bound(port, host) and ready()):
+            if process.returncode is not None or loop.time() > deadline:
+                text = log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"kamailio did not start:\n{text}")
+            await asyncio.sleep(0.05)
+        yield process
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
 @contextlib.asynccontextmanager
 async def start_kamailio(*, password: str, host: str = LOOPBACK,
                          routes: Mapping[str, str] | None = None,
@@ -227,9 +269,6 @@ async def start_kamailio(*, password: str, host: str = LOOPBACK,
     """Kamailio as registrar + authenticating proxy on a free port; stopped at the end.
     `routes` sends INVITEs for a number (request-URI user) to a ``host:port`` over UDP;
     `tcp_lifetime`: seconds an idle TCP connection lives (Kamailio's default: 120)."""
-    binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
-    if not Path(binary).exists():
-        raise RuntimeError("kamailio is not installed (Debian package kamailio)")
     workdir = new_workdir("kamailio")
     port = free_port(host)  # UDP and TCP
     config = workdir / "kamailio.cfg"
@@ -239,26 +278,6 @@ async def start_kamailio(*, password: str, host: str = LOOPBACK,
         text = text.replace("\ndisable_tcp=no\n",
                             f"\ndisable_tcp=no\ntcp_connection_lifetime={tcp_lifetime}\n")
     config.write_text(text)
-    log = (workdir / "kamailio.log").open("wb")
-    process = await asyncio.create_subprocess_exec(
-        binary, "-f", str(config), "-P", str(workdir / "kamailio.pid"), "-Y", str(workdir),
-        "-DD", "-E", "-w", str(workdir),
-        stdout=log, stderr=log, start_new_session=True)
-    kamailio = Kamailio(host, port, password, workdir, process)
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT
-        while not (udp_port_bound(port, host) and (workdir / "ctl").exists()):
-            if process.returncode is not None or loop.time() > deadline:
-                raise RuntimeError(f"kamailio did not start:\n{kamailio.log()[-3000:]}")
-            await asyncio.sleep(0.05)
-        yield kamailio
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        log.close()
+    async with run_kamailio(config, workdir, port=port, host=host,
+                            ready=(workdir / "ctl").exists) as process:
+        yield Kamailio(host, port, password, workdir, process)

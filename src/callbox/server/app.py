@@ -99,6 +99,7 @@ class Platform:
             on_call_ended=self._on_call_ended, max_calls=config.sip.max_calls,
         )
         self.services.outbound = self.outbound
+        self._no_calls = asyncio.Event()  # set when the last call ends
 
     async def media_counters(self) -> dict[str, int]:
         """RTP totals since start (ended calls + live ones), for /metrics and benchmarks."""
@@ -158,10 +159,37 @@ class Platform:
         addresses = runner.addresses  # the bound (host, port, ...) of each listening socket
         return host, int(addresses[0][1]) if addresses else port
 
+    def refuse_new_calls(self) -> None:
+        """New INVITEs and OPTIONS health checks get 503 from now on (a load balancer sends
+        new calls to the other nodes); calls in progress go on."""
+        self.inbound.accepting = self.outbound.accepting = False
+        self.sip.accepting_calls = False
+
+    async def drain(self, seconds: float, cut_short: asyncio.Event | None = None) -> None:
+        """Refuse new calls and wait up to `seconds` for the calls in progress to end, or
+        until `cut_short` is set (a second signal). `stop()` hangs up the ones left."""
+        self.refuse_new_calls()
+        if not self.calls or seconds <= 0:
+            return
+        log.info("draining: %d calls in progress, waiting up to %g s for them to end",
+                 len(self.calls), seconds)
+        self._no_calls.clear()
+        waits = [asyncio.ensure_future(self._no_calls.wait())]
+        if cut_short is not None:
+            waits.append(asyncio.ensure_future(cut_short.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        if self.calls:
+            log.info("draining ended with %d calls in progress: hanging them up",
+                     len(self.calls))
+
     async def stop(self) -> None:
         """Graceful: refuse new calls (503), hang up the active ones (their recordings finish
         with complete files), deliver queued webhooks, then close everything."""
-        self.inbound.accepting = self.outbound.accepting = False
+        self.refuse_new_calls()
         await self.relay.close()
         for call in list(self.calls.values()):
             await call.hangup()
@@ -213,6 +241,8 @@ class Platform:
 
     def _on_call_ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
+        if not self.calls:
+            self._no_calls.set()
 
     async def _run_route(self, call: Call, route: Route) -> None:
         if route.context:

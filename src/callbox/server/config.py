@@ -80,8 +80,12 @@ class ClusterConfig:
     # The NATS server that carries RELAY offers, commands and events between nodes; empty =
     # one node on its own.
     bus_url: str = ""
+    # At SIGTERM, calls in progress may go on for this many seconds while new INVITEs and
+    # OPTIONS health checks get 503; the ones left are then hung up. 0 = hang up at once.
+    drain_seconds: int = 0
 
 
+MAX_DRAIN_SECONDS = 86400
 BUS_SCHEMES = ("nats",)
 
 
@@ -454,6 +458,9 @@ def validate_cluster(cluster: ClusterConfig) -> None:
                           f"(at most 64), got {node_id!r}")
     if cluster.bus_url:
         check_bus_url(cluster.bus_url)
+    if not 0 <= cluster.drain_seconds <= MAX_DRAIN_SECONDS:
+        raise ConfigError(f"cluster.drain_seconds must be 0-{MAX_DRAIN_SECONDS}, "
+                          f"got {cluster.drain_seconds}")
 
 
 def check_bus_url(url: str) -> None:

@@ -81,6 +81,7 @@ ServerTransaction = ServerInviteTransaction | ServerNonInviteTransaction
 ClientTransaction = ClientInviteTransaction | ClientNonInviteTransaction
 
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+DRAINING_RETRY_AFTER_SECONDS = "5"
 # Methods we know but do not serve get 405 with Allow; anything else gets 501.
 KNOWN_METHODS = frozenset(
     {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "PUBLISH", "REFER", "PRACK", "UPDATE"}
@@ -173,6 +174,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.user_agent = user_agent
         self.timers = timers or Timers()
         self.on_invite: Callable[[InboundInvite], None] | None = None
+        # False while the node drains: an OPTIONS outside a dialog (a load balancer's health
+        # check) gets 503, so the balancer sends new calls elsewhere.
+        self.accepting_calls = True
         self.host = ""
         self.port = 0
         self._advertised = advertised_host
@@ -503,6 +507,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return
         if request.method == "INVITE":
             self._on_new_invite(request, key)
+        elif request.method == "OPTIONS" and not self.accepting_calls:
+            self.respond(request, 503, "Draining",
+                         headers=[("Retry-After", DRAINING_RETRY_AFTER_SECONDS)])
         elif request.method == "OPTIONS":
             self.respond(request, 200, headers=[
                 ("Allow", ALLOWED_METHODS), ("Accept", "application/sdp"),
