@@ -59,6 +59,16 @@ class StorageConfig:
 
 
 @dataclass
+class DatabaseConfig:
+    """Where metadata (recordings, the webhook queue) lives. `url` empty = SQLite files in the
+    data directory; else a PostgreSQL URL (``postgresql://user:pass@host:5432/callbox``) that
+    every node of a cluster shares. The whole URL may come from CALLBOX_DATABASE_URL (keeps the
+    password out of the file)."""
+
+    url: str = ""
+
+
+@dataclass
 class ServerConfig:
     # Media worker processes (RTP, the media clock, recording files); 0 = media in the main
     # process. Default: one per core.
@@ -159,6 +169,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
     log: LogConfig = field(default_factory=LogConfig)
     ai: AiConfig = field(default_factory=AiConfig)
     projects: list[Project] = field(default_factory=list)
@@ -182,6 +193,7 @@ _SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "http": HttpConfig,
     "storage": StorageConfig,
+    "database": DatabaseConfig,
     "log": LogConfig,
     "ai": AiConfig,
 }
@@ -392,6 +404,12 @@ def validate_storage(storage: StorageConfig) -> None:
                           f"got {storage.s3_retry_seconds!r}")
 
 
+def validate_database(database: DatabaseConfig) -> None:
+    if database.url and not database.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("database.url must be a postgresql:// (or postgres://) URL, got "
+                          f"{database.url.split('@')[-1]!r}")
+
+
 def validate(config: Config) -> None:
     parse_host_port(config.sip.listen, "sip.listen")
     parse_port_range(config.sip.rtp_ports)
@@ -417,6 +435,7 @@ def validate(config: Config) -> None:
         if not config.ai.model:
             raise ConfigError("ai.model must be set when ai.base_url is (e.g. \"gpt-4o-mini\")")
     validate_storage(config.storage)
+    validate_database(config.database)
     ids = [p.id for p in config.projects]
     if len(ids) != len(set(ids)):
         raise ConfigError("[[projects]] ids must be unique")
