@@ -57,3 +57,25 @@ def peer_env() -> PeerEnv:
     if missing:
         _missing_peer(f"real-peer tools not installed: {', '.join(missing)}")
     return PeerEnv(is_root=os.geteuid() == 0)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():  # type: ignore[no-untyped-def]
+    """A real PostgreSQL 15 cluster for the session (see tests/peers/postgres.py)."""
+    from tests.peers.postgres import PostgresCluster
+
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster) -> str:  # type: ignore[no-untyped-def]
+    """The URL of a new, empty database in the session's cluster (restarted if a test left it
+    down)."""
+    if not (postgres_cluster.data / "postmaster.pid").exists():
+        postgres_cluster.start()
+    return str(postgres_cluster.create_database())

@@ -67,7 +67,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         yield Env(client, store, rec_dir, tmp_path)
     finally:
         await client.close()
-        store.close()
+        await store.close()
 
 
 def add_recording(env: Env, *, project_id: str = "project-1", fmt: str = "wav",
@@ -90,7 +90,7 @@ def add_recording(env: Env, *, project_id: str = "project-1", fmt: str = "wav",
         start_time=created_at, end_time=created_at + seconds if size else None, reason=None,
         status_url="", params={"format": fmt},
     )
-    env.store.add(row)
+    await env.store.add(row)
     return row
 
 
@@ -191,7 +191,7 @@ async def test_auth_required(env: Env) -> None:
         assert response.status == 401
     response = await env.client.delete(f"{API}/{row.id}", headers=wrong)
     assert response.status == 401
-    assert env.store.get(row.id) is not None
+    assert await env.store.get(row.id) is not None
 
 
 async def test_other_projects_and_unknown_ids_are_404(env: Env) -> None:
@@ -202,7 +202,7 @@ async def test_other_projects_and_unknown_ids_are_404(env: Env) -> None:
         assert (await json_of(response))["errors"][0]["code"] == "not_found"
     response = await env.client.delete(f"{API}/{theirs.id}", headers=P1)
     assert response.status == 404
-    assert Path(theirs.path).exists() and env.store.get(theirs.id) is not None
+    assert Path(theirs.path).exists() and await env.store.get(theirs.id) is not None
     assert (await env.client.get(f"{API}/{theirs.id}", headers=P2)).status == 200
 
 
@@ -212,7 +212,7 @@ async def test_delete(env: Env) -> None:
     response = await env.client.delete(f"{API}/{row.id}", headers=P1)
     assert response.status == 204
     assert not Path(row.path).exists()
-    assert env.store.get(row.id) is None
+    assert await env.store.get(row.id) is None
     assert (await env.client.get(f"{API}/{row.id}", headers=P1)).status == 404
     assert (await env.client.delete(f"{API}/{row.id}", headers=P1)).status == 404
     assert (await env.client.get(f"/recordings/{row.id}.wav")).status == 404
@@ -226,8 +226,8 @@ async def test_delete_in_progress_is_409(env: Env) -> None:
     response = await env.client.delete(f"{API}/{row.id}", headers=P1)
     assert response.status == 409
     assert "in progress" in (await json_of(response))["errors"][0]["message"]
-    assert env.store.get(row.id) is not None
-    env.store.update(row.id, state="paused")
+    assert await env.store.get(row.id) is not None
+    await env.store.update(row.id, state="paused")
     assert (await env.client.delete(f"{API}/{row.id}", headers=P1)).status == 409
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from tests.integration.conftest import FAST_TIMERS, make_config, swml
 from tests.peers import audio
-from tests.peers.poll import until
+from tests.peers.poll import until, until_async
 from tests.peers.seaweedfs import SeaweedFS, start_seaweedfs
 
 from callbox.caller import place_call
@@ -85,7 +85,7 @@ async def record_a_call(tmp_path: Path, platform: Platform) -> Recording:
 
 def row_of(platform: Platform, recording_id: str) -> RecordingRow:
     assert platform.recordings is not None
-    row = platform.recordings.get(recording_id)
+    row = await platform.recordings.get(recording_id)
     assert row is not None
     return row
 
@@ -264,15 +264,18 @@ async def test_a_big_file_goes_up_in_parts_and_is_verified(tmp_path: Path) -> No
             audio.write_wav(path, samples)  # 20 MB: over the multipart threshold
             local = path.read_bytes()
             assert len(local) > uploads.multipart_threshold
-            store.add(RecordingRow(
+            await store.add(RecordingRow(
                 id=rec_id, project_id=PROJECT, call_id="c1", control_id="ctl",
                 state="finished", format="wav", channels=1, direction="speak", duration=1250.0,
                 size=len(local), url=f"https://h/recordings/{rec_id}.wav", path=str(path),
                 created_at=1.0, start_time=1.0, end_time=1251.0, reason=None, status_url=""))
 
             uploads.submit(rec_id)
-            await until(lambda: bool(store.get(rec_id).location)  # type: ignore[union-attr]
-                        and not path.exists(), UPLOAD_TIMEOUT, what="the big file uploaded")
+            async def uploaded() -> bool:
+                row = await store.get(rec_id)
+                return row is not None and bool(row.location) and not path.exists()
+
+            await until_async(uploaded, UPLOAD_TIMEOUT, what="the big file uploaded")
             assert not path.exists()
             info = await objects.head(f"{rec_id}.wav")
             assert info is not None and info.size == len(local)
@@ -282,4 +285,4 @@ async def test_a_big_file_goes_up_in_parts_and_is_verified(tmp_path: Path) -> No
             assert hashlib.sha256(stored).digest() == hashlib.sha256(local).digest()
         finally:
             await uploads.close()
-            store.close()
+            await store.close()

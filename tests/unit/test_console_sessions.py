@@ -125,7 +125,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         yield Env(client, store, rec_dir, app)
     finally:
         await client.close()
-        store.close()
+        await store.close()
 
 
 def add_recording(env: Env, project_id: str = "p1") -> RecordingRow:
@@ -140,7 +140,7 @@ def add_recording(env: Env, project_id: str = "p1") -> RecordingRow:
         size=size, url=f"https://rec.example/recordings/{rec_id}.wav", path=str(path),
         created_at=T0, start_time=T0, end_time=T0 + 0.5, reason=None, status_url="",
         params={"format": "wav"})
-    env.store.add(row)
+    await env.store.add(row)
     return row
 
 
@@ -202,7 +202,7 @@ async def test_another_projects_recording_is_404(env: Env) -> None:
         assert response.status == 404, path
     response = await env.client.delete(f"/console/api/recordings/{theirs.id}", headers=headers)
     assert response.status == 404
-    assert env.store.get(theirs.id) is not None
+    assert await env.store.get(theirs.id) is not None
     own = await env.client.get(f"/console/api/recordings/{mine.id}", headers=headers)
     assert own.status == 200
     assert (await own.json())["audio_url"] == f"/recordings/{mine.id}.wav"
@@ -230,7 +230,7 @@ async def test_changes_need_the_csrf_token(env: Env) -> None:
     for attempt in refused:
         response = await env.client.delete(url, headers=attempt)
         assert response.status == 403
-        assert env.store.get(row.id) is not None and Path(row.path).exists()
+        assert await env.store.get(row.id) is not None and Path(row.path).exists()
     other_session = await sign_in(env)
     response = await env.client.delete(url, headers={**headers,
                                                      CSRF_HEADER: other_session[CSRF_HEADER]})
@@ -240,7 +240,7 @@ async def test_changes_need_the_csrf_token(env: Env) -> None:
 
     response = await env.client.delete(url, headers=headers)
     assert response.status == 204
-    assert env.store.get(row.id) is None and not Path(row.path).exists()
+    assert await env.store.get(row.id) is None and not Path(row.path).exists()
 
     response = await env.client.post("/console/signout", headers=headers)
     assert response.status == 204
@@ -285,7 +285,7 @@ async def test_sign_in_from_another_site_is_refused(env: Env) -> None:
 
 async def test_list_filters_and_bad_filters(env: Env) -> None:
     first, second = add_recording(env), add_recording(env)
-    env.store.update(second.id, state="error", control_id="wanted")
+    await env.store.update(second.id, state="error", control_id="wanted")
     headers = await sign_in(env)
 
     async def ids(query: str) -> list[str]:
