@@ -83,7 +83,7 @@ async def record_a_call(tmp_path: Path, platform: Platform) -> Recording:
     return recording
 
 
-def row_of(platform: Platform, recording_id: str) -> RecordingRow:
+async def row_of(platform: Platform, recording_id: str) -> RecordingRow:
     assert platform.recordings is not None
     row = await platform.recordings.get(recording_id)
     assert row is not None
@@ -92,10 +92,12 @@ def row_of(platform: Platform, recording_id: str) -> RecordingRow:
 
 async def uploaded(platform: Platform, recording: Recording) -> RecordingRow:
     """The row once its upload is complete: `location` stored, then the local copy removed."""
-    await until(lambda: bool(row_of(platform, recording.id).location)
-                and not recording.path.exists(), UPLOAD_TIMEOUT,
-                what=f"recording {recording.id} uploaded")
-    return row_of(platform, recording.id)
+    async def done() -> bool:
+        return bool((await row_of(platform, recording.id)).location) \
+            and not recording.path.exists()
+
+    await until_async(done, UPLOAD_TIMEOUT, what=f"recording {recording.id} uploaded")
+    return await row_of(platform, recording.id)
 
 
 async def fetch_object(s3: SeaweedFS, key: str) -> bytes:
@@ -205,7 +207,7 @@ async def test_s3_down_keeps_the_recording_local_until_it_is_back(
         await until(lambda: bool(upload_errors(caplog, recording.id)), 30,
                     what="the failed upload logged")
         assert "unreachable" in upload_errors(caplog, recording.id)[0]
-        assert recording.path.exists() and row_of(platform, recording.id).location == ""
+        assert recording.path.exists() and (await row_of(platform, recording.id)).location == ""
         local = recording.path.read_bytes()
         status, _, body = await download(platform, recording.url)  # served from disk
         assert status == 200 and body == local
@@ -228,7 +230,7 @@ async def test_refused_credentials_keep_it_local_and_a_restart_uploads_it(
             error = upload_errors(caplog, recording.id)[0]
             assert "refused the credentials (SignatureDoesNotMatch)" in error
             assert "storage.s3_secret_key" in error
-            assert recording.path.exists() and row_of(platform, recording.id).location == ""
+            assert recording.path.exists() and (await row_of(platform, recording.id)).location == ""
             local = recording.path.read_bytes()
             status, _, body = await download(platform, recording.url)
             assert status == 200 and body == local

@@ -128,7 +128,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         await store.close()
 
 
-def add_recording(env: Env, project_id: str = "p1") -> RecordingRow:
+async def add_recording(env: Env, project_id: str = "p1") -> RecordingRow:
     rec_id = secrets.token_hex(16)
     path = env.rec_dir / f"{rec_id}.wav"
     writer = open_writer("wav", path, 1)
@@ -174,7 +174,7 @@ async def test_sign_in_sets_a_strict_secure_httponly_cookie(env: Env) -> None:
 
 
 async def test_signed_out_nothing_of_a_recording_is_shown(env: Env) -> None:
-    row = add_recording(env)
+    row = await add_recording(env)
     for path in ("/console/api/recordings", f"/console/api/recordings/{row.id}",
                  f"/console/api/recordings/{row.id}/peaks", "/console/api/calls",
                  "/console/api/events", "/console/api/session"):
@@ -192,7 +192,7 @@ async def test_signed_out_nothing_of_a_recording_is_shown(env: Env) -> None:
 
 
 async def test_another_projects_recording_is_404(env: Env) -> None:
-    mine, theirs = add_recording(env, "p1"), add_recording(env, "p2")
+    mine, theirs = await add_recording(env, "p1"), await add_recording(env, "p2")
     headers = await sign_in(env, "p1", "t1")
     listed = await (await env.client.get("/console/api/recordings", headers=headers)).json()
     assert [r["id"] for r in listed["data"]] == [mine.id]
@@ -219,7 +219,7 @@ async def test_another_projects_recording_is_404(env: Env) -> None:
 
 
 async def test_changes_need_the_csrf_token(env: Env) -> None:
-    row = add_recording(env)
+    row = await add_recording(env)
     headers = await sign_in(env)
     url = f"/console/api/recordings/{row.id}"
     refused = [
@@ -284,7 +284,7 @@ async def test_sign_in_from_another_site_is_refused(env: Env) -> None:
 
 
 async def test_list_filters_and_bad_filters(env: Env) -> None:
-    first, second = add_recording(env), add_recording(env)
+    first, second = await add_recording(env), await add_recording(env)
     await env.store.update(second.id, state="error", control_id="wanted")
     headers = await sign_in(env)
 
