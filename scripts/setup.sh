@@ -10,7 +10,8 @@ APT_PACKAGES=(espeak-ng sip-tester baresip-core sox libsox-fmt-all ffmpeg)
 python3 -c 'import ensurepip, venv' 2>/dev/null || APT_PACKAGES+=(python3-venv)
 # Kamailio plays the carrier (registrar + authenticating proxy) in the trunk tests.
 # Chromium drives the console's browser tests (Playwright uses it; never `playwright install`).
-[ "${1:-}" = "--test" ] && APT_PACKAGES+=(kamailio chromium)
+# PostgreSQL 15 is the shared metadata database of the cluster tests (a throwaway cluster).
+[ "${1:-}" = "--test" ] && APT_PACKAGES+=(kamailio chromium postgresql)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
