@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any, Final
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 from yarl import URL
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ class Database:
         try:
             async with self.pool.connection(timeout=CONNECT_TIMEOUT) as conn:
                 yield conn
+        except PoolClosed:
+            raise  # closed by us (shutdown): nothing to wait for
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise DatabaseUnavailable(f"database {shown(self.url)} unavailable: {exc}") from exc
 
