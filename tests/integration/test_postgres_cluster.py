@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import random
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -37,10 +38,12 @@ AUTH = {"Authorization": aiohttp.encode_basic_auth("p1", "t1")}
 
 @dataclass
 class Receiver:
-    """What the webhook receiver answered 2xx (body, delivery id), in arrival order."""
+    """What the webhook receiver answered 2xx (body, delivery id), in arrival order, and when
+    each arrived (time.time())."""
 
     url: str
     accepted: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)
     refused: int = 0
 
     def states(self) -> list[str]:
@@ -63,6 +66,7 @@ async def receiver(refuse_share: float = 0.0) -> AsyncIterator[Receiver]:
             got.refused += 1
             return web.Response(status=500)
         got.accepted.append((body, request.headers[DELIVERY_HEADER]))
+        got.arrived.append(time.time())
         return web.Response(status=204)
 
     app = web.Application()
@@ -185,6 +189,40 @@ async def test_queues_of_two_nodes_deliver_every_entry_once_in_order_per_key(
             await db.close()
 
 
+async def test_a_dead_nodes_claim_expires_and_another_node_sends_the_entry(
+        postgres_url: str) -> None:
+    """A node claimed the head of a key and died (it never sends): another node sends the
+    entry once the claim's lease has run out, not before, and the next entry after it."""
+    database = await open_database(postgres_url)
+    dead = PostgresQueueDb(database, "dead-node")
+    queue = WebhookQueue(PostgresQueueDb(database, "live-node"), backoff_initial=0.05,
+                         backoff_max=0.2, timeout=5.0, poll_interval=0.1)
+    try:
+        async with receiver() as hooks:
+            for seq in range(2):
+                await queue.enqueue(hooks.url, {"params": {"state": "recording", "seq": seq}},
+                                    "sk", ordering_key="rec-1")
+            claimed = await dead.claim_head("rec-1", lease=1.5)
+            assert claimed is not None
+            async with database.connection() as conn:
+                cursor = await conn.execute(
+                    "SELECT extract(epoch FROM claimed_until) FROM webhooks WHERE id = %s",
+                    (claimed.id,))
+                row = await cursor.fetchone()
+            assert row is not None
+            lease_end = float(row[0])  # the database's clock: this machine's
+            await queue.start()
+            await until(lambda: len(hooks.accepted) == 2, timeout=30,
+                        what="both entries sent by the live node")
+            assert [body["params"]["seq"] for body, _ in hooks.accepted] == [0, 1]
+            assert hooks.accepted[0][1] == claimed.delivery_id
+            assert hooks.arrived[0] >= lease_end  # not while the dead node's lease held
+            assert await queue.count_pending() == 0
+    finally:
+        await queue.stop()
+        await database.close()
+
+
 async def test_a_database_restart_mid_recording_loses_nothing(
         tmp_path: Path, postgres_url: str, postgres_cluster: PostgresCluster) -> None:
     tone = tmp_path / "tone.wav"
@@ -206,6 +244,12 @@ async def test_a_database_restart_mid_recording_loses_nothing(
 
         await asyncio.to_thread(postgres_cluster.stop)
         try:
+            api = f"{node.platform.config.http.public_url}/api/relay/rest/recordings"
+            async with aiohttp.ClientSession() as session, \
+                    session.get(api, headers=AUTH, ssl=False) as response:
+                assert response.status == 503  # "try again", not a 500
+                assert response.headers["Retry-After"] == "5"
+                assert "database" in (await response.json())["errors"][0]["message"]
             assert (await asyncio.wait_for(call, 30)).status == 200  # hung up: it ends
             await until(lambda: recording.is_done, timeout=20, what="the end reported")
             assert not recording.done.done()  # its end waits for the database
@@ -222,8 +266,9 @@ async def test_a_database_restart_mid_recording_loses_nothing(
         assert recording.path.stat().st_size == recording.size  # the file kept writing
         assert recording.duration is not None and recording.duration > 3.0
 
-        await until(lambda: hooks.states() == ["recording", "finished"], timeout=60,
+        await until(lambda: len(hooks.states()) >= 2, timeout=60,
                     what="both webhooks delivered")
+        assert hooks.states() == ["recording", "finished"]
         assert set(hooks.per_delivery().values()) == {1}
 
 

@@ -38,7 +38,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,23 +274,21 @@ class WebhookQueue:
         if age >= self.max_age:
             log.warning("webhook to %s dropped: not delivered within max_age %g s "
                         "(%d attempts)", where, self.max_age, entry.attempts)
-            await self._log_delivery(entry, "failed", entry.attempts,
-                               f"not delivered within max_age {self.max_age:g} s")
-            await self._remove(entry, failed=True, expired=True)
+            await self._finish(entry, "failed", entry.attempts,
+                               f"not delivered within max_age {self.max_age:g} s",
+                               expired=True)
             return False
         attempt = entry.attempts + 1
         result = await self._post(entry)
         self.attempts += 1
         if result.outcome is _Outcome.DELIVERED:
             log.debug("webhook to %s delivered: %s (attempt %d)", where, result.detail, attempt)
-            await self._log_delivery(entry, "delivered", attempt, None)
-            await self._remove(entry)
+            await self._finish(entry, "delivered", attempt, None)
             return False
         if result.outcome is _Outcome.PERMANENT:
             log.warning("webhook to %s dropped: %s (attempt %d); this is not retried",
                         where, result.detail, attempt)
-            await self._log_delivery(entry, "failed", attempt, result.detail)
-            await self._remove(entry, failed=True)
+            await self._finish(entry, "failed", attempt, result.detail)
             return False
         delay = backoff_delay(attempt, self.backoff_initial, self.backoff_max)
         if result.retry_after is not None:
@@ -298,11 +296,9 @@ class WebhookQueue:
         if self.clock() + delay - entry.created_at >= self.max_age:
             log.warning("webhook to %s dropped: %s (attempt %d); giving up, max_age %g s "
                         "reached", where, result.detail, attempt, self.max_age)
-            await self._log_delivery(entry, "failed", attempt, result.detail)
-            await self._remove(entry, failed=True, expired=True)
+            await self._finish(entry, "failed", attempt, result.detail, expired=True)
             return False
-        await self.db.retry_later(entry, attempt, delay + self.timeout + LEASE_MARGIN)
-        await self._log_delivery(entry, "retrying", attempt, result.detail)
+        await self._stored(lambda: self._retry_later(entry, attempt, delay, result.detail))
         log.warning("webhook to %s failed: %s (attempt %d); next retry in %.3g s",
                     where, result.detail, attempt, delay)
         await self._sleep(delay)
@@ -339,19 +335,42 @@ class WebhookQueue:
 
     # -- database ---------------------------------------------------------------------------
 
-    async def _log_delivery(self, entry: Entry, status: str, attempts: int,
-                            error: str | None) -> None:
-        await self.db.log_delivery(entry.delivery_id, status, attempts, error, self.clock())
+    async def _stored(self, write: Callable[[], Awaitable[None]]) -> None:
+        """Store what an attempt did. While the database cannot be reached, try again (the
+        request is not sent again for it) until it can or `stop()` is called."""
+        while True:
+            try:
+                await write()
+                return
+            except DatabaseUnavailable as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("webhooks: an attempt's outcome waits for the database: %s", exc)
+                await self._sleep(min(DB_RETRY_SECONDS, self.backoff_max))
 
-    async def _remove(self, entry: Entry, *, failed: bool = False,
-                      expired: bool = False) -> None:
-        """Forget `entry` (delivered, or given up when `failed`) and count it."""
-        if failed:
+    async def _retry_later(self, entry: Entry, attempt: int, delay: float,
+                           detail: str) -> None:
+        await self.db.retry_later(entry, attempt, delay + self.timeout + LEASE_MARGIN)
+        await self.db.log_delivery(entry.delivery_id, "retrying", attempt, detail,
+                                   self.clock())
+
+    async def _finish(self, entry: Entry, status: str, attempts: int, error: str | None,
+                      *, expired: bool = False) -> None:
+        """Log `entry` delivered (or failed: given up), drop it from the queue, count it."""
+        removed = False
+
+        async def settle() -> None:
+            nonlocal removed
+            await self.db.log_delivery(entry.delivery_id, status, attempts, error, self.clock())
+            removed = await self.db.remove(entry) or removed
+
+        await self._stored(settle)
+        if status == "delivered":
+            self.delivered += 1
+        else:
             self.failed_permanently += 1
             self.expired += expired
-        else:
-            self.delivered += 1
-        if await self.db.remove(entry):
+        if removed:
             self._set_pending(self._pending - 1)
 
     def _set_pending(self, count: int) -> None:
