@@ -238,7 +238,7 @@ async def test_a_database_restart_mid_recording_loses_nothing(
         recording = await started_recording(node)
 
         async def stored_recording() -> bool:
-            row = await store.get(recording.id)  # type: ignore[union-attr]
+            row = await store.get(recording.id)
             return row is not None and row.state == "recording"
         await until_async(stored_recording, timeout=20, what="its first state stored")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from callbox.server.database import DatabaseUnavailable
-from callbox.server.recording import persist as persist_module
 from callbox.server.recording.persist import persist, retry_delay
 
 
@@ -22,7 +21,7 @@ async def test_an_outage_is_waited_out_and_other_errors_are_not(
     async def no_wait(delay: float) -> None:
         waits.append(delay)
 
-    monkeypatch.setattr(persist_module.asyncio, "sleep", no_wait)
+    monkeypatch.setattr("callbox.server.recording.persist.asyncio.sleep", no_wait)
     calls = 0
 
     async def flaky() -> str:
