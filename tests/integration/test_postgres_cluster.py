@@ -31,6 +31,8 @@ from callbox.caller import place_call
 from callbox.server.config import Project, Route
 from callbox.server.database import open_database
 from callbox.server.recording.engine import Recording
+from callbox.server.store.postgres import PostgresRecordingStore
+from callbox.server.store.recordings import RecordingRow
 from callbox.server.webhooks import DELIVERY_HEADER, PostgresQueueDb, WebhookQueue
 
 AUTH = {"Authorization": aiohttp.encode_basic_auth("p1", "t1")}
@@ -54,14 +56,17 @@ class Receiver:
 
 
 @contextlib.asynccontextmanager
-async def receiver(refuse_share: float = 0.0) -> AsyncIterator[Receiver]:
-    """An HTTP receiver; it answers 500 to about `refuse_share` of the requests (retried)."""
+async def receiver(refuse_share: float = 0.0, answer_after: float = 0.0
+                   ) -> AsyncIterator[Receiver]:
+    """An HTTP receiver; it answers 500 to about `refuse_share` of the requests (retried),
+    each after `answer_after` seconds (a slow receiver: requests of two nodes overlap)."""
     rng = random.Random(7)
     port = free_tcp_port()
     got = Receiver(f"http://127.0.0.1:{port}/hook")
 
     async def handle(request: web.Request) -> web.Response:
         body = json.loads(await request.read())
+        await asyncio.sleep(answer_after)
         if rng.random() < refuse_share:
             got.refused += 1
             return web.Response(status=500)
@@ -163,7 +168,7 @@ async def test_queues_of_two_nodes_deliver_every_entry_once_in_order_per_key(
               for n, db in enumerate(databases)]
     keys = [f"rec-{k}" for k in range(4)]
     try:
-        async with receiver(refuse_share=0.33) as hooks:
+        async with receiver(refuse_share=0.33, answer_after=0.05) as hooks:
             for queue in queues:
                 await queue.start()
             for seq in range(40):
@@ -270,6 +275,27 @@ async def test_a_database_restart_mid_recording_loses_nothing(
                     what="both webhooks delivered")
         assert hooks.states() == ["recording", "finished"]
         assert set(hooks.per_delivery().values()) == {1}
+
+
+async def test_a_node_repairs_only_its_own_unfinished_recordings(
+        tmp_path: Path, postgres_url: str) -> None:
+    """Another node's recording still running is in the shared table at this node's start:
+    it is left alone (the other node is recording it), not ended as lost in a crash."""
+    database = await open_database(postgres_url)
+    try:
+        store = PostgresRecordingStore(database)
+        theirs = RecordingRow(
+            id="ab" * 16, project_id="p1", call_id="c1", control_id="ctl", state="recording",
+            format="wav", channels=1, direction="speak", duration=None, size=None,
+            url=f"https://other-node.example/recordings/{'ab' * 16}.wav",
+            path=str(tmp_path / "elsewhere" / f"{'ab' * 16}.wav"), created_at=time.time(),
+            start_time=time.time(), end_time=None, reason=None, status_url="")
+        await store.add(theirs)
+        async with running_platform(tmp_path, database__url=postgres_url) as node:
+            assert node.platform.recovered == []
+        assert await store.get(theirs.id) == theirs
+    finally:
+        await database.close()
 
 
 @pytest.mark.parametrize("value", ["sqlite:///x.db", "mysql://u@h/db", "http://h"])

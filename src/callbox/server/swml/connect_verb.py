@@ -39,6 +39,7 @@ from callbox.server.bridge import BridgeEnd, connect
 from callbox.server.call import Call, CallState
 from callbox.server.dialing import Device, DialFailed, DialLeg
 from callbox.server.outbound import NUMBER, OutboundError
+from callbox.server.recording.persist import persist
 from callbox.server.swml.runner import SwmlError, SwmlRunner, verb
 from callbox.server.tasks import spawn
 from callbox.server.webhooks import WebhookQueue
@@ -286,11 +287,14 @@ class LegStateWebhooks:
 
     async def _enqueue_after(self, previous: asyncio.Task[None] | None, url: str,
                              envelope: dict[str, Any], leg_id: str) -> None:
-        """Queue one event after the ones sent before it (the queue keeps their order)."""
+        """Queue one event after the ones sent before it (the queue keeps their order); a
+        database outage delays it."""
         if previous is not None:
             await previous
         try:
-            await self.queue.enqueue(url, envelope, self.signing_key, ordering_key=leg_id)
+            await persist(lambda: self.queue.enqueue(url, envelope, self.signing_key,
+                                                     ordering_key=leg_id),
+                          f"call_state_url event of leg {leg_id}")
         except (sqlite3.Error, OSError) as exc:
             log.error("call %s: call_state_url event for leg %s lost: %s", self.parent.id,
                       leg_id, exc)
