@@ -210,8 +210,8 @@ class Recording:
             repaired = await asyncio.to_thread(repair_partial, part)
         except (ValueError, OSError) as exc:
             await asyncio.to_thread(part.unlink, missing_ok=True)
-            await self._conclude(RecState.ERROR, f"the media worker died and its file could not be "
-                                           f"repaired ({exc})")
+            await self._conclude(RecState.ERROR, f"the media worker died and its file could "
+                                                 f"not be repaired ({exc})")
             return
         log.warning("recording %s: its media worker died; %.1f s of audio repaired", self.id,
                     repaired.duration)
