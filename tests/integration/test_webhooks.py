@@ -345,7 +345,7 @@ async def test_entry_expired_while_down_is_dropped_unsent(
     db = tmp_path / "wh.db"
     clock = ManualClock()
     await make(queues, db, clock=clock).enqueue(receiver.url("/hook"), event(0), KEY,
-                                          ordering_key="rec-1")
+                                                ordering_key="rec-1")
     await receiver.start()
     clock.advance(3600)  # down for an hour
     q = make(queues, db, max_age=3600, clock=clock)
@@ -374,13 +374,13 @@ async def test_deliveries_log_kept_after_delivery_per_ordering_key(
     q = make(queues, tmp_path / "wh.db", clock=clock)
     await q.start()
     await q.enqueue(receiver.url("/flaky?secret=x"), event(0), KEY, ordering_key="rec-1",
-              label="recording")
-    await q.enqueue(receiver.url("/flaky"), event(1, state="finished"), KEY, ordering_key="rec-1",
-              label="finished")
+                    label="recording")
+    await q.enqueue(receiver.url("/flaky"), event(1, state="finished"), KEY,
+                    ordering_key="rec-1", label="finished")
     await q.enqueue(receiver.url("/gone"), event(0, "rec-2"), KEY, ordering_key="rec-2",
-              label="recording")
+                    label="recording")
     await q.enqueue("ftp://example.com/hook", event(1, "rec-2"), KEY, ordering_key="rec-2",
-              label="finished")
+                    label="finished")
     assert await q.flush(5)
 
     first, second = await q.deliveries("rec-1")  # kept after delivery, oldest first
