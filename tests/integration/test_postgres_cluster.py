@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -306,3 +309,19 @@ def test_a_database_url_that_is_not_postgresql_is_refused(value: str) -> None:
         load_config(env={"CALLBOX_DATABASE_URL": value})
     config = load_config(env={"CALLBOX_DATABASE_URL": "postgresql://u:secret@h:5432/cb"})
     assert config.database.url == "postgresql://u:secret@h:5432/cb"
+
+
+def test_serve_with_an_unreachable_database_says_so_without_the_password(
+        tmp_path: Path) -> None:
+    port = free_tcp_port()  # nothing listens there
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "callbox"), "serve", "--sip-listen", "127.0.0.1:0",
+         "--http-listen", "127.0.0.1:0", "--workers", "0", "--data-dir", str(tmp_path)],
+        env={**os.environ, "CALLBOX_DATABASE_URL": f"postgresql://cb:s3cret@127.0.0.1:{port}/cb"},
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (f"callbox serve: cannot connect to database postgresql://cb@127.0.0.1:{port}"
+                    "/cb within 5 s: is it running?")
+    assert "s3cret" not in done.stderr
+
