@@ -100,5 +100,10 @@ class PostgresQueueDb:
             await conn.execute("DELETE FROM deliveries WHERE ordering_key = %s",
                                (ordering_key,))
 
+    async def release(self) -> None:
+        async with self.database.connection() as conn:
+            await conn.execute("UPDATE webhooks SET claimed_by = NULL, claimed_until = NULL"
+                               " WHERE claimed_by = %s", (self.node_id,))
+
     async def close(self) -> None:
         """Nothing of its own: the pool is the platform's."""

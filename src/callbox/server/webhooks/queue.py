@@ -208,6 +208,10 @@ class WebhookQueue:
             if self._session is not None:
                 await self._session.close()
                 self._session = None
+            try:
+                await self.db.release()
+            except DatabaseUnavailable as exc:  # its claims run out on their own
+                log.warning("webhooks: could not release this node's claims: %s", exc)
             if self._pending:
                 log.info("webhooks: stopped with %d deliveries queued on disk", self._pending)
         await self.db.close()

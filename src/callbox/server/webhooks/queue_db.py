@@ -102,4 +102,9 @@ class QueueDb(Protocol):
 
     async def forget(self, ordering_key: str) -> None: ...
 
+    async def release(self) -> None:
+        """Give up this node's claims (it stops: another node, or its next run, takes over
+        at once instead of after the lease)."""
+        ...
+
     async def close(self) -> None: ...

@@ -123,6 +123,9 @@ class SqliteQueueDb:
     async def forget(self, ordering_key: str) -> None:
         self._conn().execute("DELETE FROM deliveries WHERE ordering_key = ?", (ordering_key,))
 
+    async def release(self) -> None:
+        """Nothing is claimed in a node's own file."""
+
     async def close(self) -> None:
         if self._db is not None:
             self._db.close()
