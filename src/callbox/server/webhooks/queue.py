@@ -7,8 +7,8 @@ Guarantees
   process crash; a power cut may lose the last commits.)
 - With a shared database (PostgreSQL) every node delivers from the same table and each entry
   is sent by one node: the node claims the head of the key for a lease (see `postgres_db`); a
-  node that dies loses its claims when their lease runs out, and another node (each polls the
-  table every `poll_interval`) takes over.
+  node releases its claims in `stop()`, and one that dies loses them when their lease runs out;
+  another node (each polls the table every `poll_interval`) takes over.
 - Within one ordering key (a recording id, say) delivery is strictly FIFO: an entry is sent only
   after every earlier entry of that key was delivered or given up. Keys are independent: each has
   its own worker, so one dead receiver delays only its own keys' events.
