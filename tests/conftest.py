@@ -9,10 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.peers.postgres import PostgresCluster
 
 # `tests/` has no __init__.py, so pytest puts only `tests/` itself on sys.path.  The harness is
 # imported as `tests.peers` (one module name everywhere, so module-level state such as the
@@ -57,3 +62,25 @@ def peer_env() -> PeerEnv:
     if missing:
         _missing_peer(f"real-peer tools not installed: {', '.join(missing)}")
     return PeerEnv(is_root=os.geteuid() == 0)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A real PostgreSQL 15 cluster for the session (see tests/peers/postgres.py)."""
+    from tests.peers.postgres import PostgresCluster
+
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> str:
+    """The URL of a new, empty database in the session's cluster (restarted if a test left it
+    down)."""
+    if not (postgres_cluster.data / "postmaster.pid").exists():
+        postgres_cluster.start()
+    return postgres_cluster.create_database()

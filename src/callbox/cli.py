@@ -66,6 +66,7 @@ def _setup_logging(level: str) -> None:
 async def _serve(args: argparse.Namespace) -> int:
     from callbox.server.app import Platform
     from callbox.server.config import ConfigError, load_config
+    from callbox.server.database import DatabaseUnavailable
 
     try:
         config = load_config(args.config, overrides={
@@ -83,6 +84,9 @@ async def _serve(args: argparse.Namespace) -> int:
         raise CliError(f"configuration error: {exc}") from None
     try:
         await platform.start()
+    except DatabaseUnavailable as exc:
+        await platform.stop()
+        raise CliError(str(exc)) from None
     except OSError as exc:
         await platform.stop()
         raise CliError(f"cannot listen: {exc}") from None

@@ -141,7 +141,7 @@ async def voicemail_call(platform: Platform, demo_dir: Path) -> bool:
         if not url:
             print("the voicemail program did not report a recording")
             return False
-        recording = platform.recordings.get(url.rsplit("/", 1)[-1].split(".")[0]) \
+        recording = await platform.recordings.get(url.rsplit("/", 1)[-1].split(".")[0]) \
             if platform.recordings else None
         print(f"\nRecording saved: {url}")
         if recording is not None:

@@ -131,7 +131,7 @@ async def open_fresh_recording(tab: BrowserPage, console: Console, tmp_path: Pat
     page = tab.page
     await expect(page.locator("#live-status")).to_have_text("live")
     store = console.running.platform.recordings
-    before = {row.id for row in store.list("p1", page_size=100)[0]}
+    before = {row.id for row in (await store.list("p1", page_size=100))[0]}
     caller = start_caller(console, tmp_path, service, 3.0)
     # the new recording shows up while it records, without reloading the page
     row = page.locator("#recordings tbody tr").first
@@ -181,7 +181,7 @@ async def test_fresh_recording_appears_plays_draws_and_is_deleted(
     await expect(page.get_by_role("heading", name="Recordings")).to_be_visible()
     rec_id = await open_fresh_recording(tab, console, tmp_path, "rec")
     store = console.running.platform.recordings
-    stored = store.get(rec_id)
+    stored = await store.get(rec_id)
     assert stored is not None and stored.project_id == "p1" and stored.channels == 2
     await expect(page.locator('#meta dd[data-field="who-is-where"]')).to_have_text(
         "Left: the caller (sipp); Right: what the platform plays")
@@ -222,9 +222,9 @@ async def test_fresh_recording_appears_plays_draws_and_is_deleted(
     await page.get_by_role("button", name="Delete", exact=True).click()
     await expect(page).to_have_url(f"{console.url}/console/")
     await expect(page.locator(f'tr[data-id="{rec_id}"]')).to_have_count(0)
-    assert store.get(rec_id) is None
+    assert await store.get(rec_id) is None
     assert not Path(stored.path).exists()
-    assert console.running.platform.recorder.webhooks.queue.deliveries(rec_id) == []
+    assert await console.running.platform.recorder.webhooks.queue.deliveries(rec_id) == []
 
     await page.get_by_role("button", name="Sign out").click()
     await expect(page.get_by_label("Project id")).to_be_visible()
@@ -287,8 +287,8 @@ async def test_live_call_buttons_pause_and_resume_a_real_recording(
         unsubscribe()
         caller.cancel()
         await asyncio.gather(caller, return_exceptions=True)
-    rec_id = next(iter({r.id for r in engine.store.list("p1", page_size=1)[0]}))
-    row = engine.store.get(rec_id)
+    rec_id = next(iter({r.id for r in (await engine.store.list("p1", page_size=1))[0]}))
+    row = await engine.store.get(rec_id)
     assert row is not None and row.state == "finished" and row.call_id == call.id
     samples, rate = audio.decode_audio(row.path)
     left = samples[:, 0]
@@ -337,7 +337,7 @@ async def test_bridged_recording_shows_who_is_on_each_channel(
     await expect(page.locator("#deliveries tbody tr").last).to_contain_text("delivered")
     await page.evaluate("document.querySelector('#player').currentTime = 1.5")
     await tab.shot("3-bridged-recording")
-    stored = console.running.platform.recordings.get(rec_id)
+    stored = await console.running.platform.recordings.get(rec_id)
     assert stored is not None and stored.channels == 2
 
     # back to the list: search by the call id, then filter by state

@@ -84,7 +84,7 @@ async def test_a_killed_worker_ends_only_its_calls_and_its_recording_is_repaired
         assert doomed.state == RecState.FINISHED
         assert doomed.events[-1]["state"] == "finished"
         assert doomed.events[-1]["duration"] == doomed.duration >= 1.0
-        row = running.platform.recordings.get(doomed.id)
+        row = await running.platform.recordings.get(doomed.id)
         assert row is not None and row.state == "finished" and row.duration == doomed.duration
         assert not part.exists() and doomed.path.exists()
         repaired = decode(doomed)

@@ -289,7 +289,7 @@ async def test_full_data_disk_ends_the_recording_in_error_keeps_and_reports_its_
 
             async with running_platform(tmp_path, routes) as restarted:  # after the outage
                 assert restarted.platform.recordings is not None
-                row = restarted.platform.recordings.get(recording.id)
+                row = await restarted.platform.recordings.get(recording.id)
                 assert row is not None and row.state == "error"
                 assert "before any audio" not in (row.reason or "")
                 assert row.duration == pytest.approx(event["duration"], abs=0.01)

@@ -52,11 +52,11 @@ async def test_a_complete_file_whose_end_was_not_stored_is_reported_with_its_aud
     async with webhook_receiver(fail_first=0) as (hook_url, received):
         engine = RecordingEngine(data_dir=tmp_path, public_url="https://h", node_id="n")
         row = row_for(engine, hook_url)
-        engine.store.add(row)
+        await engine.store.add(row)
         write_wav(Path(row.path), 7.0)
         recovered = await engine.start()
         try:
-            stored = engine.store.get(row.id)
+            stored = await engine.store.get(row.id)
             assert stored is not None
             assert stored.state == "error"
             assert stored.duration == 7.0 and stored.size == 44 + 7 * 16000
@@ -78,7 +78,7 @@ async def test_an_unrepairable_part_is_removed_with_a_log_line(tmp_path, caplog)
     every start-up and was never removed."""
     engine = RecordingEngine(data_dir=tmp_path, public_url="https://h", node_id="n")
     row = row_for(engine)
-    engine.store.add(row)
+    await engine.store.add(row)
     part = part_path(Path(row.path))
     part.write_bytes(b"")
     stray = engine.recordings_dir / f"{secrets.token_hex(16)}.wav.part"
@@ -88,10 +88,10 @@ async def test_an_unrepairable_part_is_removed_with_a_log_line(tmp_path, caplog)
     try:
         assert not part.exists() and not stray.exists()
         assert f"removed {part}" in caplog.text and f"removed {stray}" in caplog.text
-        stored = engine.store.get(row.id)
+        stored = await engine.store.get(row.id)
         assert stored is not None and stored.state == "error"
         assert stored.reason is not None and "could not be repaired" in stored.reason
-        assert engine.store.unfinished() == []
+        assert await engine.store.unfinished() == []
     finally:
         await engine.close()
     again = RecordingEngine(data_dir=tmp_path, public_url="https://h", node_id="n")
@@ -104,7 +104,7 @@ async def test_an_unrepairable_part_is_removed_with_a_log_line(tmp_path, caplog)
 async def test_a_crashed_part_is_still_repaired_and_finished(tmp_path):
     engine = RecordingEngine(data_dir=tmp_path, public_url="https://h", node_id="n")
     row = row_for(engine)
-    engine.store.add(row)
+    await engine.store.add(row)
     write_crashed_part(part_path(Path(row.path)), 3.0)
     (recovered,) = await engine.start()
     try:

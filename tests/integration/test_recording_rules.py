@@ -158,7 +158,7 @@ async def test_relay_record_with_a_huge_number_is_a_400_and_leaks_nothing(tmp_pa
         assert platform_call.recordings == ()
         assert list(recordings_dir.iterdir()) == []
         assert running.platform.recordings is not None
-        assert running.platform.recordings.list("p1", page_size=10)[0] == []
+        assert (await running.platform.recordings.list("p1", page_size=10))[0] == []
         action = await call.record(audio={"format": "wav", "max_length": 1.0, **NO_TIMEOUTS})
         event = await asyncio.wait_for(action.wait(), 10)
         assert event.params["state"] == "finished"
@@ -174,7 +174,7 @@ async def test_a_start_that_fails_ends_in_error_and_leaves_nothing_open(tmp_path
                                      {"sleep": 60_000}))]
     async with running_platform(tmp_path, routes) as running:
         assert running.platform.recordings is not None
-        running.platform.recordings.close()  # any store failure: closed, locked, I/O error
+        await running.platform.recordings.close()  # any store failure: closed, locked, I/O error
         task = asyncio.ensure_future(place_call(running.uri("rec"), hangup_after=3))
         while not running.observed or not running.observed[0].call.recordings:
             await asyncio.sleep(0.02)

@@ -67,10 +67,10 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         yield Env(client, store, rec_dir, tmp_path)
     finally:
         await client.close()
-        store.close()
+        await store.close()
 
 
-def add_recording(env: Env, *, project_id: str = "project-1", fmt: str = "wav",
+async def add_recording(env: Env, *, project_id: str = "project-1", fmt: str = "wav",
                   state: str = "finished", created_at: float = T0,
                   seconds: float = 0.5) -> RecordingRow:
     rec_id = secrets.token_hex(16)
@@ -90,7 +90,7 @@ def add_recording(env: Env, *, project_id: str = "project-1", fmt: str = "wav",
         start_time=created_at, end_time=created_at + seconds if size else None, reason=None,
         status_url="", params={"format": fmt},
     )
-    env.store.add(row)
+    await env.store.add(row)
     return row
 
 
@@ -113,8 +113,8 @@ async def json_of(response: Any) -> Any:
 
 
 async def test_list_pages_newest_first(env: Env) -> None:
-    rows = [add_recording(env, created_at=T0 + i) for i in range(7)]
-    add_recording(env, project_id="project-2", created_at=T0 + 50)
+    rows = [await add_recording(env, created_at=T0 + i) for i in range(7)]
+    await add_recording(env, project_id="project-2", created_at=T0 + 50)
     newest_first = [r.id for r in reversed(rows)]
 
     seen: list[str] = []
@@ -143,7 +143,7 @@ async def test_list_pages_newest_first(env: Env) -> None:
 
 async def test_list_default_page_and_other_project(env: Env) -> None:
     for i in range(30):
-        add_recording(env, created_at=T0 + i, state="no_input")
+        await add_recording(env, created_at=T0 + i, state="no_input")
     body = await (await env.client.get(API, headers=P1)).json()
     assert len(body["data"]) == 25 and body["links"]["next"] is not None
     body = await (await env.client.get(API, headers=P2)).json()
@@ -168,7 +168,7 @@ async def test_bad_page_token_is_400(env: Env) -> None:
 
 
 async def test_get_one(env: Env) -> None:
-    row = add_recording(env, fmt="mp3")
+    row = await add_recording(env, fmt="mp3")
     response = await env.client.get(f"{API}/{row.id}", headers=P1)
     assert response.status == 200
     body = await json_of(response)
@@ -177,7 +177,7 @@ async def test_get_one(env: Env) -> None:
 
 
 async def test_auth_required(env: Env) -> None:
-    row = add_recording(env)
+    row = await add_recording(env)
     wrong = basic("project-1", "token-two")
     unknown = basic("nobody", "token-one")
     for path in (API, f"{API}/{row.id}"):
@@ -191,49 +191,49 @@ async def test_auth_required(env: Env) -> None:
         assert response.status == 401
     response = await env.client.delete(f"{API}/{row.id}", headers=wrong)
     assert response.status == 401
-    assert env.store.get(row.id) is not None
+    assert await env.store.get(row.id) is not None
 
 
 async def test_other_projects_and_unknown_ids_are_404(env: Env) -> None:
-    theirs = add_recording(env, project_id="project-2")
+    theirs = await add_recording(env, project_id="project-2")
     for rec_id in (theirs.id, secrets.token_hex(16), "not-an-id", theirs.id.upper()):
         response = await env.client.get(f"{API}/{rec_id}", headers=P1)
         assert response.status == 404
         assert (await json_of(response))["errors"][0]["code"] == "not_found"
     response = await env.client.delete(f"{API}/{theirs.id}", headers=P1)
     assert response.status == 404
-    assert Path(theirs.path).exists() and env.store.get(theirs.id) is not None
+    assert Path(theirs.path).exists() and await env.store.get(theirs.id) is not None
     assert (await env.client.get(f"{API}/{theirs.id}", headers=P2)).status == 200
 
 
 async def test_delete(env: Env) -> None:
-    row = add_recording(env)
+    row = await add_recording(env)
     assert Path(row.path).exists()
     response = await env.client.delete(f"{API}/{row.id}", headers=P1)
     assert response.status == 204
     assert not Path(row.path).exists()
-    assert env.store.get(row.id) is None
+    assert await env.store.get(row.id) is None
     assert (await env.client.get(f"{API}/{row.id}", headers=P1)).status == 404
     assert (await env.client.delete(f"{API}/{row.id}", headers=P1)).status == 404
     assert (await env.client.get(f"/recordings/{row.id}.wav")).status == 404
 
-    gone = add_recording(env, state="no_input")  # metadata without a file
+    gone = await add_recording(env, state="no_input")  # metadata without a file
     assert (await env.client.delete(f"{API}/{gone.id}", headers=P1)).status == 204
 
 
 async def test_delete_in_progress_is_409(env: Env) -> None:
-    row = add_recording(env, state="recording")
+    row = await add_recording(env, state="recording")
     response = await env.client.delete(f"{API}/{row.id}", headers=P1)
     assert response.status == 409
     assert "in progress" in (await json_of(response))["errors"][0]["message"]
-    assert env.store.get(row.id) is not None
-    env.store.update(row.id, state="paused")
+    assert await env.store.get(row.id) is not None
+    await env.store.update(row.id, state="paused")
     assert (await env.client.delete(f"{API}/{row.id}", headers=P1)).status == 409
 
 
 @pytest.mark.parametrize(("fmt", "content_type"), [("wav", "audio/wav"), ("mp3", "audio/mpeg")])
 async def test_download(env: Env, fmt: str, content_type: str) -> None:
-    row = add_recording(env, fmt=fmt, seconds=2)
+    row = await add_recording(env, fmt=fmt, seconds=2)
     content = Path(row.path).read_bytes()
     response = await env.client.get(f"/recordings/{row.id}.{fmt}")  # no credentials needed
     assert response.status == 200
@@ -257,8 +257,8 @@ async def test_download(env: Env, fmt: str, content_type: str) -> None:
 
 
 async def test_download_404s(env: Env) -> None:
-    wav = add_recording(env)
-    live = add_recording(env, state="recording")
+    wav = await add_recording(env)
+    live = await add_recording(env, state="recording")
     (env.data_dir / "config.wav").write_bytes(b"SECRET-CONFIG")
     for path in (
         f"/recordings/{wav.id}.mp3",  # wrong extension
@@ -282,7 +282,7 @@ async def test_download_404s(env: Env) -> None:
 
 async def test_download_empty_suffix_range_is_416(env: Env) -> None:
     """`bytes=-0` asks for the last 0 bytes: nothing is satisfiable (RFC 9110 14.1.1)."""
-    row = add_recording(env, seconds=1)
+    row = await add_recording(env, seconds=1)
     size = Path(row.path).stat().st_size
     for header in ("bytes=-0", "bytes=-000"):
         response = await env.client.get(f"/recordings/{row.id}.wav", headers={"Range": header})
@@ -292,7 +292,7 @@ async def test_download_empty_suffix_range_is_416(env: Env) -> None:
 
 
 async def test_download_several_ranges_gets_the_whole_file(env: Env) -> None:
-    row = add_recording(env, seconds=1)
+    row = await add_recording(env, seconds=1)
     content = Path(row.path).read_bytes()
     response = await env.client.get(f"/recordings/{row.id}.wav",
                                     headers={"Range": "bytes=0-9, 20-29"})
@@ -311,7 +311,7 @@ async def test_download_several_ranges_gets_the_whole_file(env: Env) -> None:
 
 
 async def test_download_several_ranges_of_a_vanished_file_is_404(env: Env) -> None:
-    row = add_recording(env, seconds=1)
+    row = await add_recording(env, seconds=1)
     Path(row.path).unlink()
     response = await env.client.get(f"/recordings/{row.id}.wav",
                                     headers={"Range": "bytes=0-9,20-29"})

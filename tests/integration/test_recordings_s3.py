@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from tests.integration.conftest import FAST_TIMERS, make_config, swml
 from tests.peers import audio
-from tests.peers.poll import until
+from tests.peers.poll import until, until_async
 from tests.peers.seaweedfs import SeaweedFS, start_seaweedfs
 
 from callbox.caller import place_call
@@ -83,19 +83,21 @@ async def record_a_call(tmp_path: Path, platform: Platform) -> Recording:
     return recording
 
 
-def row_of(platform: Platform, recording_id: str) -> RecordingRow:
+async def row_of(platform: Platform, recording_id: str) -> RecordingRow:
     assert platform.recordings is not None
-    row = platform.recordings.get(recording_id)
+    row = await platform.recordings.get(recording_id)
     assert row is not None
     return row
 
 
 async def uploaded(platform: Platform, recording: Recording) -> RecordingRow:
     """The row once its upload is complete: `location` stored, then the local copy removed."""
-    await until(lambda: bool(row_of(platform, recording.id).location)
-                and not recording.path.exists(), UPLOAD_TIMEOUT,
-                what=f"recording {recording.id} uploaded")
-    return row_of(platform, recording.id)
+    async def done() -> bool:
+        return bool((await row_of(platform, recording.id)).location) \
+            and not recording.path.exists()
+
+    await until_async(done, UPLOAD_TIMEOUT, what=f"recording {recording.id} uploaded")
+    return await row_of(platform, recording.id)
 
 
 async def fetch_object(s3: SeaweedFS, key: str) -> bytes:
@@ -205,7 +207,7 @@ async def test_s3_down_keeps_the_recording_local_until_it_is_back(
         await until(lambda: bool(upload_errors(caplog, recording.id)), 30,
                     what="the failed upload logged")
         assert "unreachable" in upload_errors(caplog, recording.id)[0]
-        assert recording.path.exists() and row_of(platform, recording.id).location == ""
+        assert recording.path.exists() and (await row_of(platform, recording.id)).location == ""
         local = recording.path.read_bytes()
         status, _, body = await download(platform, recording.url)  # served from disk
         assert status == 200 and body == local
@@ -228,7 +230,7 @@ async def test_refused_credentials_keep_it_local_and_a_restart_uploads_it(
             error = upload_errors(caplog, recording.id)[0]
             assert "refused the credentials (SignatureDoesNotMatch)" in error
             assert "storage.s3_secret_key" in error
-            assert recording.path.exists() and row_of(platform, recording.id).location == ""
+            assert recording.path.exists() and (await row_of(platform, recording.id)).location == ""
             local = recording.path.read_bytes()
             status, _, body = await download(platform, recording.url)
             assert status == 200 and body == local
@@ -264,15 +266,18 @@ async def test_a_big_file_goes_up_in_parts_and_is_verified(tmp_path: Path) -> No
             audio.write_wav(path, samples)  # 20 MB: over the multipart threshold
             local = path.read_bytes()
             assert len(local) > uploads.multipart_threshold
-            store.add(RecordingRow(
+            await store.add(RecordingRow(
                 id=rec_id, project_id=PROJECT, call_id="c1", control_id="ctl",
                 state="finished", format="wav", channels=1, direction="speak", duration=1250.0,
                 size=len(local), url=f"https://h/recordings/{rec_id}.wav", path=str(path),
                 created_at=1.0, start_time=1.0, end_time=1251.0, reason=None, status_url=""))
 
             uploads.submit(rec_id)
-            await until(lambda: bool(store.get(rec_id).location)  # type: ignore[union-attr]
-                        and not path.exists(), UPLOAD_TIMEOUT, what="the big file uploaded")
+            async def uploaded() -> bool:
+                row = await store.get(rec_id)
+                return row is not None and bool(row.location) and not path.exists()
+
+            await until_async(uploaded, UPLOAD_TIMEOUT, what="the big file uploaded")
             assert not path.exists()
             info = await objects.head(f"{rec_id}.wav")
             assert info is not None and info.size == len(local)
@@ -282,4 +287,4 @@ async def test_a_big_file_goes_up_in_parts_and_is_verified(tmp_path: Path) -> No
             assert hashlib.sha256(stored).digest() == hashlib.sha256(local).digest()
         finally:
             await uploads.close()
-            store.close()
+            await store.close()

@@ -1,4 +1,5 @@
-"""status_url webhook delivery over real HTTP: a receiver on 127.0.0.1 records what it gets."""
+"""status_url webhook delivery over real HTTP: a receiver on 127.0.0.1 records what it gets.
+Every test runs on the SQLite queue and on the PostgreSQL one (a real server)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from tests.peers.poll import until
+from tests.peers.poll import until, until_async
 
+from callbox.server.database import open_database
 from callbox.server.webhooks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
     SIGNATURE_HEADER,
+    PostgresQueueDb,
+    QueueDb,
+    SqliteQueueDb,
     WebhookQueue,
     sign,
     verify,
@@ -118,17 +123,34 @@ async def receiver() -> AsyncIterator[Receiver]:
     await rx.stop()
 
 
-@pytest.fixture
-async def queues(tmp_path: Path) -> AsyncIterator[list[WebhookQueue]]:
-    """The queues a test made; each is stopped afterwards (stop() is idempotent)."""
-    made: list[WebhookQueue] = []
+class Queues(list[WebhookQueue]):
+    """The queues a test made, all on one database: a SQLite file, or a PostgreSQL database
+    where each queue is another node (its own node id)."""
+
+    def __init__(self, open_db: Callable[[int], QueueDb]) -> None:
+        super().__init__()
+        self.open_db = open_db
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def queues(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Queues]:
+    """Every test runs on both databases; each queue is stopped afterwards (stop() is
+    idempotent)."""
+    database = None
+    if request.param == "sqlite":
+        made = Queues(lambda n: SqliteQueueDb(tmp_path / "wh.db"))
+    else:
+        database = await open_database(request.getfixturevalue("postgres_url"))
+        made = Queues(lambda n: PostgresQueueDb(database, f"node-{n}"))
     yield made
     for queue in made:
         await queue.stop()
+    if database is not None:
+        await database.close()
 
 
-def make(queues: list[WebhookQueue], db: Path, **options: Any) -> WebhookQueue:
-    q = WebhookQueue(db, **{**FAST, **options})
+def make(queues: Queues, **options: Any) -> WebhookQueue:
+    q = WebhookQueue(queues.open_db(len(queues)), **{**FAST, **options})
     queues.append(q)
     return q
 
@@ -144,16 +166,16 @@ def event(seq: int, recording_id: str = "rec-1", state: str = "recording") -> di
     }
 
 
-async def test_events_arrive_in_order_signed(receiver: Receiver, queues: list[WebhookQueue],
+async def test_events_arrive_in_order_signed(receiver: Receiver, queues: Queues,
                                              tmp_path: Path) -> None:
     await receiver.start()
     clock = ManualClock()
-    q = make(queues, tmp_path / "wh.db", clock=clock)
+    q = make(queues, clock=clock)
     await q.start()
     sent = [event(i, state=s) for i, s in
             enumerate(["recording", "paused", "recording", "paused", "finished"])]
     for body in sent:
-        q.enqueue(receiver.url("/hook"), body, KEY, ordering_key="rec-1")
+        await q.enqueue(receiver.url("/hook"), body, KEY, ordering_key="rec-1")
     assert await q.flush(5)
     await q.stop()
 
@@ -175,15 +197,15 @@ async def test_events_arrive_in_order_signed(receiver: Receiver, queues: list[We
 
 
 async def test_5xx_retried_then_delivered_once_in_order(
-        receiver: Receiver, queues: list[WebhookQueue], tmp_path: Path,
+        receiver: Receiver, queues: Queues, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     receiver.responders["/flaky"] = status(500, 500)
     await receiver.start()
-    q = make(queues, tmp_path / "wh.db")
+    q = make(queues)
     await q.start()
     with caplog.at_level(logging.WARNING, logger="callbox.server.webhooks"):
         for i in range(3):
-            q.enqueue(receiver.url("/flaky"), event(i), KEY, ordering_key="rec-1")
+            await q.enqueue(receiver.url("/flaky"), event(i), KEY, ordering_key="rec-1")
         assert await q.flush(5)
         await asyncio.sleep(0.3)  # would any duplicate follow the success?
     await q.stop()
@@ -200,7 +222,7 @@ async def test_5xx_retried_then_delivered_once_in_order(
 
 
 async def test_a_dead_receiver_does_not_block_other_keys(
-        receiver: Receiver, queues: list[WebhookQueue], tmp_path: Path) -> None:
+        receiver: Receiver, queues: Queues, tmp_path: Path) -> None:
     hung = asyncio.Event()  # set by the test: until then A's receiver holds its request
 
     async def hang_once_then_503(n: int) -> web.StreamResponse:
@@ -210,13 +232,13 @@ async def test_a_dead_receiver_does_not_block_other_keys(
 
     receiver.responders["/dead"] = hang_once_then_503
     await receiver.start()
-    q = make(queues, tmp_path / "wh.db", timeout=60.0)
+    q = make(queues, timeout=60.0)
     await q.start()
-    q.enqueue(receiver.url("/dead"), event(0, "rec-A"), KEY, ordering_key="rec-A")
-    q.enqueue(receiver.url("/dead"), event(1, "rec-A"), KEY, ordering_key="rec-A")
+    await q.enqueue(receiver.url("/dead"), event(0, "rec-A"), KEY, ordering_key="rec-A")
+    await q.enqueue(receiver.url("/dead"), event(1, "rec-A"), KEY, ordering_key="rec-A")
     await until(lambda: receiver.in_flight("/dead") == 1, timeout=10)
     for i in range(3):
-        q.enqueue(receiver.url("/ok"), event(i, "rec-B"), KEY, ordering_key="rec-B")
+        await q.enqueue(receiver.url("/ok"), event(i, "rec-B"), KEY, ordering_key="rec-B")
     # B is delivered while A's first request is still unanswered (if B waited behind A, it
     # would wait for the test to release A: never)
     await until(lambda: len(receiver.on("/ok")) == 3, timeout=10)
@@ -232,17 +254,16 @@ async def test_a_dead_receiver_does_not_block_other_keys(
 
 
 async def test_survives_a_restart_and_delivers_exactly_once(
-        receiver: Receiver, queues: list[WebhookQueue], tmp_path: Path) -> None:
-    db = tmp_path / "wh.db"
-    first = make(queues, db)
+        receiver: Receiver, queues: Queues, tmp_path: Path) -> None:
+    first = make(queues)
     await first.start()
-    first.enqueue(receiver.url("/hook"), event(0), KEY, ordering_key="rec-1")
+    await first.enqueue(receiver.url("/hook"), event(0), KEY, ordering_key="rec-1")
     await until(lambda: first.attempts >= 1)  # connection refused: nobody listens yet
     assert first.delivered == 0 and first.pending == 1
     await first.stop()
 
-    second = make(queues, db)
-    assert second.pending == 1  # found on disk
+    second = make(queues)
+    assert await second.count_pending() == 1  # found on disk
     await receiver.start()
     await second.start()
     assert await second.flush(5)
@@ -252,15 +273,15 @@ async def test_survives_a_restart_and_delivers_exactly_once(
     assert [r.seq for r in receiver.requests] == [0]
     assert verify(receiver.requests[0].body, KEY, receiver.requests[0].headers[SIGNATURE_HEADER])
     assert second.delivered == 1 and second.pending == 0
-    assert make(queues, db).pending == 0  # and it is gone from disk
+    assert await make(queues).count_pending() == 0  # and it is gone from disk
 
 
 async def test_enqueued_before_start_is_delivered_after_start(
-        receiver: Receiver, queues: list[WebhookQueue], tmp_path: Path) -> None:
+        receiver: Receiver, queues: Queues, tmp_path: Path) -> None:
     await receiver.start()
-    q = make(queues, tmp_path / "wh.db")
-    q.enqueue(receiver.url("/hook"), event(0), KEY, ordering_key="rec-1")
-    q.enqueue(receiver.url("/hook"), event(1), KEY, ordering_key="rec-1")
+    q = make(queues)
+    await q.enqueue(receiver.url("/hook"), event(0), KEY, ordering_key="rec-1")
+    await q.enqueue(receiver.url("/hook"), event(1), KEY, ordering_key="rec-1")
     await q.start()
     assert await q.flush(5)
     await q.stop()
@@ -268,15 +289,15 @@ async def test_enqueued_before_start_is_delivered_after_start(
 
 
 async def test_404_is_permanent_and_the_next_event_still_goes(
-        receiver: Receiver, queues: list[WebhookQueue], tmp_path: Path,
+        receiver: Receiver, queues: Queues, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     receiver.responders["/gone"] = status(then=404)
     await receiver.start()
-    q = make(queues, tmp_path / "wh.db")
+    q = make(queues)
     await q.start()
     with caplog.at_level(logging.WARNING, logger="callbox.server.webhooks"):
-        q.enqueue(receiver.url("/gone"), event(0), KEY, ordering_key="rec-1")
-        q.enqueue(receiver.url("/hook"), event(1), KEY, ordering_key="rec-1")
+        await q.enqueue(receiver.url("/gone"), event(0), KEY, ordering_key="rec-1")
+        await q.enqueue(receiver.url("/hook"), event(1), KEY, ordering_key="rec-1")
         assert await q.flush(5)
     await asyncio.sleep(0.2)
     await q.stop()
@@ -286,22 +307,22 @@ async def test_404_is_permanent_and_the_next_event_still_goes(
     assert any("HTTP 404" in m and "not retried" in m for m in caplog.messages)
 
 
-async def test_redirect_is_not_followed(receiver: Receiver, queues: list[WebhookQueue],
+async def test_redirect_is_not_followed(receiver: Receiver, queues: Queues,
                                         tmp_path: Path) -> None:
     async def moved(n: int) -> web.StreamResponse:
         return web.Response(status=302, headers={"Location": receiver.url("/hook")})
     receiver.responders["/old"] = moved
     await receiver.start()
-    q = make(queues, tmp_path / "wh.db")
+    q = make(queues)
     await q.start()
-    q.enqueue(receiver.url("/old"), event(0), KEY, ordering_key="rec-1")
+    await q.enqueue(receiver.url("/old"), event(0), KEY, ordering_key="rec-1")
     assert await q.flush(5)
     await q.stop()
     assert [r.path for r in receiver.requests] == ["/old"]
     assert q.failed_permanently == 1 and q.delivered == 0
 
 
-async def test_timeout_is_retried(receiver: Receiver, queues: list[WebhookQueue],
+async def test_timeout_is_retried(receiver: Receiver, queues: Queues,
                                   tmp_path: Path) -> None:
     never = asyncio.Event()
 
@@ -311,9 +332,9 @@ async def test_timeout_is_retried(receiver: Receiver, queues: list[WebhookQueue]
         return web.Response(status=200)
     receiver.responders["/slow"] = silent_once
     await receiver.start()
-    q = make(queues, tmp_path / "wh.db", timeout=1.0)
+    q = make(queues, timeout=1.0)
     await q.start()
-    q.enqueue(receiver.url("/slow"), event(0), KEY, ordering_key="rec-1")
+    await q.enqueue(receiver.url("/slow"), event(0), KEY, ordering_key="rec-1")
     assert await q.flush(20)
     await q.stop()
     assert q.attempts == 2 and q.delivered == 1
@@ -321,15 +342,15 @@ async def test_timeout_is_retried(receiver: Receiver, queues: list[WebhookQueue]
 
 
 async def test_undeliverable_event_is_dropped_after_max_age(
-        receiver: Receiver, queues: list[WebhookQueue], tmp_path: Path,
+        receiver: Receiver, queues: Queues, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     receiver.responders["/dead"] = status(then=500)
     await receiver.start()
     clock = ManualClock()
-    q = make(queues, tmp_path / "wh.db", max_age=3600, clock=clock)
+    q = make(queues, max_age=3600, clock=clock)
     await q.start()
     with caplog.at_level(logging.WARNING, logger="callbox.server.webhooks"):
-        q.enqueue(receiver.url("/dead"), event(0), KEY, ordering_key="rec-1")
+        await q.enqueue(receiver.url("/dead"), event(0), KEY, ordering_key="rec-1")
         await until(lambda: len(receiver.requests) >= 2, timeout=10)  # retried while young
         assert q.pending == 1 and q.expired == 0
         clock.advance(3600)
@@ -341,14 +362,13 @@ async def test_undeliverable_event_is_dropped_after_max_age(
 
 
 async def test_entry_expired_while_down_is_dropped_unsent(
-        receiver: Receiver, queues: list[WebhookQueue], tmp_path: Path) -> None:
-    db = tmp_path / "wh.db"
+        receiver: Receiver, queues: Queues, tmp_path: Path) -> None:
     clock = ManualClock()
-    make(queues, db, clock=clock).enqueue(receiver.url("/hook"), event(0), KEY,
-                                          ordering_key="rec-1")
+    await make(queues, clock=clock).enqueue(receiver.url("/hook"), event(0), KEY,
+                                                ordering_key="rec-1")
     await receiver.start()
     clock.advance(3600)  # down for an hour
-    q = make(queues, db, max_age=3600, clock=clock)
+    q = make(queues, max_age=3600, clock=clock)
     await q.start()
     assert await q.flush(3)
     await q.stop()
@@ -356,60 +376,63 @@ async def test_entry_expired_while_down_is_dropped_unsent(
     assert q.failed_permanently == 1 and q.expired == 1
 
 
-async def test_non_http_url_is_refused_at_enqueue(queues: list[WebhookQueue],
+async def test_non_http_url_is_refused_at_enqueue(queues: Queues,
                                                   tmp_path: Path) -> None:
-    q = make(queues, tmp_path / "wh.db")
-    q.enqueue("ftp://example.com/hook", event(0), KEY, ordering_key="rec-1")
-    q.enqueue("not a url", event(1), KEY, ordering_key="rec-1")
+    q = make(queues)
+    await q.enqueue("ftp://example.com/hook", event(0), KEY, ordering_key="rec-1")
+    await q.enqueue("not a url", event(1), KEY, ordering_key="rec-1")
     assert q.pending == 0 and q.failed_permanently == 2
     await q.stop()
 
 
 async def test_deliveries_log_kept_after_delivery_per_ordering_key(
-        receiver: Receiver, queues: list[WebhookQueue], tmp_path: Path) -> None:
+        receiver: Receiver, queues: Queues, tmp_path: Path) -> None:
     receiver.responders["/flaky"] = status(500, 503)
     receiver.responders["/gone"] = status(404)
     await receiver.start()
     clock = ManualClock()
-    q = make(queues, tmp_path / "wh.db", clock=clock)
+    q = make(queues, clock=clock)
     await q.start()
-    q.enqueue(receiver.url("/flaky?secret=x"), event(0), KEY, ordering_key="rec-1",
-              label="recording")
-    q.enqueue(receiver.url("/flaky"), event(1, state="finished"), KEY, ordering_key="rec-1",
-              label="finished")
-    q.enqueue(receiver.url("/gone"), event(0, "rec-2"), KEY, ordering_key="rec-2",
-              label="recording")
-    q.enqueue("ftp://example.com/hook", event(1, "rec-2"), KEY, ordering_key="rec-2",
-              label="finished")
+    await q.enqueue(receiver.url("/flaky?secret=x"), event(0), KEY, ordering_key="rec-1",
+                    label="recording")
+    await q.enqueue(receiver.url("/flaky"), event(1, state="finished"), KEY,
+                    ordering_key="rec-1", label="finished")
+    await q.enqueue(receiver.url("/gone"), event(0, "rec-2"), KEY, ordering_key="rec-2",
+                    label="recording")
+    await q.enqueue("ftp://example.com/hook", event(1, "rec-2"), KEY, ordering_key="rec-2",
+                    label="finished")
     assert await q.flush(5)
 
-    first, second = q.deliveries("rec-1")  # kept after delivery, oldest first
+    first, second = await q.deliveries("rec-1")  # kept after delivery, oldest first
     assert (first.label, first.status, first.attempts) == ("recording", "delivered", 3)
     assert first.last_error is None and first.last_time == clock.now
     assert first.url == receiver.url("/flaky") + "?..."  # no query string: it may hold secrets
     assert (second.label, second.status, second.attempts) == ("finished", "delivered", 1)
-    gone, bad_url = q.deliveries("rec-2")
+    gone, bad_url = await q.deliveries("rec-2")
     assert (gone.status, gone.attempts) == ("failed", 1)
     assert gone.last_error is not None and "HTTP 404" in gone.last_error
     assert bad_url.status == "failed" and bad_url.attempts == 0
     assert bad_url.last_error is not None and "not an absolute http(s) url" in bad_url.last_error
-    assert q.deliveries("rec-3") == []
+    assert await q.deliveries("rec-3") == []
 
     await q.stop()  # the log is on disk: a new queue on the same file sees it
-    again = make(queues, tmp_path / "wh.db")
-    assert [d.status for d in again.deliveries("rec-1")] == ["delivered", "delivered"]
-    again.forget("rec-1")
-    assert again.deliveries("rec-1") == [] and len(again.deliveries("rec-2")) == 2
+    again = make(queues)
+    assert [d.status for d in await again.deliveries("rec-1")] == ["delivered", "delivered"]
+    await again.forget("rec-1")
+    assert await again.deliveries("rec-1") == [] and len(await again.deliveries("rec-2")) == 2
 
 
 async def test_deliveries_log_shows_a_retry_in_progress(
-        receiver: Receiver, queues: list[WebhookQueue], tmp_path: Path) -> None:
+        receiver: Receiver, queues: Queues, tmp_path: Path) -> None:
     receiver.responders["/down"] = status(500, then=500)
     await receiver.start()
-    q = make(queues, tmp_path / "wh.db", backoff_initial=30.0, backoff_max=30.0)
+    q = make(queues, backoff_initial=30.0, backoff_max=30.0)
     await q.start()
-    q.enqueue(receiver.url("/down"), event(0), KEY, ordering_key="rec-1", label="recording")
-    assert [d.status for d in q.deliveries("rec-1")] == ["pending"]
-    await until(lambda: q.deliveries("rec-1")[0].status == "retrying", timeout=5)
-    (delivery,) = q.deliveries("rec-1")
+    await q.enqueue(receiver.url("/down"), event(0), KEY, ordering_key="rec-1", label="recording")
+    assert [d.status for d in await q.deliveries("rec-1")] == ["pending"]
+    async def retrying() -> bool:
+        return (await q.deliveries("rec-1"))[0].status == "retrying"
+
+    await until_async(retrying, timeout=5)
+    (delivery,) = await q.deliveries("rec-1")
     assert delivery.attempts == 1 and "HTTP 500" in (delivery.last_error or "")

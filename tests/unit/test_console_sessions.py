@@ -125,10 +125,10 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         yield Env(client, store, rec_dir, app)
     finally:
         await client.close()
-        store.close()
+        await store.close()
 
 
-def add_recording(env: Env, project_id: str = "p1") -> RecordingRow:
+async def add_recording(env: Env, project_id: str = "p1") -> RecordingRow:
     rec_id = secrets.token_hex(16)
     path = env.rec_dir / f"{rec_id}.wav"
     writer = open_writer("wav", path, 1)
@@ -140,7 +140,7 @@ def add_recording(env: Env, project_id: str = "p1") -> RecordingRow:
         size=size, url=f"https://rec.example/recordings/{rec_id}.wav", path=str(path),
         created_at=T0, start_time=T0, end_time=T0 + 0.5, reason=None, status_url="",
         params={"format": "wav"})
-    env.store.add(row)
+    await env.store.add(row)
     return row
 
 
@@ -174,7 +174,7 @@ async def test_sign_in_sets_a_strict_secure_httponly_cookie(env: Env) -> None:
 
 
 async def test_signed_out_nothing_of_a_recording_is_shown(env: Env) -> None:
-    row = add_recording(env)
+    row = await add_recording(env)
     for path in ("/console/api/recordings", f"/console/api/recordings/{row.id}",
                  f"/console/api/recordings/{row.id}/peaks", "/console/api/calls",
                  "/console/api/events", "/console/api/session"):
@@ -192,7 +192,7 @@ async def test_signed_out_nothing_of_a_recording_is_shown(env: Env) -> None:
 
 
 async def test_another_projects_recording_is_404(env: Env) -> None:
-    mine, theirs = add_recording(env, "p1"), add_recording(env, "p2")
+    mine, theirs = await add_recording(env, "p1"), await add_recording(env, "p2")
     headers = await sign_in(env, "p1", "t1")
     listed = await (await env.client.get("/console/api/recordings", headers=headers)).json()
     assert [r["id"] for r in listed["data"]] == [mine.id]
@@ -202,7 +202,7 @@ async def test_another_projects_recording_is_404(env: Env) -> None:
         assert response.status == 404, path
     response = await env.client.delete(f"/console/api/recordings/{theirs.id}", headers=headers)
     assert response.status == 404
-    assert env.store.get(theirs.id) is not None
+    assert await env.store.get(theirs.id) is not None
     own = await env.client.get(f"/console/api/recordings/{mine.id}", headers=headers)
     assert own.status == 200
     assert (await own.json())["audio_url"] == f"/recordings/{mine.id}.wav"
@@ -219,7 +219,7 @@ async def test_another_projects_recording_is_404(env: Env) -> None:
 
 
 async def test_changes_need_the_csrf_token(env: Env) -> None:
-    row = add_recording(env)
+    row = await add_recording(env)
     headers = await sign_in(env)
     url = f"/console/api/recordings/{row.id}"
     refused = [
@@ -230,7 +230,7 @@ async def test_changes_need_the_csrf_token(env: Env) -> None:
     for attempt in refused:
         response = await env.client.delete(url, headers=attempt)
         assert response.status == 403
-        assert env.store.get(row.id) is not None and Path(row.path).exists()
+        assert await env.store.get(row.id) is not None and Path(row.path).exists()
     other_session = await sign_in(env)
     response = await env.client.delete(url, headers={**headers,
                                                      CSRF_HEADER: other_session[CSRF_HEADER]})
@@ -240,7 +240,7 @@ async def test_changes_need_the_csrf_token(env: Env) -> None:
 
     response = await env.client.delete(url, headers=headers)
     assert response.status == 204
-    assert env.store.get(row.id) is None and not Path(row.path).exists()
+    assert await env.store.get(row.id) is None and not Path(row.path).exists()
 
     response = await env.client.post("/console/signout", headers=headers)
     assert response.status == 204
@@ -284,8 +284,8 @@ async def test_sign_in_from_another_site_is_refused(env: Env) -> None:
 
 
 async def test_list_filters_and_bad_filters(env: Env) -> None:
-    first, second = add_recording(env), add_recording(env)
-    env.store.update(second.id, state="error", control_id="wanted")
+    first, second = await add_recording(env), await add_recording(env)
+    await env.store.update(second.id, state="error", control_id="wanted")
     headers = await sign_in(env)
 
     async def ids(query: str) -> list[str]:

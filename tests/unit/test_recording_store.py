@@ -1,17 +1,27 @@
-"""The SQLite recording metadata store."""
+"""The recording metadata stores: the protocol's behaviour on SQLite and on PostgreSQL (a real
+server, tests/peers/postgres.py), then what is SQLite's own (its file, schema version, threads)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from callbox.server.database import Database, migrations, open_database
 from callbox.server.store import RecordingRow, RecordingStore, SqliteRecordingStore
-from callbox.server.store.recordings import SCHEMA_VERSION, decode_cursor, encode_cursor
+from callbox.server.store.postgres import PostgresRecordingStore
+from callbox.server.store.recordings import (
+    SCHEMA_VERSION,
+    RecordingFilter,
+    decode_cursor,
+    encode_cursor,
+)
 
 T0 = 1_789_651_036.217
 
@@ -30,70 +40,94 @@ def make_row(project_id: str = "p1", created_at: float = T0, **fields: object) -
     return RecordingRow(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteRecordingStore]:
-    s = SqliteRecordingStore(tmp_path / "db" / "recordings.db")
-    yield s
-    s.close()
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RecordingStore]:
+    """Each protocol test runs on both stores."""
+    if request.param == "sqlite":
+        sqlite = SqliteRecordingStore(tmp_path / "db" / "recordings.db")
+        yield sqlite
+        await sqlite.close()
+        return
+    database = await open_database(request.getfixturevalue("postgres_url"))
+    try:
+        yield PostgresRecordingStore(database)
+    finally:
+        await database.close()
 
 
-def test_add_get_roundtrip(store: SqliteRecordingStore) -> None:
+async def test_add_get_roundtrip(store: RecordingStore) -> None:
     row = make_row(status_url="https://hooks.example/rec")
-    store.add(row)
-    assert store.get(row.id) == row
-    assert store.get(secrets.token_hex(16)) is None
-    with pytest.raises(sqlite3.IntegrityError):
-        store.add(row)
+    await store.add(row)
+    assert await store.get(row.id) == row
+    assert await store.get(secrets.token_hex(16)) is None
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
+        await store.add(row)
 
 
-def test_update(store: SqliteRecordingStore) -> None:
+async def test_update(store: RecordingStore) -> None:
     row = make_row()
-    store.add(row)
-    assert store.update(row.id, state="paused")
-    assert store.update(row.id, state="finished", duration=18.2, size=298284,
-                        end_time=T0 + 19, params={"format": "wav", "stereo": True})
-    got = store.get(row.id)
+    await store.add(row)
+    assert await store.update(row.id, state="paused")
+    assert await store.update(row.id, state="finished", duration=18.2, size=298284,
+                              end_time=T0 + 19, params={"format": "wav", "stereo": True})
+    got = await store.get(row.id)
     assert got is not None
     assert (got.state, got.duration, got.size, got.end_time) == ("finished", 18.2, 298284, T0 + 19)
     assert got.params == {"format": "wav", "stereo": True}
-    assert not store.update(secrets.token_hex(16), state="finished")
+    assert not await store.update(secrets.token_hex(16), state="finished")
+    assert await store.update(row.id) and not await store.update(secrets.token_hex(16))
     with pytest.raises(ValueError, match="colour"):
-        store.update(row.id, colour="blue")
+        await store.update(row.id, colour="blue")
     with pytest.raises(ValueError, match="id"):
-        store.update(row.id, id="x")
+        await store.update(row.id, id="x")
 
 
-def test_list_pages_newest_first(store: SqliteRecordingStore) -> None:
+async def test_list_pages_newest_first(store: RecordingStore) -> None:
     rows = [make_row(created_at=T0 + i) for i in range(7)]
     # Two rows with the same created_at: ordered by id, none lost or repeated across pages.
     rows += [make_row(created_at=T0 + 3), make_row(created_at=T0 + 3)]
     for row in rows:
-        store.add(row)
-    store.add(make_row(project_id="p2", created_at=T0 + 100))
+        await store.add(row)
+    await store.add(make_row(project_id="p2", created_at=T0 + 100))
     expected = sorted(rows, key=lambda r: (r.created_at, r.id), reverse=True)
 
     seen: list[RecordingRow] = []
     sizes = []
     cursor = None
     while True:
-        page, cursor = store.list("p1", page_size=4, cursor=cursor)
+        page, cursor = await store.list("p1", page_size=4, cursor=cursor)
         seen += page
         sizes.append(len(page))
         if cursor is None:
             break
     assert sizes == [4, 4, 1]
     assert [r.id for r in seen] == [r.id for r in expected]
-    assert store.list("nobody", page_size=10) == ([], None)
-    page, cursor = store.list("p1", page_size=9)
+    assert await store.list("nobody", page_size=10) == ([], None)
+    page, cursor = await store.list("p1", page_size=9)
     assert len(page) == 9 and cursor is None  # an exact fit has no next page
+    assert page == expected  # every field read back as written
 
 
-def test_list_rejects_bad_arguments(store: SqliteRecordingStore) -> None:
+async def test_list_filters(store: RecordingStore) -> None:
+    kept = make_row(state="finished", format="mp3", channels=2, created_at=T0 + 5,
+                    call_id="call-x")
+    await store.add(kept)
+    await store.add(make_row(state="finished", format="wav", created_at=T0 + 5))
+    await store.add(make_row(state="recording", format="mp3", channels=2, created_at=T0 + 6))
+    await store.add(make_row(state="finished", format="mp3", channels=2, created_at=T0 + 9))
+    where = RecordingFilter(state="finished", format="mp3", channels=2, since=T0 + 5,
+                            until=T0 + 6)
+    assert await store.list("p1", page_size=10, where=where) == ([kept], None)
+    assert (await store.list("p1", page_size=10, where=RecordingFilter(search="call-x")))[0] \
+        == [kept]
+
+
+async def test_list_rejects_bad_arguments(store: RecordingStore) -> None:
     with pytest.raises(ValueError):
-        store.list("p1", page_size=0)
+        await store.list("p1", page_size=0)
     for bad in ("garbage!", "e30", encode_cursor(T0, "x")[:-3], "WyJ4IiwxXQ"):
         with pytest.raises(ValueError):
-            store.list("p1", page_size=5, cursor=bad)
+            await store.list("p1", page_size=5, cursor=bad)
 
 
 def test_cursor_roundtrip() -> None:
@@ -102,31 +136,53 @@ def test_cursor_roundtrip() -> None:
     assert "=" not in token and "/" not in token and "+" not in token
 
 
-def test_delete(store: SqliteRecordingStore) -> None:
+async def test_delete(store: RecordingStore) -> None:
     row = make_row()
-    store.add(row)
-    assert store.delete(row.id)
-    assert store.get(row.id) is None
-    assert not store.delete(row.id)
+    await store.add(row)
+    assert await store.delete(row.id)
+    assert await store.get(row.id) is None
+    assert not await store.delete(row.id)
 
 
-def test_unfinished(store: SqliteRecordingStore) -> None:
+async def test_unfinished(store: RecordingStore) -> None:
     states = ["recording", "paused", "finished", "no_input", "error", "recording"]
     rows = [make_row(created_at=T0 + i, state=s) for i, s in enumerate(states)]
     for row in rows:
-        store.add(row)
-    assert [r.id for r in store.unfinished()] == [rows[0].id, rows[1].id, rows[5].id]
+        await store.add(row)
+    assert [r.id for r in await store.unfinished()] == [rows[0].id, rows[1].id, rows[5].id]
 
 
-def test_persists_with_schema_version_and_wal(tmp_path: Path) -> None:
+async def test_postgres_migrations_apply_once_and_refuse_a_newer_schema(
+        postgres_url: str) -> None:
+    first = await open_database(postgres_url)  # an empty database: every migration
+    try:
+        async with first.connection() as conn:
+            cursor = await conn.execute("SELECT version FROM schema_version ORDER BY version")
+            assert [v for (v,) in await cursor.fetchall()] == \
+                [m.version for m in migrations()] == [1, 2]
+    finally:
+        await first.close()
+    second: Database = await open_database(postgres_url)  # nothing left to apply
+    try:
+        async with second.connection() as conn:
+            cursor = await conn.execute("SELECT count(*) FROM schema_version")
+            assert (await cursor.fetchone()) == (2,)
+            await conn.execute("INSERT INTO schema_version (version, name) VALUES (99, 'x')")
+    finally:
+        await second.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        await open_database(postgres_url)
+
+
+async def test_persists_with_schema_version_and_wal(tmp_path: Path) -> None:
     path = tmp_path / "recordings.db"
     first = SqliteRecordingStore(path)
     row = make_row()
-    first.add(row)
-    first.close()
+    await first.add(row)
+    await first.close()
     again: RecordingStore = SqliteRecordingStore(path)
-    assert again.get(row.id) == row
-    again.close()
+    assert await again.get(row.id) == row
+    await again.close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -136,27 +192,33 @@ def test_persists_with_schema_version_and_wal(tmp_path: Path) -> None:
         SqliteRecordingStore(path)
 
 
-def test_concurrent_use_from_threads(store: SqliteRecordingStore) -> None:
+async def test_sqlite_concurrent_use_from_threads(tmp_path: Path) -> None:
+    store = SqliteRecordingStore(tmp_path / "recordings.db")
     ids: list[str] = []
     lock = threading.Lock()
 
+    async def steps(n: int, i: int) -> str:
+        row = make_row(created_at=T0 + n * 1000 + i)
+        await store.add(row)
+        await store.update(row.id, state="finished", size=i)
+        assert await store.get(row.id) is not None
+        return row.id
+
     def work(n: int) -> None:
         for i in range(40):
-            row = make_row(created_at=T0 + n * 1000 + i)
-            store.add(row)
-            store.update(row.id, state="finished", size=i)
-            assert store.get(row.id) is not None
+            rec_id = asyncio.run(steps(n, i))
             with lock:
-                ids.append(row.id)
+                ids.append(rec_id)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    page, cursor = store.list("p1", page_size=1000)
+    page, cursor = await store.list("p1", page_size=1000)
     assert cursor is None and sorted(r.id for r in page) == sorted(ids)
     assert all(r.state == "finished" for r in page)
+    await store.close()
 
 
 def test_to_api() -> None:
@@ -195,7 +257,7 @@ PRAGMA user_version = 1;
 """
 
 
-def test_a_version_1_database_migrates_and_keeps_its_rows(tmp_path: Path) -> None:
+async def test_a_version_1_database_migrates_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "recordings.db"
     conn = sqlite3.connect(path)
     conn.executescript(SCHEMA_V1)
@@ -209,15 +271,15 @@ def test_a_version_1_database_migrates_and_keeps_its_rows(tmp_path: Path) -> Non
 
     store = SqliteRecordingStore(path)
     try:
-        (old,), _ = store.list("p1", page_size=10)
+        (old,), _ = await store.list("p1", page_size=10)
         assert (old.state, old.size, old.location) == ("finished", 24044, "")  # still local
-        assert store.update(old.id, location=f"{old.id}.wav")
-        assert store.get(old.id).location == f"{old.id}.wav"  # type: ignore[union-attr]
+        assert await store.update(old.id, location=f"{old.id}.wav")
+        assert (await store.get(old.id)).location == f"{old.id}.wav"  # type: ignore[union-attr]
         row = make_row(location="0123.wav")
-        store.add(row)
-        assert store.get(row.id) == row
+        await store.add(row)
+        assert await store.get(row.id) == row
     finally:
-        store.close()
+        await store.close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     conn.close()

@@ -4,7 +4,7 @@ and what it leaves alone (the uploads themselves: tests/integration/test_recordi
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,10 +26,10 @@ def row(path: str, *, rec_id: str | None = None, state: str = "finished",
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteRecordingStore]:
+async def store(tmp_path: Path) -> AsyncIterator[SqliteRecordingStore]:
     opened = SqliteRecordingStore(tmp_path / "recordings.db")
     yield opened
-    opened.close()
+    await opened.close()
 
 
 def test_only_the_rows_own_file_in_the_recordings_dir(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_only_the_rows_own_file_in_the_recordings_dir(tmp_path: Path) -> None:
         assert local_file(row(str(path), rec_id=rec_id, fmt="mp3"), rec_dir) is None
 
 
-def test_retries_back_off_doubling_up_to_30_times_the_first_delay(tmp_path: Path,
+async def test_retries_back_off_doubling_up_to_30_times_the_first_delay(tmp_path: Path,
                                                                   store: SqliteRecordingStore
                                                                   ) -> None:
     uploads = RecordingUploads(ObjectStore(SETTINGS), store, tmp_path, retry_seconds=0.2)
@@ -61,12 +61,12 @@ async def test_nothing_to_upload_leaves_everything_alone(tmp_path: Path,
     running = row("", state="recording")
     running.path = str(tmp_path / f"{running.id}.wav")
     Path(running.path).write_bytes(b"RIFF")
-    store.add(running)
+    await store.add(running)
     gone = row("")
     gone.path = str(tmp_path / f"{gone.id}.wav")
-    store.add(gone)
+    await store.add(gone)
     assert not await uploads.upload(running.id)
     assert not await uploads.upload(secrets.token_hex(16))
     assert not await uploads.upload(gone.id)
     assert Path(running.path).read_bytes() == b"RIFF"
-    assert store.get(running.id).location == ""  # type: ignore[union-attr]
+    assert (await store.get(running.id)).location == ""  # type: ignore[union-attr]

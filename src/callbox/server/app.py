@@ -19,6 +19,7 @@ from callbox.server.call import Call
 from callbox.server.call_media import CallMediaFactory
 from callbox.server.cluster import Cluster
 from callbox.server.config import Config, Route, parse_host_port, parse_port_range
+from callbox.server.database import Database, open_database
 from callbox.server.http.app import make_app
 from callbox.server.inbound import InboundCalls
 from callbox.server.media.ports import RtpPortPool
@@ -75,6 +76,7 @@ class Platform:
         self.recordings: RecordingStore | None = None  # the recorder's metadata (REST reads it)
         self.webhooks: WebhookQueue | None = None  # the recorder's webhook queue
         self.recovered: list[RecordingRow] = []
+        self.database: Database | None = None  # PostgreSQL, with [database] url
         self.uploads: RecordingUploads | None = None  # moves recordings to S3, when configured
         self.services = Services(
             calls=self.calls, auth=ProjectAuth(config), node_id=self.node_id, media=self.media,
@@ -122,9 +124,12 @@ class Platform:
         if parse_host_port(self.config.http.listen, "http.listen")[1] == 0:
             self.config.http.public_url = f"https://{https[0]}:{https[1]}"  # ephemeral port
         self.services.public_url = self.config.http.public_url
+        if self.config.database.url:  # shared metadata: migrated here, closed in stop()
+            self.database = await open_database(self.config.database.url)
         self.recorder = RecordingEngine(
             data_dir=data_dir, public_url=self.config.http.public_url, node_id=self.node_id,
             signing_keys={p.id: p.signing_key or p.token for p in self.config.projects},
+            database=self.database,
         )
         self.recordings = self.recorder.store
         self.webhooks = self.recorder.webhooks.queue
@@ -204,6 +209,8 @@ class Platform:
             await self.cluster.close()
         if self.uploads is not None:  # what is not uploaded yet is, at the next start
             await self.uploads.close()
+        if self.database is not None:
+            await self.database.close()
 
     def banner(self) -> str:
         assert self.listening is not None

@@ -60,6 +60,16 @@ class StorageConfig:
 
 
 @dataclass
+class DatabaseConfig:
+    """Where metadata (recordings, the webhook queue) lives. `url` empty = SQLite files in the
+    data directory; else a PostgreSQL URL (``postgresql://user:pass@host:5432/callbox``) that
+    every node of a cluster shares. The whole URL may come from CALLBOX_DATABASE_URL (keeps the
+    password out of the file)."""
+
+    url: str = ""
+
+
+@dataclass
 class ServerConfig:
     # Media worker processes (RTP, the media clock, recording files); 0 = media in the main
     # process. Default: one per core.
@@ -178,6 +188,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
     log: LogConfig = field(default_factory=LogConfig)
     ai: AiConfig = field(default_factory=AiConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -202,6 +213,7 @@ _SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "http": HttpConfig,
     "storage": StorageConfig,
+    "database": DatabaseConfig,
     "log": LogConfig,
     "ai": AiConfig,
     "cluster": ClusterConfig,
@@ -413,6 +425,12 @@ def validate_storage(storage: StorageConfig) -> None:
                           f"got {storage.s3_retry_seconds!r}")
 
 
+def validate_database(database: DatabaseConfig) -> None:
+    if database.url and not database.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("database.url must be a postgresql:// (or postgres://) URL, got "
+                          f"{database.url.split('@')[-1]!r}")
+
+
 def validate(config: Config) -> None:
     parse_host_port(config.sip.listen, "sip.listen")
     parse_port_range(config.sip.rtp_ports)
@@ -439,6 +457,7 @@ def validate(config: Config) -> None:
             raise ConfigError("ai.model must be set when ai.base_url is (e.g. \"gpt-4o-mini\")")
     validate_storage(config.storage)
     validate_cluster(config.cluster)
+    validate_database(config.database)
     ids = [p.id for p in config.projects]
     if len(ids) != len(set(ids)):
         raise ConfigError("[[projects]] ids must be unique")

@@ -6,18 +6,38 @@ and the operators' metrics. Handlers get the platform's `Services` (never the pl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from callbox.server.database import DatabaseUnavailable
 from callbox.server.http.calls import add_call_routes
 from callbox.server.http.console import add_console_routes
 from callbox.server.http.context import SERVICES_KEY
+from callbox.server.http.errors import json_error
 from callbox.server.http.metrics import add_metrics_routes
 from callbox.server.http.recordings import add_recording_routes
 from callbox.server.services import Services
 
+log = logging.getLogger(__name__)
+
 WebSocketHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+DATABASE_RETRY_AFTER = "5"  # seconds, in the 503 of a request made while the database is down
+
+
+@web.middleware
+async def database_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request that needs the metadata database while it is down gets a 503 to retry, not a
+    500."""
+    try:
+        return await handler(request)
+    except DatabaseUnavailable as exc:
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        raise json_error(web.HTTPServiceUnavailable, "database_unavailable",
+                         "the metadata database cannot be reached; try again shortly",
+                         headers={"Retry-After": DATABASE_RETRY_AFTER}) from None
 
 
 async def health(request: web.Request) -> web.Response:
@@ -26,7 +46,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 def make_app(services: Services, relay: WebSocketHandler) -> web.Application:
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[database_unavailable])
     app[SERVICES_KEY] = services
     app.router.add_get("/health", health)
     add_metrics_routes(app)  # /metrics: counts for operators (project credentials)

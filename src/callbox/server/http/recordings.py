@@ -71,7 +71,7 @@ async def list_recordings(request: web.Request) -> web.Response:
     page_size = parse_page_size(request.query.get("page_size"))
     page_token = request.query.get("page_token") or None
     try:
-        rows, next_token = _store(request).list(project.id, page_size=page_size,
+        rows, next_token = await _store(request).list(project.id, page_size=page_size,
                                                 cursor=page_token)
     except ValueError:
         raise json_error(web.HTTPBadRequest, "invalid_parameter",
@@ -90,13 +90,13 @@ async def list_recordings(request: web.Request) -> web.Response:
 
 async def get_recording(request: web.Request) -> web.Response:
     project = require_project(request)
-    row = own_row(request, project.id)
+    row = await own_row(request, project.id)
     return web.json_response(row.to_api())
 
 
 async def delete_recording(request: web.Request) -> web.Response:
     project = require_project(request)
-    row = own_row(request, project.id)
+    row = await own_row(request, project.id)
     await remove_recording(request, row)
     return web.Response(status=204)
 
@@ -112,10 +112,10 @@ async def remove_recording(request: web.Request, row: RecordingRow) -> None:
     path = file_of(row)
     if path is not None:
         await asyncio.get_running_loop().run_in_executor(None, _unlink, path)
-    _store(request).delete(row.id)
+    await _store(request).delete(row.id)
     recorder = services_of(request).recorder
     if recorder is not None:
-        recorder.webhooks.queue.forget(row.id)
+        await recorder.webhooks.queue.forget(row.id)
 
 
 async def download_recording(request: web.Request) -> web.StreamResponse:
@@ -124,7 +124,7 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
     if match is None:
         raise _not_found()
     rec_id, ext = match.groups()
-    row = _store(request).get(rec_id)
+    row = await _store(request).get(rec_id)
     if row is None or row.format != ext or row.state not in SERVABLE_STATES:
         raise _not_found()
     headers: dict[str, str] = {hdrs.CONTENT_TYPE: CONTENT_TYPES[ext],
@@ -132,7 +132,7 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
     byte_range = request.headers.get(hdrs.RANGE, "").strip()
     path = file_of(row)
     if not row.location and path is not None and not await _run_blocking(path.exists):
-        row = _store(request).get(rec_id) or row  # moved to S3 since we looked?
+        row = await _store(request).get(rec_id) or row  # moved to S3 since we looked?
     if row.location:
         return await _send_object(request, row, headers, byte_range)
     if path is None:
@@ -183,13 +183,13 @@ def _page_url(base: str, page_size: int, page_token: str | None) -> str:
     return f"{base}?{urlencode(query)}"
 
 
-def own_row(request: web.Request, project_id: str) -> RecordingRow:
+async def own_row(request: web.Request, project_id: str) -> RecordingRow:
     """The project's recording named in the path (`{id}`); a JSON 404 for any other (never
     another project's)."""
     rec_id = request.match_info["id"]
     if _ID.fullmatch(rec_id) is None:
         raise _not_found()
-    row = _store(request).get(rec_id)
+    row = await _store(request).get(rec_id)
     if row is None or not hmac.compare_digest(row.project_id.encode(), project_id.encode()):
         raise _not_found()
     return row

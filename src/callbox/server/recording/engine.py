@@ -6,8 +6,14 @@ or a media worker), beeps, starts it, and turns what the runtime reports into th
 state, its metadata row, its `calling.call.record` events for the listeners (SWML, RELAY) and,
 with `status_url`, signed webhooks. The engine knows nothing of SIP, RELAY or SWML.
 
-The engine owns its metadata store (SQLite in the data directory) and its webhook queue;
-`start()` opens them (and repairs what a crash left), `close()` closes them.
+The engine owns its metadata store (SQLite in the data directory, or PostgreSQL when the
+platform gives it a `Database`) and its webhook queue; `start()` starts them (and repairs what a
+crash left), `close()` closes them.
+
+Store writes are async. A recording's writes run one after another in the order of its states
+(each waits for the previous); while the database cannot be reached they wait and retry (see
+`persist`), the recording keeps writing its file meanwhile, and its terminal event is emitted
+only after its end is stored.
 
 Rules every entry point (SWML, RELAY, agents) gets alike:
 - A recording with `beep` waits for the plays running (or still starting) on the call when it
@@ -30,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from callbox.server.database import Database
 from callbox.server.media.sources import beep
 from callbox.server.recording.machine import (
     TERMINAL,
@@ -38,11 +45,14 @@ from callbox.server.recording.machine import (
     check_pause_behavior,
 )
 from callbox.server.recording.notify import RecordWebhooks
+from callbox.server.recording.persist import persist
 from callbox.server.recording.runtime import RuntimeEnd, RuntimeReports
 from callbox.server.recording.target import RecordedCall, RecordingMedia
 from callbox.server.recording.writers import describe_finished, part_path, repair_partial
+from callbox.server.store.postgres import PostgresRecordingStore
 from callbox.server.store.recordings import RecordingRow, RecordingStore, SqliteRecordingStore
 from callbox.server.tasks import spawn
+from callbox.server.webhooks import PostgresQueueDb, SqliteQueueDb, WebhookQueue
 from callbox.wire.recording import RecordParams, record_event_params
 
 log = logging.getLogger(__name__)
@@ -91,6 +101,8 @@ class Recording:
         self._started = False  # the media half records
         self._pause_behavior: str | None = None  # of the last `paused`
         self._stored = False  # our row is in the store
+        self._writes: asyncio.Task[None] | None = None  # the last store write queued
+        self._concluding = False  # its end is being stored and reported
         self._stop_requested = False  # stop() before it records
         self._pause_requested: str | None = None  # pause() before it records
 
@@ -111,30 +123,32 @@ class Recording:
         except asyncio.CancelledError:
             if self._media is not None and not self._started:
                 self._media.stop()  # removes the file
-            self._conclude(RecState.ERROR, "the start was cancelled")
+            spawn(self._conclude(RecState.ERROR, "the start was cancelled"),
+                  name=f"recording-end-{self.id}")
             raise
         except Exception as exc:
             log.exception("recording %s on call %s failed to start", self.id, self.call.id)
             if self._media is not None and not self._started:
                 self._media.stop()
-            self._conclude(RecState.ERROR, f"could not start: {exc}")
+            await self._conclude(RecState.ERROR, f"could not start: {exc}")
 
     async def _start(self) -> None:
         RecorderMachine(self.params)  # first: a bad setting fails before any file
         if self.params.beep:
             await self.call.prompts_played()
         if self._stop_requested or not self.call.is_active:
-            self._conclude(RecState.NO_INPUT, None)  # nothing recorded, no file
+            await self._conclude(RecState.NO_INPUT, None)  # nothing recorded, no file
             return
         media = self.call.record_media(self.id, self.engine.reports)
         try:
             await media.open(self.params.format, self.path, self.params.channels)
         except OSError as exc:
-            self._conclude(RecState.ERROR,
-                           f"cannot create the recording file: {exc.strerror or exc}")
+            await self._conclude(RecState.ERROR,
+                                 f"cannot create the recording file: {exc.strerror or exc}")
             return
         self._media = media
-        self.engine.store.add(self._row(RecState.RECORDING))
+        row = self._row(RecState.RECORDING)
+        await persist(lambda: self.engine.store.add(row), f"recording {self.id}")
         self._stored = True
         if self.params.beep and not self._stop_requested and self.call.is_active:
             operation = self.call.play_samples([beep()])
@@ -176,45 +190,49 @@ class Recording:
             return
         self.state = state
         self._pause_behavior = pause_behavior
-        self._store_update(state=state.value)
+        self._store_later(state=state.value)
         self._emit()
         if not self._first_state.done():
             self._first_state.set_result(None)
 
     def media_ended(self, end: RuntimeEnd) -> None:
         self.size, self.duration = end.size, end.duration
-        self._conclude(end.state, end.reason)
+        spawn(self._conclude(end.state, end.reason), name=f"recording-end-{self.id}")
 
     async def media_lost(self) -> None:
         """The worker that recorded died: repair what it wrote (`.part`) and end `finished`
         with that audio (`error` when nothing could be kept)."""
         part = part_path(self.path)
         if not await asyncio.to_thread(part.exists):
-            self._conclude(RecState.ERROR, "the media worker died before any audio was kept")
+            await self._conclude(RecState.ERROR, "the media worker died before any audio was kept")
             return
         try:
             repaired = await asyncio.to_thread(repair_partial, part)
         except (ValueError, OSError) as exc:
             await asyncio.to_thread(part.unlink, missing_ok=True)
-            self._conclude(RecState.ERROR, f"the media worker died and its file could not be "
-                                           f"repaired ({exc})")
+            await self._conclude(RecState.ERROR, f"the media worker died and its file could "
+                                                 f"not be repaired ({exc})")
             return
         log.warning("recording %s: its media worker died; %.1f s of audio repaired", self.id,
                     repaired.duration)
         self.size, self.duration = repaired.size, round(repaired.duration, 3)
-        self._conclude(RecState.FINISHED, None)
+        await self._conclude(RecState.FINISHED, None)
 
-    def _conclude(self, state: RecState, reason: str | None) -> None:
-        """Enter the terminal `state`: store it, report it, complete `done` (once)."""
-        if self.done.done():
+    async def _conclude(self, state: RecState, reason: str | None) -> None:
+        """Enter the terminal `state`: store it (after the writes before it), report it,
+        complete `done` (once)."""
+        if self._concluding or self.done.done():
             return
+        self._concluding = True
         self.state = state
         self.reason = reason if state is RecState.ERROR else None
         self.end_time = time.time()
         fields: dict[str, Any] = dict(
             state=state.value, duration=self.duration, size=self.size,
             start_time=self.start_time, end_time=self.end_time, reason=self.reason)
-        problem = self._store_update(**fields) if self._stored else self._store_add()
+        if self._writes is not None:
+            await self._writes  # never raises: the writes log their errors
+        problem = await (self._store_update(**fields) if self._stored else self._store_add())
         if problem is not None:
             self.state = RecState.ERROR
             stored = f"its end could not be stored ({problem})"
@@ -229,19 +247,33 @@ class Recording:
         if self.size is not None:  # its file is kept
             self.engine.concluded(self)
 
-    def _store_add(self) -> str | None:
+    async def _store_add(self) -> str | None:
+        row = self._row(self.state or RecState.ERROR)
         try:
-            self.engine.store.add(self._row(self.state or RecState.ERROR))
+            await persist(lambda: self.engine.store.add(row), f"recording {self.id}")
         except Exception as exc:
             log.error("recording %s: could not store it: %s", self.id, exc)
             return str(exc)
         self._stored = True
         return None
 
-    def _store_update(self, **fields: Any) -> str | None:
-        """Store `fields`; returns what went wrong (None when stored). Never raises."""
+    def _store_later(self, **fields: Any) -> None:
+        """Store `fields` after the writes queued before (in the background)."""
+        self._writes = spawn(self._store_after(self._writes, fields),
+                             name=f"recording-write-{self.id}")
+
+    async def _store_after(self, previous: asyncio.Task[None] | None,
+                           fields: dict[str, Any]) -> None:
+        if previous is not None:
+            await previous
+        await self._store_update(**fields)
+
+    async def _store_update(self, **fields: Any) -> str | None:
+        """Store `fields` (waiting out a database outage); returns what went wrong (None when
+        stored). Never raises."""
         try:
-            self.engine.store.update(self.id, **fields)
+            await persist(lambda: self.engine.store.update(self.id, **fields),
+                          f"recording {self.id} ({fields.get('state', 'its fields')})")
         except Exception as exc:
             log.error("recording %s: could not store %s: %s", self.id,
                       fields.get("state", "its state"), exc)
@@ -318,13 +350,22 @@ class RecordingEngine:
     """Every recording of the platform, with the pools, store and webhooks they use."""
 
     def __init__(self, *, data_dir: Path, public_url: str, node_id: str,
-                 signing_keys: dict[str, str] | None = None) -> None:
+                 signing_keys: dict[str, str] | None = None,
+                 database: Database | None = None) -> None:
         self.recordings_dir = data_dir / "recordings"
         self.recordings_dir.mkdir(parents=True, exist_ok=True)
         self.public_url = public_url.rstrip("/")
         self.node_id = node_id
-        self.store: RecordingStore = SqliteRecordingStore(data_dir / "recordings.db")
-        self.webhooks = RecordWebhooks(data_dir / "webhooks.db", signing_keys or {})
+        # A shared database holds other nodes' recordings too: `recover` leaves them alone.
+        self.shared = database is not None
+        self.store: RecordingStore
+        if database is None:
+            self.store = SqliteRecordingStore(data_dir / "recordings.db")
+            queue = WebhookQueue(SqliteQueueDb(data_dir / "webhooks.db"))
+        else:
+            self.store = PostgresRecordingStore(database)
+            queue = WebhookQueue(PostgresQueueDb(database, node_id))
+        self.webhooks = RecordWebhooks(queue, signing_keys or {})
         self.active: dict[str, Recording] = {}
         self.reports: RuntimeReports = _MediaReports(self.active)
         self._observers: list[EngineListener] = []
@@ -364,7 +405,7 @@ class RecordingEngine:
     async def start(self) -> list[RecordingRow]:
         """Start delivering webhooks; repair what a crash left (see `recover`)."""
         await self.webhooks.start()
-        return self.recover()
+        return await self.recover()
 
     # -- recordings -------------------------------------------------------------------------
 
@@ -397,7 +438,7 @@ class RecordingEngine:
 
     # -- start-up repair --------------------------------------------------------------------
 
-    def recover(self) -> list[RecordingRow]:
+    async def recover(self) -> list[RecordingRow]:
         """At start-up: finish the recordings a crash (or a full disk) left unfinished, store
         and report them (log, and webhook when they had a status_url).
 
@@ -406,9 +447,13 @@ class RecordingEngine:
         - A row still running whose final file exists ended but could not store its end: it
           is stored `error` with the file's duration and size (the audio is kept).
         - A row with no file at all ends in `error`: nothing was written.
+
+        With a shared database only this node's rows (their url is this node's) are repaired.
         """
         recovered = []
-        rows = {row.id: row for row in self.store.unfinished()}
+        mine = f"{self.public_url}/recordings/"
+        rows = {row.id: row for row in await self.store.unfinished()
+                if not self.shared or row.url.startswith(mine)}
         for part in sorted(self.recordings_dir.glob("*.part")):
             rec_id = part.name.split(".", 1)[0]
             row = rows.pop(rec_id, None)
@@ -418,50 +463,50 @@ class RecordingEngine:
                 part.unlink(missing_ok=True)
                 log.warning("removed %s: it cannot be repaired (%s)", part, exc)
                 if row is not None:
-                    self.store.update(row.id, state=RecState.ERROR.value, end_time=time.time(),
-                                      reason=f"lost in a crash: its file could not be "
-                                             f"repaired ({exc})")
+                    await self.store.update(
+                        row.id, state=RecState.ERROR.value, end_time=time.time(),
+                        reason=f"lost in a crash: its file could not be repaired ({exc})")
                 continue
             if row is None:
                 log.warning("repaired %s but it has no metadata; left as %s", part,
                             repaired.final_path)
                 continue
-            updated = self._store_end(row, RecState.FINISHED, repaired.duration, repaired.size,
-                                      "recovered after a crash")
+            updated = await self._store_end(row, RecState.FINISHED, repaired.duration,
+                                            repaired.size, "recovered after a crash")
             log.warning("recovered recording %s (%.1f s) left unfinished by a crash",
                         rec_id, repaired.duration)
             recovered.append(updated)
         for row in rows.values():
-            recovered += self._recover_without_part(row)
+            recovered += await self._recover_without_part(row)
         return recovered
 
-    def _recover_without_part(self, row: RecordingRow) -> list[RecordingRow]:
+    async def _recover_without_part(self, row: RecordingRow) -> list[RecordingRow]:
         path = Path(row.path)
         if not path.exists():  # metadata without a file: nothing was written
-            self.store.update(row.id, state=RecState.ERROR.value,
-                              reason="lost in a crash before any audio")
+            await self.store.update(row.id, state=RecState.ERROR.value,
+                                    reason="lost in a crash before any audio")
             return []
         try:
             found = describe_finished(path)
         except (ValueError, OSError) as exc:
             log.warning("recording %s: its file %s is not readable (%s)", row.id, path, exc)
-            self.store.update(row.id, state=RecState.ERROR.value,
-                              reason=f"its end was not stored and its file is unreadable "
-                                     f"({exc})")
+            await self.store.update(row.id, state=RecState.ERROR.value,
+                                    reason=f"its end was not stored and its file is "
+                                           f"unreadable ({exc})")
             return []
         log.warning("recording %s (%.1f s): its end was not stored; its file is complete",
                     row.id, found.duration)
-        return [self._store_end(row, RecState.ERROR, found.duration, found.size,
+        return [await self._store_end(row, RecState.ERROR, found.duration, found.size,
                                 "its end could not be stored (was the disk full?); "
                                 "the file is complete")]
 
-    def _store_end(self, row: RecordingRow, state: RecState, duration: float, size: int,
+    async def _store_end(self, row: RecordingRow, state: RecState, duration: float, size: int,
                    reason: str) -> RecordingRow:
         """Store a recovered recording's end and report it."""
         end_time = time.time()
-        self.store.update(row.id, state=state.value, duration=round(duration, 3), size=size,
-                          end_time=end_time, reason=reason)
-        updated = self.store.get(row.id) or row
+        await self.store.update(row.id, state=state.value, duration=round(duration, 3),
+                                size=size, end_time=end_time, reason=reason)
+        updated = await self.store.get(row.id) or row
         if updated.status_url:
             params = record_event_params(
                 call_id=updated.call_id, node_id=self.node_id, control_id=updated.control_id,
@@ -484,4 +529,4 @@ class RecordingEngine:
         if pending:
             await asyncio.wait(pending, timeout=10)
         await self.webhooks.close()
-        self.store.close()
+        await self.store.close()

@@ -88,7 +88,7 @@ class RecordingUploads:
         queued = 0
         for name in names:
             match = _FILE_NAME.fullmatch(name)
-            row = self.store.get(match[1]) if match else None
+            row = await self.store.get(match[1]) if match else None
             if row is not None and not row.is_active and object_key(row) == name:
                 self.submit(row.id)
                 queued += 1
@@ -162,7 +162,7 @@ class RecordingUploads:
     async def upload(self, recording_id: str) -> bool:
         """Upload, verify, record the location, remove the local copy. False when there is
         nothing to upload (no row, still running, no local file). Raises on failure."""
-        row = self.store.get(recording_id)
+        row = await self.store.get(recording_id)
         if row is None or row.is_active:  # deleted; or its end is not stored (recover() will)
             return False
         path = local_file(row, self.recordings_dir)
@@ -183,7 +183,7 @@ class RecordingUploads:
         except FileNotFoundError:  # deleted (REST) while we were at it
             return False
         await self._verify(key, size, etag)
-        if not self.store.update(row.id, location=key):  # deleted while it was uploading
+        if not await self.store.update(row.id, location=key):  # deleted while it was uploading
             await self.objects.delete(key)
             return False
         await _run_blocking(path.unlink, True)

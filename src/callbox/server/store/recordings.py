@@ -1,8 +1,9 @@
 """Recording metadata: the `RecordingStore` interface and its SQLite implementation.
 
 The store holds metadata only (ids, call, control_id, state, format, sizes, times, url, the file's
-path, where the audio lives now); the audio files are the recording engine's. Calls are short
-and synchronous: the platform makes them from the event loop or from its writer thread.
+path, where the audio lives now); the audio files are the recording engine's. The interface is
+async so that a network database (`store.postgres`) never blocks the event loop; the SQLite
+store runs its short local statements inline.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import builtins
 import json
 import sqlite3
 import threading
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,23 +90,23 @@ class RecordingFilter:
     until: float | None = None  # created_at < until
     search: str | None = None  # the exact call id, control id or recording id
 
-    def sql(self) -> tuple[str, builtins.list[Any]]:
-        """`" AND ..."` conditions and their arguments."""
+    def sql(self, mark: str = "?") -> tuple[str, builtins.list[Any]]:
+        """`" AND ..."` conditions and their arguments; `mark` is the driver's placeholder."""
         conditions: builtins.list[str] = []
         args: builtins.list[Any] = []
         for column in ("state", "format", "channels"):
             value = getattr(self, column)
             if value is not None:
-                conditions.append(f"{column} = ?")
+                conditions.append(f"{column} = {mark}")
                 args.append(value)
         if self.since is not None:
-            conditions.append("created_at >= ?")
+            conditions.append(f"created_at >= {mark}")
             args.append(self.since)
         if self.until is not None:
-            conditions.append("created_at < ?")
+            conditions.append(f"created_at < {mark}")
             args.append(self.until)
         if self.search:
-            conditions.append("(call_id = ? OR control_id = ? OR id = ?)")
+            conditions.append(f"(call_id = {mark} OR control_id = {mark} OR id = {mark})")
             args += [self.search] * 3
         return "".join(f" AND {c}" for c in conditions), args
 
@@ -121,32 +123,54 @@ def iso_time(timestamp: float | None) -> str | None:
 
 
 class RecordingStore(Protocol):
-    def add(self, row: RecordingRow) -> None: ...
+    """Recording metadata. A network store raises `DatabaseUnavailable` (callbox.server.database)
+    when it cannot be reached: a transient error, the same call may succeed later."""
 
-    def update(self, id: str, /, **fields: Any) -> bool:
+    async def add(self, row: RecordingRow) -> None: ...
+
+    async def update(self, id: str, /, **fields: Any) -> bool:
         """Change some fields of a row; False when there is no such row."""
         ...
 
-    def get(self, id: str) -> RecordingRow | None: ...
+    async def get(self, id: str) -> RecordingRow | None: ...
 
-    def list(self, project_id: str, *, page_size: int, cursor: str | None = None,
-             where: RecordingFilter | None = None) -> tuple[Rows, str | None]:
+    async def list(self, project_id: str, *, page_size: int, cursor: str | None = None,
+                   where: RecordingFilter | None = None) -> tuple[Rows, str | None]:
         """One page of a project's recordings (those `where` keeps), newest first (created_at,
         then id), and the opaque cursor of the next page (None on the last). A bad cursor
         raises ValueError."""
         ...
 
-    def delete(self, id: str) -> bool: ...
+    async def delete(self, id: str) -> bool: ...
 
-    def unfinished(self) -> Rows:
+    async def unfinished(self) -> Rows:
         """Rows still `recording` or `paused` (after a crash: to repair)."""
         ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
-_COLUMNS: Final = tuple(f.name for f in fields(RecordingRow))
-_UPDATABLE: Final = frozenset(_COLUMNS) - {"id"}
+def check_updatable(fields: Mapping[str, Any]) -> None:
+    unknown = set(fields) - UPDATABLE
+    if unknown:
+        raise ValueError(f"cannot update {', '.join(sorted(unknown))}; "
+                         f"fields: {', '.join(sorted(UPDATABLE))}")
+
+
+def check_page_size(page_size: int) -> None:
+    if page_size < 1:
+        raise ValueError(f"page_size must be at least 1, got {page_size}")
+
+
+def next_cursor(rows: Rows, page_size: int) -> tuple[Rows, str | None]:
+    """The page (`rows` holds up to page_size + 1 rows) and the cursor of the next one."""
+    page = rows[:page_size]
+    more = len(rows) > page_size
+    return page, encode_cursor(page[-1].created_at, page[-1].id) if more else None
+
+
+COLUMNS: Final = tuple(f.name for f in fields(RecordingRow))
+UPDATABLE: Final = frozenset(COLUMNS) - {"id"}
 
 # Migration N takes the database from user_version N to N + 1.
 _MIGRATIONS: Final = (
@@ -234,26 +258,23 @@ class SqliteRecordingStore:
 
     @staticmethod
     def _from_db(record: sqlite3.Row) -> RecordingRow:
-        values = {name: record[name] for name in _COLUMNS}
+        values = {name: record[name] for name in COLUMNS}
         values["params"] = json.loads(values["params"] or "{}")
         return RecordingRow(**values)
 
-    def add(self, row: RecordingRow) -> None:
+    async def add(self, row: RecordingRow) -> None:
         values = asdict(row)
-        placeholders = ", ".join("?" for _ in _COLUMNS)
+        placeholders = ", ".join("?" for _ in COLUMNS)
         with self._lock:
             self._conn.execute(
-                f"INSERT INTO recordings ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
-                [self._to_db(name, values[name]) for name in _COLUMNS],
+                f"INSERT INTO recordings ({', '.join(COLUMNS)}) VALUES ({placeholders})",
+                [self._to_db(name, values[name]) for name in COLUMNS],
             )
 
-    def update(self, id: str, /, **fields: Any) -> bool:
-        unknown = set(fields) - _UPDATABLE
-        if unknown:
-            raise ValueError(f"cannot update {', '.join(sorted(unknown))}; "
-                             f"fields: {', '.join(sorted(_UPDATABLE))}")
+    async def update(self, id: str, /, **fields: Any) -> bool:
+        check_updatable(fields)
         if not fields:
-            return self.get(id) is not None
+            return await self.get(id) is not None
         assignments = ", ".join(f"{name} = ?" for name in fields)
         with self._lock:
             cursor = self._conn.execute(
@@ -262,15 +283,14 @@ class SqliteRecordingStore:
             )
         return cursor.rowcount > 0
 
-    def get(self, id: str) -> RecordingRow | None:
+    async def get(self, id: str) -> RecordingRow | None:
         with self._lock:
             record = self._conn.execute("SELECT * FROM recordings WHERE id = ?", (id,)).fetchone()
         return None if record is None else self._from_db(record)
 
-    def list(self, project_id: str, *, page_size: int, cursor: str | None = None,
-             where: RecordingFilter | None = None) -> tuple[Rows, str | None]:
-        if page_size < 1:
-            raise ValueError(f"page_size must be at least 1, got {page_size}")
+    async def list(self, project_id: str, *, page_size: int, cursor: str | None = None,
+                   where: RecordingFilter | None = None) -> tuple[Rows, str | None]:
+        check_page_size(page_size)
         conditions, args = (where or RecordingFilter()).sql()
         sql = "SELECT * FROM recordings WHERE project_id = ?" + conditions
         args.insert(0, project_id)
@@ -282,16 +302,14 @@ class SqliteRecordingStore:
         args.append(page_size + 1)
         with self._lock:
             records = self._conn.execute(sql, args).fetchall()
-        rows = [self._from_db(r) for r in records[:page_size]]
-        more = len(records) > page_size
-        return rows, encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
+        return next_cursor([self._from_db(r) for r in records], page_size)
 
-    def delete(self, id: str) -> bool:
+    async def delete(self, id: str) -> bool:
         with self._lock:
             cursor = self._conn.execute("DELETE FROM recordings WHERE id = ?", (id,))
         return cursor.rowcount > 0
 
-    def unfinished(self) -> Rows:
+    async def unfinished(self) -> Rows:
         marks = ", ".join("?" for _ in ACTIVE_STATES)
         with self._lock:
             records = self._conn.execute(
@@ -300,6 +318,6 @@ class SqliteRecordingStore:
             ).fetchall()
         return [self._from_db(r) for r in records]
 
-    def close(self) -> None:
+    async def close(self) -> None:
         with self._lock:
             self._conn.close()

@@ -39,7 +39,9 @@ from callbox.server.bridge import BridgeEnd, connect
 from callbox.server.call import Call, CallState
 from callbox.server.dialing import Device, DialFailed, DialLeg
 from callbox.server.outbound import NUMBER, OutboundError
+from callbox.server.recording.persist import persist
 from callbox.server.swml.runner import SwmlError, SwmlRunner, verb
+from callbox.server.tasks import spawn
 from callbox.server.webhooks import WebhookQueue
 from callbox.wire import relay as wire
 from callbox.wire.dial import parse_headers
@@ -241,6 +243,7 @@ class LegStateWebhooks:
         self.signing_key = signing_key
         self.node_id = node_id
         self.started: dict[str, float] = {}  # leg id -> when it was created
+        self._queued: asyncio.Task[None] | None = None  # the last event on its way in
 
     def leg_changed(self, leg: DialLeg) -> None:
         if leg.state == "created":
@@ -279,11 +282,22 @@ class LegStateWebhooks:
         envelope = {"event_type": wire.CALL_STATE, "event_channel":
                     f"callbox.calls.{self.parent.id}", "timestamp": now,
                     "project_id": self.parent.project_id, "params": params}
+        self._queued = spawn(self._enqueue_after(self._queued, hook.url, envelope, leg.id),
+                             name=f"call-state-webhook-{leg.id}")
+
+    async def _enqueue_after(self, previous: asyncio.Task[None] | None, url: str,
+                             envelope: dict[str, Any], leg_id: str) -> None:
+        """Queue one event after the ones sent before it (the queue keeps their order); a
+        database outage delays it."""
+        if previous is not None:
+            await previous
         try:
-            self.queue.enqueue(hook.url, envelope, self.signing_key, ordering_key=leg.id)
+            await persist(lambda: self.queue.enqueue(url, envelope, self.signing_key,
+                                                     ordering_key=leg_id),
+                          f"call_state_url event of leg {leg_id}")
         except (sqlite3.Error, OSError) as exc:
             log.error("call %s: call_state_url event for leg %s lost: %s", self.parent.id,
-                      leg.id, exc)
+                      leg_id, exc)
 
 
 # -- the verb -------------------------------------------------------------------------------

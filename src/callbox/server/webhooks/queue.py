@@ -1,15 +1,20 @@
 """A durable queue of status_url webhooks: ordered per key, retried with backoff, kept on disk.
 
 Guarantees
-- `enqueue` writes the entry to SQLite (WAL, autocommit) before it returns, so a platform
-  restart does not lose it; the next `start()` picks up everything still queued. (WAL with
-  synchronous=NORMAL survives a process crash; a power cut may lose the last commits.)
+- `enqueue` writes the entry to its `QueueDb` before it returns (this node's SQLite file, WAL,
+  autocommit; or the cluster's PostgreSQL database), so a platform restart does not lose it; the
+  next `start()` picks up everything still queued. (WAL with synchronous=NORMAL survives a
+  process crash; a power cut may lose the last commits.)
+- With a shared database (PostgreSQL) every node delivers from the same table and each entry
+  is sent by one node: the node claims the head of the key for a lease (see `postgres_db`); a
+  node releases its claims in `stop()`, and one that dies loses them when their lease runs out;
+  another node (each polls the table every `poll_interval`) takes over.
 - Within one ordering key (a recording id, say) delivery is strictly FIFO: an entry is sent only
   after every earlier entry of that key was delivered or given up. Keys are independent: each has
   its own worker, so one dead receiver delays only its own keys' events.
-- Delivery is at least once: a request cut short by a crash or `stop()` may have reached the
-  receiver and is sent again later. Every attempt of one entry carries the same
-  `X-Callbox-Delivery` id, so receivers can drop duplicates.
+- Delivery is at least once: a request cut short by a crash or `stop()` (or a claim lost to a
+  lease that ran out) may have reached the receiver and is sent again later. Every attempt of
+  one entry carries the same `X-Callbox-Delivery` id, so receivers can drop duplicates.
 
 Each attempt is an HTTP POST of the JSON body (the same bytes every time) with
 `Content-Type: application/json`, `User-Agent: callbox-webhooks`, `X-Callbox-Event`,
@@ -30,12 +35,10 @@ import contextlib
 import enum
 import json
 import logging
-import os
 import random
-import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,10 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from callbox.server.database import DatabaseUnavailable
+from callbox.server.webhooks.queue_db import Delivery, Entry, NewEntry, QueueDb
 from callbox.server.webhooks.signing import SIGNATURE_HEADER, sign
+from callbox.server.webhooks.sqlite_db import SqliteQueueDb
 
 log = logging.getLogger(__name__)
 
@@ -55,38 +61,12 @@ RETRYABLE_STATUSES = frozenset({408, 429})  # and every 5xx
 JITTER = 0.1  # a delay is shortened by up to this fraction, so many entries' retries spread out
 MAX_CONCURRENT_POSTS = 32
 SNIPPET_BYTES = 200  # of a failed response's body, for the log line
-DB_BUSY_TIMEOUT = 1.0  # seconds; the database is this process's own, so it is never busy long
+LEASE_MARGIN = 10.0  # seconds a claim outlasts the request (or wait) it covers
+POLL_INTERVAL = 2.0  # seconds between looks for other nodes' keys (shared database)
+DB_RETRY_SECONDS = 1.0  # wait before trying a database that could not be reached again
 
 SessionFactory = Callable[[], aiohttp.ClientSession]
 Clock = Callable[[], float]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS webhooks (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    ordering_key TEXT    NOT NULL,
-    url          TEXT    NOT NULL,
-    event        TEXT    NOT NULL,
-    body         BLOB    NOT NULL,
-    signing_key  TEXT    NOT NULL,
-    delivery_id  TEXT    NOT NULL,
-    created_at   REAL    NOT NULL,
-    attempts     INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS webhooks_by_key ON webhooks (ordering_key, id);
-CREATE TABLE IF NOT EXISTS deliveries (
-    delivery_id  TEXT    PRIMARY KEY,
-    ordering_key TEXT    NOT NULL,
-    url          TEXT    NOT NULL,
-    label        TEXT    NOT NULL,
-    status       TEXT    NOT NULL,
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    last_error   TEXT,
-    last_time    REAL,
-    created_at   REAL    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_by_key ON deliveries (ordering_key, created_at);
-"""
-
 
 def backoff_delay(retry: int, initial: float, maximum: float,
                   rng: Callable[[], float] = random.random) -> float:
@@ -108,36 +88,6 @@ class _Result:
     retry_after: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One webhook's delivery as it went, kept after it was delivered or given up.
-
-    `status`: pending (not tried yet), retrying, delivered or failed (given up); `label` is
-    what the sender called the event (a recording event's state); `url` is shown without
-    credentials or query string."""
-
-    delivery_id: str
-    url: str
-    label: str
-    status: str
-    attempts: int
-    last_error: str | None
-    last_time: float | None
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    id: int
-    url: str
-    event: str
-    body: bytes
-    signing_key: str
-    delivery_id: str
-    created_at: float
-    attempts: int
-
-
 class WebhookQueue:
     """Durable, per-key ordered, retrying delivery of webhook POSTs.
 
@@ -147,11 +97,13 @@ class WebhookQueue:
     to age an entry without waiting. Retry delays are real waits whatever the clock.
     """
 
-    def __init__(self, db_path: Path, *, timeout: float = 10.0, backoff_initial: float = 1.0,
-                 backoff_max: float = 60.0, max_age: float = 24 * 3600,
-                 session_factory: SessionFactory | None = None,
-                 max_concurrency: int = MAX_CONCURRENT_POSTS, clock: Clock = time.time) -> None:
-        self.db_path = Path(db_path)
+    def __init__(self, db: QueueDb | Path, *, timeout: float = 10.0,
+                 backoff_initial: float = 1.0, backoff_max: float = 60.0,
+                 max_age: float = 24 * 3600, session_factory: SessionFactory | None = None,
+                 max_concurrency: int = MAX_CONCURRENT_POSTS, clock: Clock = time.time,
+                 poll_interval: float = POLL_INTERVAL) -> None:
+        self.db: QueueDb = SqliteQueueDb(db) if isinstance(db, Path) else db
+        self.poll_interval = poll_interval
         self.clock = clock
         self.timeout = timeout
         self.backoff_initial = backoff_initial
@@ -164,7 +116,6 @@ class WebhookQueue:
         self.failed_permanently = 0  # given up for any reason, `expired` included
         self.expired = 0
         self.attempts = 0
-        self._db: sqlite3.Connection | None = None
         self._running = False
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
@@ -172,55 +123,51 @@ class WebhookQueue:
         self._session: aiohttp.ClientSession | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._pending = 0
-        self._set_pending(self._count())
+        self._idle.set()
+        self._poller: asyncio.Task[None] | None = None
 
     # -- public API -------------------------------------------------------------------------
 
     @property
     def pending(self) -> int:
-        """Entries not yet delivered or given up (on disk, whether or not the queue runs)."""
+        """Entries not yet delivered or given up, as last counted (`count_pending`) and kept
+        up to date by this queue's own enqueues and deliveries."""
         return self._pending
 
-    def enqueue(self, url: str, body: Mapping[str, Any], signing_key: str, *,
-                ordering_key: str, label: str = "") -> None:
+    async def count_pending(self) -> int:
+        """Count the entries in the database (of every node, when it is shared)."""
+        self._set_pending(await self.db.count())
+        return self._pending
+
+    async def enqueue(self, url: str, body: Mapping[str, Any], signing_key: str, *,
+                      ordering_key: str, label: str = "") -> None:
         """Queue a POST of `body` (as JSON) to `url`, signed with `signing_key`; on disk when
         this returns. A url that is not http(s) is logged and dropped at once. `label` names
         the event in the deliveries log (see `deliveries`)."""
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False).encode()
         problem = _url_problem(url)
-        delivery_id, now = uuid.uuid4().hex, self.clock()
-        self._conn().execute(
-            "INSERT INTO deliveries (delivery_id, ordering_key, url, label, status, last_error,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (delivery_id, ordering_key, _for_log(url), label,
-             "pending" if problem is None else "failed", problem, now))
+        event = body.get("event_type")
+        await self.db.add(NewEntry(
+            ordering_key=ordering_key, url=url, shown_url=_for_log(url), label=label,
+            event=event if isinstance(event, str) else DEFAULT_EVENT, body=data,
+            signing_key=signing_key, delivery_id=uuid.uuid4().hex, created_at=self.clock(),
+            status="pending" if problem is None else "failed", error=problem))
         if problem is not None:
             log.error("webhook dropped: %s (ordering key %s)", problem, ordering_key)
             self.failed_permanently += 1
             return
-        event = body.get("event_type")
-        self._conn().execute(
-            "INSERT INTO webhooks (ordering_key, url, event, body, signing_key, delivery_id,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (ordering_key, url, event if isinstance(event, str) else DEFAULT_EVENT, data,
-             signing_key, delivery_id, now),
-        )
         self._set_pending(self._pending + 1)
         if self._running and ordering_key not in self._workers:
             self._spawn(ordering_key)
 
-    def deliveries(self, ordering_key: str) -> list[Delivery]:
+    async def deliveries(self, ordering_key: str) -> list[Delivery]:
         """The deliveries log of one ordering key, oldest first (kept after delivery)."""
-        rows = self._conn().execute(
-            "SELECT delivery_id, url, label, status, attempts, last_error, last_time,"
-            " created_at FROM deliveries WHERE ordering_key = ? ORDER BY created_at, rowid",
-            (ordering_key,)).fetchall()
-        return [Delivery(*row) for row in rows]
+        return await self.db.deliveries(ordering_key)
 
-    def forget(self, ordering_key: str) -> None:
+    async def forget(self, ordering_key: str) -> None:
         """Drop the deliveries log of `ordering_key` (its subject was deleted)."""
-        self._conn().execute("DELETE FROM deliveries WHERE ordering_key = ?", (ordering_key,))
+        await self.db.forget(ordering_key)
 
     async def start(self) -> None:
         """Start delivering, beginning with whatever a previous run left in the database."""
@@ -231,16 +178,16 @@ class WebhookQueue:
         self._semaphore = asyncio.Semaphore(self._max_concurrency)
         factory = self._session_factory or _default_session
         self._session = factory()
-        rows = self._conn().execute(
-            "SELECT ordering_key FROM webhooks GROUP BY ordering_key ORDER BY MIN(id)"
-        ).fetchall()
-        self._set_pending(self._count())
-        if rows:
+        keys = await self.db.keys()
+        await self.count_pending()
+        if keys:
             log.info("webhooks: resuming %d queued deliveries (%d ordering keys)",
-                     self._pending, len(rows))
-        for (key,) in rows:
-            if key not in self._workers:
-                self._spawn(key)
+                     self._pending, len(keys))
+        self._spawn_missing(keys)
+        if self.db.shared:
+            self._poller = asyncio.get_running_loop().create_task(
+                self._poll(), name="webhooks:poll")
+            self._poller.add_done_callback(_log_crash)
 
     async def stop(self) -> None:
         """Stop delivering. Requests in flight get up to `timeout` to finish; everything not
@@ -248,6 +195,10 @@ class WebhookQueue:
         if self._running:
             self._running = False
             self._stopping.set()
+            if self._poller is not None:
+                self._poller.cancel()
+                await asyncio.gather(self._poller, return_exceptions=True)
+                self._poller = None
             workers = list(self._workers.values())
             if workers:
                 _, late = await asyncio.wait(workers, timeout=self.timeout + 1.0)
@@ -257,14 +208,17 @@ class WebhookQueue:
             if self._session is not None:
                 await self._session.close()
                 self._session = None
+            try:
+                await self.db.release()
+            except DatabaseUnavailable as exc:  # its claims run out on their own
+                log.warning("webhooks: could not release this node's claims: %s", exc)
             if self._pending:
                 log.info("webhooks: stopped with %d deliveries queued on disk", self._pending)
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        await self.db.close()
 
     async def flush(self, timeout: float) -> bool:
-        """Wait until nothing is pending or `timeout` seconds pass; True when empty."""
+        """Wait until nothing is pending or `timeout` seconds pass; True when empty. (With a
+        shared database `pending` counts every node's entries, recounted at each poll.)"""
         if self._pending == 0:
             return True
         with contextlib.suppress(TimeoutError):
@@ -272,6 +226,22 @@ class WebhookQueue:
         return self._pending == 0
 
     # -- workers ----------------------------------------------------------------------------
+
+    def _spawn_missing(self, keys: list[str]) -> None:
+        for key in keys:
+            if key not in self._workers:
+                self._spawn(key)
+
+    async def _poll(self) -> None:
+        """Shared database: start a worker for the keys other nodes queued or left (their
+        claims ran out), and recount what is pending."""
+        while not self._stopping.is_set():
+            await self._sleep(self.poll_interval)
+            try:
+                self._spawn_missing(await self.db.keys())
+                await self.count_pending()
+            except DatabaseUnavailable as exc:
+                log.debug("webhooks: cannot poll the database: %s", exc)
 
     def _spawn(self, key: str) -> None:
         task = asyncio.get_running_loop().create_task(self._work(key), name=f"webhooks:{key}")
@@ -285,6 +255,10 @@ class WebhookQueue:
                 try:
                     if await self._step(key):
                         return
+                except DatabaseUnavailable as exc:
+                    log.warning("webhooks: ordering key %s waits for the database: %s", key,
+                                exc)
+                    await self._sleep(min(DB_RETRY_SECONDS, self.backoff_max))
                 except Exception:
                     log.exception("webhooks: unexpected error for ordering key %s; "
                                   "trying again in %.1f s", key, self.backoff_max)
@@ -294,8 +268,9 @@ class WebhookQueue:
                 del self._workers[key]
 
     async def _step(self, key: str) -> bool:
-        """One attempt at `key`'s oldest entry; True when the key has nothing left."""
-        entry = self._head(key)
+        """One attempt at `key`'s oldest entry; True when the key has nothing left (for this
+        node: another node may hold its head)."""
+        entry = await self.db.claim_head(key, self.timeout + LEASE_MARGIN)
         if entry is None:
             return True
         where = _for_log(entry.url)
@@ -303,23 +278,21 @@ class WebhookQueue:
         if age >= self.max_age:
             log.warning("webhook to %s dropped: not delivered within max_age %g s "
                         "(%d attempts)", where, self.max_age, entry.attempts)
-            self._log_delivery(entry, "failed", entry.attempts,
-                               f"not delivered within max_age {self.max_age:g} s")
-            self._remove(entry, failed=True, expired=True)
+            await self._finish(entry, "failed", entry.attempts,
+                               f"not delivered within max_age {self.max_age:g} s",
+                               expired=True)
             return False
         attempt = entry.attempts + 1
         result = await self._post(entry)
         self.attempts += 1
         if result.outcome is _Outcome.DELIVERED:
             log.debug("webhook to %s delivered: %s (attempt %d)", where, result.detail, attempt)
-            self._log_delivery(entry, "delivered", attempt, None)
-            self._remove(entry)
+            await self._finish(entry, "delivered", attempt, None)
             return False
         if result.outcome is _Outcome.PERMANENT:
             log.warning("webhook to %s dropped: %s (attempt %d); this is not retried",
                         where, result.detail, attempt)
-            self._log_delivery(entry, "failed", attempt, result.detail)
-            self._remove(entry, failed=True)
+            await self._finish(entry, "failed", attempt, result.detail)
             return False
         delay = backoff_delay(attempt, self.backoff_initial, self.backoff_max)
         if result.retry_after is not None:
@@ -327,18 +300,15 @@ class WebhookQueue:
         if self.clock() + delay - entry.created_at >= self.max_age:
             log.warning("webhook to %s dropped: %s (attempt %d); giving up, max_age %g s "
                         "reached", where, result.detail, attempt, self.max_age)
-            self._log_delivery(entry, "failed", attempt, result.detail)
-            self._remove(entry, failed=True, expired=True)
+            await self._finish(entry, "failed", attempt, result.detail, expired=True)
             return False
-        self._conn().execute("UPDATE webhooks SET attempts = ? WHERE id = ?",
-                             (attempt, entry.id))
-        self._log_delivery(entry, "retrying", attempt, result.detail)
+        await self._stored(lambda: self._retry_later(entry, attempt, delay, result.detail))
         log.warning("webhook to %s failed: %s (attempt %d); next retry in %.3g s",
                     where, result.detail, attempt, delay)
         await self._sleep(delay)
         return False
 
-    async def _post(self, entry: _Entry) -> _Result:
+    async def _post(self, entry: Entry) -> _Result:
         assert self._session is not None and self._semaphore is not None
         headers = {
             "Content-Type": "application/json",
@@ -369,42 +339,42 @@ class WebhookQueue:
 
     # -- database ---------------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.db_path.parent.mkdir(parents=True, exist_ok=True)
-            if not self.db_path.exists():  # it holds signing keys: owner-only
-                os.close(os.open(self.db_path, os.O_CREAT | os.O_WRONLY, 0o600))
-            db = sqlite3.connect(self.db_path, timeout=DB_BUSY_TIMEOUT, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
+    async def _stored(self, write: Callable[[], Awaitable[None]]) -> None:
+        """Store what an attempt did. While the database cannot be reached, try again (the
+        request is not sent again for it) until it can or `stop()` is called."""
+        while True:
+            try:
+                await write()
+                return
+            except DatabaseUnavailable as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("webhooks: an attempt's outcome waits for the database: %s", exc)
+                await self._sleep(min(DB_RETRY_SECONDS, self.backoff_max))
 
-    def _count(self) -> int:
-        return int(self._conn().execute("SELECT COUNT(*) FROM webhooks").fetchone()[0])
+    async def _retry_later(self, entry: Entry, attempt: int, delay: float,
+                           detail: str) -> None:
+        await self.db.retry_later(entry, attempt, delay + self.timeout + LEASE_MARGIN)
+        await self.db.log_delivery(entry.delivery_id, "retrying", attempt, detail,
+                                   self.clock())
 
-    def _head(self, key: str) -> _Entry | None:
-        row = self._conn().execute(
-            "SELECT id, url, event, body, signing_key, delivery_id, created_at, attempts"
-            " FROM webhooks WHERE ordering_key = ? ORDER BY id LIMIT 1", (key,)
-        ).fetchone()
-        return None if row is None else _Entry(*row)
+    async def _finish(self, entry: Entry, status: str, attempts: int, error: str | None,
+                      *, expired: bool = False) -> None:
+        """Log `entry` delivered (or failed: given up), drop it from the queue, count it."""
+        removed = False
 
-    def _log_delivery(self, entry: _Entry, status: str, attempts: int,
-                      error: str | None) -> None:
-        self._conn().execute(
-            "UPDATE deliveries SET status = ?, attempts = ?, last_error = ?, last_time = ?"
-            " WHERE delivery_id = ?", (status, attempts, error, self.clock(), entry.delivery_id))
+        async def settle() -> None:
+            nonlocal removed
+            await self.db.log_delivery(entry.delivery_id, status, attempts, error, self.clock())
+            removed = await self.db.remove(entry) or removed
 
-    def _remove(self, entry: _Entry, *, failed: bool = False, expired: bool = False) -> None:
-        """Forget `entry` (delivered, or given up when `failed`) and count it."""
-        if failed:
+        await self._stored(settle)
+        if status == "delivered":
+            self.delivered += 1
+        else:
             self.failed_permanently += 1
             self.expired += expired
-        else:
-            self.delivered += 1
-        if self._conn().execute("DELETE FROM webhooks WHERE id = ?", (entry.id,)).rowcount:
+        if removed:
             self._set_pending(self._pending - 1)
 
     def _set_pending(self, count: int) -> None:

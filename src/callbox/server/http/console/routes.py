@@ -124,7 +124,7 @@ async def recording_page(request: web.Request) -> web.Response:
     session = session_of(request)
     if session is None:
         return _signin_page(request, "")
-    own_row(request, session.project_id)  # 404 for another project's recording
+    await own_row(request, session.project_id)  # 404 for another project's recording
     return _page(request, "app")
 
 
@@ -177,7 +177,7 @@ async def api_list(request: web.Request) -> web.Response:
     query = request.query
     page_size = parse_page_size(query.get("page_size"))
     try:
-        rows, cursor = _store(request).list(session.project_id, page_size=page_size,
+        rows, cursor = await _store(request).list(session.project_id, page_size=page_size,
                                             cursor=query.get("cursor") or None,
                                             where=parse_filter(query))
     except ValueError:
@@ -189,10 +189,11 @@ async def api_list(request: web.Request) -> web.Response:
 
 async def api_recording(request: web.Request) -> web.Response:
     session = require_session(request)
-    row = own_row(request, session.project_id)
+    row = await own_row(request, session.project_id)
     services = services_of(request)
     recorder = services.recorder
-    deliveries = recorder.webhooks.queue.deliveries(row.id) if recorder is not None else []
+    deliveries = (await recorder.webhooks.queue.deliveries(row.id) if recorder is not None
+                  else [])
     playable = row.state in SERVABLE_STATES and file_of(row) is not None
     call = services.calls.get(row.call_id)
     parties = (parties_of(call, services.calls) if call is not None
@@ -211,7 +212,7 @@ async def api_recording(request: web.Request) -> web.Response:
 
 async def api_peaks(request: web.Request) -> web.Response:
     session = require_session(request)
-    row = own_row(request, session.project_id)
+    row = await own_row(request, session.project_id)
     raw = request.query.get("bins", str(DEFAULT_BINS))
     if not (_BINS.fullmatch(raw) and MIN_BINS <= int(raw) <= MAX_BINS):
         raise _bad("bins", f"bins must be an integer from {MIN_BINS} to {MAX_BINS}, "
@@ -232,7 +233,7 @@ async def api_peaks(request: web.Request) -> web.Response:
 async def api_delete(request: web.Request) -> web.Response:
     session = require_session(request)
     require_csrf(request, session)
-    row = own_row(request, session.project_id)
+    row = await own_row(request, session.project_id)
     await remove_recording(request, row)
     return web.Response(status=204)
 

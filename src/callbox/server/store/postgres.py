@@ -1,0 +1,105 @@
+"""Recording metadata in PostgreSQL: the table every node of a cluster reads and writes.
+
+The same `RecordingStore` contract as the SQLite store (same rows, order, cursors); the schema
+is the `database` package's migrations. A database that cannot be reached raises
+`DatabaseUnavailable`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from callbox.server.database import Database
+from callbox.server.store.recordings import (
+    ACTIVE_STATES,
+    COLUMNS,
+    RecordingFilter,
+    RecordingRow,
+    Rows,
+    check_page_size,
+    check_updatable,
+    decode_cursor,
+    next_cursor,
+)
+
+_INSERT = sql.SQL("INSERT INTO recordings ({}) VALUES ({})").format(
+    sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
+    sql.SQL(", ").join(sql.Placeholder() * len(COLUMNS)))
+
+
+def _to_db(name: str, value: Any) -> Any:
+    return Jsonb(value) if name == "params" else value
+
+
+def _from_db(record: dict[str, Any]) -> RecordingRow:
+    return RecordingRow(**{name: record[name] for name in COLUMNS})
+
+
+class PostgresRecordingStore:
+    """Recording metadata in the shared database (its pool is the caller's to close)."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def add(self, row: RecordingRow) -> None:
+        values = asdict(row)
+        async with self.database.connection() as conn:
+            await conn.execute(_INSERT, [_to_db(name, values[name]) for name in COLUMNS])
+
+    async def update(self, id: str, /, **fields: Any) -> bool:
+        check_updatable(fields)
+        if not fields:
+            return await self.get(id) is not None
+        statement = sql.SQL("UPDATE recordings SET {} WHERE id = %s").format(
+            sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(name))
+                               for name in fields))
+        async with self.database.connection() as conn:
+            cursor = await conn.execute(
+                statement, [*(_to_db(name, value) for name, value in fields.items()), id])
+            return cursor.rowcount > 0
+
+    async def get(self, id: str) -> RecordingRow | None:
+        async with self.database.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute("SELECT * FROM recordings WHERE id = %s", (id,))
+            record = await cursor.fetchone()
+        return None if record is None else _from_db(record)
+
+    async def list(self, project_id: str, *, page_size: int, cursor: str | None = None,
+                   where: RecordingFilter | None = None) -> tuple[Rows, str | None]:
+        check_page_size(page_size)
+        conditions, args = (where or RecordingFilter()).sql("%s")
+        query = "SELECT * FROM recordings WHERE project_id = %s" + conditions
+        args.insert(0, project_id)
+        if cursor is not None:
+            created_at, rec_id = decode_cursor(cursor)
+            query += " AND (created_at < %s OR (created_at = %s AND id < %s))"
+            args += [created_at, created_at, rec_id]
+        query += " ORDER BY created_at DESC, id DESC LIMIT %s"
+        args.append(page_size + 1)
+        async with self.database.connection() as conn:
+            rows = conn.cursor(row_factory=dict_row)
+            await rows.execute(query.encode(), args)
+            records = await rows.fetchall()
+        return next_cursor([_from_db(r) for r in records], page_size)
+
+    async def delete(self, id: str) -> bool:
+        async with self.database.connection() as conn:
+            cursor = await conn.execute("DELETE FROM recordings WHERE id = %s", (id,))
+            return cursor.rowcount > 0
+
+    async def unfinished(self) -> Rows:
+        async with self.database.connection() as conn:
+            rows = conn.cursor(row_factory=dict_row)
+            await rows.execute("SELECT * FROM recordings WHERE state = ANY(%s)"
+                               " ORDER BY created_at", (list(ACTIVE_STATES),))
+            records = await rows.fetchall()
+        return [_from_db(r) for r in records]
+
+    async def close(self) -> None:
+        """Nothing of its own to close: the pool is the platform's."""
