@@ -86,8 +86,8 @@ class Node:
 
 
 async def _wait_started(node: Node) -> None:
-    """Until the node has printed its banner (printed once SIP listens too: HTTP answers
-    /health earlier, while the media workers start) and answers /health."""
+    """Until the node has printed its banner and answers /health with 200 (both once SIP
+    listens and the media workers are up)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT
     async with aiohttp.ClientSession() as session:

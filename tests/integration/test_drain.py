@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiohttp
 import pytest
 from tests.integration.conftest import RunningPlatform, running_platform
 from tests.peers.ports import free_port_range, free_udp_port
@@ -47,6 +48,15 @@ async def answer_to(running: RunningPlatform, method: str) -> tuple[int, str | N
         raw.close()
 
 
+async def health(running: RunningPlatform) -> tuple[int, str]:
+    """`/health` over HTTPS: status and the `status` it says."""
+    assert running.platform.listening is not None
+    host, port = running.platform.listening.https
+    async with aiohttp.ClientSession() as session, session.get(
+            f"https://{host}:{port}/health", ssl=False) as response:
+        return response.status, (await response.json())["status"]
+
+
 async def test_a_drain_refuses_new_calls_and_ends_with_the_last_call(tmp_path: Path,
                                                                    peer_env: object) -> None:
     async with running_platform(tmp_path) as running:
@@ -54,10 +64,12 @@ async def test_a_drain_refuses_new_calls_and_ends_with_the_last_call(tmp_path: P
         caller = call_waiting_for_our_bye(running)
         await caller_streaming(running)
         assert (await answer_to(running, "OPTIONS"))[0] == 200
+        assert await health(running) == (200, "ok")
 
         drain = asyncio.create_task(platform.drain(60))
         assert await answer_to(running, "OPTIONS") == (503, "5")  # health check: not me
         assert await answer_to(running, "INVITE") == (503, "5")
+        assert await health(running) == (503, "unavailable")  # HTTP health checks too
         assert not drain.done() and len(platform.calls) == 1  # the call goes on
 
         (call,) = platform.calls.values()

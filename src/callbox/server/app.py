@@ -151,6 +151,7 @@ class Platform:
         await self.sip.start(sip_host, sip_port)
         self.trunks.start()
         self.listening = Listening((self.sip.host, self.sip.port), https, plain, cert.resolve())
+        self.services.ready = True
         return self.listening
 
     async def _serve(self, app: web.Application, listen: str,
@@ -167,6 +168,7 @@ class Platform:
     def refuse_new_calls(self) -> None:
         """New INVITEs and OPTIONS health checks get 503 from now on (a load balancer sends
         new calls to the other nodes); calls in progress go on."""
+        self.services.ready = False
         self.inbound.accepting = self.outbound.accepting = False
         self.sip.accepting_calls = False
 

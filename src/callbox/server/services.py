@@ -25,6 +25,7 @@ class Services:
     calls: dict[str, Call]  # the live calls by id (the platform adds and removes them)
     auth: ProjectAuth
     node_id: str
+    ready: bool = False  # started (SIP listens); False again while draining and stopping
     media: MediaHosts | None = None  # the media hosts (clocks, RTP counters: the metrics)
     public_url: str = ""  # base of recording links and REST `links`
     recordings: RecordingStore | None = None  # None until the platform has started

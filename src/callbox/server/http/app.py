@@ -14,7 +14,7 @@ from aiohttp import web
 from callbox.server.database import DatabaseUnavailable
 from callbox.server.http.calls import add_call_routes
 from callbox.server.http.console import add_console_routes
-from callbox.server.http.context import SERVICES_KEY
+from callbox.server.http.context import SERVICES_KEY, services_of
 from callbox.server.http.errors import json_error
 from callbox.server.http.metrics import add_metrics_routes
 from callbox.server.http.recordings import add_recording_routes
@@ -41,7 +41,11 @@ async def database_unavailable(request: web.Request, handler: Handler) -> web.St
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness only, for load balancers (no credentials, so no counts: see /metrics)."""
+    """For load balancers: 200 `ok` once the node takes calls (SIP listens, media workers up);
+    503 `unavailable` while it starts, drains or stops. No credentials, so no counts (see
+    /metrics)."""
+    if not services_of(request).ready:
+        return web.json_response({"status": "unavailable"}, status=503)
     return web.json_response({"status": "ok"})
 
 
