@@ -132,6 +132,21 @@ def assert_holds_the_tone(tmp_path: Path, wav: bytes) -> None:
     assert audio.rms_dbfs(samples[int(2.4 * 8000):int(2.8 * 8000)]) < -45  # then silence
 
 
+async def console_peaks(platform: Platform, recording_id: str, bins: int) -> list[list[float]]:
+    """The console's waveform peaks of a recording, signed in as the project."""
+    base = platform.config.http.public_url
+    jar = aiohttp.CookieJar(unsafe=True)  # the cookie of an IP address host
+    async with aiohttp.ClientSession(cookie_jar=jar) as http:
+        async with http.post(base + "/console/signin", data={"project": PROJECT, "token": TOKEN},
+                             ssl=https(platform), allow_redirects=False) as response:
+            assert response.status == 303
+        async with http.get(f"{base}/console/api/recordings/{recording_id}/peaks?bins={bins}",
+                            ssl=https(platform)) as response:
+            assert response.status == 200, await response.text()
+            channels: list[list[float]] = (await response.json())["channels"]
+            return channels
+
+
 def https(platform: Platform) -> ssl.SSLContext:
     assert platform.listening is not None
     return ssl.create_default_context(cafile=str(platform.listening.cert))
@@ -162,6 +177,10 @@ async def test_a_recording_moves_to_the_bucket_and_is_still_served(tmp_path: Pat
         stored = await fetch_object(s3, row.location)
         assert len(stored) == row.size
         assert_holds_the_tone(tmp_path, stored)
+
+        # the console draws its waveform from the object: the tone, then the silence
+        (peaks,) = await console_peaks(platform, recording.id, bins=30)
+        assert min(peaks[2:18]) > 0.15 and max(peaks[-4:]) < 0.01, peaks
 
         # the capability url still serves it (proxied), whole and by range
         status, headers, body = await download(platform, recording.url)

@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import tempfile
 import wave
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Final
 
 import numpy as np
+
+from callbox.server.storage.s3 import ObjectStore, ObjectStoreError
 
 MIN_BINS: Final = 16
 MAX_BINS: Final = 4000
@@ -122,13 +125,23 @@ class PeaksCache:
         except OSError as exc:
             raise PeaksError(f"{path.name} cannot be read ({exc.strerror or exc})") from None
         key = (str(path), stat.st_size, stat.st_mtime_ns, bins)
+        return await self._shared(
+            key, lambda: asyncio.to_thread(compute_peaks, path, fmt, channels, bins))
+
+    async def object_peaks(self, objects: ObjectStore, key: str, size: int, fmt: str,
+                           channels: int, bins: int) -> np.ndarray:
+        """Peaks of a recording in the object storage (read once into a temporary file)."""
+        return await self._shared((f"object:{key}", size, 0, bins),
+                                  lambda: _object_peaks(objects, key, fmt, channels, bins))
+
+    async def _shared(self, key: CacheKey,
+                      compute: Callable[[], Awaitable[np.ndarray]]) -> np.ndarray:
         if (cached := self._done.get(key)) is not None:
             self._done.move_to_end(key)
             return cached
         running = self._running.get(key)
         if running is None:
-            running = asyncio.ensure_future(
-                asyncio.to_thread(compute_peaks, path, fmt, channels, bins))
+            running = asyncio.ensure_future(compute())
             self._running[key] = running
             running.add_done_callback(lambda done: self._finished(key, done))
         return await asyncio.shield(running)
@@ -140,3 +153,25 @@ class PeaksCache:
         self._done[key] = done.result()
         while len(self._done) > self._entries:
             self._done.popitem(last=False)
+
+
+async def _object_peaks(objects: ObjectStore, key: str, fmt: str, channels: int,
+                        bins: int) -> np.ndarray:
+    directory = await asyncio.to_thread(tempfile.mkdtemp, prefix="callbox-peaks-")
+    path = Path(directory) / f"recording.{fmt}"
+    try:
+        body = await objects.get(key)
+        try:
+            out = await asyncio.to_thread(path.open, "wb")
+            try:
+                async for chunk in body.chunks():
+                    await asyncio.to_thread(out.write, chunk)
+            finally:
+                await asyncio.to_thread(out.close)
+        finally:
+            body.close()
+        return await asyncio.to_thread(compute_peaks, path, fmt, channels, bins)
+    except ObjectStoreError as exc:
+        raise PeaksError(f"{key} cannot be read from the object storage ({exc})") from None
+    finally:
+        await asyncio.to_thread(shutil.rmtree, directory, True)

@@ -218,11 +218,20 @@ async def api_peaks(request: web.Request) -> web.Response:
         raise _bad("bins", f"bins must be an integer from {MIN_BINS} to {MAX_BINS}, "
                            f"got {raw[:20]!r}")
     path = file_of(row)
-    if row.state not in SERVABLE_STATES or path is None:
+    objects = services_of(request).objects
+    if row.state not in SERVABLE_STATES or (path is None and not row.location):
         raise json_error(web.HTTPConflict, "not_ready",
                          f"recording {row.id} has no finished file yet (state {row.state!r})")
+    cache = console_of(request).peaks
     try:
-        peaks = await console_of(request).peaks.peaks(path, row.format, row.channels, int(raw))
+        if row.location and objects is not None:  # moved to S3
+            peaks = await cache.object_peaks(objects, row.location, row.size or 0, row.format,
+                                             row.channels, int(raw))
+        elif path is not None:
+            peaks = await cache.peaks(path, row.format, row.channels, int(raw))
+        else:
+            raise PeaksError("its audio is in an object storage this node is not configured "
+                             "for")
     except PeaksError as exc:
         raise json_error(web.HTTPUnprocessableEntity, "unreadable", str(exc)) from None
     return web.json_response({"bins": peaks.shape[1], "duration": row.duration,
