@@ -21,14 +21,16 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import aiohttp
 import miniaudio  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
 
 from callbox.server.media.frames import SAMPLE_RATE
+
+if TYPE_CHECKING:  # imported where audio is fetched: a media worker never needs it
+    import aiohttp
 
 FULL_SCALE: Final = 32767
 DEFAULT_VOICE: Final = "en-us"
@@ -297,6 +299,8 @@ def _redact(url: str) -> str:
 
 
 async def _fetch(url: str, session: aiohttp.ClientSession | None) -> bytes:
+    import aiohttp
+
     shown = _redact(url)
     timeout = aiohttp.ClientTimeout(
         total=HTTP_TIMEOUT_SECONDS, connect=HTTP_CONNECT_TIMEOUT_SECONDS
