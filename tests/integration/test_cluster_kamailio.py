@@ -215,7 +215,10 @@ async def test_a_draining_node_sends_new_calls_to_the_other_and_finishes_its_own
                 if bye.call_id == first_call_id] == [draining.target]
 
     store = SqliteRecordingStore(draining.directory / "data" / "recordings.db")
-    rows_drained, _ = store.list(PROJECT, page_size=10)
+    try:
+        rows_drained, _ = await store.list(PROJECT, page_size=10)
+    finally:
+        await store.close()
     assert [row.state for row in rows_drained] == ["finished"]
     assert_holds_the_tone(draining, [row.to_api() for row in rows_drained])
 
