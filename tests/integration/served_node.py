@@ -109,12 +109,14 @@ async def _wait_started(node: Node) -> None:
 @contextlib.asynccontextmanager
 async def start_node(directory: Path, node_id: str, routes: dict[str, str], *,
                      drain_seconds: int = 0, sections: Sequence[str] = (),
-                     env: Mapping[str, str] | None = None) -> AsyncIterator[Node]:
+                     env: Mapping[str, str] | None = None,
+                     ports: tuple[int, int] | None = None) -> AsyncIterator[Node]:
     """`callbox serve` with `routes` (number -> SWML) in `directory`, named `node_id`;
     `sections`: more TOML lines after ``[cluster]``; `env`: more environment (``CALLBOX_*``
-    overrides, as an operator's service manager would set them)."""
+    overrides, as an operator's service manager would set them); `ports`: its SIP and HTTPS
+    ports (a node started again as it was: same ports, same public url), else free ones."""
     directory.mkdir(parents=True, exist_ok=True)
-    sip_port, http_port = free_port(), free_tcp_port()
+    sip_port, http_port = ports or (free_port(), free_tcp_port())
     config = write_serve_config(
         directory, sip_port=sip_port, http_port=http_port, routes=routes,
         sections=["[cluster]", f'node_id = "{node_id}"', f"drain_seconds = {drain_seconds}",
