@@ -546,7 +546,12 @@ async def test_cluster_script_runs_every_service_and_ctrl_c_stops_them_all(
             await until_async(all_gone, 10, what="every process gone")
         assert not alive(started), alive(started)
     finally:
+        # whatever is left of it after a failure: the script, then what it started
+        leftovers = descendants(script.pid) | processes_mentioning(str(run))
         if script.returncode is None:
             script.kill()
             await script.wait()
+        for pid, _ in leftovers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         log.close()
