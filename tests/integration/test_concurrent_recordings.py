@@ -3,11 +3,11 @@
 The small, CI-sized runs of `bench/concurrent_recordings.py` (same functions): sipp places
 calls that each stream 9.5 s of known speech and hang up after 10 s; the platform records each
 one (SWML `record_call`, WAV stereo); every file is decoded and compared with the source, 20 ms
-frame by 20 ms frame. One run places its calls through Kamailio onto two nodes. The bridged variant connects each caller to a sipp callee streaming other
-speech: the left channel must be the caller's audio and the right channel the callee's, frame
-for frame. The prompt variant (the real workload) plays a prompt lasting the whole call to each
-caller: the right channel must be the prompt, frame for frame. Nothing about speed is asserted
-here (the bench measures it).
+frame by 20 ms frame (one run places its calls through Kamailio onto two nodes). The bridged
+variant connects each caller to a sipp callee streaming other speech: the left channel must be
+the caller's audio and the right channel the callee's, frame for frame. The prompt variant (the
+real workload) plays a prompt lasting the whole call to each caller: the right channel must be
+the prompt, frame for frame. Nothing about speed is asserted here (the bench measures it).
 """
 
 from __future__ import annotations
