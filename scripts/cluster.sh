@@ -77,6 +77,7 @@ stop_all() {  # exit status
   # weed's graceful stop waits 15 s for its filer: cut it short, its data is on disk.
   wait_gone 5 "${PIDS[@]}" || for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  remove_weed_sockets
   if [ -n "$POSTGRES_STARTED" ]; then
     as_postgres "$PG_BIN/pg_ctl" -D "$DIR/postgres/data" -m fast -w stop >/dev/null || true
   fi
@@ -116,6 +117,19 @@ start_postgres() {
     "SELECT 1 FROM pg_database WHERE datname = 'callbox'" | grep -q 1 \
     || as_postgres "$PG_BIN/createdb" -h "$HOST" -p "$PG_PORT" -U postgres callbox \
     || fail "could not create the database callbox"
+}
+
+weed_sockets() {  # the Unix sockets weed opens beside each gRPC port, always in /tmp
+  local kind index=0
+  for kind in master volume filer s3; do
+    echo "/tmp/seaweedfs-$kind-grpc-$((WEED_PORTS[index] + 10000)).sock"
+    index=$((index + 1))
+  done
+}
+
+remove_weed_sockets() {
+  local path
+  for path in $(weed_sockets); do rm -f "$path"; done
 }
 
 start_s3() {

@@ -545,6 +545,11 @@ async def test_cluster_script_runs_every_service_and_ctrl_c_stops_them_all(
         with contextlib.suppress(AssertionError):
             await until_async(all_gone, 10, what="every process gone")
         assert not alive(started), alive(started)
+        # nor the Unix sockets weed puts in /tmp beside its gRPC ports
+        sockets = [Path(f"/tmp/seaweedfs-{kind}-grpc-{port + offset + 10000}.sock")
+                   for kind, port in (("master", 9333), ("volume", 8080), ("filer", 8888),
+                                      ("s3", 8333))]
+        assert not [path for path in sockets if path.exists()], sockets
     finally:
         # whatever is left of it after a failure: the script, then what it started
         leftovers = descendants(script.pid) | processes_mentioning(str(run))
