@@ -65,9 +65,9 @@ pytestmark = [pytest.mark.peers, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTLE_TIMEOUT = 90.0  # seconds for every recording to be finished and uploaded (loaded machine)
-# The call goes to the RELAY clients of context "default", on whichever node they are.
-PCM_BYTES_PER_SECOND = 16000
+PCM_BYTES_PER_SECOND = 16000  # a WAV recording's growth: 16-bit mono at 8 kHz
 OUTAGE_SECONDS = 15.0  # S3 down this long (the issue: a minute; kept short for the suite)
+# The call goes to the RELAY clients of context "default", on whichever node they are.
 RELAY_ROUTE = ["[[routes]]", 'number = "relay"', 'context = "default"']
 
 
