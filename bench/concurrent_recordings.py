@@ -42,6 +42,14 @@ this bench) used under `--max-cpu` (80 %) of the machine, and BYE -> `finished` 
         --variants wav-stereo,prompt-wav-stereo,prompt-mp3-stereo,short-wav-stereo
                                                                   # the real workload, interleaved
 
+With `--nodes 2`, each step runs two platforms (`--workers` media workers each) behind Kamailio
+(the repository's dispatcher config, tests/peers/kamailio_dispatcher.py), sipp calling
+Kamailio: the platform CPU and RSS are both nodes' process trees summed, the recordings are
+fetched from each node's REST API and checked in its data directory (RELAY variants: one node).
+
+    .venv/bin/python bench/concurrent_recordings.py --nodes 2 --workers 1 --loops uvloop \\
+        --variants wav-stereo --steps 20 --seconds 10                     # two nodes
+
 `tests/integration/test_concurrent_recordings.py` runs small steps (20 calls, 5 bridged pairs,
 10 calls with a prompt, x 10 s) through the same functions as a correctness test.
 """
@@ -80,6 +88,7 @@ if str(ROOT) not in sys.path:  # the real-peer harness lives in tests/peers
     sys.path.insert(0, str(ROOT))
 
 from tests.peers import audio  # noqa: E402
+from tests.peers.kamailio_dispatcher import start_dispatcher  # noqa: E402
 from tests.peers.ports import (  # noqa: E402
     forget_handed_out,
     free_port_range,
@@ -509,6 +518,7 @@ class ServedPlatform:
                  callee_uri: str | None = None, prompt: Path | None = None, *,
                  workers: int = 1) -> None:
         self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
         self.config, self.ports = write_config(directory, variant, calls, callee_uri, prompt)
         self.loop = loop
         self.workers = workers
@@ -615,7 +625,7 @@ class StepResult:
     loop: str
     calls: int  # recorded calls at once (bridged: pairs)
     seconds: float  # length of each call
-    workers: int = 1  # media worker processes (0: media in the main process)
+    workers: int = 1  # media worker processes (0: media in the main process), per node
     legs: int = 0  # SIP calls on the platform at once (bridged: 2 per pair)
     placed: int = 0  # calls placed in all (short calls: N at a time, in sequence; else N)
     calls_ok: int = 0
@@ -653,6 +663,8 @@ class StepResult:
     max_start_lag_ms: float = math.nan
     wall_seconds: float = 0.0
     max_cpu_pct: float = 80.0
+    nodes: int = 1  # platforms behind Kamailio (1: sipp calls the platform itself)
+    recordings_per_node: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     checks: list[FrameCheck] = field(default_factory=list, repr=False)
 
@@ -726,22 +738,27 @@ def _iso_to_unix(text: str | None) -> float:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-async def _sample(platform: ServedPlatform, session: aiohttp.ClientSession,
+async def _sample(platforms: Sequence[ServedPlatform], session: aiohttp.ClientSession,
                   relay_pid: int | None) -> Sample:
+    """One sample of every node: CPU of their process trees (main loop threads, RSS, calls)
+    summed."""
     busy, total = machine_cpu()
     try:
-        calls = (await platform.metrics(session))["calls"]
+        calls = sum([(await platform.metrics(session))["calls"] for platform in platforms])
     except (aiohttp.ClientError, OSError, KeyError):
         calls = -1
     return Sample(
-        t=time.monotonic(), platform_cpu=process_tree_cpu_seconds(platform.pid),
-        loop_cpu=proc_cpu_seconds(platform.pid, platform.pid),
+        t=time.monotonic(),
+        platform_cpu=sum(process_tree_cpu_seconds(platform.pid) for platform in platforms),
+        loop_cpu=sum(proc_cpu_seconds(platform.pid, platform.pid) for platform in platforms),
         machine_busy=busy, machine_total=total,
         sipp_cpu=sum(proc_cpu_seconds(pid) for pid in child_pids("sipp")),
         relay_cpu=proc_cpu_seconds(relay_pid) if relay_pid else 0.0,
         bench_cpu=time.process_time() + _children_cpu(),
-        rss_kb=proc_status_kb(platform.pid, "VmRSS"), calls=calls,
-        worker_cpu={pid: proc_cpu_seconds(pid) for pid in process_children(platform.pid)},
+        rss_kb=sum(proc_status_kb(platform.pid, "VmRSS") for platform in platforms),
+        calls=calls,
+        worker_cpu={pid: proc_cpu_seconds(pid) for platform in platforms
+                    for pid in process_children(platform.pid)},
     )
 
 
@@ -781,7 +798,7 @@ def start_callees(calls: int, source: Source, workdir: Path
 
 
 async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate: float = 50.0,
-                   loop: str = "uvloop", workers: int = 1, workdir: Path,
+                   loop: str = "uvloop", workers: int = 1, nodes: int = 1, workdir: Path,
                    source: Source | None = None,
                    callee_source: Source | None = None, prompt_source: Source | None = None,
                    max_cpu_pct: float = 80.0, max_finish_ms: float = math.inf,
@@ -792,7 +809,11 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
     caller; short: calls of `variant.call_seconds`, N at a time, for `seconds`) against a fresh
     platform and measure everything. Sources of the wrong length are made anew. A BYE ->
     `finished` p99 over `max_finish_ms` is a problem (the search's criterion; tests keep it off:
-    no timing is asserted there)."""
+    no timing is asserted there). With `nodes` > 1, that many platforms (each `workers` media
+    workers) behind Kamailio (deploy/kamailio's dispatcher config), which sipp calls: CPU, RSS
+    and calls are summed over the nodes, recordings fetched from each node's REST API."""
+    if variant.relay and nodes > 1:
+        raise ValueError("the RELAY variants run on one node (no bus between the nodes here)")
     started = time.monotonic()
     say = progress or (lambda _msg: None)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -813,7 +834,7 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
     prompt_wav = write_prompt_wav(prompt_source) if prompt_source else None
     result = StepResult(variant.name, loop, calls, seconds, workers, legs=variant.legs * calls,
                         placed=placed, callee_calls_ok=0 if variant.bridged else -1,
-                        max_cpu_pct=max_cpu_pct)
+                        max_cpu_pct=max_cpu_pct, nodes=nodes)
     relay_proc: subprocess.Popen[bytes] | None = None
     callee_sipp: SippResult | None = None
     samples: list[Sample] = []
@@ -824,63 +845,81 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
         if callee_source is not None:
             callees = await stack.enter_async_context(
                 start_callees(calls, callee_source, workdir / "callee"))
-        platform = ServedPlatform(workdir, variant, calls, loop,
-                                  callees.uri("callee") if callees else None, prompt_wav,
-                                  workers=workers)
+        platforms = [ServedPlatform(workdir / f"node-{index + 1}" if nodes > 1 else workdir,
+                                    variant, calls, loop,
+                                    callees.uri("callee") if callees else None, prompt_wav,
+                                    workers=workers) for index in range(nodes)]
+        platform = platforms[0]  # the RELAY program's
         try:
-            metrics = await platform.start(session)
+            for node in platforms:
+                metrics = await node.start(session)
             result.loop = metrics.get("event_loop", loop)
             if loop != "auto" and result.loop != loop:
                 result.problems.append(f"asked for the {loop} loop, got {result.loop}")
+            target, scenario, proxy_args = platform.sip_target, "uac_stream_bye", []
+            if nodes > 1:
+                kamailio = await stack.enter_async_context(
+                    start_dispatcher([node.sip_target for node in platforms]))
+                target, scenario = kamailio.target, "uac_stream_bye_via_proxy"
+                proxy_args = ["-default_behaviors", "all,-abortunexp"]  # late 180s
             if variant.relay:
                 relay_proc = await start_relay_program(platform, variant, workdir)
             await asyncio.sleep(0.5)
-            idle_rss = proc_status_kb(platform.pid, "VmRSS")
+            idle_rss = sum(proc_status_kb(node.pid, "VmRSS") for node in platforms)
             drops_before = udp_drops()
-            cpu_before = process_tree_cpu_seconds(platform.pid)
+            cpu_before = sum(process_tree_cpu_seconds(node.pid) for node in platforms)
             media = free_port_range(4 * calls + 8)
             say(f"{variant.name} {loop} N={calls}: calling")
             sipp_task = asyncio.create_task(run_sipp(
-                "uac_stream_bye", platform.sip_target, service=SERVICE,
+                scenario, target, service=SERVICE,
                 local_port=free_udp_port(), media_port=media.start,
                 keys={"stream": source.stream}, calls=placed, rate=rate, limit=calls,
                 timeout=seconds * placed / calls + calls / rate + 120, trace_messages=False,
                 workdir=workdir / "sipp",
                 extra_args=["-d", str(int(seconds * 1000)), "-trace_logs", "-log_file",
                             str(workdir / "sipp" / "calls.log"), "-trace_rtt",
-                            "-rtt_freq", "1", "-fd", "5"],
+                            "-rtt_freq", "1", "-fd", "5", *proxy_args],
             ))
             relay_pid = relay_proc.pid if relay_proc else None
             while not sipp_task.done():
-                samples.append(await _sample(platform, session, relay_pid))
+                samples.append(await _sample(platforms, session, relay_pid))
                 await asyncio.wait({sipp_task}, timeout=1.0)
             sipp: SippResult = sipp_task.result()
             say(f"{variant.name} {loop} N={calls}: calls done, waiting for the recordings")
             deadline = time.monotonic() + 60
+            per_node: list[dict[str, Any]] = []
             while time.monotonic() < deadline:
-                metrics = await platform.metrics(session)
-                if metrics["recordings"] == 0 and metrics["calls"] == 0:
+                per_node = [await node.metrics(session) for node in platforms]
+                if all(m["recordings"] == 0 and m["calls"] == 0 for m in per_node):
                     break
                 await asyncio.sleep(0.2)
-            run_cpu = process_tree_cpu_seconds(platform.pid) - cpu_before
+            run_cpu = sum(process_tree_cpu_seconds(node.pid) for node in platforms) - cpu_before
             result.run_cpu_ms_per_call = run_cpu * 1000 / placed
             result.run_cpu_ms_per_call_second = result.run_cpu_ms_per_call / seconds
-            result.peak_rss_mb = proc_status_kb(platform.pid, "VmHWM") / 1024
-            result.rss_per_call_kb = (proc_status_kb(platform.pid, "VmHWM") - idle_rss) / calls
+            peak_rss_kb = sum(proc_status_kb(node.pid, "VmHWM") for node in platforms)
+            result.peak_rss_mb = peak_rss_kb / 1024
+            result.rss_per_call_kb = (peak_rss_kb - idle_rss) / calls
             result.udp_drops = udp_drops() - drops_before
-            rtp = metrics.get("rtp", {})
-            result.rtp_received = rtp.get("packets_received", 0)
-            result.rtp_late = rtp.get("packets_late", 0)
-            result.late_ticks = metrics.get("media_late_ticks", 0)
-            result.max_stall_ms = metrics.get("media_max_behind_ms", 0.0)
-            rows = await platform.recordings(session)
+            for metrics in per_node:
+                rtp = metrics.get("rtp", {})
+                result.rtp_received += rtp.get("packets_received", 0)
+                result.rtp_late += rtp.get("packets_late", 0)
+                result.late_ticks += metrics.get("media_late_ticks", 0)
+                result.max_stall_ms = max(result.max_stall_ms,
+                                          metrics.get("media_max_behind_ms", 0.0))
+            rows: list[dict[str, Any]] = []
+            for node in platforms:  # each node's own recordings, in its own data dir
+                own = await node.recordings(session)
+                rows += [{**row, "node": node} for row in own]
+                result.recordings_per_node.append(len(own))
             if callees is not None:  # it got every BYE by now, unless calls failed
                 callee_sipp = await callees.wait(timeout=10)
         finally:
             if relay_proc is not None:
                 result.relay_ms_per_call = proc_cpu_seconds(relay_proc.pid) * 1000 / calls
                 stop_process(relay_proc)
-            platform.stop()
+            for node in platforms:
+                node.stop()
 
     # -- SIP and CPU
     result.calls_ok = sipp.stat("SuccessfulCall")
@@ -933,7 +972,7 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
         result.other_cpu_pct = max(0.0, (result.machine_cpu_pct - result.our_cpu_pct) * cores)
 
     # -- recordings
-    sip_ids = platform.call_ids()
+    sip_ids = {call: sip for node in platforms for call, sip in node.call_ids().items()}
     byes = sipp_bye_times(workdir / "sipp")
     latencies = []
     finished = [r for r in rows if r["state"] == "finished"]
@@ -942,13 +981,14 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
         states = sorted({r["state"] for r in rows})
         result.problems.append(f"recording states {states}")
     expected: dict[str, float] = {}  # file -> seconds from the recording's start to the BYE
-    data_dir = workdir / "data" / "recordings"
+    def file_of(row: dict[str, Any]) -> str:
+        return str(row["node"].directory / "data" / "recordings" / f"{row['id']}.{row['format']}")
+
     for row in finished:
         bye = byes.get(sip_ids.get(row["call_id"], ""))
         if bye is not None:
             latencies.append(1000 * (_iso_to_unix(row["end_time"]) - bye))
-            path = str(data_dir / f"{row['id']}.{row['format']}")
-            expected[path] = bye - _iso_to_unix(row["start_time"])
+            expected[file_of(row)] = bye - _iso_to_unix(row["start_time"])
     result.bye_to_finished_ms = percentiles(latencies)
     if result.bye_to_finished_ms[1] > max_finish_ms:
         result.problems.append(f"BYE -> finished p99 {result.bye_to_finished_ms[1]:.0f} ms, "
@@ -956,7 +996,7 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
     if len(latencies) != len(finished):
         result.problems.append(f"BYE time known for {len(latencies)} of {len(finished)}")
     say(f"{variant.name} {loop} N={calls}: checking {len(finished)} recordings")
-    paths = [str(data_dir / f"{r['id']}.{r['format']}") for r in finished]
+    paths = [file_of(row) for row in finished]
     result.checks = check_recordings(paths, source, callee_source or prompt_source,
                                      lossy=variant.lossy, workers=analysis_workers)
     channels = 2 if variant.stereo else 1
@@ -1046,13 +1086,13 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 # -- report -----------------------------------------------------------------------------------
 
 HEADER = (
-    "| variant | loop, media workers | N | legs | calls ok | recordings complete | lost frames "
-    "| CPU ms per rec. call-s | whole run: CPU ms per call / per call-s "
+    "| variant | nodes | loop, media workers | N | legs | calls ok | recordings complete "
+    "| lost frames | CPU ms per rec. call-s | whole run: CPU ms per call / per call-s "
     "| platform CPU (% of 1 core) | main loop thread / busiest worker % "
     "| machine CPU % (ours / all) | sipp CPU % | other CPU % | peak RSS MB | RSS per call KB "
     "| RTP sent / received / late | clock max stall ms | BYE->finished p50 / p99 ms "
     "| SIP setup p50 / p99 ms | pass |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -1073,7 +1113,7 @@ def table_row(r: StepResult) -> str:
     if r.callee_calls_ok >= 0:
         calls_ok += f" (callee {r.callee_calls_ok})"
     n = str(r.calls) if r.placed == r.calls else f"{r.calls} at once, {r.placed} x {r.seconds:g} s"
-    return (f"| {name} | {r.loop}, {r.workers} | {n} | {r.legs} | {calls_ok} "
+    return (f"| {name} | {r.nodes} | {r.loop}, {r.workers} | {n} | {r.legs} | {calls_ok} "
             f"| {r.complete}/{r.placed} "
             f"| {r.lost_frames} | {_f(r.cpu_ms_per_call_second, 3)} "
             f"| {_f(r.run_cpu_ms_per_call, 1)} / {_f(r.run_cpu_ms_per_call_second, 3)} "
@@ -1146,6 +1186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2",
                         help="media worker processes to compare (0 = media in the main process)")
     parser.add_argument("--results", help="append the table to this Markdown file")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="platforms behind Kamailio, sipp calling Kamailio (default 1: "
+                             "sipp calls the platform); each has --workers media workers")
     args = parser.parse_args(argv)
 
     variants = [VARIANTS[name.strip()] for name in args.variants.split(",") if name.strip()]
@@ -1184,7 +1227,7 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         result = asyncio.run(run_step(
                             variant, calls, seconds=args.seconds, rate=args.rate, loop=loop,
-                            workers=workers, workdir=step_dir,
+                            workers=workers, nodes=args.nodes, workdir=step_dir,
                             source=short_sources.get(variant.call_seconds, source),
                             callee_source=callee_source, prompt_source=prompt_source,
                             max_cpu_pct=args.max_cpu, max_finish_ms=args.max_finish_ms,
@@ -1192,7 +1235,8 @@ def main(argv: list[str] | None = None) -> int:
                                                        flush=True)))
                     except Exception as exc:  # a step that cannot run fails; the rest goes on
                         result = StepResult(variant.name, loop, calls, args.seconds, workers,
-                                            legs=variant.legs * calls, max_cpu_pct=args.max_cpu)
+                                            legs=variant.legs * calls, max_cpu_pct=args.max_cpu,
+                                            nodes=args.nodes)
                         result.problems.append(f"the step could not run: {exc!r}"[:300])
                     results.append(result)
                     print(table_row(result), flush=True)
@@ -1210,7 +1254,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _remove_recordings(step_dir: Path) -> None:
-    for path in (step_dir / "data" / "recordings").glob("*"):
+    for path in [*step_dir.glob("data/recordings/*"), *step_dir.glob("node-*/data/recordings/*")]:
         with contextlib.suppress(OSError):
             path.unlink()
 

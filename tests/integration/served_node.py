@@ -1,8 +1,8 @@
 """`callbox serve` as a subprocess: one node of a cluster, as an operator runs it.
 
 :func:`start_node` writes the node's config (its own data dir, SIP and HTTPS ports,
-``[cluster] node_id`` and ``drain_seconds``), starts it, waits until it has printed its banner
-and answers ``/health``,
+``[cluster] node_id`` and ``drain_seconds``, more config lines and ``CALLBOX_*`` variables when
+given), starts it, waits until it has printed its banner and answers ``/health``,
 and at the end stops it (SIGTERM, then SIGKILL) unless the test already did (``kill -9``).
 """
 
@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,17 +108,24 @@ async def _wait_started(node: Node) -> None:
 
 @contextlib.asynccontextmanager
 async def start_node(directory: Path, node_id: str, routes: dict[str, str], *,
-                     drain_seconds: int = 0) -> AsyncIterator[Node]:
-    """`callbox serve` with `routes` (number -> SWML) in `directory`, named `node_id`."""
+                     drain_seconds: int = 0, sections: Sequence[str] = (),
+                     env: Mapping[str, str] | None = None,
+                     ports: tuple[int, int] | None = None) -> AsyncIterator[Node]:
+    """`callbox serve` with `routes` (number -> SWML) in `directory`, named `node_id`;
+    `sections`: more TOML lines after ``[cluster]``; `env`: more environment (``CALLBOX_*``
+    overrides, as an operator's service manager would set them); `ports`: its SIP and HTTPS
+    ports (a node started again as it was: same ports, same public url), else free ones."""
     directory.mkdir(parents=True, exist_ok=True)
-    sip_port, http_port = free_port(), free_tcp_port()
+    sip_port, http_port = ports or (free_port(), free_tcp_port())
     config = write_serve_config(
         directory, sip_port=sip_port, http_port=http_port, routes=routes,
-        sections=["[cluster]", f'node_id = "{node_id}"', f"drain_seconds = {drain_seconds}"])
+        sections=["[cluster]", f'node_id = "{node_id}"', f"drain_seconds = {drain_seconds}",
+                  *sections])
     with (directory / "node.log").open("wb") as log:
         process = await asyncio.create_subprocess_exec(
             CALLBOX, "serve", "--config", str(config), "--log-level", "info",
-            stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL)
+            stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
+            env={**os.environ, **(env or {})})
     node = Node(node_id, sip_port, http_port, directory, process)
     try:
         await _wait_started(node)

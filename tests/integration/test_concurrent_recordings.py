@@ -3,11 +3,11 @@
 The small, CI-sized runs of `bench/concurrent_recordings.py` (same functions): sipp places
 calls that each stream 9.5 s of known speech and hang up after 10 s; the platform records each
 one (SWML `record_call`, WAV stereo); every file is decoded and compared with the source, 20 ms
-frame by 20 ms frame. The bridged variant connects each caller to a sipp callee streaming other
-speech: the left channel must be the caller's audio and the right channel the callee's, frame
-for frame. The prompt variant (the real workload) plays a prompt lasting the whole call to each
-caller: the right channel must be the prompt, frame for frame. Nothing about speed is asserted
-here (the bench measures it).
+frame by 20 ms frame (one run places its calls through Kamailio onto two nodes). The bridged
+variant connects each caller to a sipp callee streaming other speech: the left channel must be
+the caller's audio and the right channel the callee's, frame for frame. The prompt variant (the
+real workload) plays a prompt lasting the whole call to each caller: the right channel must be
+the prompt, frame for frame. Nothing about speed is asserted here (the bench measures it).
 """
 
 from __future__ import annotations
@@ -99,3 +99,16 @@ async def test_a_prompt_lasting_the_whole_call_is_recorded_frame_for_frame_on_th
         assert check.callee.frames == prompt_frames, check  # all of the prompt was checked...
         assert check.callee.lost == 0, check  # ...and every frame of it is on the right
         assert check.callee.skipped == 0, check  # played after record_call started
+
+
+async def test_calls_spread_by_kamailio_over_two_nodes_are_all_recorded_frame_for_frame(
+        tmp_path: Path, peer_env: object) -> None:
+    calls = 10
+    result = await run_step(VARIANTS["wav-stereo"], calls, seconds=SECONDS, rate=10,
+                            loop="auto", workers=1, nodes=2, workdir=tmp_path / "step",
+                            analysis_workers=1)
+    assert_every_recording_complete(result, calls)
+    summary = table_row(result)
+    assert result.nodes == 2 and f"| {result.variant} | 2 |" in summary, summary
+    assert len(result.recordings_per_node) == 2, summary
+    assert all(count >= 3 for count in result.recordings_per_node), result.recordings_per_node
