@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from aiohttp import web
 from tests.integration.conftest import RunningPlatform, running_platform, swml
@@ -34,6 +35,7 @@ from callbox.caller import place_call
 from callbox.server.config import Project, Route
 from callbox.server.database import open_database
 from callbox.server.recording.engine import Recording
+from callbox.server.recording.writers import open_writer
 from callbox.server.store.postgres import PostgresRecordingStore
 from callbox.server.store.recordings import RecordingRow
 from callbox.server.webhooks import DELIVERY_HEADER, PostgresQueueDb, WebhookQueue
@@ -297,6 +299,34 @@ async def test_a_node_repairs_only_its_own_unfinished_recordings(
         async with running_platform(tmp_path, database__url=postgres_url) as node:
             assert node.platform.recovered == []
         assert await store.get(theirs.id) == theirs
+    finally:
+        await database.close()
+
+
+async def test_a_node_restarted_under_another_url_repairs_what_it_recorded(
+        tmp_path: Path, postgres_url: str) -> None:
+    """Its `.part` is in this node's recordings directory: it is this node's, whatever url the
+    node had when it recorded it (a restart on another port, say)."""
+    database = await open_database(postgres_url)
+    try:
+        store = PostgresRecordingStore(database)
+        rec_id = "cd" * 16
+        final = tmp_path / "data" / "recordings" / f"{rec_id}.wav"
+        final.parent.mkdir(parents=True)
+        writer = open_writer("wav", final, 1)
+        writer.write(np.full(8000, 1000, dtype=np.int16))  # a second, then the crash
+        ours = RecordingRow(
+            id=rec_id, project_id="p1", call_id="c1", control_id="ctl", state="recording",
+            format="wav", channels=1, direction="speak", duration=None, size=None,
+            url=f"https://127.0.0.1:1/recordings/{rec_id}.wav", path=str(final),
+            created_at=time.time(), start_time=time.time(), end_time=None, reason=None,
+            status_url="")
+        await store.add(ours)
+        async with running_platform(tmp_path, database__url=postgres_url) as node:
+            assert [row.id for row in node.platform.recovered] == [rec_id]
+        row = await store.get(rec_id)
+        assert row is not None and row.state == "finished" and row.duration == 1.0
+        assert final.exists()
     finally:
         await database.close()
 

@@ -448,12 +448,12 @@ class RecordingEngine:
           is stored `error` with the file's duration and size (the audio is kept).
         - A row with no file at all ends in `error`: nothing was written.
 
-        With a shared database only this node's rows (their url is this node's) are repaired.
+        With a shared database only this node's rows are repaired: those whose file (`.part`
+        or final) is in this node's recordings directory, and those without a file whose url
+        is this node's (a node restarted under another url still repairs what it recorded).
         """
         recovered = []
-        mine = f"{self.public_url}/recordings/"
-        rows = {row.id: row for row in await self.store.unfinished()
-                if not self.shared or row.url.startswith(mine)}
+        rows = {row.id: row for row in await self.store.unfinished()}
         for part in sorted(self.recordings_dir.glob("*.part")):
             rec_id = part.name.split(".", 1)[0]
             row = rows.pop(rec_id, None)
@@ -477,8 +477,17 @@ class RecordingEngine:
                         rec_id, repaired.duration)
             recovered.append(updated)
         for row in rows.values():
-            recovered += await self._recover_without_part(row)
+            if not self.shared or self._recorded_here(row):
+                recovered += await self._recover_without_part(row)
         return recovered
+
+    def _recorded_here(self, row: RecordingRow) -> bool:
+        """One of this node's recordings (with a shared database): its file is here, or it
+        has none and its url is this node's."""
+        path = Path(row.path)
+        if path.parent.resolve() == self.recordings_dir.resolve() and path.exists():
+            return True
+        return row.url.startswith(f"{self.public_url}/recordings/")
 
     async def _recover_without_part(self, row: RecordingRow) -> list[RecordingRow]:
         path = Path(row.path)
