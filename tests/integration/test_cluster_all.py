@@ -54,12 +54,12 @@ from tests.peers.nats import NatsServer, running_nats
 from tests.peers.poll import until_async as until_reached
 from tests.peers.ports import free_port_range, free_udp_port, port_is_free
 from tests.peers.postgres import PostgresCluster
-from tests.peers.seaweedfs import SeaweedFS, start_seaweedfs
+from tests.peers.seaweedfs import SeaweedFS, fetch_object, start_seaweedfs
 from tests.peers.sipp import run_sipp
 
 from callbox.relay.call import Call
 from callbox.relay.client import RelayClient
-from callbox.server.storage.s3 import ObjectStore, S3Settings
+from callbox.server.storage.s3 import S3Settings
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(300)]
 
@@ -142,19 +142,6 @@ async def object_keys(settings: S3Settings) -> set[str]:
         async for page in pages:
             keys.update(item["Key"] for item in page.get("Contents", []))
     return keys
-
-
-async def fetch_object(settings: S3Settings, key: str) -> bytes:
-    objects = ObjectStore(settings)
-    await objects.open()
-    try:
-        body = await objects.get(key)
-        try:
-            return b"".join([chunk async for chunk in body.chunks()])
-        finally:
-            body.close()
-    finally:
-        await objects.close()
 
 
 async def download(node: Node, url: str) -> bytes:

@@ -106,8 +106,10 @@ async def test_a_killed_worker_ends_only_its_calls_and_its_recording_is_repaired
         assert survivor.end_reason == "hangup"
         assert survivor_recording.state == RecState.FINISHED
         kept = decode(survivor_recording)
+        # no longer than the platform's own start..end, and the tone in every 100 ms of it
         platform_span = survivor_recording.end_time - survivor_recording.start_time
-        assert survivor_recording.duration == pytest.approx(platform_span, abs=0.3)
+        assert 1.0 <= survivor_recording.duration <= platform_span + 0.1
+        assert abs(len(kept) / 8000 - survivor_recording.duration) < 0.02
         levels = tone_blocks(kept[:, 0], SURVIVOR_HZ)
         assert min(levels[2:-2]) > -20, "a gap in the surviving call's recording"
 

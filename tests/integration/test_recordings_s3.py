@@ -23,7 +23,7 @@ import pytest
 from tests.integration.conftest import FAST_TIMERS, make_config, swml
 from tests.peers import audio
 from tests.peers.poll import until, until_async
-from tests.peers.seaweedfs import SeaweedFS, start_seaweedfs
+from tests.peers.seaweedfs import SeaweedFS, fetch_object, start_seaweedfs
 
 from callbox.caller import place_call
 from callbox.server.app import Platform
@@ -100,19 +100,6 @@ async def uploaded(platform: Platform, recording: Recording) -> RecordingRow:
     return await row_of(platform, recording.id)
 
 
-async def fetch_object(s3: SeaweedFS, key: str) -> bytes:
-    objects = ObjectStore(s3.settings())
-    await objects.open()
-    try:
-        body = await objects.get(key)
-        try:
-            return b"".join([chunk async for chunk in body.chunks()])
-        finally:
-            body.close()
-    finally:
-        await objects.close()
-
-
 async def object_exists(s3: SeaweedFS, key: str) -> bool:
     objects = ObjectStore(s3.settings())
     await objects.open()
@@ -174,7 +161,7 @@ async def test_a_recording_moves_to_the_bucket_and_is_still_served(tmp_path: Pat
         assert row.location == f"{recording.id}.wav"
         assert not recording.path.exists()  # the local copy is gone once verified
 
-        stored = await fetch_object(s3, row.location)
+        stored = await fetch_object(s3.settings(), row.location)
         assert len(stored) == row.size
         assert_holds_the_tone(tmp_path, stored)
 
@@ -234,7 +221,7 @@ async def test_s3_down_keeps_the_recording_local_until_it_is_back(
         await s3.start()  # back, objects and all: the retries get it there
         row = await uploaded(platform, recording)
         assert not recording.path.exists()
-        assert await fetch_object(s3, row.location) == local
+        assert await fetch_object(s3.settings(), row.location) == local
         assert recording.id not in platform.uploads.pending  # type: ignore[union-attr]
 
 
@@ -259,7 +246,7 @@ async def test_refused_credentials_keep_it_local_and_a_restart_uploads_it(
         async with s3_platform(tmp_path, s3) as platform:
             row = await uploaded(platform, recording)
             assert not recording.path.exists()
-            stored = await fetch_object(s3, row.location)
+            stored = await fetch_object(s3.settings(), row.location)
             assert stored == local
             assert_holds_the_tone(tmp_path, stored)
             url = f"{platform.config.http.public_url}/recordings/{recording.id}.wav"
@@ -302,7 +289,7 @@ async def test_a_big_file_goes_up_in_parts_and_is_verified(tmp_path: Path) -> No
             assert info is not None and info.size == len(local)
             parts = -(-len(local) // uploads.part_bytes)
             assert parts == 3 and info.etag.endswith(f"-{parts}")  # a multipart object
-            stored = await fetch_object(s3, f"{rec_id}.wav")
+            stored = await fetch_object(s3.settings(), f"{rec_id}.wav")
             assert hashlib.sha256(stored).digest() == hashlib.sha256(local).digest()
         finally:
             await uploads.close()

@@ -169,3 +169,17 @@ async def start_seaweedfs(*, access_key: str = "callbox-test", secret_key: str =
         yield server
     finally:
         await server.stop()
+
+
+async def fetch_object(settings: S3Settings, key: str) -> bytes:
+    """The whole object `key`, read with the platform's own S3 client."""
+    objects = ObjectStore(settings)
+    await objects.open()
+    try:
+        body = await objects.get(key)
+        try:
+            return b"".join([chunk async for chunk in body.chunks()])
+        finally:
+            body.close()
+    finally:
+        await objects.close()

@@ -18,15 +18,15 @@ project sees only its own calls (another project's call answers 404, like an unk
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
 from callbox.server.ai.conversation import Conversation, ConversationEnded, active_conversation
 from callbox.server.http.auth import require_project
+from callbox.server.http.bodies import read_json_object
 from callbox.server.http.context import services_of
 from callbox.server.http.errors import json_error
-from callbox.wire.json_depth import loads_bounded
 
 if TYPE_CHECKING:
     from callbox.server.call import Call
@@ -62,7 +62,8 @@ async def list_functions(request: web.Request) -> web.Response:
 async def invoke_function(request: web.Request) -> web.Response:
     project = require_project(request)
     call = _own_call(request, project)
-    body = await _json_body(request)
+    body = await read_json_object(
+        request, MAX_BODY_BYTES, '{"function": NAME, "args": {...}}')
     name = body.get("function")
     args = body.get("args", {})
     if not isinstance(name, str) or not name:
@@ -106,20 +107,3 @@ def _conversation(call: Call) -> Conversation:
         raise json_error(web.HTTPConflict, "no_ai",
                      f"call {call.id} has no running ai verb (no agent is talking on it)")
     return conversation
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise json_error(web.HTTPRequestEntityTooLarge, "too_large",
-                     f"the body must be at most {MAX_BODY_BYTES} bytes",
-                     max_size=MAX_BODY_BYTES, actual_size=len(raw))
-    try:
-        body = loads_bounded(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise json_error(web.HTTPBadRequest, "invalid_json",
-                     'the body must be JSON: {"function": NAME, "args": {...}}') from None
-    if not isinstance(body, dict):
-        raise json_error(web.HTTPBadRequest, "invalid_json",
-                     'the body must be a JSON object: {"function": NAME, "args": {...}}')
-    return body

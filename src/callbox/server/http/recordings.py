@@ -71,7 +71,7 @@ async def list_recordings(request: web.Request) -> web.Response:
     page_size = parse_page_size(request.query.get("page_size"))
     page_token = request.query.get("page_token") or None
     try:
-        rows, next_token = await _store(request).list(project.id, page_size=page_size,
+        rows, next_token = await store_of(request).list(project.id, page_size=page_size,
                                                 cursor=page_token)
     except ValueError:
         raise json_error(web.HTTPBadRequest, "invalid_parameter",
@@ -112,7 +112,7 @@ async def remove_recording(request: web.Request, row: RecordingRow) -> None:
     path = file_of(row)
     if path is not None:
         await asyncio.get_running_loop().run_in_executor(None, _unlink, path)
-    await _store(request).delete(row.id)
+    await store_of(request).delete(row.id)
     recorder = services_of(request).recorder
     if recorder is not None:
         await recorder.webhooks.queue.forget(row.id)
@@ -124,7 +124,7 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
     if match is None:
         raise _not_found()
     rec_id, ext = match.groups()
-    row = await _store(request).get(rec_id)
+    row = await store_of(request).get(rec_id)
     if row is None or row.format != ext or row.state not in SERVABLE_STATES:
         raise _not_found()
     headers: dict[str, str] = {hdrs.CONTENT_TYPE: CONTENT_TYPES[ext],
@@ -132,7 +132,7 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
     byte_range = request.headers.get(hdrs.RANGE, "").strip()
     path = file_of(row)
     if not row.location and path is not None and not await _run_blocking(path.exists):
-        row = await _store(request).get(rec_id) or row  # moved to S3 since we looked?
+        row = await store_of(request).get(rec_id) or row  # moved to S3 since we looked?
     if row.location:
         return await _send_object(request, row, headers, byte_range)
     if path is None:
@@ -154,7 +154,8 @@ def _not_found() -> web.HTTPException:
     return json_error(web.HTTPNotFound, "not_found", "no such recording")
 
 
-def _store(request: web.Request) -> RecordingStore:
+def store_of(request: web.Request) -> RecordingStore:
+    """The recording store (a 503 before the platform opened it)."""
     store = services_of(request).recordings
     if store is None:
         raise json_error(web.HTTPServiceUnavailable, "unavailable",
@@ -189,7 +190,7 @@ async def own_row(request: web.Request, project_id: str) -> RecordingRow:
     rec_id = request.match_info["id"]
     if _ID.fullmatch(rec_id) is None:
         raise _not_found()
-    row = await _store(request).get(rec_id)
+    row = await store_of(request).get(rec_id)
     if row is None or not hmac.compare_digest(row.project_id.encode(), project_id.encode()):
         raise _not_found()
     return row

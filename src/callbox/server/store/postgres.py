@@ -21,10 +21,9 @@ from callbox.server.store.recordings import (
     RecordingFilter,
     RecordingRow,
     Rows,
-    check_page_size,
     check_updatable,
-    decode_cursor,
     next_cursor,
+    page_query,
 )
 
 _INSERT = sql.SQL("INSERT INTO recordings ({}) VALUES ({})").format(
@@ -72,16 +71,7 @@ class PostgresRecordingStore:
 
     async def list(self, project_id: str, *, page_size: int, cursor: str | None = None,
                    where: RecordingFilter | None = None) -> tuple[Rows, str | None]:
-        check_page_size(page_size)
-        conditions, args = (where or RecordingFilter()).sql("%s")
-        query = "SELECT * FROM recordings WHERE project_id = %s" + conditions
-        args.insert(0, project_id)
-        if cursor is not None:
-            created_at, rec_id = decode_cursor(cursor)
-            query += " AND (created_at < %s OR (created_at = %s AND id < %s))"
-            args += [created_at, created_at, rec_id]
-        query += " ORDER BY created_at DESC, id DESC LIMIT %s"
-        args.append(page_size + 1)
+        query, args = page_query(project_id, page_size, cursor, where, "%s")
         async with self.database.connection() as conn:
             rows = conn.cursor(row_factory=dict_row)
             await rows.execute(query.encode(), args)

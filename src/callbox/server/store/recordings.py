@@ -157,9 +157,22 @@ def check_updatable(fields: Mapping[str, Any]) -> None:
                          f"fields: {', '.join(sorted(UPDATABLE))}")
 
 
-def check_page_size(page_size: int) -> None:
+def page_query(project_id: str, page_size: int, cursor: str | None,
+               where: RecordingFilter | None, mark: str) -> tuple[str, list[Any]]:
+    """The SELECT of one page of a project's recordings, newest first (one row more than
+    the page, see `next_cursor`); `mark` is the driver's parameter placeholder."""
     if page_size < 1:
         raise ValueError(f"page_size must be at least 1, got {page_size}")
+    conditions, args = (where or RecordingFilter()).sql(mark)
+    query = f"SELECT * FROM recordings WHERE project_id = {mark}" + conditions
+    args.insert(0, project_id)
+    if cursor is not None:
+        created_at, rec_id = decode_cursor(cursor)
+        query += f" AND (created_at < {mark} OR (created_at = {mark} AND id < {mark}))"
+        args += [created_at, created_at, rec_id]
+    query += f" ORDER BY created_at DESC, id DESC LIMIT {mark}"
+    args.append(page_size + 1)
+    return query, args
 
 
 def next_cursor(rows: Rows, page_size: int) -> tuple[Rows, str | None]:
@@ -290,16 +303,7 @@ class SqliteRecordingStore:
 
     async def list(self, project_id: str, *, page_size: int, cursor: str | None = None,
                    where: RecordingFilter | None = None) -> tuple[Rows, str | None]:
-        check_page_size(page_size)
-        conditions, args = (where or RecordingFilter()).sql()
-        sql = "SELECT * FROM recordings WHERE project_id = ?" + conditions
-        args.insert(0, project_id)
-        if cursor is not None:
-            created_at, rec_id = decode_cursor(cursor)
-            sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
-            args += [created_at, created_at, rec_id]
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        args.append(page_size + 1)
+        sql, args = page_query(project_id, page_size, cursor, where, "?")
         with self._lock:
             records = self._conn.execute(sql, args).fetchall()
         return next_cursor([self._from_db(r) for r in records], page_size)

@@ -21,6 +21,7 @@ from typing import Any, Final
 from aiohttp import hdrs, web
 
 from callbox.server.call import Call
+from callbox.server.http.bodies import read_json_object
 from callbox.server.http.console.csrf import require_csrf, same_origin
 from callbox.server.http.console.events import ConsoleEvents, Parties, parties_of, sse_stream
 from callbox.server.http.console.peaks import MAX_BINS, MIN_BINS, PeaksCache, PeaksError
@@ -40,16 +41,15 @@ from callbox.server.http.recordings import (
     own_row,
     parse_page_size,
     remove_recording,
+    store_of,
 )
 from callbox.server.recording.engine import Recording, RecordingEngine, RecordingError
 from callbox.server.store.recordings import (
     RecordingFilter,
     RecordingRow,
-    RecordingStore,
     iso_time,
 )
 from callbox.server.tasks import spawn
-from callbox.wire.json_depth import loads_bounded
 from callbox.wire.recording import FORMATS, PAUSE_BEHAVIORS, STATES, RecordParams
 
 ROOT: Final = "/console/"
@@ -177,7 +177,7 @@ async def api_list(request: web.Request) -> web.Response:
     query = request.query
     page_size = parse_page_size(query.get("page_size"))
     try:
-        rows, cursor = await _store(request).list(session.project_id, page_size=page_size,
+        rows, cursor = await store_of(request).list(session.project_id, page_size=page_size,
                                             cursor=query.get("cursor") or None,
                                             where=parse_filter(query))
     except ValueError:
@@ -263,7 +263,7 @@ async def api_start(request: web.Request) -> web.Response:
     session = require_session(request)
     require_csrf(request, session)
     call = _own_call(request, session)
-    body = await _json_body(request)
+    body = await read_json_object(request, MAX_BODY_BYTES)
     try:
         params = RecordParams.parse({**CONSOLE_RECORD_DEFAULTS, **body}, "swml_record_call")
     except ValueError as exc:
@@ -289,7 +289,7 @@ async def api_control(request: web.Request) -> web.Response:
     if recording is None or recording.call.id != call.id:
         raise json_error(web.HTTPNotFound, "not_found", "no such recording running on the call")
     if action == "pause":
-        behavior = (await _json_body(request)).get("behavior", "silence")
+        behavior = (await read_json_object(request, MAX_BODY_BYTES)).get("behavior", "silence")
         if behavior not in PAUSE_BEHAVIORS:
             raise json_error(web.HTTPBadRequest, "invalid_parameter",
                              f"behavior must be 'silence' or 'skip', got {behavior!r}",
@@ -380,35 +380,12 @@ def _own_call(request: web.Request, session: Session) -> Call:
     return call
 
 
-def _store(request: web.Request) -> RecordingStore:
-    store = services_of(request).recordings
-    if store is None:
-        raise json_error(web.HTTPServiceUnavailable, "unavailable",
-                         "the recording store is not open yet; try again")
-    return store
-
-
 def _recorder(request: web.Request) -> RecordingEngine:
     recorder = services_of(request).recorder
     if recorder is None:
         raise json_error(web.HTTPServiceUnavailable, "unavailable",
                          "recording is not available yet; try again")
     return recorder
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise json_error(web.HTTPRequestEntityTooLarge, "too_large",
-                         f"the body must be at most {MAX_BODY_BYTES} bytes",
-                         max_size=MAX_BODY_BYTES, actual_size=len(raw))
-    try:
-        body = loads_bounded(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise json_error(web.HTTPBadRequest, "invalid_json", "the body must be JSON") from None
-    if not isinstance(body, dict):
-        raise json_error(web.HTTPBadRequest, "invalid_json", "the body must be a JSON object")
-    return body
 
 
 def _bad(attribute: str, message: str) -> web.HTTPException:
