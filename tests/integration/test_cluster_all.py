@@ -481,6 +481,7 @@ def cluster_dir() -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.mark.serial  # the script's fixed port layout (moved by PORT_OFFSET) needs the machine
 async def test_cluster_script_runs_every_service_and_ctrl_c_stops_them_all(
         tmp_path: Path, cluster_dir: Path, peer_env: object) -> None:
     calls = 10

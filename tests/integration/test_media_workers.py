@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from tests.peers import audio
 from callbox.caller import place_call
 from callbox.server.recording.machine import RecState
 from callbox.server.recording.writers import WAV_HEADER_SIZE, part_path
+from callbox.server.worker.main import MEDIA_NICE
 
 pytestmark = pytest.mark.peers
 
@@ -137,3 +139,26 @@ async def test_media_in_the_main_process(tmp_path):
     samples = decode(recording)
     assert samples.shape[1] == 2 and recording.duration >= 1.8
     assert audio.dominant_frequency(samples[800:, 0]) == pytest.approx(KILLED_HZ, abs=15)
+
+
+def nice_of(task: Path) -> int:
+    """The nice value of a process or thread (/proc/PID[/task/TID]/stat, field 19)."""
+    return int((task / "stat").read_text().rpartition(")")[2].split()[16])
+
+
+async def test_media_workers_and_their_threads_run_before_ordinary_processes(tmp_path, peer_env):
+    """Media has a deadline every 20 ms: a worker and every thread it starts (the recording
+    writer, the file pool) run at MEDIA_NICE; the main process keeps its own priority."""
+    peer_env.require_root()  # raising a priority needs CAP_SYS_NICE
+    caller = wav_file(tmp_path, "caller.wav", audio.tone(KILLED_HZ, 3.0, dbfs=-12))
+    async with running_platform(tmp_path, ROUTES, server__workers=1) as running:
+        result = await place_call(running.uri("rec"), play=caller, hangup_after=1.5)
+        assert result.status == 200
+        recording = recording_of(await running.wait_call_ended(0, timeout=20))
+        await asyncio.wait_for(asyncio.shield(recording.done), 10)
+        assert recording.state == RecState.FINISHED
+        pid = running.platform.media.views[0].link.pid
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        assert len(tasks) >= 3  # the loop, the writer thread, a file thread
+        assert {nice_of(task) for task in tasks} == {MEDIA_NICE}
+    assert nice_of(Path("/proc/self")) == os.getpriority(os.PRIO_PROCESS, 0) != MEDIA_NICE

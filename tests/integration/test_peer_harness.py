@@ -212,6 +212,20 @@ def test_ports_are_free_and_distinct() -> None:
         assert not port_is_free(rng.start)
 
 
+def test_parallel_test_processes_hand_out_ports_from_disjoint_slices(monkeypatch) -> None:
+    """Under pytest-xdist (2 processes here) process gw0 and gw1 never hand out the same port:
+    each draws from its own slice of the single-port and of the RTP-range space."""
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    singles: dict[str, list[int]] = {}
+    ranges: dict[str, list[int]] = {}
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        singles[worker] = [free_udp_port() for _ in range(30)]
+        ranges[worker] = [p for _ in range(5) for p in free_port_range(300)]
+    assert max(singles["gw0"]) < min(singles["gw1"]) < max(singles["gw1"]) < 20000
+    assert min(ranges["gw0"]) > 20999 and max(ranges["gw0"]) < min(ranges["gw1"])
+
+
 def test_scenarios_and_pcaps_exist(peer_env) -> None:
     for name in (
         "uac_audio_dtmf",

@@ -12,8 +12,8 @@ graceful stop waits 15 s for its filer), then the Unix sockets weed leaves in /t
 `-master.electionTimeout=1s` lets the restarted master lead again within a second or two.
 
 Ports: weed takes each service's gRPC port as the port + 10000, so the four ports are drawn
-from the small-range region of :mod:`tests.peers.ports` (10000-16000) and their gRPC twins
-(20000-26000) are checked free too.
+from the small-range region of :mod:`tests.peers.ports` (10000-20000) and their gRPC twins
+(20000-30000, TCP: the RTP ranges there are UDP) are checked free too.
 """
 
 from __future__ import annotations
