@@ -49,6 +49,8 @@ fetched from each node's REST API and checked in its data directory (RELAY varia
 
     .venv/bin/python bench/concurrent_recordings.py --nodes 2 --workers 1 --loops uvloop \\
         --variants wav-stereo --steps 20 --seconds 10                     # two nodes
+    .venv/bin/python bench/concurrent_recordings.py --nodes 1,2 --workers 1 --loops uvloop \\
+        --variants prompt-wav-stereo --steps 700,800,1000,1200            # one node vs two
 
 `tests/integration/test_concurrent_recordings.py` runs small steps (20 calls, 5 bridged pairs,
 10 calls with a prompt, x 10 s) through the same functions as a correctness test.
@@ -1186,14 +1188,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2",
                         help="media worker processes to compare (0 = media in the main process)")
     parser.add_argument("--results", help="append the table to this Markdown file")
-    parser.add_argument("--nodes", type=int, default=1,
-                        help="platforms behind Kamailio, sipp calling Kamailio (default 1: "
-                             "sipp calls the platform); each has --workers media workers")
+    parser.add_argument("--nodes", default="1",
+                        help="platforms behind Kamailio, sipp calling Kamailio (1: sipp calls "
+                             "the platform), comma-separated to compare; each node has "
+                             "--workers media workers")
     args = parser.parse_args(argv)
 
     variants = [VARIANTS[name.strip()] for name in args.variants.split(",") if name.strip()]
     loops = [name.strip() for name in args.loops.split(",") if name.strip()]
-    setups = [(loop, int(n)) for loop in loops for n in args.workers.split(",") if n.strip()]
+    setups = [(loop, int(w), int(n)) for loop in loops
+              for n in args.nodes.split(",") if n.strip()
+              for w in args.workers.split(",") if w.strip()]
     steps = sorted(int(n) for n in args.steps.split(","))
     deadline = time.monotonic() + args.max_minutes * 60
     root = Path(args.workdir or tempfile.mkdtemp(prefix="callbox-bench-"))
@@ -1210,7 +1215,7 @@ def main(argv: list[str] | None = None) -> int:
                      for v in variants if v.short}
     results: list[StepResult] = []
     skipped: list[str] = []
-    for loop, workers in setups:
+    for loop, workers, nodes in setups:
         failed: set[str] = set()
         for calls in steps:  # every variant at this N, then the next N: ratios hold
             for variant in variants:
@@ -1218,16 +1223,18 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 estimate = args.seconds + calls / args.rate + 30 + calls * 0.05 * variant.legs
                 if time.monotonic() + estimate > deadline:
-                    skipped.append(f"{variant.name} {loop} {workers} workers N>={calls}")
+                    skipped.append(f"{variant.name} {loop} {nodes} nodes {workers} workers "
+                                   f"N>={calls}")
                     failed.add(variant.name)
                     continue
                 for attempt in range(1 + max(0, args.retries)):
-                    step_dir = root / f"{variant.name}-{loop}-w{workers}-{calls}-{attempt + 1}"
+                    step_dir = (root / f"{variant.name}-{loop}-n{nodes}-w{workers}-{calls}-"
+                                       f"{attempt + 1}")
                     forget_handed_out()  # the last step's platform and sipp have exited
                     try:
                         result = asyncio.run(run_step(
                             variant, calls, seconds=args.seconds, rate=args.rate, loop=loop,
-                            workers=workers, nodes=args.nodes, workdir=step_dir,
+                            workers=workers, nodes=nodes, workdir=step_dir,
                             source=short_sources.get(variant.call_seconds, source),
                             callee_source=callee_source, prompt_source=prompt_source,
                             max_cpu_pct=args.max_cpu, max_finish_ms=args.max_finish_ms,
@@ -1236,7 +1243,7 @@ def main(argv: list[str] | None = None) -> int:
                     except Exception as exc:  # a step that cannot run fails; the rest goes on
                         result = StepResult(variant.name, loop, calls, args.seconds, workers,
                                             legs=variant.legs * calls, max_cpu_pct=args.max_cpu,
-                                            nodes=args.nodes)
+                                            nodes=nodes)
                         result.problems.append(f"the step could not run: {exc!r}"[:300])
                     results.append(result)
                     print(table_row(result), flush=True)
@@ -1261,19 +1268,21 @@ def _remove_recordings(step_dir: Path) -> None:
 
 def _summary(results: list[StepResult], skipped: list[str]) -> str:
     lines = ["", "Largest N with every recording complete and the machine under the CPU limit:"]
-    best: dict[tuple[str, str, int], int] = {}
+    best: dict[tuple[str, str, int, int], int] = {}  # (variant, loop, nodes, workers) -> N
     for r in results:
-        key = (r.variant, r.loop, r.workers)
+        key = (r.variant, r.loop, r.nodes, r.workers)
         best.setdefault(key, 0)
         if r.passed:
             best[key] = max(best[key], r.calls)
-    for (variant, loop, workers), n in best.items():
-        lines.append(f"- {variant}, {loop}, {workers} media workers: {n or 'none of the steps'}")
-    for (variant, loop, workers), n in best.items():
-        one = best.get((variant, loop, 1))
-        if workers > 1 and one:
-            lines.append(f"- {variant}, {loop}: {workers} workers carry x {n / one:.2f} the "
-                         f"calls of 1 (largest passing steps {n} / {one})")
+    for (variant, loop, nodes, workers), n in best.items():
+        lines.append(f"- {variant}, {loop}, {nodes} node(s) of {workers} media workers: "
+                     f"{n or 'none of the steps'}")
+    for (variant, loop, nodes, workers), n in best.items():
+        one = best.get((variant, loop, 1, 1))
+        if (nodes, workers) != (1, 1) and one:
+            lines.append(f"- {variant}, {loop}: {nodes} node(s) of {workers} workers carry "
+                         f"x {n / one:.2f} the calls of 1 node of 1 worker (largest passing "
+                         f"steps {n} / {one})")
     lines += _ratios(results)
     if skipped:
         lines.append(f"Not run (time budget): {', '.join(skipped)}")
@@ -1284,11 +1293,12 @@ def _ratios(results: list[StepResult]) -> list[str]:
     """At each N of one invocation: CPU per call-second with a prompt over without (steady
     window, and whole run), and the short calls' setup + teardown: their whole-run CPU per
     call minus the media of as long a call (wav-stereo's steady CPU per call-second)."""
-    last = {(r.variant, r.loop, r.workers, r.calls): r for r in results}  # the last attempt
+    last = {(r.variant, r.loop, r.nodes, r.workers, r.calls): r
+            for r in results}  # the last attempt
     lines = []
-    for (name, loop, workers, n), r in last.items():
-        silent = last.get((name.removeprefix("prompt-").removeprefix("short-"), loop, workers,
-                           n))
+    for (name, loop, nodes, workers, n), r in last.items():
+        silent = last.get((name.removeprefix("prompt-").removeprefix("short-"), loop, nodes,
+                           workers, n))
         if silent is None or silent is r:
             continue
         if name.startswith("prompt-"):

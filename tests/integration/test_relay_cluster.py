@@ -5,7 +5,8 @@ answers, plays, records and hangs up, every command forwarded to B and every eve
 recording stays on B. Two clients of one context on two nodes: each call offered from a third
 node goes to exactly one of them. A node killed mid-call (`callbox serve` as a subprocess,
 SIGKILL): the client on A hears its call end; the node holding the client killed while the
-call rings: the call ends. No client anywhere: 480 at once. The bus killed and restarted: calls
+call rings: the call ends. A draining node's client is offered no more calls. No client
+anywhere: 480 at once. The bus killed and restarted: calls
 cross again. No bus at start: a clear error.
 """
 
@@ -195,6 +196,33 @@ async def test_an_offer_nobody_takes_ends_the_ringing_call_with_480(tmp_path, na
         seen = await b.wait_call_ended(0)
     assert result.status == 480
     assert seen.call.end_reason == "hangup"
+
+
+async def test_a_draining_node_takes_no_more_calls_from_the_others_for_its_clients(
+        tmp_path, nats):
+    """Node A drains (what SIGTERM with drain_seconds does first): its client, still
+    connected, is offered no call of node B any more; B, with no other taker, answers 480."""
+    taken: list[str] = []
+
+    async def handle(call: Call) -> None:
+        taken.append(call.call_id)
+        await call.answer()
+        await call.hangup()
+
+    async with node(tmp_path, nats, "node-a") as a, node(tmp_path, nats, "node-b") as b, \
+            relay_client(a, handle):
+        await knows_taker(b, "node B hears of node A's client")
+        first = await place_call(b.uri("voicemail"), hangup_after=20)
+        assert (first.status, len(taken)) == (200, 1)  # taken across the nodes
+        a.platform.refuse_new_calls()
+        cluster = b.platform.cluster
+        assert cluster is not None
+        await until(lambda: not cluster.has_taker(PROJECT, "default"), 10,
+                    "node B hears node A's client takes no more calls")
+        assert a.platform.cluster is not None and not a.platform.cluster.offers.subscriptions
+        second = await place_call(b.uri("voicemail"), hangup_after=5)
+    assert second.status == 480
+    assert len(taken) == 1 and not a.observed
 
 
 def serve_config(tmp_path: Path, nats: NatsServer, node_id: str, sip_port: int,

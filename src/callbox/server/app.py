@@ -167,10 +167,13 @@ class Platform:
 
     def refuse_new_calls(self) -> None:
         """New INVITEs and OPTIONS health checks get 503 from now on (a load balancer sends
-        new calls to the other nodes); calls in progress go on."""
+        new calls to the other nodes) and this node's RELAY clients are offered no more calls
+        of other nodes; calls in progress go on."""
         self.services.ready = False
         self.inbound.accepting = self.outbound.accepting = False
         self.sip.accepting_calls = False
+        if self.cluster is not None:  # nor RELAY calls offered by the other nodes
+            self.cluster.stop_taking_calls()
 
     async def drain(self, seconds: float, cut_short: asyncio.Event | None = None) -> None:
         """Refuse new calls and wait up to `seconds` for the calls in progress to end, or

@@ -100,6 +100,12 @@ class Cluster:
     async def offer(self, call: Call, context: str) -> bool:
         return await self.offers.offer(call, context)
 
+    def stop_taking_calls(self) -> None:
+        """The node drains: leave the offer groups and tell the others this node's clients
+        take no more calls (the calls they hold go on)."""
+        self.offers.taking = False
+        self._changed.set()
+
     # -- RemoteNodes (what the hub tells) -----------------------------------------------------
 
     def sessions_changed(self) -> None:
@@ -116,8 +122,9 @@ class Cluster:
     # -- heartbeats -------------------------------------------------------------------------
 
     def _send_heartbeat(self) -> None:
+        contexts = self.hub.served_contexts() if self.offers.taking else set()
         this = NodeInfo(self.node_id, self.incarnation, time.monotonic(),
-                        frozenset(self.hub.served_contexts()), frozenset(self.directory.nodes))
+                        frozenset(contexts), frozenset(self.directory.nodes))
         self.bus.send(heartbeat_subject(self.node_id), heartbeat(this))
 
     async def _announce_changes(self) -> None:

@@ -39,15 +39,17 @@ class Offers:
         self.remote_calls = remote_calls
         self.proxies = proxies
         self.subscriptions: dict[tuple[str, str], Subscription] = {}
+        self.taking = True  # False once the node drains: its clients get no more calls
         self._lock = asyncio.Lock()
 
     # -- taker side -------------------------------------------------------------------------
 
     async def update_subscriptions(self) -> bool:
-        """Join the queue group of every context served now, leave the others; True when
-        something changed (the server has seen it when this returns)."""
+        """Join the queue group of every context served now (none once the node stopped
+        taking calls), leave the others; True when something changed (the server has seen it
+        when this returns)."""
         async with self._lock:
-            wanted = self.hub.served_contexts()
+            wanted = self.hub.served_contexts() if self.taking else set()
             have = set(self.subscriptions)
             for key in have - wanted:
                 await self.subscriptions.pop(key).unsubscribe()
