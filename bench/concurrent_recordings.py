@@ -847,8 +847,12 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
         if callee_source is not None:
             callees = await stack.enter_async_context(
                 start_callees(calls, callee_source, workdir / "callee"))
+        media = free_port_range(4 * calls + 8)  # sipp's, the largest range: taken first
+        # Kamailio deals the calls round-robin: each node's RTP range and max_calls are sized
+        # for its share with a margin (all of them for one node)
+        per_node = calls if nodes == 1 else math.ceil(calls * 1.2 / nodes)
         platforms = [ServedPlatform(workdir / f"node-{index + 1}" if nodes > 1 else workdir,
-                                    variant, calls, loop,
+                                    variant, per_node, loop,
                                     callees.uri("callee") if callees else None, prompt_wav,
                                     workers=workers) for index in range(nodes)]
         platform = platforms[0]  # the RELAY program's
@@ -870,7 +874,6 @@ async def run_step(variant: Variant, calls: int, *, seconds: float = 60.0, rate:
             idle_rss = sum(proc_status_kb(node.pid, "VmRSS") for node in platforms)
             drops_before = udp_drops()
             cpu_before = sum(process_tree_cpu_seconds(node.pid) for node in platforms)
-            media = free_port_range(4 * calls + 8)
             say(f"{variant.name} {loop} N={calls}: calling")
             sipp_task = asyncio.create_task(run_sipp(
                 scenario, target, service=SERVICE,
