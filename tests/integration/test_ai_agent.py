@@ -52,6 +52,7 @@ from callbox.caller import CallResult, place_call
 from callbox.server.ai.conversation import active_conversation
 from callbox.server.config import Project, Route
 from callbox.server.media.sources import render_tts
+from callbox.wire.basic_auth import basic_auth_header
 
 pytestmark = pytest.mark.peers
 
@@ -224,9 +225,10 @@ async def post_swaig(running: RunningPlatform, call_id: str, body: bytes) -> tup
     assert listening is not None
     context = ssl.create_default_context(cafile=str(listening.cert))
     url = f"https://127.0.0.1:{listening.https[1]}/api/callbox/calls/{call_id}/swaig"
-    async with aiohttp.ClientSession(auth=aiohttp.BasicAuth(PROJECT, TOKEN)) as session, \
-            session.post(url, data=body, ssl=context,
-                         headers={"Content-Type": "application/json"}) as response:
+    headers = {"Content-Type": "application/json",
+               "Authorization": basic_auth_header(PROJECT, TOKEN)}
+    async with aiohttp.ClientSession() as session, \
+            session.post(url, data=body, ssl=context, headers=headers) as response:
         return response.status, await response.json()
 
 
