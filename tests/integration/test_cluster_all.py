@@ -494,7 +494,10 @@ async def test_cluster_script_runs_every_service_and_ctrl_c_stops_them_all(
         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         env={**os.environ, "PORT_OFFSET": str(offset), "CONFIG": str(config),
              "DRAIN_SECONDS": "5", "CALLBOX": str(Path(sys.executable).parent / "callbox"),
-             "S3_ACCESS_KEY": "callbox", "S3_SECRET_KEY": "callbox-secret"})
+             "S3_ACCESS_KEY": "callbox", "S3_SECRET_KEY": "callbox-secret"},
+        # as from a terminal: a shell started in the background (`cmd &` without job control,
+        # as CI may run the suite) inherits SIGINT ignored, and bash cannot trap an ignored one
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = cluster_dir / "run"
     try:
         def output() -> str:
