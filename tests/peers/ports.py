@@ -105,19 +105,27 @@ def _bind_probe(port: int, host: str, kind: int) -> socket.socket | None:
 
 def port_is_free(port: int, host: str = LOOPBACK, *, udp: bool = True, tcp: bool = False) -> bool:
     """True when ``port`` can be bound right now for every protocol asked for."""
-    socks: list[socket.socket] = []
+    return _first_unbindable(range(port, port + 1), host, udp=udp, tcp=tcp) is None
+
+
+def _first_unbindable(ports: range, host: str, *, udp: bool, tcp: bool) -> int | None:
+    """The first of `ports` that cannot be bound now for a protocol asked for; None when all
+    can. All are held at once during the check, then released."""
+    held: list[socket.socket] = []
     try:
-        for wanted, kind in ((udp, socket.SOCK_DGRAM), (tcp, socket.SOCK_STREAM)):
-            if not wanted:
-                continue
-            sock = _bind_probe(port, host, kind)
-            if sock is None:
-                return False
-            socks.append(sock)
-        return True
+        for port in ports:
+            for wanted, kind in ((udp, socket.SOCK_DGRAM), (tcp, socket.SOCK_STREAM)):
+                if not wanted:
+                    continue
+                sock = _bind_probe(port, host, kind)
+                if sock is None:
+                    return port
+                held.append(sock)
+        return None
     finally:
-        for sock in socks:
-            sock.close()
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.close()
 
 
 def free_udp_port(host: str = LOOPBACK) -> int:
@@ -188,27 +196,13 @@ def free_port_range(
 
 def _first_taken(ports: range, host: str, *, udp: bool, tcp: bool) -> int | None:
     """The first of `ports` handed out recently or not bindable now (for the protocols asked
-    for); None when all are free. All are held at once during the check, then released."""
+    for); None when all are free."""
     now = time.monotonic()
     with _lock:
         for port in ports:
             if _handed_out.get(port, 0.0) > now:
                 return port
-    held: list[socket.socket] = []
-    try:
-        for port in ports:
-            for wanted, kind in ((udp, socket.SOCK_DGRAM), (tcp, socket.SOCK_STREAM)):
-                if not wanted:
-                    continue
-                sock = _bind_probe(port, host, kind)
-                if sock is None:
-                    return port
-                held.append(sock)
-        return None
-    finally:
-        for sock in held:
-            with contextlib.suppress(OSError):
-                sock.close()
+    return _first_unbindable(ports, host, udp=udp, tcp=tcp)
 
 
 # --------------------------------------------------------------------------------------------
