@@ -55,6 +55,8 @@ def use_event_loop(choice: str = "auto") -> None:
 
 
 def _setup_logging(level: str) -> None:
+    # the format names none of these: a record need not look them up (a few per call)
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -64,6 +66,7 @@ def _setup_logging(level: str) -> None:
 # -- serve --------------------------------------------------------------------------------
 
 async def _serve(args: argparse.Namespace) -> int:
+    from callbox.server import collector
     from callbox.server.app import Platform
     from callbox.server.config import ConfigError, load_config
     from callbox.server.database import DatabaseUnavailable
@@ -91,6 +94,7 @@ async def _serve(args: argparse.Namespace) -> int:
         await platform.stop()
         raise CliError(f"cannot listen: {exc}") from None
     print(platform.banner(), flush=True)
+    collector.settle()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

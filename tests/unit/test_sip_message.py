@@ -439,6 +439,33 @@ def test_get_all_splits_list_headers_respecting_quotes_and_brackets() -> None:
     assert NameAddr.parse(h.get_all("Contact")[0]).params == {"q": "0.5"}
 
 
+def test_get_of_a_list_header_is_the_first_element_whatever_the_first_line_holds() -> None:
+    h = Headers([("Via", " SIP/2.0/UDP a;branch=z9hG4bK1 "), ("Via", "SIP/2.0/UDP b")])
+    assert h.get("Via") == "SIP/2.0/UDP a;branch=z9hG4bK1"
+    h = Headers([("Route", "<sip:p1;lr>, <sip:p2;lr>"), ("Route", "<sip:p3;lr>")])
+    assert h.get("Route") == "<sip:p1;lr>"
+    h = Headers([("Route", " , "), ("Route", "<sip:p3;lr>")])  # an empty first line is skipped
+    assert h.get("Route") == "<sip:p3;lr>"
+    assert Headers([("Route", " , ")]).get("Route", "none") == "none"
+
+
+def test_parsed_header_values_follow_changes_to_the_headers() -> None:
+    """The accessors parse a header once per text: a changed line is parsed anew."""
+    msg = parse_message(sipp_invite())
+    assert msg.to_tag is None and msg.top_via.transport == "UDP"
+    assert msg.top_via is msg.top_via  # parsed once
+    msg.headers.set("To", "sut <sip:service@127.0.0.1:5060>;tag=abc")
+    msg.headers.set("CSeq", "7 INVITE")
+    assert msg.to_tag == "abc" and msg.cseq == CSeq(7, "INVITE")
+    via = Via.parse(str(msg.top_via))
+    via.transport = "TCP"
+    msg.replace_top_via(via)
+    assert msg.top_via is via and msg.headers.get("Via") == str(via)
+    response = make_response(msg, 200, to_tag="xyz")
+    assert response.to_tag == "abc"  # the request's tag is kept
+    assert response.top_via.transport == "TCP" and response.cseq.seq == 7
+
+
 def test_compact_forms_normalised() -> None:
     compact = ["v", "f", "t", "i", "m", "l", "c", "k", "s", "e", "o", "u", "r", "b"]
     full = [

@@ -101,6 +101,7 @@ class Recording:
         self._started = False  # the media half records
         self._pause_behavior: str | None = None  # of the last `paused`
         self._stored = False  # our row is in the store
+        self._stored_state: RecState | None = None  # the state our row has (or will have)
         self._writes: asyncio.Task[None] | None = None  # the last store write queued
         self._concluding = False  # its end is being stored and reported
         self._stop_requested = False  # stop() before it records
@@ -149,7 +150,7 @@ class Recording:
         self._media = media
         row = self._row(RecState.RECORDING)
         await persist(lambda: self.engine.store.add(row), f"recording {self.id}")
-        self._stored = True
+        self._stored, self._stored_state = True, RecState.RECORDING
         if self.params.beep and not self._stop_requested and self.call.is_active:
             operation = self.call.play_samples([beep()])
             await operation.wait()
@@ -190,7 +191,9 @@ class Recording:
             return
         self.state = state
         self._pause_behavior = pause_behavior
-        self._store_later(state=state.value)
+        if state is not self._stored_state:  # the first `recording`: the row says so already
+            self._stored_state = state
+            self._store_later(state=state.value)
         self._emit()
         if not self._first_state.done():
             self._first_state.set_result(None)

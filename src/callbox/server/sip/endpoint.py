@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import logging
 import re
@@ -25,7 +26,7 @@ from callbox.server.sip.digest import (
     AuthExchange,
     credentials_of,
 )
-from callbox.server.sip.headers import NameAddr, SipUri, Via
+from callbox.server.sip.headers import NameAddr, SipUri
 from callbox.server.sip.message import (
     MAX_MESSAGE_BYTES,
     Headers,
@@ -323,14 +324,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
     @staticmethod
     def _stamp_via(request: SipRequest, addr: Address) -> None:
         """Record where the request really came from (RFC 3261 18.2.1, RFC 3581)."""
-        vias = request.headers.get_all("Via")
-        top = Via.parse(vias[0])
-        top.params["received"] = addr[0]
+        top = copy.copy(request.top_via)
+        top.params = {**top.params, "received": addr[0]}
         if "rport" in top.params:
             top.params["rport"] = str(addr[1])
-        request.headers.remove("Via")
-        for value in [str(top), *vias[1:]]:
-            request.headers.add("Via", value)
+        request.replace_top_via(top)
 
     # -- transactions ---------------------------------------------------------------------
 

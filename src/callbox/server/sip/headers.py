@@ -49,6 +49,8 @@ def split_quoted(text: str, sep: str) -> list[str]:
 
     Lenient by design: an unterminated quote or bracket simply extends to the end.
     """
+    if '"' not in text and "<" not in text:  # nothing to skip over: the common case
+        return text.split(sep)
     parts: list[str] = []
     start = 0
     in_quote = False

@@ -7,10 +7,12 @@ LF-only line endings, folded header lines, leading CRLFs and compact header name
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 from callbox.server.sip.headers import (
     MAGIC_COOKIE,
@@ -43,6 +45,8 @@ __all__ = [
     "parse_message",
     "unsupported_version",
 ]
+
+_T = TypeVar("_T")
 
 SIP_VERSION = "SIP/2.0"
 CRLF = "\r\n"
@@ -175,25 +179,42 @@ def canonical_name(name: str) -> str:
     return CANONICAL_NAMES.get(lower, name)
 
 
+@functools.lru_cache(maxsize=256)
+def _lookup_key(name: str) -> str:
+    """The key a header is found by: its canonical name, lower-cased (cached: names repeat)."""
+    return canonical_name(name).lower()
+
+
 class Headers:
     """Ordered, case-insensitive multi-map of header lines."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_keys")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = []
+        self._keys: list[str] = []  # `_lookup_key` of each item's name, in step with `_items`
         for name, value in items:
             self.add(name, value)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value; for list headers, the first element of the first line."""
+        key = _lookup_key(name)
+        try:
+            first = self._items[self._keys.index(key)][1]
+        except ValueError:
+            return default
+        if key not in LIST_HEADERS:
+            return first
+        if "," not in first and first.strip():  # the first line holds one element
+            return first.strip()
         values = self.get_all(name)
         return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
-        lower = canonical_name(name).lower()
-        values = [v for n, v in self._items if n.lower() == lower]
-        if lower not in LIST_HEADERS:
+        key = _lookup_key(name)
+        items = self._items
+        values = [items[i][1] for i, k in enumerate(self._keys) if k == key]
+        if key not in LIST_HEADERS:
             return values
         out: list[str] = []
         for value in values:
@@ -202,21 +223,26 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         self._items.append((canonical_name(name), value))
+        self._keys.append(_lookup_key(name))
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of `name` with one line, at the position of the first."""
-        name = canonical_name(name)
-        lower = name.lower()
-        for i, (n, _) in enumerate(self._items):
-            if n.lower() == lower:
-                self._items[i] = (name, value)
-                self._items[i + 1 :] = [it for it in self._items[i + 1 :] if it[0].lower() != lower]
-                return
-        self._items.append((name, value))
+        key = _lookup_key(name)
+        if key not in self._keys:
+            self.add(name, value)
+            return
+        first = self._keys.index(key)
+        kept = [(k, item) for i, (k, item) in enumerate(zip(self._keys, self._items, strict=True))
+                if k != key or i == first]
+        self._keys = [k for k, _ in kept]
+        self._items = [item for _, item in kept]
+        self._items[first] = (canonical_name(name), value)
 
     def remove(self, name: str) -> None:
-        lower = canonical_name(name).lower()
-        self._items = [it for it in self._items if it[0].lower() != lower]
+        key = _lookup_key(name)
+        kept = [(k, item) for k, item in zip(self._keys, self._items, strict=True) if k != key]
+        self._keys = [k for k, _ in kept]
+        self._items = [item for _, item in kept]
 
     def items(self) -> list[tuple[str, str]]:
         return list(self._items)
@@ -224,13 +250,13 @@ class Headers:
     def copy(self) -> Headers:
         new = Headers()
         new._items = list(self._items)
+        new._keys = list(self._keys)
         return new
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        lower = canonical_name(name).lower()
-        return any(n.lower() == lower for n, _ in self._items)
+        return _lookup_key(name) in self._keys
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(list(self._items))
@@ -241,17 +267,23 @@ class Headers:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
             return NotImplemented
-        return [(n.lower(), v) for n, v in self._items] == [(n.lower(), v) for n, v in other._items]
+        return (self._keys == other._keys
+                and [v for _, v in self._items] == [v for _, v in other._items])
 
     def __repr__(self) -> str:
         return f"Headers({self._items!r})"
 
 
 class _MessageMixin:
-    """Accessors shared by requests and responses (they raise SipParseError when malformed)."""
+    """Accessors shared by requests and responses (they raise SipParseError when malformed).
+
+    A structured header value is parsed once per message and text: the same object comes back
+    while the header line is unchanged, so callers must not modify it (copy it first).
+    """
 
     headers: Headers
     body: bytes
+    _parsed: dict[tuple[str, str], object]
 
     def _required(self, name: str) -> str:
         value = self.headers.get(name)
@@ -259,21 +291,28 @@ class _MessageMixin:
             raise SipParseError(f"missing mandatory header {name}")
         return value
 
+    def _parse_once(self, name: str, parse: Callable[[str], _T]) -> _T:
+        key = (name, self._required(name))
+        found = self._parsed.get(key)
+        if found is None:
+            found = self._parsed[key] = parse(key[1])
+        return cast(_T, found)
+
     @property
     def call_id(self) -> str:
         return self._required("Call-ID").strip()
 
     @property
     def cseq(self) -> CSeq:
-        return CSeq.parse(self._required("CSeq"))
+        return self._parse_once("CSeq", CSeq.parse)
 
     @property
     def from_addr(self) -> NameAddr:
-        return NameAddr.parse(self._required("From"))
+        return self._parse_once("From", NameAddr.parse)
 
     @property
     def to_addr(self) -> NameAddr:
-        return NameAddr.parse(self._required("To"))
+        return self._parse_once("To", NameAddr.parse)
 
     @property
     def from_tag(self) -> str | None:
@@ -285,7 +324,17 @@ class _MessageMixin:
 
     @property
     def top_via(self) -> Via:
-        return Via.parse(self._required("Via"))
+        return self._parse_once("Via", Via.parse)
+
+    def replace_top_via(self, via: Via) -> None:
+        """Put `via` in place of the top Via line (the others stay, in order); `top_via` is
+        `via` from now on."""
+        vias = self.headers.get_all("Via")
+        self.headers.remove("Via")
+        text = str(via)
+        for value in [text, *vias[1:]]:
+            self.headers.add("Via", value)
+        self._parsed["Via", text] = via
 
     @property
     def branch(self) -> str | None:
@@ -308,6 +357,8 @@ class SipRequest(_MessageMixin):
     uri: str
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
+    _parsed: dict[tuple[str, str], object] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def serialize(self) -> bytes:
         return self._serialize(f"{self.method} {self.uri} {SIP_VERSION}")
@@ -319,6 +370,8 @@ class SipResponse(_MessageMixin):
     reason: str
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
+    _parsed: dict[tuple[str, str], object] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def serialize(self) -> bytes:
         return self._serialize(f"{SIP_VERSION} {self.status} {self.reason}")
@@ -405,7 +458,9 @@ def _parse_header_lines(lines: list[str]) -> Headers:
     return headers
 
 
-def _validate(headers: Headers, method: str | None) -> None:
+def _validate(headers: Headers, method: str | None) -> dict[tuple[str, str], object]:
+    """Check what the stack relies on; return the structured values parsed on the way (the
+    message's `_parsed`, so its accessors do not parse them again)."""
     for name in MANDATORY_HEADERS:
         if name not in headers:
             raise SipParseError(f"missing mandatory header {name}")
@@ -414,15 +469,21 @@ def _validate(headers: Headers, method: str | None) -> None:
             raise SipParseError(f"more than one {name} header")
     if not (headers.get("Call-ID") or "").strip():
         raise SipParseError("empty Call-ID")
-    cseq = CSeq.parse(headers.get("CSeq") or "")
+    cseq_text = headers.get("CSeq") or ""
+    cseq = CSeq.parse(cseq_text)
     if method is not None and cseq.method != method:
         raise SipParseError(f"CSeq method {cseq.method} does not match request method {method}")
-    NameAddr.parse(headers.get("From") or "")
-    NameAddr.parse(headers.get("To") or "")
+    from_text, to_text = headers.get("From") or "", headers.get("To") or ""
+    parsed: dict[tuple[str, str], object] = {
+        ("CSeq", cseq_text): cseq,
+        ("From", from_text): NameAddr.parse(from_text),
+        ("To", to_text): NameAddr.parse(to_text),
+    }
     vias = headers.get_all("Via")
     if not vias:
         raise SipParseError("missing mandatory header Via")
-    for via in vias:
+    parsed["Via", vias[0]] = Via.parse(vias[0])
+    for via in vias[1:]:
         Via.parse(via)
     # Dialogs are built from these, so an accepted message can always create one.
     contacts = headers.get_all("Contact")
@@ -433,6 +494,7 @@ def _validate(headers: Headers, method: str | None) -> None:
             NameAddr.parse(contact)
     for route in headers.get_all("Record-Route"):
         NameAddr.parse(route)
+    return parsed
 
 
 def _content_length(headers: Headers) -> int | None:
@@ -463,9 +525,9 @@ def parse_message(data: bytes) -> SipMessage:
         method, uri = request_match.group(1), request_match.group(2)
         if not _REQUEST_URI_RE.fullmatch(uri):
             raise SipParseError(f"bad Request-URI {uri[:80]!r}")
-        _validate(headers, method)
+        parsed = _validate(headers, method)
     else:
-        _validate(headers, None)
+        parsed = _validate(headers, None)
     length = _content_length(headers)
     if length is not None:
         if length > len(body):
@@ -473,12 +535,16 @@ def parse_message(data: bytes) -> SipMessage:
                 f"truncated body: Content-Length {length}, {len(body)} bytes received"
             )
         body = body[:length]
+    message: SipMessage
     if request_match is not None:
-        return SipRequest(method, uri, headers, body)
-    assert status_match is not None
-    return SipResponse(
-        int(status_match.group(1)), (status_match.group(2) or "").strip(), headers, body
-    )
+        message = SipRequest(method, uri, headers, body)
+    else:
+        assert status_match is not None
+        message = SipResponse(
+            int(status_match.group(1)), (status_match.group(2) or "").strip(), headers, body
+        )
+    message._parsed.update(parsed)
+    return message
 
 
 def make_response(
@@ -498,7 +564,7 @@ def make_response(
             out.add(name, value)
     out.add("From", request.headers.get("From") or "")
     to_value = request.headers.get("To") or ""
-    if to_tag is not None and NameAddr.parse(to_value).tag is None:
+    if to_tag is not None and request.to_tag is None:
         to_value = f"{to_value};tag={to_tag}"
     out.add("To", to_value)
     out.add("Call-ID", request.headers.get("Call-ID") or "")
@@ -512,7 +578,9 @@ def make_response(
     if content_type is not None:
         out.set("Content-Type", content_type)
     phrase = reason if reason is not None else REASON_PHRASES.get(status, "Unknown")
-    return SipResponse(status, phrase, out, body)
+    response = SipResponse(status, phrase, out, body)
+    response._parsed.update(request._parsed)  # keyed by the text: only equal lines match
+    return response
 
 
 def make_cancel(invite: SipRequest) -> SipRequest:

@@ -10,9 +10,9 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Iterable
 
-from callbox.server.sip.headers import Via
 from callbox.server.sip.message import SipMessage, SipRequest, SipResponse
 from callbox.server.sip.tcp import Address, TcpTransport
 from callbox.server.sip.transaction import Action, Send
@@ -34,12 +34,9 @@ UDP_SIZE_LIMIT = 1300
 
 def set_top_via_transport(message: SipMessage, transport: str) -> None:
     """Rewrite the transport of the top Via (`SIP/2.0/UDP` -> `SIP/2.0/TCP`), keeping the rest."""
-    vias = message.headers.get_all("Via")
-    top = Via.parse(vias[0])
+    top = copy.copy(message.top_via)
     top.transport = transport
-    message.headers.remove("Via")
-    for value in [str(top), *vias[1:]]:
-        message.headers.add("Via", value)
+    message.replace_top_via(top)
 
 
 def retransmissions_needed(request: SipRequest, actions: Iterable[Action]) -> list[Action]:

@@ -7,7 +7,6 @@ is the `database` package's migrations. A database that cannot be reached raises
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from psycopg import sql
@@ -46,9 +45,9 @@ class PostgresRecordingStore:
         self.database = database
 
     async def add(self, row: RecordingRow) -> None:
-        values = asdict(row)
         async with self.database.connection() as conn:
-            await conn.execute(_INSERT, [_to_db(name, values[name]) for name in COLUMNS])
+            await conn.execute(_INSERT, [_to_db(name, value) for name, value
+                                         in zip(COLUMNS, row.column_values(), strict=True)])
 
     async def update(self, id: str, /, **fields: Any) -> bool:
         check_updatable(fields)

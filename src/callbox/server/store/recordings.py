@@ -15,7 +15,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -55,6 +55,10 @@ class RecordingRow:
     @property
     def is_active(self) -> bool:
         return self.state in ACTIVE_STATES
+
+    def column_values(self) -> list[Any]:
+        """The values in `COLUMNS` order (as they are: a store encodes `params` itself)."""
+        return [getattr(self, name) for name in COLUMNS]
 
     def to_api(self) -> dict[str, Any]:
         """The REST object. Times are ISO 8601 UTC strings (``2026-03-01T12:00:00.217Z``), as
@@ -276,12 +280,12 @@ class SqliteRecordingStore:
         return RecordingRow(**values)
 
     async def add(self, row: RecordingRow) -> None:
-        values = asdict(row)
         placeholders = ", ".join("?" for _ in COLUMNS)
         with self._lock:
             self._conn.execute(
                 f"INSERT INTO recordings ({', '.join(COLUMNS)}) VALUES ({placeholders})",
-                [self._to_db(name, values[name]) for name in COLUMNS],
+                [self._to_db(name, value)
+                 for name, value in zip(COLUMNS, row.column_values(), strict=True)],
             )
 
     async def update(self, id: str, /, **fields: Any) -> bool:

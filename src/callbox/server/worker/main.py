@@ -17,6 +17,7 @@ import signal
 import socket
 from typing import Any
 
+from callbox.server import collector
 from callbox.server.tasks import spawn
 from callbox.server.worker import messages as m
 from callbox.server.worker.framing import FramedSocket
@@ -84,6 +85,7 @@ async def serve(fd: int) -> None:
 
     channel = FramedSocket(channel_sock, on_message, on_closed)
     host.start()
+    collector.settle()
     await closed
     await host.stop()
 
