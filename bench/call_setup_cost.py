@@ -1,0 +1,164 @@
+"""CPU per call spent on setting it up and tearing it down, per platform process.
+
+`concurrent_recordings.py --variants short-wav-stereo` reports setup + teardown as the whole
+run's CPU per 10 s call minus 10 s of another step's steady media cost: two measurements, each
+noisy, and their difference small. Here every process is measured on its own over calls of two
+lengths (same count, same number at a time): each process's CPU per call is `setup + L x media`
+for calls of length L, so two lengths give both terms, with no steady window to pick:
+
+    setup = (L2 x cost(L1) - L1 x cost(L2)) / (L2 - L1)
+
+Each call is answered and recorded WAV stereo by a SWML route (`record_call`, then `sleep`), the
+caller (sipp) streams speech and hangs up; a run counts when every recording of it is
+`finished`. CPU is utime + stime from /proc, read before the first call and after the last
+recording finished, for the main process (SIP, the route, the recordings' metadata) and for
+each media worker (RTP, the recording's file).
+
+`--compare-with DIR` runs a second copy of the platform (a `src` directory, e.g. a worktree of
+another commit) in turn with this one, round after round, so that the two are compared on the
+same machine minutes apart (this machine's speed varies by 2x between days).
+
+    .venv/bin/python bench/call_setup_cost.py                        # 600 calls of 2 s and 6 s
+    .venv/bin/python bench/call_setup_cost.py --rounds 3 --compare-with /tmp/base/src
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import concurrent_recordings as cr  # puts the repository on the path for tests.peers
+from tests.peers.ports import free_port_range, free_udp_port
+from tests.peers.sipp import run_sipp
+
+
+@dataclass
+class Run:
+    """CPU ms per call of each process for calls of one length."""
+
+    code: str
+    seconds: float
+    main_ms: float
+    worker_ms: float
+    finished: int
+
+
+@contextmanager
+def python_path(src: str | None) -> Iterator[None]:
+    """Start the platform from `src` (its processes import callbox from there)."""
+    saved = os.environ.get("PYTHONPATH")
+    if src is not None:
+        os.environ["PYTHONPATH"] = src
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+async def run_calls(code: str, src: str | None, seconds: float, calls: int, at_once: int,
+                    workers: int, workdir: Path) -> Run:
+    """`calls` recorded calls of `seconds`, `at_once` at a time, on a fresh platform."""
+    variant = cr.VARIANTS["wav-stereo"]
+    source = cr.make_source(seconds, workdir)
+    directory = workdir / f"{code}-{seconds:g}s-{time.monotonic_ns()}"
+    platform = cr.ServedPlatform(directory, variant, at_once, "uvloop", workers=workers)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        with python_path(src):
+            await platform.start(session)
+        try:
+            await asyncio.sleep(1.0)  # start-up's own work done
+            pids = [platform.pid, *cr.process_children(platform.pid)]
+            before = [cr.proc_cpu_seconds(pid) for pid in pids]
+            media = free_port_range(4 * at_once + 8)
+            result = await run_sipp(
+                "uac_stream_bye", platform.sip_target, service=cr.SERVICE,
+                local_port=free_udp_port(), media_port=media.start,
+                keys={"stream": source.stream}, calls=calls, rate=at_once / seconds,
+                limit=at_once, timeout=seconds * calls / at_once + 120, trace_messages=False,
+                workdir=directory / "sipp", extra_args=["-d", str(int(seconds * 1000))])
+            if not result.ok:
+                raise RuntimeError(f"sipp: {result.describe()}")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                metrics = await platform.metrics(session)
+                if metrics["recordings"] == 0 and metrics["calls"] == 0:
+                    break
+                await asyncio.sleep(0.2)
+            after = [cr.proc_cpu_seconds(pid) for pid in pids]
+            rows = await platform.recordings(session)
+        finally:
+            platform.stop()
+    spent = [(a - b) * 1000 / calls for a, b in zip(after, before, strict=True)]
+    finished = sum(1 for row in rows if row["state"] == "finished")
+    return Run(code, seconds, spent[0], sum(spent[1:]), finished)
+
+
+def solve(short: Run, long: Run) -> tuple[float, float, float, float]:
+    """(main setup, workers setup, main media, workers media) in ms per call / per call-s."""
+    l1, l2 = short.seconds, long.seconds
+    main = (l2 * short.main_ms - l1 * long.main_ms) / (l2 - l1)
+    workers = (l2 * short.worker_ms - l1 * long.worker_ms) / (l2 - l1)
+    return (main, workers, (long.main_ms - short.main_ms) / (l2 - l1),
+            (long.worker_ms - short.worker_ms) / (l2 - l1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", default="2,6", help="two call lengths in seconds")
+    parser.add_argument("--calls", type=int, default=600, help="calls of each length")
+    parser.add_argument("--at-once", type=int, default=60)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--compare-with", metavar="SRC",
+                        help="another callbox source tree, run in turn with this one")
+    args = parser.parse_args(argv)
+    short_s, long_s = sorted(float(v) for v in args.lengths.split(","))
+    cr.raise_open_files_limit()
+    codes: list[tuple[str, str | None]] = [("this", None)]
+    if args.compare_with:
+        codes.append(("other", str(Path(args.compare_with).resolve())))
+    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"call-setup-{os.getpid()}"
+    print(f"# call_setup_cost: {cr.machine_description()}; commit {cr.git_commit()}; "
+          f"{args.calls} calls of {short_s:g} s and of {long_s:g} s, {args.at_once} at a time, "
+          f"{args.workers} media workers; workdir {workdir}", flush=True)
+    print("| code | round | setup + teardown ms per call: main / workers / all "
+          "| media ms per call-s: main / workers | recordings finished |")
+    print("|---|---|---|---|---|")
+    totals: dict[str, list[float]] = {code: [] for code, _ in codes}
+    for round_number in range(1, args.rounds + 1):
+        for code, src in codes:
+            runs = [asyncio.run(run_calls(code, src, seconds, args.calls, args.at_once,
+                                          args.workers, workdir))
+                    for seconds in (short_s, long_s)]
+            main_setup, worker_setup, main_media, worker_media = solve(*runs)
+            totals[code].append(main_setup + worker_setup)
+            finished = "/".join(str(r.finished) for r in runs)
+            print(f"| {code}{'' if src is None else f' ({src})'} | {round_number} "
+                  f"| {main_setup:.2f} / {worker_setup:.2f} / {main_setup + worker_setup:.2f} "
+                  f"| {main_media:.3f} / {worker_media:.3f} | {finished} of {args.calls} each |",
+                  flush=True)
+    for code, values in totals.items():
+        print(f"- {code}: setup + teardown {statistics.median(values):.2f} ms per call "
+              f"(median of {len(values)})")
+    subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
