@@ -19,7 +19,6 @@ from callbox.server.call_media import CallMedia, CallMediaFactory
 from callbox.server.config import Config, Route, Trunk
 from callbox.server.media.ports import NoPortsAvailable
 from callbox.server.sip.endpoint import InboundInvite, OfferRejected
-from callbox.server.sip.headers import NameAddr
 from callbox.server.sip.message import SipRequest
 from callbox.server.sip.registration_runner import trunk_authenticator
 from callbox.server.sip.sdp import SessionDescription
@@ -140,7 +139,7 @@ class InboundCalls:
     def _create_call(self, invite: InboundInvite, media: CallMedia, sdp: bytes,
                      route: Route, project_id: str) -> Call:
         request = invite.request
-        from_addr = NameAddr.parse(request.headers.get("From") or "")
+        from_addr = request.from_addr
         call = Call(
             leg=invite, media=media.session, sdp_answer=sdp,
             from_uri=str(from_addr.uri), to_uri=request.uri,

@@ -18,8 +18,8 @@ SAME_CSEQ_METHODS = frozenset({"ACK", "CANCEL"})
 DialogKey = tuple[str, str, str | None]
 
 
-def _strip_tag(value: str) -> str:
-    return str(NameAddr.parse(value).without_tag())
+def _strip_tag(addr: NameAddr) -> str:
+    return str(addr.without_tag())
 
 
 def _contact_uri(message: SipRequest | SipResponse) -> str:
@@ -50,8 +50,8 @@ class Dialog:
             call_id=request.call_id,
             local_tag=local_tag,
             remote_tag=request.from_tag,
-            local_uri=_strip_tag(request.headers.get("To") or ""),
-            remote_uri=_strip_tag(request.headers.get("From") or ""),
+            local_uri=_strip_tag(request.to_addr),
+            remote_uri=_strip_tag(request.from_addr),
             remote_target=_contact_uri(request),
             route_set=request.headers.get_all("Record-Route"),
             local_seq=0,
@@ -68,8 +68,8 @@ class Dialog:
             call_id=request.call_id,
             local_tag=local_tag,
             remote_tag=response.to_tag,
-            local_uri=_strip_tag(request.headers.get("From") or ""),
-            remote_uri=_strip_tag(response.headers.get("To") or ""),
+            local_uri=_strip_tag(request.from_addr),
+            remote_uri=_strip_tag(response.to_addr),
             remote_target=_contact_uri(response),
             route_set=list(reversed(response.headers.get_all("Record-Route"))),
             local_seq=request.cseq.seq,

@@ -180,9 +180,14 @@ def canonical_name(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
+def _names(name: str) -> tuple[str, str]:
+    """(canonical name, the key it is found by: lower-cased), cached: names repeat."""
+    canonical = canonical_name(name)
+    return canonical, canonical.lower()
+
+
 def _lookup_key(name: str) -> str:
-    """The key a header is found by: its canonical name, lower-cased (cached: names repeat)."""
-    return canonical_name(name).lower()
+    return _names(name)[1]
 
 
 class Headers:
@@ -222,8 +227,9 @@ class Headers:
         return out
 
     def add(self, name: str, value: str) -> None:
-        self._items.append((canonical_name(name), value))
-        self._keys.append(_lookup_key(name))
+        canonical, key = _names(name)
+        self._items.append((canonical, value))
+        self._keys.append(key)
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of `name` with one line, at the position of the first."""
