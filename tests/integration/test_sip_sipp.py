@@ -6,6 +6,9 @@ and digit sipp sent arrived, and the audio the platform decoded is exactly what 
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+
 import numpy as np
 import pytest
 from tests.peers import audio
@@ -13,9 +16,11 @@ from tests.peers.ports import free_port_range
 from tests.peers.sipp import dtmf_pcap, g711_stream, run_sipp
 
 from callbox.server.media.g711 import ulaw_decode
+from callbox.server.sip.endpoint import PROVISIONAL_AFTER
 
 pytestmark = pytest.mark.peers
 
+TRACE_STAMP = re.compile(r"-+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)")
 SPEECH = "The quick brown fox jumps over the lazy dog. One two three four five."
 
 
@@ -97,6 +102,47 @@ async def test_cancel_before_answer_gets_200_and_487(platform):
     assert seen.call.end_reason == "cancel"
     assert seen.call.answered_at is None
     assert "SIP/2.0 487" in result.messages
+    # a route that rings: a 180 once PROVISIONAL_AFTER passed unanswered (no 100 before it)
+    received = received_statuses(result.messages)
+    assert [status for status, _ in received][:1] == [180] and 100 not in dict(received)
+    invite_sent = next(when for line, when in traced(result.messages)
+                       if line.startswith("INVITE "))
+    assert received[0][1] - invite_sent >= PROVISIONAL_AFTER - 0.01
+
+
+async def test_a_call_answered_at_once_gets_its_200_alone(platform):
+    """No 100 Trying and no 180 Ringing before a 200 sent within 200 ms (RFC 3261 17.2.1):
+    nothing a proxy could relay out of order after the 200."""
+    sip_port, media_port = ports()
+    result = await run_sipp(
+        "uac_hangup_by_server", platform.target, service="prompt", local_port=sip_port,
+        media_port=media_port, timeout=40,
+    )
+    assert result.ok, result.describe()
+    await platform.wait_call_ended()
+    statuses = [status for status, _ in received_statuses(result.messages)]
+    assert statuses[0] == 200 and 100 not in statuses and 180 not in statuses, statuses
+
+
+def traced(messages: str) -> list[tuple[str, float]]:
+    """(first line, when) of each message in sipp's message trace, in order: sipp's own clock,
+    from the dashed line above each message."""
+    out: list[tuple[str, float]] = []
+    stamp, lines = None, messages.splitlines()
+    for index, line in enumerate(lines):
+        found = TRACE_STAMP.fullmatch(line)
+        if found:
+            stamp = dt.datetime.fromisoformat(found.group(1)).timestamp()
+        elif stamp is not None and line and index >= 2 and not lines[index - 1]:
+            out.append((line, stamp))  # the first line after the blank one
+            stamp = None
+    return out
+
+
+def received_statuses(messages: str) -> list[tuple[int, float]]:
+    """(status, when) of every response in sipp's message trace."""
+    return [(int(line.split()[1]), when) for line, when in traced(messages)
+            if line.startswith("SIP/2.0 ")]
 
 
 async def test_missing_ack_ends_the_call_with_bye(platform):

@@ -90,6 +90,10 @@ KNOWN_METHODS = frozenset(
 URI_SCHEMES = frozenset({"sip", "sips", "tel"})
 # Binding port 0: UDP picks the port, and TCP may find it taken; then both try again.
 EPHEMERAL_PORT_ATTEMPTS = 5
+# RFC 3261 §17.2.1: a UAS sends 100 Trying unless its TU answers within 200 ms. A call a route
+# answers at once gets its 200 alone (no 100, no 180: as a PBX whose dialplan answers at once);
+# one still unanswered then gets its 180 (a route that rings) or a 100.
+PROVISIONAL_AFTER = 0.2
 # Extra headers a caller may put on an outgoing INVITE: tokens, nothing that splits a line.
 EXTRA_HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.-]{1,64}")
 # Option tags we implement (RFC 3261 §8.2.2.3): none, so any Require gets 420.
@@ -133,9 +137,10 @@ def uri_address(uri: str) -> Address:
     return parsed.host.strip("[]"), parsed.port or 5060
 
 
-def response_address(response: SipResponse) -> Address:
-    """RFC 3261 18.2.2 with RFC 3581: received/rport win over sent-by."""
-    via = response.top_via
+def response_address(message: SipMessage) -> Address:
+    """Where a response goes (a request's response has its Via lines): RFC 3261 18.2.2 with
+    RFC 3581, received/rport win over sent-by."""
+    via = message.top_via
     host = via.received or via.host
     rport = via.params.get("rport")
     port = int(rport) if rport and rport.isdigit() else (via.port or 5060)
@@ -482,7 +487,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         txn = (ServerInviteTransaction if request.method == "INVITE"
                else ServerNonInviteTransaction)(request, self.now(), self.timers)
         # Over TCP the response goes back on the request's connection (RFC 3261 18.2.2).
-        reply_to = addr if transport == TCP else response_address(make_response(request, 100))
+        reply_to = addr if transport == TCP else response_address(request)
         self._server[key] = (txn, reply_to)
         if request.method == "CANCEL":
             self._on_cancel(request)
@@ -553,7 +558,6 @@ class SipEndpoint(asyncio.DatagramProtocol):
     def _on_new_invite(self, request: SipRequest, key: TransactionKey) -> None:
         invite = InboundInvite(self, request)
         self._invites[key] = invite
-        self.respond(request, 100)
         if self.on_invite is None:
             invite.reject(480)
             return
@@ -820,21 +824,46 @@ class InboundInvite(Leg):
         # Delayed offer (an INVITE without SDP): our 200 carried the offer; the ACK carries the
         # answer, handed here as (body, Content-Type).
         self.on_ack_body: Callable[[bytes, str | None], None] | None = None
+        self._ringing = False  # the TU rings: the provisional response is a 180
+        self._provisional_sent = False
+        assert endpoint._loop is not None, "INVITEs arrive on a started endpoint"
+        self._provisional_timer: asyncio.TimerHandle | None = endpoint._loop.call_later(
+            PROVISIONAL_AFTER, self._send_provisional)
 
     @property
     def call_id(self) -> str:
         return self.request.call_id
 
     def ringing(self) -> None:
-        if not self.finished:
+        """The callee is alerted: a 180, once PROVISIONAL_AFTER has passed unanswered."""
+        self._ringing = True
+        if self._provisional_sent:  # a 100 went out already: the 180 follows now
+            self._send_provisional()
+
+    def _send_provisional(self) -> None:
+        self._provisional_timer = None
+        if self.finished:
+            return
+        self._provisional_sent = True
+        if self._ringing:
             self.endpoint.respond(self.request, 180, to_tag=self.local_tag,
                                   headers=[("Contact", self.contact)])
+        else:
+            self.endpoint.respond(self.request, 100)
+
+    def _final(self) -> None:
+        """A final response goes out: no provisional one after it."""
+        self.finished = True
+        if self._provisional_timer is not None:
+            self._provisional_timer.cancel()
+            self._provisional_timer = None
 
     def accept(self, sdp_answer: bytes) -> None:
         """200 OK with our SDP; the transaction retransmits it until the ACK comes."""
         if self.finished:
             return
-        self.finished = self.answered = True
+        self._final()
+        self.answered = True
         self.dialog = Dialog.as_uas(self.request, self.local_tag)
         self._register()
         self.endpoint.respond(self.request, 200, to_tag=self.local_tag, headers=[
@@ -845,7 +874,7 @@ class InboundInvite(Leg):
                headers: Iterable[tuple[str, str]] = ()) -> None:
         if self.finished:
             return
-        self.finished = True
+        self._final()
         self.endpoint.respond(self.request, status, reason, to_tag=self.local_tag,
                               headers=headers)
         self.terminated = True
