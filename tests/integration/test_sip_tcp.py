@@ -5,6 +5,7 @@ while a UDP call goes on, and a request too big for UDP goes over TCP."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import numpy as np
 import pytest
@@ -22,7 +23,14 @@ from tests.peers import audio, new_workdir
 from tests.peers.poll import until
 from tests.peers.ports import free_port_range, tcp_port_listening
 from tests.peers.rawsip import RawSip
-from tests.peers.sipp import SippUas, g711_stream, run_sipp, sipp_command
+from tests.peers.sipp import (
+    SippUas,
+    g711_stream,
+    run_sipp,
+    silence_stream,
+    sipp_command,
+    start_sipp_uas,
+)
 
 from callbox.caller import place_call
 from callbox.server.media.g711 import ulaw_decode
@@ -36,6 +44,7 @@ from callbox.server.sip.message import (
     new_tag,
     parse_message,
 )
+from callbox.server.sip.negotiation import LocalSdp
 from callbox.server.sip.transport import UDP_SIZE_LIMIT
 
 pytestmark = pytest.mark.peers
@@ -226,6 +235,55 @@ async def test_a_request_bigger_than_1300_bytes_goes_over_tcp(platform):
         assert list(client.tcp.connections) == [dest]
     finally:
         client.close()
+
+
+async def test_a_big_invite_to_a_peer_without_tcp_goes_over_udp_after_all():
+    """RFC 3261 18.1.1: a request switched to TCP for its size goes over UDP when the TCP
+    connection cannot be made (sipp listens on UDP only: the connection is refused)."""
+    sip_port, media_port = sipp_ports()
+    client = SipEndpoint(user_agent="udp-fallback-test")
+    await client.start("127.0.0.1", 0)
+    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp.bind(("127.0.0.1", 0))
+    try:
+        async with start_sipp_uas("uas_answer", local_port=sip_port, media_port=media_port,
+                                  keys={"stream": silence_stream(1.0)}) as callee:
+            offer = LocalSdp("127.0.0.1", rtp.getsockname()[1], socket.AF_INET).offer()
+            leg = await client.call(f"sip:sipp@127.0.0.1:{sip_port}", offer,
+                                    headers=[("X-Padding", "p" * UDP_SIZE_LIMIT)])
+            await leg.bye()
+            sipp = await callee.wait(timeout=15)
+    finally:
+        client.close()
+        rtp.close()
+    assert (client.transports.switched_to_tcp, client.transports.fell_back_to_udp) == (1, 1)
+    assert sipp.ok, sipp.describe()  # answered, ACKed, our BYE answered
+    (invite,) = sipp_messages(sipp.messages, "INVITE ")
+    assert header(invite, "Via").startswith("SIP/2.0/UDP ") and len(invite) > UDP_SIZE_LIMIT
+
+
+async def test_a_peer_without_tcp_gets_the_next_big_requests_over_udp_at_once():
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # UDP only: TCP to it is refused
+    peer.bind(("127.0.0.1", free_port_range(1, tcp=True).start))
+    peer.setblocking(False)
+    dest = peer.getsockname()
+    client = SipEndpoint(user_agent="udp-fallback-test")
+    await client.start("127.0.0.1", 0)
+    loop = asyncio.get_running_loop()
+    try:
+        received = []
+        for _ in range(2):
+            client.transports.send(options(f"sip:x@127.0.0.1:{dest[1]}", client, UDP_SIZE_LIMIT),
+                                   dest)
+            data = await asyncio.wait_for(loop.sock_recv(peer, 65536), 10)
+            received.append(parse_message(data))
+    finally:
+        client.close()
+        peer.close()
+    assert [r.top_via.transport for r in received] == ["UDP", "UDP"]
+    assert all(len(r.serialize()) > UDP_SIZE_LIMIT for r in received)
+    # the first went to TCP, was refused, then over UDP; the second over UDP at once
+    assert (client.transports.switched_to_tcp, client.transports.fell_back_to_udp) == (1, 1)
 
 
 async def test_an_outbound_call_over_tcp_reaches_a_sipp_callee_whose_audio_is_heard(tmp_path):

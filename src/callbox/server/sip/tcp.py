@@ -60,6 +60,8 @@ class SipConnection(asyncio.Protocol):
         self._pending: list[bytes] = []  # written before the connection was made
         self._backlog: deque[bytes] = deque()  # framed, not yet handled
         self._paused = False
+        # Run when the connection we opened could not be made (its queued writes are lost).
+        self.on_unreachable: list[Callable[[], None]] = []
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -116,6 +118,10 @@ class SipConnection(asyncio.Protocol):
         self.owner.forget(self)
 
     # -- ours -----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None
 
     def write(self, data: bytes) -> None:
         if self.closed:
@@ -195,8 +201,10 @@ class TcpTransport:
         host, port = self._server.sockets[0].getsockname()[:2]
         return str(host), int(port)
 
-    def send(self, data: bytes, dest: Address) -> None:
-        """Write on the connection to `dest`, opening one when there is none."""
+    def send(self, data: bytes, dest: Address,
+             on_unreachable: Callable[[], None] | None = None) -> None:
+        """Write on the connection to `dest`, opening one when there is none.
+        `on_unreachable` runs if that connection is being opened and cannot be made."""
         connection = self.connections.get(dest)
         if connection is None:
             if self._loop is None or len(self.connections) >= self.max_connections:
@@ -205,6 +213,8 @@ class TcpTransport:
             connection = SipConnection(self, dest)
             self.connections[dest] = connection
             spawn(self._connect(connection, dest), name="sip-tcp-connect")
+        if on_unreachable is not None and not connection.connected:
+            connection.on_unreachable.append(on_unreachable)
         connection.write(data)
 
     async def _connect(self, connection: SipConnection, dest: Address) -> None:
@@ -217,6 +227,12 @@ class TcpTransport:
         except (OSError, TimeoutError) as exc:
             log.info("SIP over TCP: cannot connect to %s:%s: %s", *dest, exc)
             connection.abort()
+            for callback in connection.on_unreachable:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("after the failed connection to %s:%s", *dest)
+        connection.on_unreachable.clear()
 
     # -- bookkeeping used by the connections ------------------------------------------------
 

@@ -4,13 +4,17 @@
   the destination is the connection's peer address (the endpoint records it).
 - A request goes over TCP when its top Via says so (a dialog or target on TCP), and also when
   it would be bigger than `UDP_SIZE_LIMIT` over UDP (§18.1.1): its Via is then rewritten to TCP
-  before sending, in place, so retransmissions and a CANCEL built from it follow.
+  before sending, in place, so retransmissions and a CANCEL built from it follow. When that
+  connection cannot be made (a peer without TCP), the request goes over UDP after all, its Via
+  back to UDP (§18.1.1's SHOULD), and that peer's big requests go over UDP for a while.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import logging
+import time
 from collections.abc import Iterable
 
 from callbox.server.sip.message import SipMessage, SipRequest, SipResponse
@@ -26,10 +30,14 @@ __all__ = [
     "set_top_via_transport",
 ]
 
+log = logging.getLogger(__name__)
+
 UDP = "UDP"
 TCP = "TCP"
 # RFC 3261 §18.1.1: a request within 200 bytes of a 1500-byte path MTU goes over TCP.
 UDP_SIZE_LIMIT = 1300
+NO_TCP_SECONDS = 300.0  # a peer whose TCP connection failed gets big requests over UDP this long
+MAX_NO_TCP_PEERS = 1024
 
 
 def set_top_via_transport(message: SipMessage, transport: str) -> None:
@@ -59,16 +67,39 @@ class Transports:
         self.tcp = tcp
         self.udp: asyncio.DatagramTransport | None = None
         self.switched_to_tcp = 0  # requests sent over TCP for their size
+        self.fell_back_to_udp = 0  # ... and then over UDP: the TCP connection failed
+        self._no_tcp: dict[Address, float] = {}  # peer -> when its TCP connection failed
 
     def send(self, message: SipMessage, dest: Address) -> None:
         data = message.serialize()
         transport = message.top_via.transport
-        if isinstance(message, SipRequest) and transport == UDP and len(data) > UDP_SIZE_LIMIT:
+        if (isinstance(message, SipRequest) and transport == UDP and len(data) > UDP_SIZE_LIMIT
+                and self._takes_tcp(dest)):
             set_top_via_transport(message, TCP)
-            data = message.serialize()
-            transport = TCP
             self.switched_to_tcp += 1
+            self.tcp.send(message.serialize(), dest,
+                          on_unreachable=lambda: self._send_over_udp(message, dest))
+            return
         self.send_bytes(data, dest, transport)
+
+    def _takes_tcp(self, dest: Address) -> bool:
+        failed = self._no_tcp.get(dest)
+        if failed is None:
+            return True
+        if time.monotonic() - failed < NO_TCP_SECONDS:
+            return False
+        del self._no_tcp[dest]
+        return True
+
+    def _send_over_udp(self, request: SipRequest, dest: Address) -> None:
+        """The TCP connection a request was switched to could not be made: UDP after all."""
+        if len(self._no_tcp) >= MAX_NO_TCP_PEERS:
+            del self._no_tcp[next(iter(self._no_tcp))]  # the oldest
+        self._no_tcp[dest] = time.monotonic()
+        set_top_via_transport(request, UDP)
+        self.fell_back_to_udp += 1
+        log.info("%s to %s:%s: no TCP there; sent over UDP", request.method, *dest)
+        self.send_bytes(request.serialize(), dest, UDP)
 
     def send_bytes(self, data: bytes, dest: Address, transport: str) -> None:
         if transport == TCP:
