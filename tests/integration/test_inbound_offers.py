@@ -141,6 +141,33 @@ async def test_host_name_in_reinvite_is_resolved_too(platform, raw, rtp):
     assert second.session_version == first.session_version + 1
 
 
+async def test_a_reinvite_while_another_is_answered_gets_500_with_retry_after(platform, raw,
+                                                                             rtp):
+    """RFC 3261 14.2: the second of two overlapping re-INVITEs is refused with 500 and a
+    Retry-After of 0-10 s; the first is answered. (The first names a host in c=, so its answer
+    waits for the lookup off the event loop while the second arrives.)"""
+    port = rtp.getsockname()[1]
+    dialog, ok = await Dialog.start(raw, platform, offer(port))
+    assert ok is not None and ok.status == 200
+    await dialog.ack(ok)
+    to = ok.headers.get("To") or ""
+    first = dialog.in_dialog("INVITE", to, offer(port + 2, connection="IN IP4 localhost"),
+                             cseq=2)
+    second = dialog.in_dialog("INVITE", to, offer(port + 4), cseq=3)
+    send(raw, first, platform.sip_port)
+    send(raw, second, platform.sip_port)
+    finals: dict[int, SipResponse] = {}
+    while len(finals) < 2:
+        response = await raw.final(timeout=8)
+        assert response is not None, f"only {sorted(finals)} answered"
+        finals[response.cseq.seq] = response
+    assert finals[2].status == 200 and "127.0.0.1" in finals[2].body.decode()
+    assert finals[3].status == 500
+    assert 0 <= int(finals[3].headers.get("Retry-After") or "-1") <= 10
+    call = await call_of(platform)
+    assert (await call.media.snapshot()).remote == ("127.0.0.1", port + 2)  # the first's
+
+
 async def test_unresolvable_host_name_gets_488(platform, raw):
     _, response = await Dialog.start(
         raw, platform, offer(40000, connection="IN IP4 no-such-host.invalid"))

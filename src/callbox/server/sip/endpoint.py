@@ -15,6 +15,7 @@ import copy
 import functools
 import logging
 import re
+import secrets
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -94,6 +95,9 @@ EPHEMERAL_PORT_ATTEMPTS = 5
 # answers at once gets its 200 alone (no 100, no 180: as a PBX whose dialplan answers at once);
 # one still unanswered then gets its 180 (a route that rings) or a 100.
 PROVISIONAL_AFTER = 0.2
+# RFC 3261 §14.2: a re-INVITE that arrives while another is answered gets 500 with a random
+# Retry-After of 0 to 10 s.
+REINVITE_RETRY_MAX_SECONDS = 10
 # Extra headers a caller may put on an outgoing INVITE: tokens, nothing that splits a line.
 EXTRA_HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.-]{1,64}")
 # Option tags we implement (RFC 3261 §8.2.2.3): none, so any Require gets 420.
@@ -646,6 +650,7 @@ class Leg:
         self.on_reoffer: Callable[[SipRequest], Awaitable[bytes]] | None = None
         self.on_info: Callable[[SipRequest], None] | None = None
         self._reinvites: dict[int, ServerInviteTransaction] = {}
+        self._answering_reinvite = False  # a re-INVITE's answer is being made
         # The dialog's transport: in-dialog requests we send use it (Via, Contact, socket).
         self.transport = UDP
         self._numeric_dest: tuple[Address, Address] | None = None  # (dest, resolved)
@@ -714,10 +719,15 @@ class Leg:
             self.endpoint.respond(request, 501)
 
     def _on_reinvite(self, request: SipRequest) -> None:
+        if self._answering_reinvite:  # RFC 3261 14.2: one re-INVITE at a time
+            self.endpoint.respond(request, 500, "Previous re-INVITE pending", headers=[
+                ("Retry-After", str(secrets.randbelow(REINVITE_RETRY_MAX_SECONDS + 1)))])
+            return
         if self.on_reoffer is None or not request.body:
             self.endpoint.respond(request, 488, headers=[
                 ("Warning", '399 callbox "re-INVITE without a usable SDP offer"')])
             return
+        self._answering_reinvite = True
         spawn(self._answer_reinvite(request, self.on_reoffer), name="sip-reinvite")
 
     async def _answer_reinvite(self, request: SipRequest,
@@ -727,6 +737,8 @@ class Leg:
         except OfferRejected as exc:
             self.endpoint.respond(request, exc.status, headers=exc.headers)
             return
+        finally:
+            self._answering_reinvite = False
         found = self.endpoint._server.get(server_key(request))
         if found is not None and isinstance(found[0], ServerInviteTransaction):
             self._reinvites[request.cseq.seq] = found[0]
