@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from tests.peers import audio
 from tests.peers.baresip import Baresip, BaresipError
+from tests.peers.kamailio import start_kamailio
 from tests.peers.ports import free_port, free_port_range, free_udp_port, port_is_free
 from tests.peers.sipp import (
     dtmf_pcap,
@@ -484,3 +485,25 @@ async def test_baresip_to_baresip_audio_and_dtmf(peer_env) -> None:
     assert abs(audio.dominant_frequency(heard_by_caller) - 1200) < 5
     assert abs(audio.dominant_frequency(heard_by_callee) - 700) < 5
     assert caller.returncode == 0
+
+
+def process_group(pgid: int) -> list[int]:
+    """The live processes of process group `pgid` (from /proc: field 5 of stat)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+async def test_kamailio_leaves_no_process_behind() -> None:
+    """When the harness stops Kamailio, nothing of its process group is left (a TCP child was
+    once seen to outlive its main process)."""
+    async with start_kamailio(password="secret") as kamailio:
+        pgid = kamailio.process.pid
+        assert len(process_group(pgid)) > 1  # the main process and its children
+    assert process_group(pgid) == []

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import shutil
+import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,6 +262,10 @@ async def run_kamailio(config: Path, workdir: Path, *, port: int, host: str = LO
             except TimeoutError:
                 process.kill()
                 await process.wait()
+        # Its main process ends its children, but a TCP child was once seen to outlive it (its
+        # main's pipes closed): whatever is left of its process group goes too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 @contextlib.asynccontextmanager
