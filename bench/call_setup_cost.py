@@ -27,8 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     for code, values in totals.items():
         print(f"- {code}: setup + teardown {statistics.median(values):.2f} ms per call "
               f"(median of {len(values)})")
-    subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

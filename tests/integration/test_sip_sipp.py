@@ -6,21 +6,17 @@ and digit sipp sent arrived, and the audio the platform decoded is exactly what 
 
 from __future__ import annotations
 
-import datetime as dt
-import re
-
 import numpy as np
 import pytest
 from tests.peers import audio
 from tests.peers.ports import free_port_range
-from tests.peers.sipp import dtmf_pcap, g711_stream, run_sipp
+from tests.peers.sipp import dtmf_pcap, g711_stream, run_sipp, traced_messages
 
 from callbox.server.media.g711 import ulaw_decode
 from callbox.server.sip.endpoint import PROVISIONAL_AFTER
 
 pytestmark = pytest.mark.peers
 
-TRACE_STAMP = re.compile(r"-+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)")
 SPEECH = "The quick brown fox jumps over the lazy dog. One two three four five."
 
 
@@ -105,9 +101,7 @@ async def test_cancel_before_answer_gets_200_and_487(platform):
     # a route that rings: a 180 once PROVISIONAL_AFTER passed unanswered (no 100 before it)
     received = received_statuses(result.messages)
     assert [status for status, _ in received][:1] == [180] and 100 not in dict(received)
-    invite_sent = next(when for line, when in traced(result.messages)
-                       if line.startswith("INVITE "))
-    assert received[0][1] - invite_sent >= PROVISIONAL_AFTER - 0.01
+    assert received[0][1] - invite_sent(result.messages) >= PROVISIONAL_AFTER - 0.01
 
 
 async def test_a_call_answered_at_once_gets_no_provisional_response(platform):
@@ -121,34 +115,24 @@ async def test_a_call_answered_at_once_gets_no_provisional_response(platform):
     )
     assert result.ok, result.describe()
     await platform.wait_call_ended()
-    invite_sent = next(when for line, when in traced(result.messages)
-                       if line.startswith("INVITE "))
+    sent = invite_sent(result.messages)
     received = received_statuses(result.messages)
     assert 200 in dict(received)
-    early = [(status, round(when - invite_sent, 3)) for status, when in received
-             if status < 200 and when - invite_sent < PROVISIONAL_AFTER - 0.01]
+    early = [(status, round(when - sent, 3)) for status, when in received
+             if status < 200 and when - sent < PROVISIONAL_AFTER - 0.01]
     assert not early, early
 
 
-def traced(messages: str) -> list[tuple[str, float]]:
-    """(first line, when) of each message in sipp's message trace, in order: sipp's own clock,
-    from the dashed line above each message."""
-    out: list[tuple[str, float]] = []
-    stamp, lines = None, messages.splitlines()
-    for index, line in enumerate(lines):
-        found = TRACE_STAMP.fullmatch(line)
-        if found:
-            stamp = dt.datetime.fromisoformat(found.group(1)).timestamp()
-        elif stamp is not None and line and index >= 2 and not lines[index - 1]:
-            out.append((line, stamp))  # the first line after the blank one
-            stamp = None
-    return out
+def invite_sent(messages: str) -> float:
+    """When sipp sent its INVITE (its own clock)."""
+    return next(m.when for m in traced_messages(messages)
+                if not m.received and m.text.startswith("INVITE "))
 
 
 def received_statuses(messages: str) -> list[tuple[int, float]]:
-    """(status, when) of every response in sipp's message trace."""
-    return [(int(line.split()[1]), when) for line, when in traced(messages)
-            if line.startswith("SIP/2.0 ")]
+    """(status, when) of every response sipp received, in order (sipp's clock)."""
+    return [(int(m.text.split()[1]), m.when) for m in traced_messages(messages)
+            if m.received and m.text.startswith("SIP/2.0 ")]
 
 
 async def test_missing_ack_ends_the_call_with_bye(platform):

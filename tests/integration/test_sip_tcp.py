@@ -30,6 +30,7 @@ from tests.peers.sipp import (
     silence_stream,
     sipp_command,
     start_sipp_uas,
+    traced_messages,
 )
 
 from callbox.caller import place_call
@@ -60,13 +61,8 @@ def sipp_ports() -> tuple[int, int]:
 def sipp_messages(trace: str, start: str, *, received: bool = True) -> list[str]:
     """The SIP messages sipp received (or sent) in its `-trace_msg` log whose first line starts
     with `start`."""
-    messages = []
-    for block in trace.split("-" * 47):
-        intro, _, message = block.partition("\n\n")  # "TCP message sent (N bytes):"
-        message = message.strip()
-        if ("received" in intro) == received and message.startswith(start):
-            messages.append(message)
-    return messages
+    return [m.text for m in traced_messages(trace)
+            if m.received == received and m.text.startswith(start)]
 
 
 def header(message: str, name: str) -> str:

@@ -58,7 +58,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -76,6 +78,7 @@ __all__ = [
     "SCENARIO_DIR",
     "SippResult",
     "SippUas",
+    "TracedMessage",
     "dtmf_pcap",
     "g711_stream",
     "run_sipp",
@@ -86,6 +89,7 @@ __all__ = [
     "sipp_share_dir",
     "start_sipp_uas",
     "stream_key",
+    "traced_messages",
 ]
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -192,6 +196,30 @@ def silence_stream(seconds: float = 1.0, loops: int = 1) -> str:
 # --------------------------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------------------------
+
+
+# The line above each message of sipp's `-trace_msg` log: dashes and sipp's clock.
+_TRACE_HEAD = re.compile(r"^-{10,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)$", re.M)
+
+
+@dataclass(frozen=True)
+class TracedMessage:
+    """One SIP message of sipp's `-trace_msg` log (:attr:`SippResult.messages`)."""
+
+    when: float  # unix seconds, by sipp's clock
+    received: bool  # else sent by sipp
+    text: str  # the message, start line first
+
+
+def traced_messages(trace: str) -> list[TracedMessage]:
+    """Every message of a `-trace_msg` log, in order."""
+    parts = _TRACE_HEAD.split(trace)  # [before, stamp, block, stamp, block, ...]
+    out = []
+    for stamp, block in zip(parts[1::2], parts[2::2], strict=True):
+        intro, _, message = block.partition("\n\n")  # "UDP message received [N] bytes :"
+        out.append(TracedMessage(dt.datetime.fromisoformat(stamp).timestamp(),
+                                 "received" in intro, message.strip()))
+    return out
 
 
 @dataclass

@@ -100,8 +100,7 @@ class Recording:
         self._first_state: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._started = False  # the media half records
         self._pause_behavior: str | None = None  # of the last `paused`
-        self._stored = False  # our row is in the store
-        self._stored_state: RecState | None = None  # the state our row has (or will have)
+        self._stored_state: RecState | None = None  # our row's state (or its next); None: no row
         self._writes: asyncio.Task[None] | None = None  # the last store write queued
         self._concluding = False  # its end is being stored and reported
         self._stop_requested = False  # stop() before it records
@@ -150,7 +149,7 @@ class Recording:
         self._media = media
         row = self._row(RecState.RECORDING)
         await persist(lambda: self.engine.store.add(row), f"recording {self.id}")
-        self._stored, self._stored_state = True, RecState.RECORDING
+        self._stored_state = RecState.RECORDING
         if self.params.beep and not self._stop_requested and self.call.is_active:
             operation = self.call.play_samples([beep()])
             await operation.wait()
@@ -235,7 +234,8 @@ class Recording:
             start_time=self.start_time, end_time=self.end_time, reason=self.reason)
         if self._writes is not None:
             await self._writes  # never raises: the writes log their errors
-        problem = await (self._store_update(**fields) if self._stored else self._store_add())
+        problem = await (self._store_update(**fields) if self._stored_state is not None
+                         else self._store_add())
         if problem is not None:
             self.state = RecState.ERROR
             stored = f"its end could not be stored ({problem})"
@@ -251,13 +251,14 @@ class Recording:
             self.engine.concluded(self)
 
     async def _store_add(self) -> str | None:
-        row = self._row(self.state or RecState.ERROR)
+        state = self.state or RecState.ERROR
+        row = self._row(state)
         try:
             await persist(lambda: self.engine.store.add(row), f"recording {self.id}")
         except Exception as exc:
             log.error("recording %s: could not store it: %s", self.id, exc)
             return str(exc)
-        self._stored = True
+        self._stored_state = state
         return None
 
     def _store_later(self, **fields: Any) -> None:

@@ -837,7 +837,6 @@ class InboundInvite(Leg):
         # answer, handed here as (body, Content-Type).
         self.on_ack_body: Callable[[bytes, str | None], None] | None = None
         self._ringing = False  # the TU rings: the provisional response is a 180
-        self._provisional_sent = False
         assert endpoint._loop is not None, "INVITEs arrive on a started endpoint"
         self._provisional_timer: asyncio.TimerHandle | None = endpoint._loop.call_later(
             PROVISIONAL_AFTER, self._send_provisional)
@@ -849,14 +848,13 @@ class InboundInvite(Leg):
     def ringing(self) -> None:
         """The callee is alerted: a 180, once PROVISIONAL_AFTER has passed unanswered."""
         self._ringing = True
-        if self._provisional_sent:  # a 100 went out already: the 180 follows now
+        if self._provisional_timer is None:  # a 100 went out already: the 180 follows now
             self._send_provisional()
 
     def _send_provisional(self) -> None:
         self._provisional_timer = None
         if self.finished:
             return
-        self._provisional_sent = True
         if self._ringing:
             self.endpoint.respond(self.request, 180, to_tag=self.local_tag,
                                   headers=[("Contact", self.contact)])
