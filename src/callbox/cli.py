@@ -116,6 +116,7 @@ async def _call(args: argparse.Namespace) -> int:
         parse_local_host,
         place_call,
     )
+    from callbox.server.media.priority import raise_priority
 
     try:
         target = parse_call_target(args.uri)
@@ -140,6 +141,7 @@ async def _call(args: argparse.Namespace) -> int:
         raise CliError(f"cannot resolve {target.host!r} in {args.uri!r}: {exc}") from None
     # the SIP layer sends to addresses, not names: call the address the name resolved to
     resolved = dataclasses.replace(target, host=str(found[0][4][0]))
+    raise_priority()  # the audio it streams has a deadline every 20 ms
     result = await place_call(
         str(resolved), play=play, dtmf=schedule, hangup_after=args.hangup_after,
         record_heard=record_heard, local_host=local_host,
@@ -159,8 +161,10 @@ async def _call(args: argparse.Namespace) -> int:
 
 async def _demo(args: argparse.Namespace) -> int:
     from callbox.demo import run_demo
+    from callbox.server.media.priority import raise_priority
 
     _setup_logging(args.log_level)
+    raise_priority()  # the demo's parties stream audio in this process
     return await run_demo(Path(args.data_dir))
 
 

@@ -4,6 +4,8 @@ other. What the caller heard is checked as audio against what was played."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from tests.integration.conftest import PROMPT_TEXT
 from tests.peers import audio
 from tests.peers.baresip import Baresip
 
+from callbox.server.media.priority import MEDIA_NICE
 from callbox.server.media.sources import render_tts
 
 pytestmark = pytest.mark.peers
@@ -78,6 +81,26 @@ async def test_callbox_call_plays_audio_and_sends_digits(platform, tmp_path):
     tone_part = speak[int(start * 8000) + 400:int(end * 8000) - 400]
     assert abs(audio.dominant_frequency(tone_part) - 700) < 5
     assert abs(audio.tone_level_dbfs(tone_part, 700) - (-12)) < 0.5
+
+
+async def test_callbox_call_streams_at_the_media_priority(platform, peer_env):
+    """Its audio has a deadline every 20 ms: on a loaded machine a caller at the ordinary
+    priority sends late, and the far end drops what comes after its playout delay."""
+    peer_env.require_root()  # raising a priority needs CAP_SYS_NICE
+    process = await asyncio.create_subprocess_exec(
+        CALLBOX, "call", platform.uri("listen"), "--hangup-after", "2",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stat = Path(f"/proc/{process.pid}/stat")
+    niceness = []
+    while process.returncode is None and (not niceness or niceness[-1] != MEDIA_NICE):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            niceness.append(int(stat.read_text().rpartition(")")[2].split()[16]))
+        await asyncio.sleep(0.01)
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err
+    assert "hung up by us" in out.decode()
+    assert niceness[-1] == MEDIA_NICE != os.getpriority(os.PRIO_PROCESS, 0)  # raised, not inherited
 
 
 async def test_callbox_call_to_baresip_as_the_answering_side(tmp_path):

@@ -19,9 +19,9 @@ from tests.integration.test_recording import decode, route, wav_file
 from tests.peers import audio
 
 from callbox.caller import place_call
+from callbox.server.media.priority import MEDIA_NICE
 from callbox.server.recording.machine import RecState
 from callbox.server.recording.writers import WAV_HEADER_SIZE, part_path
-from callbox.server.worker.main import MEDIA_NICE
 
 pytestmark = pytest.mark.peers
 

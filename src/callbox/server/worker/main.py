@@ -12,38 +12,18 @@ import argparse
 import asyncio
 import collections
 import logging
-import os
 import signal
 import socket
 from typing import Any
 
 from callbox.server import collector
+from callbox.server.media.priority import raise_priority
 from callbox.server.tasks import spawn
 from callbox.server.worker import messages as m
 from callbox.server.worker.framing import FramedSocket
 from callbox.server.worker.host import MediaHost
 
 log = logging.getLogger(__name__)
-
-# Media has a deadline every 20 ms, signalling and HTTP do not: a worker asks to run before the
-# machine's ordinary processes (this nice value), as voice servers' media threads do.
-MEDIA_NICE = -10
-
-
-def raise_priority() -> None:
-    """Run every thread of this process (some libraries start theirs at import) at
-    MEDIA_NICE; threads started later inherit it. Without the right (CAP_SYS_NICE; root has
-    it) the worker keeps the main process's priority."""
-    try:
-        threads = [int(tid) for tid in os.listdir("/proc/self/task")]  # Linux: nice is per thread
-    except OSError:
-        threads = [0]
-    try:
-        for tid in threads:
-            os.setpriority(os.PRIO_PROCESS, tid, MEDIA_NICE)
-    except PermissionError:
-        log.info("media worker at the normal priority (no right to raise it to nice %d)",
-                 MEDIA_NICE)
 
 
 async def serve(fd: int) -> None:
