@@ -12,7 +12,8 @@ Each call is answered and recorded WAV stereo by a SWML route (`record_call`, th
 caller (sipp) streams speech and hangs up; a run counts when every recording of it is
 `finished`. CPU is utime + stime from /proc, read before the first call and after the last
 recording finished, for the main process (SIP, the route, the recordings' metadata) and for
-each media worker (RTP, the recording's file).
+each media worker (RTP, the recording's file); stime alone gives the part of setup + teardown
+spent in the kernel (system calls).
 
 `--compare-with DIR` runs a second copy of the platform (a `src` directory, e.g. a worktree of
 another commit) in turn with this one, round after round, so that the two are compared on the
@@ -47,12 +48,15 @@ from tests.peers.sipp import run_sipp
 
 @dataclass
 class Run:
-    """CPU ms per call of each process for calls of one length."""
+    """CPU ms per call of each process for calls of one length (`*_sys_ms`: the part spent in
+    the kernel, system calls)."""
 
     code: str
     seconds: float
     main_ms: float
     worker_ms: float
+    main_sys_ms: float
+    worker_sys_ms: float
     finished: int
 
 
@@ -84,7 +88,7 @@ async def run_calls(code: str, src: str | None, seconds: float, calls: int, at_o
         try:
             await asyncio.sleep(1.0)  # start-up's own work done
             pids = [platform.pid, *cr.process_children(platform.pid)]
-            before = [cr.proc_cpu_seconds(pid) for pid in pids]
+            before = [cr.proc_cpu_split(pid) for pid in pids]
             media = free_port_range(4 * at_once + 8)
             result = await run_sipp(
                 "uac_stream_bye", platform.sip_target, service=cr.SERVICE,
@@ -100,22 +104,37 @@ async def run_calls(code: str, src: str | None, seconds: float, calls: int, at_o
                 if metrics["recordings"] == 0 and metrics["calls"] == 0:
                     break
                 await asyncio.sleep(0.2)
-            after = [cr.proc_cpu_seconds(pid) for pid in pids]
+            after = [cr.proc_cpu_split(pid) for pid in pids]
             rows = await platform.recordings(session)
         finally:
             platform.stop()
-    spent = [(a - b) * 1000 / calls for a, b in zip(after, before, strict=True)]
+    spent = [sum(a) - sum(b) for a, b in zip(after, before, strict=True)]
+    in_kernel = [a[1] - b[1] for a, b in zip(after, before, strict=True)]
     finished = sum(1 for row in rows if row["state"] == "finished")
-    return Run(code, seconds, spent[0], sum(spent[1:]), finished)
+    per_call = 1000 / calls
+    return Run(code, seconds, spent[0] * per_call, sum(spent[1:]) * per_call,
+               in_kernel[0] * per_call, sum(in_kernel[1:]) * per_call, finished)
+
+
+def setup_term(l1: float, cost1: float, l2: float, cost2: float) -> float:
+    """The part of a per-call cost that does not grow with the call's length."""
+    return (l2 * cost1 - l1 * cost2) / (l2 - l1)
 
 
 def solve(short: Run, long: Run) -> tuple[float, float, float, float]:
     """(main setup, workers setup, main media, workers media) in ms per call / per call-s."""
     l1, l2 = short.seconds, long.seconds
-    main = (l2 * short.main_ms - l1 * long.main_ms) / (l2 - l1)
-    workers = (l2 * short.worker_ms - l1 * long.worker_ms) / (l2 - l1)
+    main = setup_term(l1, short.main_ms, l2, long.main_ms)
+    workers = setup_term(l1, short.worker_ms, l2, long.worker_ms)
     return (main, workers, (long.main_ms - short.main_ms) / (l2 - l1),
             (long.worker_ms - short.worker_ms) / (l2 - l1))
+
+
+def kernel_setup(short: Run, long: Run) -> tuple[float, float]:
+    """(main, workers): the setup + teardown spent in the kernel, ms per call."""
+    l1, l2 = short.seconds, long.seconds
+    return (setup_term(l1, short.main_sys_ms, l2, long.main_sys_ms),
+            setup_term(l1, short.worker_sys_ms, l2, long.worker_sys_ms))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.calls} calls of {short_s:g} s and of {long_s:g} s, {args.at_once} at a time, "
           f"{args.workers} media workers; workdir {workdir}", flush=True)
     print("| code | round | setup + teardown ms per call: main / workers / all "
+          "| of which in the kernel: main / workers "
           "| media ms per call-s: main / workers | recordings finished |")
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     totals: dict[str, list[float]] = {code: [] for code, _ in codes}
     for round_number in range(1, args.rounds + 1):
         for code, src in codes:
@@ -147,10 +167,12 @@ def main(argv: list[str] | None = None) -> int:
                                           args.workers, workdir))
                     for seconds in (short_s, long_s)]
             main_setup, worker_setup, main_media, worker_media = solve(*runs)
+            main_kernel, worker_kernel = kernel_setup(*runs)
             totals[code].append(main_setup + worker_setup)
             finished = "/".join(str(r.finished) for r in runs)
             print(f"| {code}{'' if src is None else f' ({src})'} | {round_number} "
                   f"| {main_setup:.2f} / {worker_setup:.2f} / {main_setup + worker_setup:.2f} "
+                  f"| {main_kernel:.2f} / {worker_kernel:.2f} "
                   f"| {main_media:.3f} / {worker_media:.3f} | {finished} of {args.calls} each |",
                   flush=True)
     for code, values in totals.items():

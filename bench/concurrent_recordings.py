@@ -391,14 +391,19 @@ def check_recordings(paths: Sequence[str], caller: Source, callee: Source | None
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def proc_cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """utime + stime of a process (all its threads) or of one of its threads."""
+def proc_cpu_split(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process (all its threads) or of one of its threads."""
     path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
     try:
         fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return 0.0, 0.0
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def proc_cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """utime + stime of a process (all its threads) or of one of its threads."""
+    return sum(proc_cpu_split(pid, tid))
 
 
 def process_tree_cpu_seconds(pid: int) -> float:

@@ -74,6 +74,61 @@ async def test_a_socket_travels_with_its_message_and_the_senders_copy_is_closed(
     right.channel.close()
 
 
+class CountingSocket(socket.socket):
+    """A socket that counts the writes (system calls) made on it."""
+
+    writes = 0
+
+    def send(self, *args: Any) -> int:
+        self.writes += 1
+        return super().send(*args)
+
+    def sendmsg(self, *args: Any) -> int:
+        self.writes += 1
+        return super().sendmsg(*args)
+
+
+async def test_a_turns_messages_go_out_in_one_write_descriptors_included():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    counting = CountingSocket(fileno=a.detach())
+    left, right = End(counting), End(b)
+    left.channel.send("before")
+    ports = []
+    for _ in range(3):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        ports.append(sock.getsockname()[1])
+        left.channel.send("with-socket", [sock])
+        left.channel.send("after")
+    await until(lambda: len(right.messages) == 7)
+    assert counting.writes == 1
+    assert right.messages == ["before"] + ["with-socket", "after"] * 3
+    received = [socket.socket(fileno=fd) for fd in right.fds]
+    assert [sock.getsockname()[1] for sock in received] == ports
+    for sock in received:
+        sock.close()
+    left.channel.close()
+    right.channel.close()
+
+
+async def test_more_descriptors_than_one_read_takes_arrive_each_with_its_message():
+    left, right = pair()
+    carried = []
+    for port in range(100):  # a read takes at most MAX_FDS_PER_READ (64) descriptors
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        carried.append(sock.getsockname()[1])
+        left.channel.send("with-socket", [sock])
+        left.channel.send(("port", port))
+    await until(lambda: len(right.messages) == 200)
+    received = [socket.socket(fileno=fd) for fd in right.fds]
+    assert [sock.getsockname()[1] for sock in received] == carried  # each its own, in order
+    for sock in received:
+        sock.close()
+    left.channel.close()
+    right.channel.close()
+
+
 async def test_eof_is_reported_once_to_the_other_end():
     left, right = pair()
     left.channel.close()

@@ -4,7 +4,8 @@ Both ends are this process's own code (the main process and the media workers it
 a socketpair), so pickle is safe here; nothing else can connect. Writes are coalesced: what is
 sent during one turn of the event loop goes out in one system call at the end of it. A message
 may carry file descriptors (an RTP socket handed to a worker): they travel as SCM_RIGHTS with
-the message's first byte, which the kernel delivers no later than the message itself; the
+the first byte of the write that holds the message, which the kernel delivers no later than the
+message itself, so the receiver's queue of descriptors is in the order of their messages; the
 sender's sockets are closed once they went out (the receiver has its own descriptors then).
 """
 
@@ -18,6 +19,7 @@ import pickle
 import socket
 import struct
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,16 @@ _LENGTH = struct.Struct("!I")
 READ_BYTES = 256 * 1024
 MAX_FDS_PER_READ = 64
 MessageHandler = Callable[[Any, "collections.deque[int]"], None]
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Messages that go out in one system call, with the descriptors they carry (at most
+    MAX_FDS_PER_READ, so the receiver gets them all); `offset`: how much of it went out."""
+
+    data: bytearray = field(default_factory=bytearray)
+    socks: list[socket.socket] = field(default_factory=list)
+    offset: int = 0
 
 
 class FramedSocket:
@@ -42,9 +54,7 @@ class FramedSocket:
         self._loop = asyncio.get_running_loop()
         self._in = bytearray()
         self._fds: collections.deque[int] = collections.deque()
-        self._out: collections.deque[tuple[bytes | memoryview, Sequence[socket.socket]]] = \
-            collections.deque()
-        self._pending = bytearray()  # coalesced messages without descriptors
+        self._out: collections.deque[_Batch] = collections.deque()
         self._flush_scheduled = False
         self._writing = False  # waiting for the socket to become writable
         self.closed = False
@@ -59,44 +69,43 @@ class FramedSocket:
                 sock.close()
             return
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        if socks:
-            self._queue_pending()
-            self._out.append((_LENGTH.pack(len(data)) + data, list(socks)))
-        else:
-            self._pending += _LENGTH.pack(len(data))
-            self._pending += data
+        out = self._out
+        if (not out or out[-1].offset
+                or (socks and len(out[-1].socks) + len(socks) > MAX_FDS_PER_READ)):
+            out.append(_Batch())
+        batch = out[-1]
+        batch.data += _LENGTH.pack(len(data))
+        batch.data += data
+        batch.socks.extend(socks)
         if not self._flush_scheduled and not self._writing:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
-
-    def _queue_pending(self) -> None:
-        if self._pending:
-            self._out.append((bytes(self._pending), ()))
-            self._pending.clear()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self.closed:
             return
-        self._queue_pending()
         while self._out:
-            data, socks = self._out[0]
+            batch = self._out[0]
             try:
-                if socks:
-                    fds = array.array("i", [s.fileno() for s in socks])
-                    sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-                    if sent:
-                        for sock in socks:
-                            sock.close()
-                else:
-                    sent = self.sock.send(data)
+                with memoryview(batch.data) as whole, whole[batch.offset:] as rest:
+                    if batch.socks:
+                        fds = array.array("i", [s.fileno() for s in batch.socks])
+                        sent = self.sock.sendmsg(
+                            [rest], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                    else:
+                        sent = self.sock.send(rest)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
                 self._close()
                 return
-            if sent < len(data):
-                self._out[0] = (memoryview(data)[sent:], ())  # the descriptors went along
+            if sent and batch.socks:  # they went with the first byte: ours can go
+                for sock in batch.socks:
+                    sock.close()
+                batch.socks.clear()
+            batch.offset += sent
+            if batch.offset < len(batch.data):
                 if not self._writing:
                     self._writing = True
                     self._loop.add_writer(self.sock.fileno(), self._writable)
@@ -156,8 +165,8 @@ class FramedSocket:
         for fd in self._fds:
             socket.close(fd)
         self._fds.clear()
-        for _data, socks in self._out:
-            for sock in socks:
+        for batch in self._out:
+            for sock in batch.socks:
                 sock.close()
         self._out.clear()
         self._on_closed()
