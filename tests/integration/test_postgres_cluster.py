@@ -285,6 +285,48 @@ async def test_a_database_restart_mid_recording_loses_nothing(
         assert set(hooks.per_delivery().values()) == {1}
 
 
+async def test_a_recording_started_while_the_database_is_down_keeps_the_whole_call(
+        tmp_path: Path, postgres_url: str, postgres_cluster: PostgresCluster) -> None:
+    """Its row waits for the database, its audio does not: the file holds the call from the
+    answer on, and the row and both webhooks follow once the database is back."""
+    tone = tmp_path / "tone.wav"
+    audio.write_wav(tone, audio.tone(700, 6.0, dbfs=-12))
+    async with receiver() as hooks, \
+            running_platform(tmp_path, record_route(hooks.url),
+                             database__url=postgres_url) as node:
+        with_project(node)
+        store = node.platform.recordings
+        assert store is not None
+        await asyncio.to_thread(postgres_cluster.stop)
+        try:
+            result = await place_call(node.uri("rec"), play=str(tone), hangup_after=4.0)
+            assert result.status == 200
+            recording = await started_recording(node)
+            await until(lambda: recording.is_done, timeout=20, what="the end reported")
+            assert not recording.done.done()  # its row and its end wait for the database
+        finally:
+            await asyncio.to_thread(postgres_cluster.start)
+
+        event = await asyncio.wait_for(asyncio.shield(recording.done), 60)
+        assert event["state"] == "finished"
+        samples, rate = audio.decode_audio(recording.path)
+        assert rate == 8000 and samples.ndim == 1
+        assert recording.duration is not None and recording.duration > 3.0
+        assert len(samples) / rate == pytest.approx(recording.duration, abs=0.05)
+        (start, end), = audio.active_spans(samples, rate, threshold_dbfs=-30)
+        assert start < 0.5  # the tone from the answer on: the start did not wait
+        assert end == pytest.approx(len(samples) / rate, abs=0.1)  # up to the hang-up
+        assert abs(audio.dominant_frequency(samples[int(start * rate):int(end * rate)]) - 700) < 5
+        row = await store.get(recording.id)
+        assert row is not None
+        assert (row.state, row.size, row.duration) == ("finished", recording.size,
+                                                       recording.duration)
+        await until(lambda: len(hooks.states()) >= 2, timeout=60,
+                    what="both webhooks delivered")
+        assert hooks.states() == ["recording", "finished"]
+        assert set(hooks.per_delivery().values()) == {1}
+
+
 async def test_a_node_repairs_only_its_own_unfinished_recordings(
         tmp_path: Path, postgres_url: str) -> None:
     """Another node's recording still running is in the shared table at this node's start:

@@ -58,6 +58,9 @@ from callbox.wire.recording import RecordParams, record_event_params
 log = logging.getLogger(__name__)
 
 MAX_RECORDINGS_PER_CALL = 10
+# Seconds a recording's audio waits for its first row: a database unreachable longer (a
+# PostgreSQL restart; its pool waits 5 s for a connection) does not hold the audio back.
+ROW_WAIT = 0.5
 EventListener = Callable[[dict[str, Any]], None]
 # Every recording's events, for observers of the whole engine: (project id, event params).
 EngineListener = Callable[[str, dict[str, Any]], None]
@@ -102,6 +105,7 @@ class Recording:
         self._pause_behavior: str | None = None  # of the last `paused`
         self._stored_state: RecState | None = None  # our row's state (or its next); None: no row
         self._writes: asyncio.Task[None] | None = None  # the last store write queued
+        self._row_error: Exception | None = None  # why the store refused its row
         self._concluding = False  # its end is being stored and reported
         self._stop_requested = False  # stop() before it records
         self._pause_requested: str | None = None  # pause() before it records
@@ -147,9 +151,7 @@ class Recording:
                                  f"cannot create the recording file: {exc.strerror or exc}")
             return
         self._media = media
-        row = self._row(RecState.RECORDING)
-        await persist(lambda: self.engine.store.add(row), f"recording {self.id}")
-        self._stored_state = RecState.RECORDING
+        await self._store_first_row()
         if self.params.beep and not self._stop_requested and self.call.is_active:
             operation = self.call.play_samples([beep()])
             await operation.wait()
@@ -190,7 +192,7 @@ class Recording:
             return
         self.state = state
         self._pause_behavior = pause_behavior
-        if state is not self._stored_state:  # the first `recording`: the row says so already
+        if self._stored_state not in (None, state):  # the first `recording`: the row says so
             self._stored_state = state
             self._store_later(state=state.value)
         self._emit()
@@ -249,6 +251,28 @@ class Recording:
             self._first_state.set_result(None)
         if self.size is not None:  # its file is kept
             self.engine.concluded(self)
+
+    async def _store_first_row(self) -> None:
+        """Add its row (`recording`), first of its writes, before it records; raises when the
+        store refuses it. The audio waits ROW_WAIT at most: while the database is unreachable
+        (a restart, a failover) the row follows in the background and nothing of the call is
+        lost to the outage."""
+        self._stored_state = RecState.RECORDING
+        self._writes = spawn(self._add_row(self._row(RecState.RECORDING)),
+                             name=f"recording-row-{self.id}")
+        done, _ = await asyncio.wait({self._writes}, timeout=ROW_WAIT)
+        if not done:
+            log.warning("recording %s records while its row waits for the database", self.id)
+        elif self._row_error is not None:
+            raise self._row_error
+
+    async def _add_row(self, row: RecordingRow) -> None:
+        try:
+            await persist(lambda: self.engine.store.add(row), f"recording {self.id}")
+        except Exception as exc:
+            log.error("recording %s: could not store it: %s", self.id, exc)
+            self._row_error = exc
+            self._stored_state = None  # no row: its end tries again (and reports why not)
 
     async def _store_add(self) -> str | None:
         state = self.state or RecState.ERROR
