@@ -143,24 +143,42 @@ class Recording:
         if self._stop_requested or not self.call.is_active:
             await self._conclude(RecState.NO_INPUT, None)  # nothing recorded, no file
             return
+        await self._store_first_row()  # raises when the store refuses it: no file then
         media = self.call.record_media(self.id, self.engine.reports)
+        # Without a beep between the file and the audio, the media half records as soon as
+        # the file is open: one command to the worker and one answer, not two of each.
+        at_once = not self.params.beep
+        pause = self._pause_requested
+        if at_once:
+            self.start_time = time.time()
         try:
-            await media.open(self.params.format, self.path, self.params.channels)
+            await media.open(self.params.format, self.path, self.params.channels,
+                             record=self.params if at_once else None, pause_behavior=pause)
         except OSError as exc:
+            self.start_time = None
             await self._conclude(RecState.ERROR,
                                  f"cannot create the recording file: {exc.strerror or exc}")
             return
         self._media = media
-        await self._store_first_row()
-        if self.params.beep and not self._stop_requested and self.call.is_active:
-            operation = self.call.play_samples([beep()])
-            await operation.wait()
-        if self._stop_requested or not self.call.is_active:
-            media.stop()  # stopped during the beep: nothing recorded, `no_input` follows
-            return
-        self.start_time = time.time()
-        self._started = True
-        media.start(self.params, self._pause_requested)
+        if at_once:
+            self._started = True
+            if self._stop_requested:  # asked while the file was being opened
+                media.stop()
+            elif self._pause_requested != pause:
+                if self._pause_requested is None:
+                    media.resume()
+                else:
+                    media.pause(self._pause_requested)
+        else:
+            if not self._stop_requested and self.call.is_active:
+                operation = self.call.play_samples([beep()])
+                await operation.wait()
+            if self._stop_requested or not self.call.is_active:
+                media.stop()  # stopped during the beep: nothing recorded, `no_input` follows
+                return
+            self.start_time = time.time()
+            self._started = True
+            media.start(self.params, self._pause_requested)
         await asyncio.shield(self._first_state)
 
     # -- commands ---------------------------------------------------------------------------
@@ -258,12 +276,17 @@ class Recording:
         (a restart, a failover) the row follows in the background and nothing of the call is
         lost to the outage."""
         self._stored_state = RecState.RECORDING
-        self._writes = spawn(self._add_row(self._row(RecState.RECORDING)),
-                             name=f"recording-row-{self.id}")
-        done, _ = await asyncio.wait({self._writes}, timeout=ROW_WAIT)
-        if not done:
-            log.warning("recording %s records while its row waits for the database", self.id)
-        elif self._row_error is not None:
+        adding = self._add_row(self._row(RecState.RECORDING))
+        if self.engine.store.remote:
+            self._writes = spawn(adding, name=f"recording-row-{self.id}")
+            done, _ = await asyncio.wait({self._writes}, timeout=ROW_WAIT)
+            if not done:
+                log.warning("recording %s records while its row waits for the database",
+                            self.id)
+                return
+        else:  # SQLite answers in this turn: the commands that follow share its write
+            await adding
+        if self._row_error is not None:
             raise self._row_error
 
     async def _add_row(self, row: RecordingRow) -> None:

@@ -25,8 +25,10 @@ class RecordingMedia(Protocol):
     worker. Its state changes and its end come back through the `RuntimeReports` it was made
     with; `lost` is reported when the worker holding it died."""
 
-    async def open(self, fmt: str, path: Path, channels: int) -> None:
-        """Create the file; raises OSError."""
+    async def open(self, fmt: str, path: Path, channels: int, *,
+                   record: RecordParams | None = None, pause_behavior: str | None = None
+                   ) -> None:
+        """Create the file; raises OSError. With `record`, record at once (as `start`)."""
 
     def start(self, params: RecordParams, pause_behavior: str | None) -> None: ...
 

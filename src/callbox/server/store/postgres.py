@@ -41,6 +41,8 @@ def _from_db(record: dict[str, Any]) -> RecordingRow:
 class PostgresRecordingStore:
     """Recording metadata in the shared database (its pool is the caller's to close)."""
 
+    remote = True
+
     def __init__(self, database: Database) -> None:
         self.database = database
 

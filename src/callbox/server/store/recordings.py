@@ -130,6 +130,8 @@ class RecordingStore(Protocol):
     """Recording metadata. A network store raises `DatabaseUnavailable` (callbox.server.database)
     when it cannot be reached: a transient error, the same call may succeed later."""
 
+    remote: bool  # its calls wait on the network (False: they complete without suspending)
+
     async def add(self, row: RecordingRow) -> None: ...
 
     async def update(self, id: str, /, **fields: Any) -> bool:
@@ -241,6 +243,8 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 class SqliteRecordingStore:
     """The embedded default: one SQLite file in WAL mode, one connection behind a lock."""
+
+    remote = False
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)

@@ -182,12 +182,14 @@ class RemoteRecording:
         self.rid = rid
         self._reports = reports
 
-    async def open(self, fmt: str, path: Path, channels: int) -> None:
+    async def open(self, fmt: str, path: Path, channels: int, *,
+                   record: Any = None, pause_behavior: str | None = None) -> None:
         view = self._handle.view
         view.recordings[self.rid] = self._reports
+        start = None if record is None else m.StartRecording(self.rid, record, pause_behavior)
         try:
             await view.link.open_recording(m.OpenRecording(self._handle.sid, self.rid, fmt,
-                                                           path, channels))
+                                                           path, channels, start))
         except BaseException:
             view.recordings.pop(self.rid, None)
             raise

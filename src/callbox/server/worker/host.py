@@ -86,11 +86,13 @@ class MediaHost:
         return self._handlers[type(command)](command)
 
     async def open_recording(self, command: m.OpenRecording) -> None:
-        """Create the recording's file (raises OSError)."""
+        """Create the recording's file (raises OSError); record at once with `start`."""
         runtime = RecordingRuntime(command.rid, self.writers, self)
         await runtime.open(command.format, command.path, command.channels)
         self._runtimes[command.rid] = runtime
         self._runtime_sessions[command.rid] = command.sid
+        if command.start is not None:
+            self._start_recording(command.start)
 
     # -- sessions -------------------------------------------------------------------------
 

@@ -120,13 +120,15 @@ class PlayControl:
 
 @dataclass(slots=True)
 class OpenRecording:
-    """Create the file; the reply is None or the OSError's message."""
+    """Create the file (and, with `start`, record at once); the reply is None or the OSError's
+    message."""
 
     sid: int
     rid: str
     format: str
     path: Path
     channels: int
+    start: StartRecording | None = None
 
 
 @dataclass(slots=True)
