@@ -12,8 +12,8 @@ crash left), `close()` closes them.
 
 Store writes are async. A recording's writes run one after another in the order of its states
 (each waits for the previous); while the database cannot be reached they wait and retry (see
-`persist`), the recording keeps writing its file meanwhile, and its terminal event is emitted
-only after its end is stored.
+`persist`), the recording keeps writing its file meanwhile (its start waits ROW_WAIT at most for
+its first row), and its terminal event is emitted only after its end is stored.
 
 Rules every entry point (SWML, RELAY, agents) gets alike:
 - A recording with `beep` waits for the plays running (or still starting) on the call when it
@@ -120,8 +120,9 @@ class Recording:
     # -- start ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Wait for the prompts when there is a beep, open the file, beep, then record (timers
-        start now). Never raises (but for cancellation): a failure ends it in `error`."""
+        """Wait for the prompts when there is a beep, store its row, open the file, beep, then
+        record (timers start now; without a beep the file is opened and recording at once).
+        Never raises (but for cancellation): a failure ends it in `error`."""
         try:
             await self._start()
         except asyncio.CancelledError:
