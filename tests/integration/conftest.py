@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.peers.ports import free_port_range
+from tests.peers.ports import free_port_range, release
 
 from callbox.server.app import Platform
 from callbox.server.call import Call
@@ -145,11 +145,13 @@ async def running_platform(tmp_path: Path, routes: Sequence[Route] = ROUTES, *,
         observed.append(seen)
 
     instance.call_observers.append(observe)
-    await instance.start()
+    low, high = (int(port) for port in config.sip.rtp_ports.split("-"))
     try:
+        await instance.start()
         yield RunningPlatform(instance, observed)
     finally:
         await instance.stop()
+        release(range(low, high + 1))  # its RTP sockets are closed
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ it; that window is small and accepted by every test suite that starts servers.
 - :func:`free_port_range`: ``n`` contiguous ports, e.g. an RTP range (sipp ``-mp`` uses
   ``mp`` and ``mp+1`` for RTP/RTCP and ``mp+2`` for its echo/video socket, and advertises
   ``mp + 4*(call_number-1)`` as ``[auto_media_port]`` for later calls).
+- :func:`release`: ports whose user stopped may be handed out again at once.
 
 Ports come from 10000-31999, below the Linux ephemeral range (32768-60999), so that the
 kernel's own choices for ``bind(port 0)`` do not land on them, and never from 20000-20999 (the
@@ -43,6 +44,7 @@ __all__ = [
     "free_tcp_port",
     "free_udp_port",
     "port_is_free",
+    "release",
     "tcp_port_listening",
     "udp_port_bound",
     "wait_udp_bound",
@@ -80,6 +82,15 @@ def _reserve(ports: range) -> bool:
         for p in ports:
             _handed_out[p] = now + REUSE_AFTER
         return True
+
+
+def release(ports: range) -> None:
+    """Let ``ports`` be handed out again at once: what used them has stopped (a platform's
+    RTP range once the platform stopped). Without it a range waits REUSE_AFTER, and a fast
+    run of many platforms in one process would use up its share of the space."""
+    with _lock:
+        for port in ports:
+            _handed_out.pop(port, None)
 
 
 def forget_handed_out() -> None:
