@@ -34,7 +34,7 @@ from tests.peers.postgres import PostgresCluster
 from callbox.caller import place_call
 from callbox.server.config import Project, Route
 from callbox.server.database import open_database
-from callbox.server.recording.engine import Recording
+from callbox.server.recording.engine import ROW_WAIT, Recording
 from callbox.server.recording.writers import open_writer
 from callbox.server.store.postgres import PostgresRecordingStore
 from callbox.server.store.recordings import RecordingRow
@@ -109,6 +109,14 @@ async def started_recording(running: RunningPlatform) -> Recording:
     (recording,) = running.observed[0].call.recordings
     assert isinstance(recording, Recording)
     return recording
+
+
+async def list_status(running: RunningPlatform) -> int:
+    """The status of a request for the recordings' list."""
+    url = f"{running.platform.config.http.public_url}/api/relay/rest/recordings"
+    async with aiohttp.ClientSession() as session, \
+            session.get(url, headers=AUTH, ssl=False) as response:
+        return response.status
 
 
 async def list_recordings(running: RunningPlatform) -> list[dict[str, Any]]:
@@ -288,7 +296,8 @@ async def test_a_database_restart_mid_recording_loses_nothing(
 async def test_a_recording_started_while_the_database_is_down_keeps_the_whole_call(
         tmp_path: Path, postgres_url: str, postgres_cluster: PostgresCluster) -> None:
     """Its row waits for the database, its audio does not: the file holds the call from the
-    answer on, and the row and both webhooks follow once the database is back."""
+    answer on (the outage is known: the recording does not even wait ROW_WAIT), and the row
+    and both webhooks follow once the database is back."""
     tone = tmp_path / "tone.wav"
     audio.write_wav(tone, audio.tone(700, 6.0, dbfs=-12))
     async with receiver() as hooks, \
@@ -299,9 +308,13 @@ async def test_a_recording_started_while_the_database_is_down_keeps_the_whole_ca
         assert store is not None
         await asyncio.to_thread(postgres_cluster.stop)
         try:
+            assert await list_status(node) == 503  # the platform knows the database is down
             result = await place_call(node.uri("rec"), play=str(tone), hangup_after=4.0)
             assert result.status == 200
             recording = await started_recording(node)
+            answered_at = node.observed[0].call.answered_at
+            assert recording.start_time is not None and answered_at is not None
+            assert recording.start_time - answered_at < ROW_WAIT
             await until(lambda: recording.is_done, timeout=20, what="the end reported")
             assert not recording.done.done()  # its row and its end wait for the database
         finally:

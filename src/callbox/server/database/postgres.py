@@ -73,6 +73,7 @@ class Database:
     def __init__(self, pool: AsyncConnectionPool[Any], url: str) -> None:
         self.pool = pool
         self.url = url
+        self.reachable = True  # False from a failure to reach it until a connection works
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -80,10 +81,12 @@ class Database:
         Raises `DatabaseUnavailable` when the database cannot be reached."""
         try:
             async with self.pool.connection(timeout=CONNECT_TIMEOUT) as conn:
+                self.reachable = True
                 yield conn
         except PoolClosed:
             raise  # closed by us (shutdown): nothing to wait for
         except (psycopg.OperationalError, PoolTimeout) as exc:
+            self.reachable = False
             raise DatabaseUnavailable(f"database {shown(self.url)} unavailable: {exc}") from exc
 
     async def close(self) -> None:

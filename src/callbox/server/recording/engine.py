@@ -273,14 +273,15 @@ class Recording:
 
     async def _store_first_row(self) -> None:
         """Add its row (`recording`), first of its writes, before it records; raises when the
-        store refuses it. The audio waits ROW_WAIT at most: while the database is unreachable
-        (a restart, a failover) the row follows in the background and nothing of the call is
-        lost to the outage."""
+        store refuses it. The audio waits ROW_WAIT at most, and not at all while the database
+        is known to be unreachable (a restart, a failover): the row follows in the background
+        and nothing of the call is lost to the outage."""
         self._stored_state = RecState.RECORDING
         adding = self._add_row(self._row(RecState.RECORDING))
         if self.engine.store.remote:
             self._writes = spawn(adding, name=f"recording-row-{self.id}")
-            done, _ = await asyncio.wait({self._writes}, timeout=ROW_WAIT)
+            wait = ROW_WAIT if self.engine.store.reachable else 0.0  # known down: no wait
+            done, _ = await asyncio.wait({self._writes}, timeout=wait)
             if not done:
                 log.warning("recording %s records while its row waits for the database",
                             self.id)

@@ -46,6 +46,10 @@ class PostgresRecordingStore:
     def __init__(self, database: Database) -> None:
         self.database = database
 
+    @property
+    def reachable(self) -> bool:
+        return self.database.reachable
+
     async def add(self, row: RecordingRow) -> None:
         async with self.database.connection() as conn:
             await conn.execute(_INSERT, [_to_db(name, value) for name, value

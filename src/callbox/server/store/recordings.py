@@ -132,6 +132,11 @@ class RecordingStore(Protocol):
 
     remote: bool  # its calls wait on the network (False: they complete without suspending)
 
+    @property
+    def reachable(self) -> bool:
+        """False while its database is known to be unreachable (its last attempt failed)."""
+        ...
+
     async def add(self, row: RecordingRow) -> None: ...
 
     async def update(self, id: str, /, **fields: Any) -> bool:
@@ -245,6 +250,7 @@ class SqliteRecordingStore:
     """The embedded default: one SQLite file in WAL mode, one connection behind a lock."""
 
     remote = False
+    reachable = True
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
