@@ -103,6 +103,23 @@ def with_project(running: RunningPlatform) -> RunningPlatform:
     return running
 
 
+def tone_file(tmp_path: Path) -> Path:
+    """6 s of 700 Hz at -12 dBFS, what the calls play."""
+    tone = tmp_path / "tone.wav"
+    audio.write_wav(tone, audio.tone(700, 6.0, dbfs=-12))
+    return tone
+
+
+@contextlib.asynccontextmanager
+async def recording_node(tmp_path: Path, postgres_url: str
+                         ) -> AsyncIterator[tuple[Receiver, RunningPlatform]]:
+    """A node on `postgres_url` that records every call of `rec`, with a webhook receiver."""
+    async with receiver() as hooks, \
+            running_platform(tmp_path, record_route(hooks.url),
+                             database__url=postgres_url) as node:
+        yield hooks, with_project(node)
+
+
 async def started_recording(running: RunningPlatform) -> Recording:
     await until(lambda: bool(running.observed and running.observed[0].call.recordings),
                 timeout=20, what="the recording started")
@@ -111,18 +128,22 @@ async def started_recording(running: RunningPlatform) -> Recording:
     return recording
 
 
-async def list_status(running: RunningPlatform) -> int:
-    """The status of a request for the recordings' list."""
+@contextlib.asynccontextmanager
+async def get_recordings(running: RunningPlatform) -> AsyncIterator[aiohttp.ClientResponse]:
     url = f"{running.platform.config.http.public_url}/api/relay/rest/recordings"
     async with aiohttp.ClientSession() as session, \
             session.get(url, headers=AUTH, ssl=False) as response:
+        yield response
+
+
+async def list_status(running: RunningPlatform) -> int:
+    """The status of a request for the recordings' list."""
+    async with get_recordings(running) as response:
         return response.status
 
 
 async def list_recordings(running: RunningPlatform) -> list[dict[str, Any]]:
-    url = f"{running.platform.config.http.public_url}/api/relay/rest/recordings"
-    async with aiohttp.ClientSession() as session, \
-            session.get(url, headers=AUTH, ssl=False) as response:
+    async with get_recordings(running) as response:
         assert response.status == 200
         return list((await response.json())["data"])
 
@@ -246,12 +267,8 @@ async def test_a_dead_nodes_claim_expires_and_another_node_sends_the_entry(
 
 async def test_a_database_restart_mid_recording_loses_nothing(
         tmp_path: Path, postgres_url: str, postgres_cluster: PostgresCluster) -> None:
-    tone = tmp_path / "tone.wav"
-    audio.write_wav(tone, audio.tone(700, 6.0, dbfs=-12))
-    async with receiver() as hooks, \
-            running_platform(tmp_path, record_route(hooks.url),
-                             database__url=postgres_url) as node:
-        with_project(node)
+    tone = tone_file(tmp_path)
+    async with recording_node(tmp_path, postgres_url) as (hooks, node):
         store = node.platform.recordings
         assert store is not None
         call = asyncio.ensure_future(place_call(node.uri("rec"), play=str(tone),
@@ -298,12 +315,8 @@ async def test_a_recording_started_while_the_database_is_down_keeps_the_whole_ca
     """Its row waits for the database, its audio does not: the file holds the call from the
     answer on (the outage is known: the recording does not even wait ROW_WAIT), and the row
     and both webhooks follow once the database is back."""
-    tone = tmp_path / "tone.wav"
-    audio.write_wav(tone, audio.tone(700, 6.0, dbfs=-12))
-    async with receiver() as hooks, \
-            running_platform(tmp_path, record_route(hooks.url),
-                             database__url=postgres_url) as node:
-        with_project(node)
+    tone = tone_file(tmp_path)
+    async with recording_node(tmp_path, postgres_url) as (hooks, node):
         store = node.platform.recordings
         assert store is not None
         await asyncio.to_thread(postgres_cluster.stop)

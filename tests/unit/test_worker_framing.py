@@ -74,6 +74,21 @@ async def test_a_socket_travels_with_its_message_and_the_senders_copy_is_closed(
     right.channel.close()
 
 
+def bound_udp_socket() -> tuple[socket.socket, int]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock, sock.getsockname()[1]
+
+
+def received_ports(end: End) -> list[int]:
+    """The ports of the sockets `end` received, in order (each closed after)."""
+    ports = []
+    for fd in end.fds:
+        with socket.socket(fileno=fd) as sock:
+            ports.append(sock.getsockname()[1])
+    return ports
+
+
 class CountingSocket(socket.socket):
     """A socket that counts the writes (system calls) made on it."""
 
@@ -95,18 +110,14 @@ async def test_a_turns_messages_go_out_in_one_write_descriptors_included():
     left.channel.send("before")
     ports = []
     for _ in range(3):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
-        ports.append(sock.getsockname()[1])
+        sock, port = bound_udp_socket()
+        ports.append(port)
         left.channel.send("with-socket", [sock])
         left.channel.send("after")
     await until(lambda: len(right.messages) == 7)
     assert counting.writes == 1
     assert right.messages == ["before"] + ["with-socket", "after"] * 3
-    received = [socket.socket(fileno=fd) for fd in right.fds]
-    assert [sock.getsockname()[1] for sock in received] == ports
-    for sock in received:
-        sock.close()
+    assert received_ports(right) == ports
     left.channel.close()
     right.channel.close()
 
@@ -114,17 +125,13 @@ async def test_a_turns_messages_go_out_in_one_write_descriptors_included():
 async def test_more_descriptors_than_one_read_takes_arrive_each_with_its_message():
     left, right = pair()
     carried = []
-    for port in range(100):  # a read takes at most MAX_FDS_PER_READ (64) descriptors
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
-        carried.append(sock.getsockname()[1])
+    for number in range(100):  # a read takes at most MAX_FDS_PER_READ (64) descriptors
+        sock, port = bound_udp_socket()
+        carried.append(port)
         left.channel.send("with-socket", [sock])
-        left.channel.send(("port", port))
+        left.channel.send(("number", number))
     await until(lambda: len(right.messages) == 200)
-    received = [socket.socket(fileno=fd) for fd in right.fds]
-    assert [sock.getsockname()[1] for sock in received] == carried  # each its own, in order
-    for sock in received:
-        sock.close()
+    assert received_ports(right) == carried  # each its own, in order
     left.channel.close()
     right.channel.close()
 
