@@ -146,8 +146,8 @@ async def running_platform(tmp_path: Path, routes: Sequence[Route] = ROUTES, *,
 
     instance.call_observers.append(observe)
     low, high = (int(port) for port in config.sip.rtp_ports.split("-"))
+    await instance.start()
     try:
-        await instance.start()
         yield RunningPlatform(instance, observed)
     finally:
         await instance.stop()
