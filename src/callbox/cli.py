@@ -161,10 +161,8 @@ async def _call(args: argparse.Namespace) -> int:
 
 async def _demo(args: argparse.Namespace) -> int:
     from callbox.demo import run_demo
-    from callbox.server.media.priority import raise_priority
 
     _setup_logging(args.log_level)
-    raise_priority()  # the demo's parties stream audio in this process
     return await run_demo(Path(args.data_dir))
 
 
