@@ -2,8 +2,8 @@
 
 Everything runs for real on loopback: the platform (SIP, RTP, RELAY over WSS, recording), the
 seed's RELAY voicemail program (`callbox/examples/relay_voicemail.py`, the documentation's
-example with only its import changed) as its own process, and callers placed with the engine of
-`callbox call`:
+example with only its import changed) as its own process, and callers placed by `callbox call`
+in processes of their own, as phones:
 
 1. a voicemail: the caller speaks a message after the beep and presses `#`;
 2. a call between two people: the caller's route records the call in stereo (SWML
