@@ -105,7 +105,7 @@ class Recording:
         self._pause_behavior: str | None = None  # of the last `paused`
         self._stored_state: RecState | None = None  # our row's state (or its next); None: no row
         self._writes: asyncio.Task[None] | None = None  # the last store write queued
-        self._row_error: Exception | None = None  # why the store refused its row
+        self._row_problem: str | None = None  # why the store refused its first row
         self._concluding = False  # its end is being stored and reported
         self._stop_requested = False  # stop() before it records
         self._pause_requested: str | None = None  # pause() before it records
@@ -256,7 +256,7 @@ class Recording:
         if self._writes is not None:
             await self._writes  # never raises: the writes log their errors
         problem = await (self._store_update(**fields) if self._stored_state is not None
-                         else self._store_add())
+                         else self._store_add(state))
         if problem is not None:
             self.state = RecState.ERROR
             stored = f"its end could not be stored ({problem})"
@@ -277,7 +277,7 @@ class Recording:
         is known to be unreachable (a restart, a failover): the row follows in the background
         and nothing of the call is lost to the outage."""
         self._stored_state = RecState.RECORDING
-        adding = self._add_row(self._row(RecState.RECORDING))
+        adding = self._add_first_row()
         if self.engine.store.remote:
             self._writes = spawn(adding, name=f"recording-row-{self.id}")
             wait = ROW_WAIT if self.engine.store.reachable else 0.0  # known down: no wait
@@ -288,26 +288,21 @@ class Recording:
                 return
         else:  # SQLite answers in this turn: the commands that follow share its write
             await adding
-        if self._row_error is not None:
-            raise self._row_error
+        if self._row_problem is not None:
+            raise RecordingError(self._row_problem)
 
-    async def _add_row(self, row: RecordingRow) -> None:
-        try:
-            await persist(lambda: self.engine.store.add(row), f"recording {self.id}")
-        except Exception as exc:
-            log.error("recording %s: could not store it: %s", self.id, exc)
-            self._row_error = exc
+    async def _add_first_row(self) -> None:
+        self._row_problem = await self._store_add(RecState.RECORDING)
+        if self._row_problem is not None:
             self._stored_state = None  # no row: its end tries again (and reports why not)
 
-    async def _store_add(self) -> str | None:
-        state = self.state or RecState.ERROR
+    async def _store_add(self, state: RecState) -> str | None:
         row = self._row(state)
         try:
             await persist(lambda: self.engine.store.add(row), f"recording {self.id}")
         except Exception as exc:
             log.error("recording %s: could not store it: %s", self.id, exc)
             return str(exc)
-        self._stored_state = state
         return None
 
     def _store_later(self, **fields: Any) -> None:
