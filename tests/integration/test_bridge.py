@@ -16,7 +16,7 @@ from tests.peers import audio
 from tests.peers.kamailio import start_kamailio
 from tests.peers.poll import until, until_async
 from tests.peers.ports import free_port_range, free_udp_port
-from tests.peers.sipp import SippResult, g711_stream, run_sipp, start_sipp_uas
+from tests.peers.sipp import SippResult, g711_stream, require_pass, run_sipp, start_sipp_uas
 
 from callbox.server.bridge import BridgeEnd, connect
 from callbox.server.call import Call
@@ -80,7 +80,7 @@ async def test_caller_left_callee_right_and_the_callers_bye_ends_the_callee(
             uas.uri(), headers=(("X-Account-Id", "42"),))]])
         b = bridge.b
         assert (a.peer, b.peer) == (b, a) and b.direction == "outbound"
-        assert (await placing).ok
+        require_pass(await placing)
         assert await asyncio.wait_for(asyncio.shield(bridge.done), 10) is BridgeEnd.CALLER_HUNG_UP
         await asyncio.wait_for(b.wait_ended(), 10)
         callee = await uas.wait(timeout=20)
@@ -167,8 +167,8 @@ async def test_serial_dial_busy_then_answer_and_parallel_dial_cancels_the_losers
         plan = [[Device(busy.uri())], [Device(ringing.uri()), Device(answering.uri())]]
         bridge = await connect(a, running.platform.outbound, plan, on_leg=on_leg)
         assert bridge.b.to_uri == answering.uri()
-        assert (await ringing.wait(timeout=20)).ok  # it got CANCEL and answered 487
-        assert (await busy.wait(timeout=20)).ok
+        require_pass(await ringing.wait(timeout=20))  # it got CANCEL and answered 487
+        require_pass(await busy.wait(timeout=20))
         await placing
         await asyncio.wait_for(bridge.b.wait_ended(), 10)
     assert (busy.uri(), "ended") in legs and (answering.uri(), "answered") in legs
@@ -219,7 +219,8 @@ async def test_ringback_until_early_media_replaces_it_and_the_peer_id_while_brid
         await a.hangup()
         await asyncio.wait_for(asyncio.shield(recording.done), 10)
         await placing
-        assert (await ringing.wait(timeout=20)).ok and (await early.wait(timeout=20)).ok
+        require_pass(await ringing.wait(timeout=20))
+        require_pass(await early.wait(timeout=20))
     assert "peer_call_id" not in recording.events[-1]  # finished after the bridge ended
     samples, _ = audio.decode_audio(recording.path)
     heard = blocks(samples[:, 1])
@@ -244,7 +245,7 @@ async def test_digits_reach_the_callee_while_the_bridge_is_recorded(
         recording = await record(running, a)
         # The callee is the platform itself, on its `listen` route (observed[1] sees its digits).
         bridge = await connect(a, running.platform.outbound, [[Device(running.uri("listen"))]])
-        assert (await placing).ok
+        require_pass(await placing)
         callee = await running.wait_call_ended(1)
         await asyncio.wait_for(asyncio.shield(recording.done), 10)
     assert bridge.b.id != callee.call.id and callee.call.direction == "inbound"
@@ -272,7 +273,7 @@ async def test_a_number_is_connected_through_the_trunk(tmp_path: Path) -> None:
         assert bridge.b.to_user == number
         await placing
         await asyncio.wait_for(asyncio.shield(recording.done), 10)
-        assert (await uas.wait(timeout=20)).ok
+        require_pass(await uas.wait(timeout=20))
         assert [r.authorized for r in carrier.requests("INVITE")] == [False, True]
     samples, _ = audio.decode_audio(recording.path)
     assert audio.tone_level_dbfs(tail(samples[:, 1], 1.0), CALLEE_HZ) > -16

@@ -23,7 +23,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from tests.integration.conftest import RunningPlatform, running_platform, swml
 from tests.peers import audio
 from tests.peers.ports import free_port_range
-from tests.peers.sipp import g711_stream, run_sipp, start_sipp_uas
+from tests.peers.sipp import g711_stream, require_pass, run_sipp, start_sipp_uas
 
 from callbox.server.config import Project, Route
 
@@ -325,7 +325,7 @@ async def test_bridged_recording_shows_who_is_on_each_channel(
             {"record_call": record}, {"connect": {"to": callee.uri("bob"), "timeout": 20}})))
         await sign_in(tab)
         rec_id = await open_fresh_recording(tab, console, tmp_path, "bridge")
-        assert (await callee.wait(timeout=20)).ok
+        require_pass(await callee.wait(timeout=20))
     legend = page.locator('#meta dd[data-field="who-is-where"]')
     callee_is = r"Right: the callee \(sip:bob@127\.0\.0\.1:\d+\)"
     await expect(legend).to_have_text(re.compile(rf"Left: the caller \(sipp\); {callee_is}"))

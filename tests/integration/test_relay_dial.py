@@ -39,7 +39,14 @@ from tests.peers.baresip import Baresip
 from tests.peers.official_sdk import official_sdk_python
 from tests.peers.poll import until
 from tests.peers.ports import free_port_range
-from tests.peers.sipp import SippResult, SippUas, g711_stream, run_sipp, start_sipp_uas
+from tests.peers.sipp import (
+    SippResult,
+    SippUas,
+    g711_stream,
+    require_pass,
+    run_sipp,
+    start_sipp_uas,
+)
 
 from callbox.relay import Call, DialError, RelayError, RelayEvent
 from callbox.server.config import Project, Trunk
@@ -137,7 +144,7 @@ async def test_official_sdk_connects_a_caller_recorded_in_stereo(tmp_path: Path)
         try:
             await wait_for_session(running, proc)
             placing = caller(running, tmp_path, seconds=6.0)
-            assert (await placing).ok
+            require_pass(await placing)
             seen = await running.wait_call_ended(0, timeout=10)
             callee_result = await uas.wait(timeout=20)
             await until(lambda: any(r.is_done for r in seen.call.recordings), 10,
@@ -271,12 +278,12 @@ async def test_serial_busy_then_parallel_ring_where_one_answers(tmp_path: Path) 
         call = await client.dial(plan, tag="serial-parallel")
         assert call.direction == "outbound" and call.state == "answered"
         assert call.device["params"]["to"] == answering.uri()
-        assert (await ring1.wait(timeout=20)).ok  # each loser got CANCEL and answered 487
-        assert (await ring2.wait(timeout=20)).ok
-        assert (await busy.wait(timeout=20)).ok
+        require_pass(await ring1.wait(timeout=20))  # each loser got CANCEL and answered 487
+        require_pass(await ring2.wait(timeout=20))
+        require_pass(await busy.wait(timeout=20))
         await call.hangup()
         await call.wait_for_ended(10)
-        assert (await answering.wait(timeout=20)).ok
+        require_pass(await answering.wait(timeout=20))
 
 
 async def test_dial_events_legs_and_failures(tmp_path: Path) -> None:
@@ -293,12 +300,12 @@ async def test_dial_events_legs_and_failures(tmp_path: Path) -> None:
         assert events[2][1]["end_reason"] == "busy" and events[2][1]["direction"] == "outbound"
         assert events[2][1]["device"] == sip(busy.uri())
         assert (events[3][1]["reason"], events[3][1]["sip_code"]) == ("busy", 486)
-        assert (await busy.wait(timeout=20)).ok
+        require_pass(await busy.wait(timeout=20))
 
         with pytest.raises(DialError) as unanswered:  # rings out: CANCEL
             await client.dial([[sip(ring.uri(), timeout=1)]], dial_timeout=20)
         assert unanswered.value.reason == "noAnswer"
-        assert (await ring.wait(timeout=20)).ok  # it got CANCEL
+        require_pass(await ring.wait(timeout=20))  # it got CANCEL
 
         with pytest.raises(DialError) as unknown:  # the platform's own 404
             await client.dial([[sip(running.uri("nobody-here"))]], dial_timeout=20)
@@ -350,8 +357,8 @@ async def test_disconnect_parts_the_calls_and_both_go_on(tmp_path: Path) -> None
             await client.execute("calling.disconnect", {"call_id": a.id, "node_id": ""})
         assert not_connected.value.code == 409
         await b.hangup()
-        assert (await placing).ok
-        assert (await uas.wait(timeout=20)).ok
+        require_pass(await placing)
+        require_pass(await uas.wait(timeout=20))
     heard_a, heard_b = np.concatenate(heard["a"]), np.concatenate(heard["b"])
     assert audio.tone_level_dbfs(heard_a, CALLEE_HZ) < -50  # no callee for the caller
     assert audio.tone_level_dbfs(heard_b, CALLER_HZ) < -50  # nor the caller for the callee
@@ -379,7 +386,7 @@ async def test_bad_input_gets_clear_errors(tmp_path: Path) -> None:
         placing = caller(running, tmp_path, seconds=0.5)
         call = await asyncio.wait_for(offered, 10)
         await call.answer()
-        assert (await placing).ok
+        require_pass(await placing)
         await call.wait_for_ended(10)
         with pytest.raises(RelayError) as gone:
             await call.connect([[sip("sip:nobody@127.0.0.1:9")]])
@@ -441,7 +448,7 @@ async def test_the_callee_hanging_up_disconnects_and_leaves_the_call_to_the_prog
         await b.hangup()  # the callee's side ends (as its BYE would)
         await asyncio.wait_for(disconnected.wait(), 10)
         assert a.is_active and a.peer is None
-        assert (await uas.wait(timeout=20)).ok
+        require_pass(await uas.wait(timeout=20))
         await client.execute("calling.end", {"call_id": a.id, "node_id": "", "reason": "hangup"})
         await running.wait_call_ended(0, timeout=10)
         await placing
@@ -458,4 +465,4 @@ async def test_a_phone_device_is_dialled_through_the_trunk(tmp_path: Path) -> No
             call = await client.dial([[phone]])
             assert call.device == phone and call.direction == "outbound"
             await call.hangup()
-        assert (await carrier.wait(timeout=20)).ok  # the trunk's side got INVITE, then BYE
+        require_pass(await carrier.wait(timeout=20))  # the trunk's side got INVITE, then BYE

@@ -24,7 +24,7 @@ from tests.integration.conftest import RunningPlatform, running_platform, swml
 from tests.peers import audio
 from tests.peers.poll import until
 from tests.peers.ports import free_port_range
-from tests.peers.sipp import SippResult, g711_stream, run_sipp, start_sipp_uas
+from tests.peers.sipp import SippResult, g711_stream, require_pass, run_sipp, start_sipp_uas
 
 from callbox.server.call import Call
 from callbox.server.config import Route
@@ -115,7 +115,7 @@ async def test_recorded_connect_caller_left_callee_right_then_the_script_goes_on
             assert not b.is_active and a.is_active and a.peer is None
             callee = await uas.wait(timeout=20)
             assert callee.ok, callee.describe()  # its BYE was answered
-            assert (await placing).ok
+            require_pass(await placing)
             recording = a.recordings[0]
             await asyncio.wait_for(asyncio.shield(recording.done), 15)
     assert control_ids(a) == ["bridged", "after-connected"]
@@ -151,7 +151,7 @@ async def test_serial_busy_then_answer_and_parallel_with_call_state_events(
             serial = caller(running, tmp_path, "serial", seconds=3.0)
             a = await the_call(running, 0)
             assert (await callee_of(a)).to_uri == answering.uri()
-            assert (await serial).ok
+            require_pass(await serial)
             for uas in (busy, answering):
                 result = await uas.wait(timeout=20)
                 assert result.ok, result.describe()  # the busy one got its ACK, the other BYE
@@ -162,7 +162,7 @@ async def test_serial_busy_then_answer_and_parallel_with_call_state_events(
             for uas in (ringing, second):
                 result = await uas.wait(timeout=20)
                 assert result.ok, result.describe()  # the ringing one got CANCEL
-            assert (await parallel).ok
+            require_pass(await parallel)
             await until(lambda: len(received) >= 7, 15, "the call state events")
     assert states_of(received, busy.uri()) == [("created", None), ("ended", "busy")]
     assert states_of(received, answering.uri()) == [
@@ -187,7 +187,7 @@ async def test_answer_on_bridge_answers_the_caller_when_the_callee_answers(
             placing = caller(running, tmp_path, "late", seconds=3.0)
             a = await the_call(running)
             b = await callee_of(a)
-            assert (await placing).ok
+            require_pass(await placing)
             result = await uas.wait(timeout=20)
             assert result.ok, result.describe()
     # the caller was answered only once the callee had answered (the platform's timestamps)
@@ -208,7 +208,7 @@ async def test_a_failing_connect_sets_the_reason_and_the_script_goes_on(tmp_path
             a = await the_call(running)
             await until(lambda: len(a.recordings) == 2, 15, "both record_call verbs")
             assert a.is_active
-            assert (await placing).ok
+            require_pass(await placing)
             result = await busy.wait(timeout=20)
             assert result.ok, result.describe()
     assert control_ids(a) == ["failed-busy", "number-error"]

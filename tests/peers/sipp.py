@@ -25,9 +25,10 @@ Scenarios (each file's header comment has the details):
 ``uas_no_ack_bye``          answer, no ACK expected, BYE after ~1 s                -
 ==========================  =====================================================  ==========
 
-Nothing here asserts: check ``result.ok`` (or ``result.returncode == 0``) in the test and put
-``result.describe()`` in the assertion message; it holds the command, exit status, error log
-and the tail of the SIP message trace.
+Nothing here asserts on its own: a test checks ``result.ok`` (or ``result.returncode == 0``)
+with ``result.describe()`` in the assertion message, or calls ``require_pass(result)``, which
+does both; the description holds the command, exit status, error log and the tail of the SIP
+message trace (a bare ``assert result.ok`` would show none of it when a call fails).
 
 sipp facts measured with 3.6.1:
 
@@ -81,6 +82,7 @@ __all__ = [
     "TracedMessage",
     "dtmf_pcap",
     "g711_stream",
+    "require_pass",
     "run_sipp",
     "run_sipp_sync",
     "scenario_path",
@@ -275,6 +277,13 @@ class SippResult:
         elif self.stdout.strip():
             parts.append("stdout (tail):\n" + self.stdout.strip()[-tail:])
         return "\n".join(parts)
+
+
+def require_pass(result: SippResult) -> SippResult:
+    """`result` when every call of it passed; otherwise AssertionError with its description."""
+    if not result.ok:
+        raise AssertionError(result.describe())
+    return result
 
 
 def _parse_stats(path: Path) -> dict[str, str] | None:

@@ -217,6 +217,25 @@ def test_lf_only_line_endings_and_leading_crlf() -> None:
     assert msg.headers.get("Content-Type") == "application/sdp"
 
 
+@pytest.mark.parametrize("line", [
+    b"Subject: a\rb\r\n",  # a bare CR inside a line of a CRLF head
+    b"Subject: a\x00b\r\n",
+    b"Subject: a\x1bb\r\n",
+    b"Subject: a\x7fb\r\n",
+])
+def test_a_control_character_in_a_header_line_is_refused(line: bytes) -> None:
+    with pytest.raises(SipParseError, match="control character"):
+        parse_message(minimal_request(line.decode("latin-1")))
+
+
+def test_a_head_mixing_crlf_and_lf_endings_is_read_line_by_line() -> None:
+    data = minimal_request("Subject: mixed\nX-Extra: yes\r\n") + b"body"
+    msg = parse_message(data)
+    assert msg.headers.get("Subject") == "mixed"
+    assert msg.headers.get("X-Extra") == "yes"
+    assert msg.body == b"body"
+
+
 def test_keepalive() -> None:
     assert is_keepalive(b"\r\n\r\n")
     assert is_keepalive(b"\r\n")
