@@ -55,8 +55,10 @@ def use_event_loop(choice: str = "auto") -> None:
 
 
 def _setup_logging(level: str) -> None:
-    # the format names none of these: a record need not look them up (a few per call)
+    # the format names none of these: a record need not look them up (a few per call); nor
+    # the caller's file and line (the logging HOWTO's "Optimization": `_srcfile = None`)
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",

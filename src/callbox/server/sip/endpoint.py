@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import functools
 import logging
 import re
@@ -27,7 +26,7 @@ from callbox.server.sip.digest import (
     AuthExchange,
     credentials_of,
 )
-from callbox.server.sip.headers import NameAddr, SipUri
+from callbox.server.sip.headers import NameAddr, SipUri, Via
 from callbox.server.sip.message import (
     MAX_MESSAGE_BYTES,
     Headers,
@@ -306,14 +305,14 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return
         if not data.strip(b"\r\n\x00 "):
             return  # keep-alive
-        version = unsupported_version(data)
-        if version is not None:
-            self._reply_unparsed(data, 505, "Version Not Supported",
-                                 f"{version} is not supported; use SIP/2.0", addr, transport)
-            return
         try:
             message = parse_message(data)
         except SipParseError as exc:
+            version = unsupported_version(data)  # only SIP/2.0 parses: was it another?
+            if version is not None:
+                self._reply_unparsed(data, 505, "Version Not Supported",
+                                     f"{version} is not supported; use SIP/2.0", addr, transport)
+                return
             self.malformed += 1
             log.info("malformed SIP from %s:%s: %s", addr[0], addr[1], exc.reason)
             self._reply_unparsed(data, 400, "Bad Request", exc.reason, addr, transport)
@@ -333,11 +332,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
     @staticmethod
     def _stamp_via(request: SipRequest, addr: Address) -> None:
         """Record where the request really came from (RFC 3261 18.2.1, RFC 3581)."""
-        top = copy.copy(request.top_via)
-        top.params = {**top.params, "received": addr[0]}
-        if "rport" in top.params:
-            top.params["rport"] = str(addr[1])
-        request.replace_top_via(top)
+        top = request.top_via
+        params = {**top.params, "received": addr[0]}
+        if "rport" in params:
+            params["rport"] = str(addr[1])
+        request.replace_top_via(Via(top.transport, top.host, top.port, params))
 
     # -- transactions ---------------------------------------------------------------------
 

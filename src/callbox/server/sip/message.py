@@ -169,6 +169,8 @@ _ANY_VERSION_REQUEST_LINE_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+ +\S+ +(SIP/[
 _STATUS_LINE_RE = re.compile(r"SIP/2\.0 +([1-6][0-9][0-9])(?: +(.*))?", re.I)
 _REQUEST_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
 _BAD_CHARS_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# The same in a whole head whose lines are joined by CRLF: any other CR or LF is one too.
+_BAD_CHARS_IN_CRLF_HEAD_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 
 
 def canonical_name(name: str) -> str:
@@ -184,6 +186,12 @@ def _names(name: str) -> tuple[str, str]:
     """(canonical name, the key it is found by: lower-cased), cached: names repeat."""
     canonical = canonical_name(name)
     return canonical, canonical.lower()
+
+
+@functools.lru_cache(maxsize=256)
+def _is_token(name: str) -> bool:
+    """A header name's syntax, cached: names repeat."""
+    return TOKEN_RE.fullmatch(name) is not None
 
 
 def _lookup_key(name: str) -> str:
@@ -225,6 +233,10 @@ class Headers:
         for value in values:
             out.extend(p.strip() for p in split_quoted(value, ",") if p.strip())
         return out
+
+    def count(self, name: str) -> int:
+        """How many lines of `name` there are (a list header's line may hold several values)."""
+        return self._keys.count(_lookup_key(name))
 
     def add(self, name: str, value: str) -> None:
         canonical, key = _names(name)
@@ -416,6 +428,19 @@ def unsupported_version(data: bytes) -> str | None:
 
 def _split_head(data: bytes) -> tuple[list[str], bytes]:
     """Split into decoded head lines (start line first) and the raw bytes after the blank line."""
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:  # the usual shape: every line ends with CRLF, none with a bare CR or LF
+        try:
+            head = data[:end].decode("utf-8")
+        except UnicodeDecodeError:
+            raise SipParseError("headers are not valid UTF-8") from None
+        if not _BAD_CHARS_IN_CRLF_HEAD_RE.search(head):
+            return head.split(CRLF), data[end + 4 :]
+    return _split_head_lines(data)
+
+
+def _split_head_lines(data: bytes) -> tuple[list[str], bytes]:
+    """`_split_head` line by line: LF-only or mixed line endings, no blank line."""
     pos = 0
     lines: list[bytes] = []
     while True:
@@ -458,7 +483,7 @@ def _parse_header_lines(lines: list[str]) -> Headers:
     for line in unfolded:
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not colon or not TOKEN_RE.fullmatch(name):
+        if not colon or not _is_token(name):
             raise SipParseError(f"malformed header line {line[:80]!r}")
         headers.add(name, value.strip())
     return headers
@@ -471,7 +496,7 @@ def _validate(headers: Headers, method: str | None) -> dict[tuple[str, str], obj
         if name not in headers:
             raise SipParseError(f"missing mandatory header {name}")
     for name in SINGLE_HEADERS:
-        if len(headers.get_all(name)) > 1:
+        if headers.count(name) > 1:
             raise SipParseError(f"more than one {name} header")
     if not (headers.get("Call-ID") or "").strip():
         raise SipParseError("empty Call-ID")
