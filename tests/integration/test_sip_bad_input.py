@@ -61,6 +61,20 @@ async def test_missing_mandatory_header_gets_400_naming_it(platform, raw):
     assert f"127.0.0.1:{raw.port}" in response  # the Via was copied: it found its way back
 
 
+async def test_another_sip_version_gets_505_and_a_bad_message_of_it_too(platform, raw):
+    request = raw.request("OPTIONS", platform.uri("prompt"))
+    await raw.send(request.replace(b" SIP/2.0\r\n", b" SIP/2.1\r\n", 1), platform.sip_port)
+    response = await raw.final()
+    assert response is not None and response.status == 505
+    assert "SIP/2.1" in (response.headers.get("Warning") or "")
+    # a version we do not speak comes first, even when the rest would not parse either
+    bad = raw.request("OPTIONS", platform.uri("prompt"), cseq_method="INVITE")
+    await raw.send(bad.replace(b" SIP/2.0\r\n", b" SIP/3.0\r\n", 1), platform.sip_port)
+    response = await raw.final()
+    assert response is not None and response.status == 505
+    await assert_still_serving(raw, platform)
+
+
 async def test_cseq_method_mismatch_gets_400(platform, raw):
     await raw.send(raw.request("OPTIONS", platform.uri("prompt"), cseq_method="INVITE"),
                    platform.sip_port)
