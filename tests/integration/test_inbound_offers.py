@@ -15,7 +15,8 @@ import uvloop
 from tests.integration.conftest import RunningPlatform, running_platform
 from tests.peers.rawsip import SDP_PCMU, RawSip
 
-from callbox.server.sip.message import SipRequest, SipResponse, parse_message
+from callbox.server.sip.endpoint import glare_wait
+from callbox.server.sip.message import SipRequest, SipResponse, make_response, parse_message
 from callbox.server.sip.sdp import parse_sdp
 
 pytestmark = pytest.mark.peers
@@ -166,6 +167,53 @@ async def test_a_reinvite_while_another_is_answered_gets_500_with_retry_after(pl
     assert 0 <= int(finals[3].headers.get("Retry-After") or "-1") <= 10
     call = await call_of(platform)
     assert (await call.media.snapshot()).remote == ("127.0.0.1", port + 2)  # the first's
+
+
+async def next_request(raw: RawSip, method: str) -> SipRequest:
+    """The next request of `method` the platform sends to the raw peer (others are skipped)."""
+    while True:
+        message = parse_message(await raw.datagram(timeout=8))
+        if isinstance(message, SipRequest) and message.method == method:
+            return message
+
+
+async def test_reinvites_crossing_get_491_and_ours_is_sent_again(platform, raw, rtp):
+    """RFC 3261 14.1/14.2 (glare): while our re-INVITE awaits its answer, the caller's own
+    re-INVITE gets 491; the caller answers ours 491 too (and gets its ACK); ours is sent again,
+    with the next CSeq, after a random wait, and its 200 is ACKed."""
+    port = rtp.getsockname()[1]
+    dialog, ok = await Dialog.start(raw, platform, offer(port))
+    assert ok is not None and ok.status == 200
+    await dialog.ack(ok)
+    call = await call_of(platform)
+    held = offer(port, media="a=sendonly\r\n").encode()
+    ours = asyncio.create_task(call.leg.reinvite(held))
+    first = await next_request(raw, "INVITE")
+    assert first.call_id == dialog.invite.call_id and b"a=sendonly" in first.body
+    crossing = await dialog.reinvite(ok, offer(port + 2))
+    assert crossing is not None and crossing.status == 491
+    send(raw, make_response(first, 491, to_tag=None).serialize(), platform.sip_port)
+    ack = await next_request(raw, "ACK")
+    assert ack.cseq.seq == first.cseq.seq and ack.branch == first.branch  # hop by hop
+    again = await next_request(raw, "INVITE")
+    assert again.cseq.seq == first.cseq.seq + 1 and again.body == first.body
+    answer = offer(port + 4, media="a=recvonly\r\n").encode()
+    send(raw, make_response(again, 200, body=answer, content_type="application/sdp",
+                            headers=[("Contact", f"<sip:raw@127.0.0.1:{raw.port}>")]
+                            ).serialize(), platform.sip_port)
+    response = await asyncio.wait_for(ours, 8)
+    assert response.status == 200 and response.cseq.seq == again.cseq.seq
+    ack = await next_request(raw, "ACK")
+    assert ack.cseq.seq == again.cseq.seq and ack.branch != again.branch  # a 2xx's ACK
+
+
+@pytest.mark.parametrize(("owner", "low", "high"), [(True, 2.1, 4.0), (False, 0.0, 2.0)])
+def test_the_wait_after_a_491_is_random_in_10_ms_steps(owner: bool, low: float,
+                                                       high: float) -> None:
+    waits = [glare_wait(owner) for _ in range(2000)]
+    assert low <= min(waits) and max(waits) <= high
+    assert max(waits) - min(waits) > (high - low) * 0.9  # spread over the range
+    assert all(abs(w * 100 - round(w * 100)) < 1e-6 for w in waits)
 
 
 async def test_unresolvable_host_name_gets_488(platform, raw):

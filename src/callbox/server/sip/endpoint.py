@@ -97,6 +97,17 @@ PROVISIONAL_AFTER = 0.2
 # RFC 3261 §14.2: a re-INVITE that arrives while another is answered gets 500 with a random
 # Retry-After of 0 to 10 s.
 REINVITE_RETRY_MAX_SECONDS = 10
+# RFC 3261 §14.1: a re-INVITE answered 491 (both sides offered at once) is sent again after a
+# random wait in 10 ms units: 2.1-4 s by the side that chose the Call-ID, 0-2 s by the other.
+GLARE_ATTEMPTS = 3
+GLARE_POLL = 0.05  # while the peer's re-INVITE is being answered, ours waits
+
+
+def glare_wait(owns_call_id: bool) -> float:
+    """How long to wait before sending a re-INVITE again after a 491 (RFC 3261 §14.1)."""
+    if owns_call_id:
+        return 2.1 + secrets.randbelow(191) / 100
+    return secrets.randbelow(201) / 100
 # Extra headers a caller may put on an outgoing INVITE: tokens, nothing that splits a line.
 EXTRA_HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.-]{1,64}")
 # Option tags we implement (RFC 3261 §8.2.2.3): none, so any Require gets 420.
@@ -640,6 +651,8 @@ def _headers(pairs: Iterable[tuple[str, str]]) -> Headers:
 class Leg:
     """Our side of one dialog: in-dialog requests both ways, termination callbacks."""
 
+    owns_call_id = False  # we sent the dialog's INVITE (RFC 3261 §14.1's glare waits)
+
     def __init__(self, endpoint: SipEndpoint, dialog: Dialog | None) -> None:
         self.endpoint = endpoint
         self.dialog = dialog
@@ -650,6 +663,7 @@ class Leg:
         self.on_info: Callable[[SipRequest], None] | None = None
         self._reinvites: dict[int, ServerInviteTransaction] = {}
         self._answering_reinvite = False  # a re-INVITE's answer is being made
+        self._offering = False  # a re-INVITE of ours awaits its final response
         # The dialog's transport: in-dialog requests we send use it (Via, Contact, socket).
         self.transport = UDP
         self._numeric_dest: tuple[Address, Address] | None = None  # (dest, resolved)
@@ -718,6 +732,9 @@ class Leg:
             self.endpoint.respond(request, 501)
 
     def _on_reinvite(self, request: SipRequest) -> None:
+        if self._offering:  # RFC 3261 14.2: both sides offered at once (glare)
+            self.endpoint.respond(request, 491)
+            return
         if self._answering_reinvite:  # RFC 3261 14.2: one re-INVITE at a time
             self.endpoint.respond(request, 500, "Previous re-INVITE pending", headers=[
                 ("Retry-After", str(secrets.randbelow(REINVITE_RETRY_MAX_SECONDS + 1)))])
@@ -760,11 +777,30 @@ class Leg:
 
     async def reinvite(self, sdp_offer: bytes) -> SipResponse:
         """Send a re-INVITE with a new SDP offer (hold, resume, a new address); return its final
-        response. A 2xx refreshes the remote target and is ACKed, again on each retransmission.
-        Raises CallFailed when nothing answers."""
+        response. A 2xx refreshes the remote target and is ACKed, again on each retransmission;
+        a 491 (the peer offered at the same time) is tried again after `glare_wait`, up to
+        GLARE_ATTEMPTS times in all. Raises CallFailed when nothing answers."""
+        await self._wait_confirmed()
+        attempt = 1
+        self._offering = True
+        try:
+            while True:
+                response = await self._offer(sdp_offer)
+                if response.status != 491 or attempt == GLARE_ATTEMPTS or self.terminated:
+                    return response
+                attempt += 1
+                self._offering = False  # meanwhile the peer's offer is answered, not refused
+                await asyncio.sleep(glare_wait(self.owns_call_id))
+                while self._answering_reinvite:  # one INVITE transaction at a time
+                    await asyncio.sleep(GLARE_POLL)
+                self._offering = True
+        finally:
+            self._offering = False
+
+    async def _offer(self, sdp_offer: bytes) -> SipResponse:
+        """One re-INVITE transaction with `sdp_offer`."""
         assert self.dialog is not None
         dialog = self.dialog
-        await self._wait_confirmed()
         request = dialog.create_request(
             "INVITE", via=self.endpoint.via_value(self.transport), contact=self.contact,
             body=sdp_offer, content_type="application/sdp",
@@ -932,6 +968,8 @@ class InboundInvite(Leg):
 class OutboundLeg(Leg):
     """A call we placed: the I/O around the sans-I/O `OutboundCall` (sip/uac.py), then the
     dialog like any leg (BYE and re-INVITE both ways)."""
+
+    owns_call_id = True
 
     def __init__(self, endpoint: SipEndpoint, call: OutboundCall, invite_dest: Address) -> None:
         super().__init__(endpoint, None)
