@@ -364,6 +364,38 @@ async def test_disconnect_parts_the_calls_and_both_go_on(tmp_path: Path) -> None
     assert audio.tone_level_dbfs(heard_b, CALLER_HZ) < -50  # nor the caller for the callee
 
 
+async def test_disconnect_while_the_callee_rings_gives_the_attempt_up(tmp_path: Path) -> None:
+    """calling.disconnect before anybody answered: the ringing callee gets CANCEL, the connect
+    event says failed (reason cancel), and the call goes on for the program."""
+    states: list[tuple[str, str]] = []
+    ringing = asyncio.Event()
+    results: dict[str, Any] = {}
+
+    async def handle(call: Call) -> None:
+        call.on("calling.call.connect", lambda e: states.append((e.connect_state, e.reason)))
+        await call.answer()
+        await call.connect([[sip(ring.uri())]])
+        await ringing.wait()
+        results["disconnect"] = await call.disconnect()  # after the attempt's end
+        results["states"] = list(states)
+        action = await call.play_tts("still here")
+        results["played"] = (await action.wait(10)).state
+        await call.hangup()
+
+    async with callee(tmp_path, "uas_ring") as ring, relay_platform(tmp_path) as running, \
+            relay_client(running, handle):
+        placing = caller(running, tmp_path, seconds=20.0)
+        await until(lambda: any(not message.received and message.text.startswith("SIP/2.0 180")
+                                for message in ring.messages_so_far()), 20, "the callee rings")
+        ringing.set()
+        require_pass(await ring.wait(timeout=20))  # it got CANCEL and answered 487
+        await running.wait_call_ended(0, timeout=20)
+        await placing  # sipp ends unhappy: the BYE came from us, not from its script
+    assert results == {"disconnect": {"code": "200", "message": "Disconnected"},
+                       "states": [("connecting", ""), ("failed", "cancel")],
+                       "played": "finished"}
+
+
 async def test_bad_input_gets_clear_errors(tmp_path: Path) -> None:
     offered: asyncio.Future[Call] = asyncio.get_running_loop().create_future()
 

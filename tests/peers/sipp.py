@@ -550,6 +550,10 @@ class SippUas:
         """``host:port`` to dial."""
         return f"{self.host}:{self.port}"
 
+    def messages_so_far(self) -> list[TracedMessage]:
+        """The messages sipp traced until now (with ``trace_messages``, the default)."""
+        return traced_messages(_read(self.workdir / "messages.log"))
+
     def uri(self, user: str = "sipp") -> str:
         """A SIP URI that reaches this UAS."""
         return f"sip:{user}@{self.host}:{self.port}"

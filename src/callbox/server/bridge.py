@@ -33,6 +33,7 @@ from callbox.server.dialing import (
 )
 from callbox.server.outbound import OutboundCalls
 from callbox.server.recording.target import Unsubscribe
+from callbox.server.tasks import spawn
 from callbox.server.worker.handle import MediaHandle
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,9 @@ async def connect(
     try:
         b = await dialling
     except asyncio.CancelledError:
+        if dialling.done() and not dialling.cancelled() and dialling.exception() is None:
+            # answered in the same turn as we gave up: that callee is not left connected
+            spawn(dialling.result().hangup("hangup"), name=f"hangup-{dialling.result().id}")
         if not a.is_active:
             raise CallGone(f"call {a.id} ended while dialling") from None
         raise

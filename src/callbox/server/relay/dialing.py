@@ -10,7 +10,8 @@ session commands like any other (its later states come from its `CallEntry`).
 "Connecting" at once, then `calling.call.connect` says connecting, connected (with the peer) or
 failed, and disconnected when the bridge ends. RELAY leaves the call to the program when the
 callee hangs up, while the caller hanging up ends the callee. `calling.disconnect` splits the
-bridge; both calls go on.
+bridge; both calls go on. Sent while the connect still rings, it gives the attempt up (the
+legs get CANCEL; the connect event says failed, reason `cancel`) and the call goes on.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from callbox.server.relay.session import Session
 
 log = logging.getLogger(__name__)
+CANCEL_WAIT = 5.0  # s: calling.disconnect answers once the ringing legs are given up
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class DialCommands:
 
     def __init__(self, hub: CallDirectory) -> None:
         self.hub = hub
-        self.connecting: set[str] = set()  # call ids with a connect ringing
+        self.connecting: dict[str, asyncio.Task[None]] = {}  # call id -> its connect ringing
         self.bridges: dict[str, Bridge] = {}  # by the id of either call
 
     def handlers(self) -> dict[str, Handler]:
@@ -145,6 +147,9 @@ class DialCommands:
         except DialFailed as exc:
             tell("failed", reason=exc.end_reason, sip_code=exc.status)
             return
+        except asyncio.CancelledError:  # calling.disconnect before anybody answered
+            tell("failed", reason="cancel")
+            return
         except OutboundError as exc:
             log.info("RELAY dial %s: %s", request.tag, exc)
             tell("failed", reason="error")
@@ -193,9 +198,9 @@ class DialCommands:
         if call.id in self.connecting or call.id in self.bridges or call.peer is not None:
             raise CommandError(shapes.CODE_CONFLICT, f"call {call.id} is already connected "
                                "(or connecting); send calling.disconnect first")
-        self.connecting.add(call.id)
-        spawn(self._connect(session, entry, outbound, request, ringback),
-              name=f"relay-connect-{call.id}")
+        self.connecting[call.id] = spawn(
+            self._connect(session, entry, outbound, request, ringback),
+            name=f"relay-connect-{call.id}")
         return ok("Connecting")
 
     async def _connect(self, session: Session, entry: CallEntry, outbound: OutboundCalls,
@@ -219,6 +224,9 @@ class DialCommands:
         except DialFailed as exc:
             tell("failed", reason=exc.end_reason, sip_code=exc.status)
             return
+        except asyncio.CancelledError:  # calling.disconnect before anybody answered
+            tell("failed", reason="cancel")
+            return
         except (CallGone, OutboundError, ValueError) as exc:
             log.info("RELAY connect on call %s: %s", a.id, exc)
             tell("failed", reason="hangup" if isinstance(exc, CallGone) else "error")
@@ -228,7 +236,7 @@ class DialCommands:
             tell("failed", reason="error")
             return
         finally:
-            self.connecting.discard(a.id)
+            self.connecting.pop(a.id, None)
         b = bridge.b
         peer_entry = self._adopt(session, b, request.tag, legs.devices.get(b.id))
         peer = shapes.leg_params(call_id=b.id, node_id=node_id, tag=request.tag,
@@ -252,7 +260,13 @@ class DialCommands:
         if bridge is None or not bridge.active:
             if not call.is_active:
                 raise CommandError(wire.CODE_GONE, f"call {call.id} has ended")
-            what = "is still connecting" if call.id in self.connecting else "is not connected"
-            raise CommandError(shapes.CODE_CONFLICT, f"call {call.id} {what}")
+            connecting = self.connecting.get(call.id)
+            if connecting is None:
+                raise CommandError(shapes.CODE_CONFLICT, f"call {call.id} is not connected")
+            # Still ringing: the attempt is given up (its legs get CANCEL, the connect event
+            # says failed, reason cancel), and the call goes on, as after a split.
+            connecting.cancel()
+            await asyncio.wait({connecting}, timeout=CANCEL_WAIT)
+            return ok("Disconnected")
         bridge.split()
         return ok("Disconnected")
