@@ -10,10 +10,12 @@ for calls of length L, so two lengths give both terms, with no steady window to 
 
 Each call is answered and recorded WAV stereo by a SWML route (`record_call`, then `sleep`), the
 caller (sipp) streams speech and hangs up; a run counts when every recording of it is
-`finished`. CPU is utime + stime from /proc, read before the first call and after the last
-recording finished, for the main process (SIP, the route, the recordings' metadata) and for
-each media worker (RTP, the recording's file); stime alone gives the part of setup + teardown
-spent in the kernel (system calls).
+`finished`. `--routes recorded,unrecorded` also measures calls whose route only answers (no
+recording): what the call itself costs, and so what the recording adds. CPU is utime + stime
+from /proc, read before the first call and after the last call (and recording) ended, for the
+main process (SIP, the route, the recordings' metadata) and for each media worker (RTP, the
+recording's file); stime alone gives the part of setup + teardown spent in the kernel (system
+calls).
 
 `--compare-with DIR` runs a second copy of the platform (a `src` directory, e.g. a worktree of
 another commit) in turn with this one, round after round, so that the two are compared on the
@@ -21,12 +23,14 @@ same machine minutes apart (this machine's speed varies by 2x between days).
 
     .venv/bin/python bench/call_setup_cost.py                        # 600 calls of 2 s and 6 s
     .venv/bin/python bench/call_setup_cost.py --rounds 3 --compare-with /tmp/base/src
+    .venv/bin/python bench/call_setup_cost.py --rounds 3 --routes recorded,unrecorded
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import shutil
 import statistics
@@ -44,6 +48,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import concurrent_recordings as cr  # puts the repository on the path for tests.peers
 from tests.peers.ports import free_port_range, free_udp_port
 from tests.peers.sipp import run_sipp
+
+ROUTES = {
+    "recorded": cr.VARIANTS["wav-stereo"],
+    "unrecorded": dataclasses.replace(cr.VARIANTS["wav-stereo"], name="unrecorded",
+                                      recorded=False),
+}
 
 
 @dataclass
@@ -76,9 +86,10 @@ def python_path(src: str | None) -> Iterator[None]:
 
 
 async def run_calls(code: str, src: str | None, seconds: float, calls: int, at_once: int,
-                    workers: int, workdir: Path) -> Run:
-    """`calls` recorded calls of `seconds`, `at_once` at a time, on a fresh platform."""
-    variant = cr.VARIANTS["wav-stereo"]
+                    workers: int, workdir: Path, route: str = "recorded") -> Run:
+    """`calls` calls of `seconds`, `at_once` at a time, on a fresh platform whose route
+    records them (or, `unrecorded`, only answers)."""
+    variant = ROUTES[route]
     source = cr.make_source(seconds, workdir)
     directory = workdir / f"{code}-{seconds:g}s-{time.monotonic_ns()}"
     platform = cr.ServedPlatform(directory, variant, at_once, "uvloop", workers=workers)
@@ -144,33 +155,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--at-once", type=int, default=60)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--routes", default="recorded",
+                        help=f"comma-separated, run in turn: {', '.join(ROUTES)}")
     parser.add_argument("--compare-with", metavar="SRC",
                         help="another callbox source tree, run in turn with this one")
     args = parser.parse_args(argv)
     short_s, long_s = sorted(float(v) for v in args.lengths.split(","))
+    routes = args.routes.split(",")
+    unknown = [route for route in routes if route not in ROUTES]
+    if unknown:
+        parser.error(f"unknown route {unknown[0]!r}; choose from {', '.join(ROUTES)}")
     cr.raise_open_files_limit()
     codes: list[tuple[str, str | None]] = [("this", None)]
     if args.compare_with:
         codes.append(("other", str(Path(args.compare_with).resolve())))
+    cases = [(code, src, route) for code, src in codes for route in routes]
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"call-setup-{os.getpid()}"
     print(f"# call_setup_cost: {cr.machine_description()}; commit {cr.git_commit()}; "
           f"{args.calls} calls of {short_s:g} s and of {long_s:g} s, {args.at_once} at a time, "
           f"{args.workers} media workers; workdir {workdir}", flush=True)
-    print("| code | round | setup + teardown ms per call: main / workers / all "
+    print("| code | route | round | setup + teardown ms per call: main / workers / all "
           "| of which in the kernel: main / workers "
           "| media ms per call-s: main / workers | recordings finished |")
-    print("|---|---|---|---|---|---|")
-    totals: dict[str, list[float]] = {code: [] for code, _ in codes}
+    print("|---|---|---|---|---|---|---|")
+    totals: dict[str, list[float]] = {f"{code}, {route}": [] for code, _, route in cases}
     for round_number in range(1, args.rounds + 1):
-        for code, src in codes:
+        for code, src, route in cases:
             runs = [asyncio.run(run_calls(code, src, seconds, args.calls, args.at_once,
-                                          args.workers, workdir))
+                                          args.workers, workdir, route))
                     for seconds in (short_s, long_s)]
             main_setup, worker_setup, main_media, worker_media = solve(*runs)
             main_kernel, worker_kernel = kernel_setup(*runs)
-            totals[code].append(main_setup + worker_setup)
+            totals[f"{code}, {route}"].append(main_setup + worker_setup)
             finished = "/".join(str(r.finished) for r in runs)
-            print(f"| {code}{'' if src is None else f' ({src})'} | {round_number} "
+            print(f"| {code}{'' if src is None else f' ({src})'} | {route} | {round_number} "
                   f"| {main_setup:.2f} / {worker_setup:.2f} / {main_setup + worker_setup:.2f} "
                   f"| {main_kernel:.2f} / {worker_kernel:.2f} "
                   f"| {main_media:.3f} / {worker_media:.3f} | {finished} of {args.calls} each |",

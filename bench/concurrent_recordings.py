@@ -145,6 +145,7 @@ class Variant:
     bridged: bool = False  # the route connects each caller to a sipp callee (2 legs a call)
     prompt: bool = False  # the route plays a prompt lasting the whole call (checked on the right)
     call_seconds: float = 0.0  # short calls: this long each, N at a time for `--seconds`
+    recorded: bool = True  # False: the route only answers (call_setup_cost's bare calls)
 
     @property
     def short(self) -> bool:
@@ -478,7 +479,9 @@ def swml_route(variant: Variant, callee_uri: str | None = None,
                prompt: Path | None = None) -> str:
     """Answer, record, then stay on the line (bridged: connect to `callee_uri`; with a prompt:
     play the `prompt` file first, then stay on the line)."""
-    verbs: list[dict[str, object]] = [{"answer": {}}, {"record_call": variant.record_params()}]
+    verbs: list[dict[str, object]] = [{"answer": {}}]
+    if variant.recorded:
+        verbs.append({"record_call": variant.record_params()})
     if variant.prompt:
         if prompt is None:
             raise ValueError(f"the {variant.name} variant needs a prompt file")
