@@ -147,9 +147,6 @@ class DialCommands:
         except DialFailed as exc:
             tell("failed", reason=exc.end_reason, sip_code=exc.status)
             return
-        except asyncio.CancelledError:  # calling.disconnect before anybody answered
-            tell("failed", reason="cancel")
-            return
         except OutboundError as exc:
             log.info("RELAY dial %s: %s", request.tag, exc)
             tell("failed", reason="error")

@@ -108,6 +108,8 @@ def glare_wait(owns_call_id: bool) -> float:
     if owns_call_id:
         return 2.1 + secrets.randbelow(191) / 100
     return secrets.randbelow(201) / 100
+
+
 # Extra headers a caller may put on an outgoing INVITE: tokens, nothing that splits a line.
 EXTRA_HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.-]{1,64}")
 # Option tags we implement (RFC 3261 §8.2.2.3): none, so any Require gets 420.
