@@ -23,15 +23,22 @@ from tests.peers.ports import (
     port_is_free,
     release,
 )
+from tests.peers.rawsip import SDP_PCMU, RawSip
 from tests.peers.sipp import (
     dtmf_pcap,
     g711_stream,
+    received_transactions,
+    require_pass,
     run_sipp,
     run_sipp_sync,
     scenario_path,
     sipp_share_dir,
     start_sipp_uas,
+    traced_messages,
 )
+
+from callbox.server.sip.message import SipRequest, make_cancel, parse_message
+from callbox.server.sip.transaction import make_ack
 
 pytestmark = pytest.mark.peers
 
@@ -316,6 +323,34 @@ async def test_sipp_cancel_against_ringing_uas(peer_env) -> None:
     assert uas_result.ok, uas_result.describe()
     assert uac.stat("SuccessfulCall") == calls, uac.describe()
     assert uac.messages.count("CANCEL sip:service@") == calls
+
+
+async def test_a_callee_scenario_absorbs_an_invite_sent_again(peer_env) -> None:
+    """A caller under load may send its INVITE again after sipp's 180 went out (session 9's
+    flake: sipp aborted the call on that 'unexpected message'). The ringing callee absorbs it,
+    the CANCEL still ends the call, and the trace counts one INVITE transaction."""
+    raw = RawSip()
+    try:
+        async with start_sipp_uas("uas_ring", media_port=media_port()) as uas:
+            invite = parse_message(raw.request("INVITE", uas.uri(), body=SDP_PCMU))
+            assert isinstance(invite, SipRequest)
+            to_uas = ("127.0.0.1", uas.port)
+            raw.sock.sendto(invite.serialize(), to_uas)
+            while not (await raw.datagram()).startswith(b"SIP/2.0 180 "):
+                pass
+            raw.sock.sendto(invite.serialize(), to_uas)  # the same INVITE again
+            raw.sock.sendto(make_cancel(invite).serialize(), to_uas)
+            finals = [await raw.final(), await raw.final()]  # 200 to the CANCEL, 487
+            assert [(f.status, f.cseq.method) for f in finals if f is not None] == [
+                (200, "CANCEL"), (487, "INVITE")]
+            assert finals[1] is not None
+            raw.sock.sendto(make_ack(invite, finals[1]).serialize(), to_uas)
+            result = require_pass(await uas.wait(timeout=10))
+    finally:
+        raw.close()
+    received = [m for m in traced_messages(result.messages) if m.received]
+    assert [m.text.split(" ", 1)[0] for m in received] == ["INVITE", "INVITE", "CANCEL", "ACK"]
+    assert received_transactions(result.messages, "INVITE") == {invite.branch}
 
 
 async def test_sipp_no_ack_scenario_gets_bye(peer_env) -> None:

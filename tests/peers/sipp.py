@@ -82,6 +82,7 @@ __all__ = [
     "TracedMessage",
     "dtmf_pcap",
     "g711_stream",
+    "received_transactions",
     "require_pass",
     "run_sipp",
     "run_sipp_sync",
@@ -200,6 +201,7 @@ def silence_stream(seconds: float = 1.0, loops: int = 1) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+_VIA_BRANCH = re.compile(r"^Via: [^\r\n]*?;branch=([^;\s]+)", re.M)
 # The line above each message of sipp's `-trace_msg` log: dashes and sipp's clock.
 _TRACE_HEAD = re.compile(r"^-{10,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)$", re.M)
 
@@ -277,6 +279,14 @@ class SippResult:
         elif self.stdout.strip():
             parts.append("stdout (tail):\n" + self.stdout.strip()[-tail:])
         return "\n".join(parts)
+
+
+def received_transactions(trace: str, method: str) -> set[str]:
+    """The Via branches of the `method` requests in a `-trace_msg` log that sipp received: one
+    per transaction (a retransmission, e.g. an INVITE sent again under load, has its own's)."""
+    return {branch for message in traced_messages(trace)
+            if message.received and message.text.startswith(f"{method} ")
+            for branch in _VIA_BRANCH.findall(message.text)[:1]}
 
 
 def require_pass(result: SippResult) -> SippResult:
