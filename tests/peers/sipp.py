@@ -35,6 +35,9 @@ sipp facts measured with 3.6.1:
 - Exit status 0 = every call passed; 1 = a call failed, *or* a fatal scenario error such as
   ``rtp_stream "[stream]" looks like a keyword value, but keyword not supplied!`` (read
   stderr); 254 = its SIP port was in use.  ``-nostdin`` is required when stdin is not a tty.
+- A request sent again (an INVITE retransmitted while sipp, starved of CPU, had not read the
+  first) that arrives once the scenario moved past its ``recv`` aborts the call as an
+  unexpected message; the callee scenarios absorb the INVITE with an optional ``recv``.
 - Every run uses ``-i 127.0.0.1 -mi 127.0.0.1 -mp <port>``.  sipp also opens a UDP control
   socket (``-cp``, default 8888): the harness passes a free port so concurrent sipps never fight
   over it.  Automatic files (trace, error, stats) go to the *current directory*: the harness runs
