@@ -31,6 +31,18 @@ def test_the_example_is_the_seed_with_only_the_import_changed():
     assert program == seed.replace("from signalwire.relay import", "from callbox.relay import")
 
 
+def assert_heard_in_order(recording, words, starts_before: float) -> None:
+    """Every voiced quarter second of `words` is in `recording` (score > 0.9 for 90 % of them
+    at least), in order, the whole starting before `starts_before` s. A gap a starved moment
+    inserted under load spoils a piece and moves the rest later: 0.25 s in all at most."""
+    pieces = audio.piece_offsets(recording, words, round(starts_before * 8000))
+    found = [offset for score, offset in pieces if score > 0.9]
+    assert len(pieces) >= 8 and len(found) >= 0.9 * len(pieces), pieces
+    assert found == sorted(found), pieces
+    assert found[0] >= 0 and found[-1] < starts_before * 8000, pieces
+    assert found[-1] - found[0] <= 0.25 * 8000, pieces
+
+
 async def test_demo_records_the_voicemail_and_the_call_between_two_people(tmp_path):
     process = await asyncio.create_subprocess_exec(
         CALLBOX, "demo", "--data-dir", str(tmp_path / "data"),
@@ -49,8 +61,7 @@ async def test_demo_records_the_voicemail_and_the_call_between_two_people(tmp_pa
     recorded = audio.active_spans(samples, 8000, threshold_dbfs=-40)
     assert recorded[-1][1] - recorded[0][0] == pytest.approx(spoken_seconds, abs=0.5)
     # the message starts after the prompt and the beep: within the first 5 s of the file
-    score, _ = audio.max_normalized_xcorr(samples, message, max_lag_samples=5 * 8000)
-    assert score > 0.9
+    assert_heard_in_order(samples, message, starts_before=5.0)
 
     # the call between two people: one stereo file, each party alone on its channel
     assert "left channel:  the caller" in text and "right channel: the person called" in text
@@ -64,5 +75,6 @@ async def test_demo_records_the_voicemail_and_the_call_between_two_people(tmp_pa
     def score(haystack, needle):
         return audio.max_normalized_xcorr(haystack, needle, max_lag_samples=len(haystack))[0]
 
-    assert score(left, caller) > 0.9 and score(right, person) > 0.9
+    assert_heard_in_order(left, caller, starts_before=len(left) / 8000)
+    assert_heard_in_order(right, person, starts_before=len(right) / 8000)
     assert score(left, person) < 0.3 and score(right, caller) < 0.3

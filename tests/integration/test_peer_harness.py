@@ -102,6 +102,21 @@ def test_xcorr_identity_and_known_lag(peer_env) -> None:
     assert peak < 0.3
 
 
+def test_piece_offsets_show_a_gap_and_a_cut(peer_env) -> None:
+    s = audio.speech("one two three four five six seven, harness check")
+    half = s.size // 2
+    clean = audio.concat(audio.silence(0.5), s)
+    gapped = audio.concat(audio.silence(0.5), s[:half], audio.silence(0.08), s[half:])
+    cut = audio.concat(audio.silence(0.5), s[:half], s[half + 4000:])
+    assert {offset for _, offset in audio.piece_offsets(clean, s, RATE)} == {4000}
+    pieces = audio.piece_offsets(gapped, s, RATE)
+    found = [offset for score, offset in pieces if score > 0.9]
+    assert len(found) >= 0.9 * len(pieces) and found == sorted(found)
+    assert set(found) == {4000, 4640}  # the words after the gap, 80 ms later
+    lost = audio.piece_offsets(cut, s, RATE)  # 0.5 s gone: its pieces are nowhere
+    assert sum(score > 0.9 for score, _ in lost) <= len(lost) - 2
+
+
 def test_active_spans() -> None:
     x = audio.concat(
         audio.silence(0.5),

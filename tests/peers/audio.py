@@ -40,6 +40,7 @@ __all__ = [
     "decode_audio",
     "dominant_frequency",
     "max_normalized_xcorr",
+    "piece_offsets",
     "read_wav",
     "rms_dbfs",
     "silence",
@@ -384,6 +385,40 @@ def max_normalized_xcorr(
     score = np.where(valid, numerator / denom, -np.inf)
     best = int(np.argmax(score))
     return float(min(1.0, score[best])), int(lags[best])
+
+
+def piece_offsets(
+    haystack: np.ndarray,
+    needle: np.ndarray,
+    max_lag_samples: int,
+    piece_seconds: float = 0.25,
+    drift_seconds: float = 0.3,
+    rate: int = RATE,
+    voiced_dbfs: float = -40.0,
+) -> list[tuple[float, int]]:
+    """``(score, offset)`` of each voiced piece of ``needle`` in ``haystack``: where the whole
+    ``needle`` would start (in samples) if that piece is where it was found.
+
+    A recording made live may hold a short gap a starved moment inserted (the audio after it
+    arrives late, and later in the file): one correlation of the whole ``needle`` then scores
+    low although every word is there, in order. Pieces show it: the whole ``needle`` gives the
+    anchor (its best lag within ``max_lag_samples``), then each piece is looked for within
+    ``drift_seconds`` of the anchor (so a phrase said twice is not found at its repetition).
+    """
+    _, anchor = max_normalized_xcorr(haystack, needle, max_lag_samples)
+    size = round(piece_seconds * rate)
+    drift = round(drift_seconds * rate)
+    out = []
+    for start in range(0, len(needle) - size + 1, size):
+        piece = needle[start:start + size]
+        if rms_dbfs(piece) <= voiced_dbfs:
+            continue  # silence between words matches anything quiet
+        low = max(0, anchor + start - drift)
+        window = haystack[low:anchor + start + size + drift]
+        score, lag = max_normalized_xcorr(window, piece, max_lag_samples=len(window),
+                                          min_overlap=1.0)
+        out.append((score, low + lag - start))
+    return out
 
 
 def active_spans(
