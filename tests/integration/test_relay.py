@@ -46,9 +46,10 @@ PROJECT, TOKEN = "p1", "t1"
 ROUTES = [Route("voicemail", context="default"), Route("sales", context="sales")]
 REPO = Path(__file__).resolve().parents[2]
 NO_TIMEOUTS = {"initial_timeout": 0, "end_silence_timeout": 0, "terminators": ""}
-# A recording's end_time is taken after its file is closed (in a thread): on a busy machine up
-# to this many seconds after its last frame.
-CLOSE_SLACK = 0.5
+# A recording's end_time is taken after its file is closed (in a thread, with an fsync): on a
+# busy machine up to this many seconds after its last frame (0.82 s seen while another suite
+# and two demo runs shared the disk and both cores).
+CLOSE_SLACK = 1.5
 MP3_TOLERANCE = 0.3  # seconds: encoder delay + padding (one MPEG frame at 8 kHz is 0.144 s)
 
 # The seed program, verbatim from seeds/001 (the SignalWire docs page for `call.record`).
