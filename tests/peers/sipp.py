@@ -75,6 +75,8 @@ from pathlib import Path
 
 import numpy as np
 
+from callbox.server.sip.headers import Via
+
 from . import audio, new_workdir
 from .ports import LOOPBACK, free_udp_port, port_is_free, udp_port_bound
 
@@ -204,7 +206,6 @@ def silence_stream(seconds: float = 1.0, loops: int = 1) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-_VIA_BRANCH = re.compile(r"^Via: [^\r\n]*?;branch=([^;\s]+)", re.M)
 # The line above each message of sipp's `-trace_msg` log: dashes and sipp's clock.
 _TRACE_HEAD = re.compile(r"^-{10,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)$", re.M)
 
@@ -287,9 +288,12 @@ class SippResult:
 def received_transactions(trace: str, method: str) -> set[str]:
     """The Via branches of the `method` requests in a `-trace_msg` log that sipp received: one
     per transaction (a retransmission, e.g. an INVITE sent again under load, has its own's)."""
-    return {branch for message in traced_messages(trace)
-            if message.received and message.text.startswith(f"{method} ")
-            for branch in _VIA_BRANCH.findall(message.text)[:1]}
+    branches: set[str] = set()
+    for message in traced_messages(trace):
+        if message.received and message.text.startswith(f"{method} "):
+            top_via = next(line for line in message.text.splitlines() if line.startswith("Via:"))
+            branches.add(Via.parse(top_via.partition(":")[2]).branch or "")
+    return branches
 
 
 def require_pass(result: SippResult) -> SippResult:
