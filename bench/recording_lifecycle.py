@@ -9,6 +9,12 @@ fsync, rename and directory fsync, the events back. CPU is the whole process's (
 It also times, in a loop, the file system calls a recording's file needs, on the data
 directory's file system.
 
+On ext4 without a journal (this VM's root file system) a new file's inode costs far more for
+about 1-6 minutes after thousands of files were deleted nearby (the kernel's inode allocator
+steps over every recently deleted inode: 20 us per create when none are, 400-500 us after a
+run of this bench deleted its 3,000 files). `--keep` leaves the files and skips the timed
+unlinks, so that runs compared in turn do not slow each other down.
+
     .venv/bin/python bench/recording_lifecycle.py [--recordings 1500] [--at-once 30]
 """
 
@@ -129,6 +135,8 @@ def main() -> int:
     parser.add_argument("--hold", type=float, default=0.06, help="seconds each is recorded")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dir", help="the data directory's file system (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true",
+                        help="delete no file: no system call timings, the files stay")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="recording-lifecycle-", dir=args.dir))
     try:
@@ -140,11 +148,13 @@ def main() -> int:
                      for recorded in (False, True)}
             print(f"round {round_number}: session {costs[False]:.3f} ms, recorded session "
                   f"{costs[True]:.3f} ms: the recording {costs[True] - costs[False]:.3f} ms")
-        calls = file_calls(directory)
-        print("file system calls, CPU us each: "
-              + ", ".join(f"{name} {us:.1f}" for name, us in calls.items()))
+        if not args.keep:
+            calls = file_calls(directory)
+            print("file system calls, CPU us each: "
+                  + ", ".join(f"{name} {us:.1f}" for name, us in calls.items()))
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(directory, ignore_errors=True)
     return 0
 
 

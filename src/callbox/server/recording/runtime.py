@@ -6,7 +6,9 @@ in batches (`RecordingWriters`), so encoding and disk writes never block the eve
 batches of every recording that filled one during a tick go to the thread as one job (one
 hand-over and one completion callback per tick, not one per recording). Opening and finishing
 files (fsync, rename) run on a small separate pool: an fsync can take 100-200 ms on a busy disk,
-and behind it in the writer's queue every other recording's writes would wait.
+and behind it in the writer's queue every other recording's writes would wait. Both hand their
+results back on the media clock's next tick (`media.offload`), which costs the loop less than
+an executor's wake-up per job.
 
 It reports its state changes and, once the file is closed, its end to `RuntimeReports`; the
 recording engine (`engine.Recording`) turns those into events, metadata and webhooks. The two
@@ -19,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -27,6 +28,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from callbox.server.media.frames import FRAME_SAMPLES
+from callbox.server.media.offload import ThreadJobs
 from callbox.server.media.session import MediaSession
 from callbox.server.recording.machine import TERMINAL, RecorderMachine, RecState
 from callbox.server.recording.writers import AudioWriter, RecordingFull, open_writer
@@ -69,12 +71,12 @@ class RuntimeReports(Protocol):
 
 
 class RecordingWriters:
-    """The writer thread and the file pool every recording of one process shares."""
+    """The writer thread and the file pool every recording of one process shares. A member of
+    the media clock: its tick hands back the results of the jobs done (`offload`)."""
 
     def __init__(self) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recording-writer")
-        self.file_executor = ThreadPoolExecutor(max_workers=FILE_THREADS,
-                                                thread_name_prefix="recording-files")
+        self.writer = ThreadJobs(1, "recording-writer")
+        self.files = ThreadJobs(FILE_THREADS, "recording-files")
         self._queued: list[tuple[RecordingRuntime, np.ndarray]] = []  # blocks for the next job
 
     def queue_write(self, runtime: RecordingRuntime, block: np.ndarray) -> None:
@@ -89,17 +91,21 @@ class RecordingWriters:
         if not self._queued:
             return
         items, self._queued = self._queued, []
-        job = asyncio.get_running_loop().run_in_executor(self.executor, _write_blocks, items)
+        job = self.writer.submit(_write_blocks, items)
         for runtime, _block in items:
             runtime.writes_submitted(job)
 
     async def run_file_job(self, job: Callable[..., T], *args: object) -> T:
         """Run a file operation (open, close, abort) on the file pool."""
-        return await asyncio.get_running_loop().run_in_executor(self.file_executor, job, *args)
+        return await self.files.submit(job, *args)
+
+    def tick(self) -> None:
+        self.writer.tick()
+        self.files.tick()
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True)
-        self.file_executor.shutdown(wait=True)
+        self.writer.close()
+        self.files.close()
 
 
 def _write_blocks(items: list[tuple[RecordingRuntime, np.ndarray]]) -> None:

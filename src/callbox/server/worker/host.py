@@ -64,6 +64,7 @@ class MediaHost:
         }
 
     def start(self) -> None:
+        self.clock.add(self.writers)
         self.clock.start()
 
     async def stop(self) -> None:
