@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _Job = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
