@@ -57,6 +57,19 @@ async def test_an_exception_reaches_the_awaiting_task() -> None:
         jobs.close()
 
 
+async def test_a_job_raising_stop_iteration_fails_its_future_only() -> None:
+    jobs = ThreadJobs(1, "test")
+    try:
+        bad = jobs.submit(next, iter(()))
+        good = jobs.submit(lambda: "after")
+        await wait_done(jobs, good)
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            bad.result()
+        assert good.result() == "after"
+    finally:
+        jobs.close()
+
+
 async def test_one_thread_runs_jobs_in_order_and_close_runs_what_is_queued() -> None:
     jobs = ThreadJobs(1, "test")
     seen: list[int] = []

@@ -51,6 +51,8 @@ class ThreadJobs:
                 continue
             if ok:
                 future.set_result(value)
+            elif isinstance(value, StopIteration):  # a future refuses it (TypeError)
+                future.set_exception(RuntimeError(f"the job raised {value!r}"))
             else:
                 future.set_exception(value)
 
