@@ -207,6 +207,54 @@ async def test_reinvites_crossing_get_491_and_ours_is_sent_again(platform, raw, 
     assert ack.cseq.seq == again.cseq.seq and ack.branch != again.branch  # a 2xx's ACK
 
 
+async def test_our_reinvite_waits_while_the_callers_is_being_answered(platform, raw, rtp):
+    """RFC 3261 14.1: no re-INVITE of ours while the caller's own re-INVITE is being answered;
+    ours goes out once that answer is sent."""
+    port = rtp.getsockname()[1]
+    dialog, ok = await Dialog.start(raw, platform, offer(port))
+    assert ok is not None and ok.status == 200
+    await dialog.ack(ok)
+    call = await call_of(platform)
+    answer_offer = call.leg.on_reoffer
+    assert answer_offer is not None
+    answering, gate = asyncio.Event(), asyncio.Event()
+
+    async def held_answer(request: SipRequest) -> bytes:
+        answering.set()
+        await gate.wait()
+        return await answer_offer(request)
+
+    call.leg.on_reoffer = held_answer
+    to = ok.headers.get("To") or ""
+    send(raw, dialog.in_dialog("INVITE", to, offer(port + 2), cseq=2), platform.sip_port)
+    await asyncio.wait_for(answering.wait(), 8)
+    ours = asyncio.create_task(call.leg.reinvite(offer(port, media="a=sendonly\r\n").encode()))
+    loop = asyncio.get_running_loop()
+    quiet_until = loop.time() + 0.5
+    while (left := quiet_until - loop.time()) > 0:  # what the platform sends meanwhile
+        try:
+            message = parse_message(await raw.datagram(timeout=left))
+        except TimeoutError:
+            break
+        assert not isinstance(message, SipRequest), f"sent {message.method} while answering"
+    gate.set()
+    answered: SipResponse | None = None
+    while answered is None or answered.status < 200:
+        message = parse_message(await raw.datagram(timeout=8))
+        assert isinstance(message, SipResponse), "our re-INVITE came before the answer"
+        answered = message
+    assert answered.cseq.seq == 2 and answered.status == 200
+    send(raw, dialog.in_dialog("ACK", to, cseq=2), platform.sip_port)
+    again = await next_request(raw, "INVITE")
+    assert b"a=sendonly" in again.body
+    answer = offer(port + 4, media="a=recvonly\r\n").encode()
+    send(raw, make_response(again, 200, body=answer, content_type="application/sdp",
+                            headers=[("Contact", f"<sip:raw@127.0.0.1:{raw.port}>")]
+                            ).serialize(), platform.sip_port)
+    response = await asyncio.wait_for(ours, 8)
+    assert response.status == 200 and response.cseq.seq == again.cseq.seq
+
+
 @pytest.mark.parametrize(("owner", "low", "high"), [(True, 2.1, 4.0), (False, 0.0, 2.0)])
 def test_the_wait_after_a_491_is_random_in_10_ms_steps(owner: bool, low: float,
                                                        high: float) -> None:

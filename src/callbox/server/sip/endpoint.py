@@ -100,7 +100,6 @@ REINVITE_RETRY_MAX_SECONDS = 10
 # RFC 3261 §14.1: a re-INVITE answered 491 (both sides offered at once) is sent again after a
 # random wait in 10 ms units: 2.1-4 s by the side that chose the Call-ID, 0-2 s by the other.
 GLARE_ATTEMPTS = 3
-GLARE_POLL = 0.05  # while the peer's re-INVITE is being answered, ours waits
 
 
 def glare_wait(owns_call_id: bool) -> float:
@@ -664,7 +663,8 @@ class Leg:
         self.on_reoffer: Callable[[SipRequest], Awaitable[bytes]] | None = None
         self.on_info: Callable[[SipRequest], None] | None = None
         self._reinvites: dict[int, ServerInviteTransaction] = {}
-        self._answering_reinvite = False  # a re-INVITE's answer is being made
+        self._no_reinvite_answering = asyncio.Event()  # clear while a re-INVITE's answer is made
+        self._no_reinvite_answering.set()
         self._offering = False  # a re-INVITE of ours awaits its final response
         # The dialog's transport: in-dialog requests we send use it (Via, Contact, socket).
         self.transport = UDP
@@ -737,7 +737,7 @@ class Leg:
         if self._offering:  # RFC 3261 14.2: both sides offered at once (glare)
             self.endpoint.respond(request, 491)
             return
-        if self._answering_reinvite:  # RFC 3261 14.2: one re-INVITE at a time
+        if not self._no_reinvite_answering.is_set():  # RFC 3261 14.2: one re-INVITE at a time
             self.endpoint.respond(request, 500, "Previous re-INVITE pending", headers=[
                 ("Retry-After", str(secrets.randbelow(REINVITE_RETRY_MAX_SECONDS + 1)))])
             return
@@ -745,7 +745,7 @@ class Leg:
             self.endpoint.respond(request, 488, headers=[
                 ("Warning", '399 callbox "re-INVITE without a usable SDP offer"')])
             return
-        self._answering_reinvite = True
+        self._no_reinvite_answering.clear()
         spawn(self._answer_reinvite(request, self.on_reoffer), name="sip-reinvite")
 
     async def _answer_reinvite(self, request: SipRequest,
@@ -756,7 +756,7 @@ class Leg:
             self.endpoint.respond(request, exc.status, headers=exc.headers)
             return
         finally:
-            self._answering_reinvite = False
+            self._no_reinvite_answering.set()
         found = self.endpoint._server.get(server_key(request))
         if found is not None and isinstance(found[0], ServerInviteTransaction):
             self._reinvites[request.cseq.seq] = found[0]
@@ -781,21 +781,22 @@ class Leg:
         """Send a re-INVITE with a new SDP offer (hold, resume, a new address); return its final
         response. A 2xx refreshes the remote target and is ACKed, again on each retransmission;
         a 491 (the peer offered at the same time) is tried again after `glare_wait`, up to
-        GLARE_ATTEMPTS times in all. Raises CallFailed when nothing answers."""
+        GLARE_ATTEMPTS times in all. Each attempt waits while a re-INVITE of the peer is being
+        answered (RFC 3261 14.1: one INVITE transaction at a time). Raises CallFailed when
+        nothing answers."""
         await self._wait_confirmed()
         attempt = 1
-        self._offering = True
         try:
             while True:
+                while not self._no_reinvite_answering.is_set():
+                    await self._no_reinvite_answering.wait()
+                self._offering = True
                 response = await self._offer(sdp_offer)
                 if response.status != 491 or attempt == GLARE_ATTEMPTS or self.terminated:
                     return response
                 attempt += 1
                 self._offering = False  # meanwhile the peer's offer is answered, not refused
                 await asyncio.sleep(glare_wait(self.owns_call_id))
-                while self._answering_reinvite:  # one INVITE transaction at a time
-                    await asyncio.sleep(GLARE_POLL)
-                self._offering = True
         finally:
             self._offering = False
 
