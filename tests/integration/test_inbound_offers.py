@@ -177,6 +177,17 @@ async def next_request(raw: RawSip, method: str) -> SipRequest:
             return message
 
 
+async def answer_ours(raw: RawSip, platform: RunningPlatform, invite: SipRequest,
+                      ours: asyncio.Task[SipResponse], port: int) -> None:
+    """The caller answers our re-INVITE 200 (receiving on `port`): `reinvite()` returns it."""
+    answer = offer(port, media="a=recvonly\r\n").encode()
+    send(raw, make_response(invite, 200, body=answer, content_type="application/sdp",
+                            headers=[("Contact", f"<sip:raw@127.0.0.1:{raw.port}>")]
+                            ).serialize(), platform.sip_port)
+    response = await asyncio.wait_for(ours, 8)
+    assert response.status == 200 and response.cseq.seq == invite.cseq.seq
+
+
 async def test_reinvites_crossing_get_491_and_ours_is_sent_again(platform, raw, rtp):
     """RFC 3261 14.1/14.2 (glare): while our re-INVITE awaits its answer, the caller's own
     re-INVITE gets 491; the caller answers ours 491 too (and gets its ACK); ours is sent again,
@@ -197,12 +208,7 @@ async def test_reinvites_crossing_get_491_and_ours_is_sent_again(platform, raw, 
     assert ack.cseq.seq == first.cseq.seq and ack.branch == first.branch  # hop by hop
     again = await next_request(raw, "INVITE")
     assert again.cseq.seq == first.cseq.seq + 1 and again.body == first.body
-    answer = offer(port + 4, media="a=recvonly\r\n").encode()
-    send(raw, make_response(again, 200, body=answer, content_type="application/sdp",
-                            headers=[("Contact", f"<sip:raw@127.0.0.1:{raw.port}>")]
-                            ).serialize(), platform.sip_port)
-    response = await asyncio.wait_for(ours, 8)
-    assert response.status == 200 and response.cseq.seq == again.cseq.seq
+    await answer_ours(raw, platform, again, ours, port + 4)
     ack = await next_request(raw, "ACK")
     assert ack.cseq.seq == again.cseq.seq and ack.branch != again.branch  # a 2xx's ACK
 
@@ -247,12 +253,7 @@ async def test_our_reinvite_waits_while_the_callers_is_being_answered(platform, 
     send(raw, dialog.in_dialog("ACK", to, cseq=2), platform.sip_port)
     again = await next_request(raw, "INVITE")
     assert b"a=sendonly" in again.body
-    answer = offer(port + 4, media="a=recvonly\r\n").encode()
-    send(raw, make_response(again, 200, body=answer, content_type="application/sdp",
-                            headers=[("Contact", f"<sip:raw@127.0.0.1:{raw.port}>")]
-                            ).serialize(), platform.sip_port)
-    response = await asyncio.wait_for(ours, 8)
-    assert response.status == 200 and response.cseq.seq == again.cseq.seq
+    await answer_ours(raw, platform, again, ours, port + 4)
 
 
 @pytest.mark.parametrize(("owner", "low", "high"), [(True, 2.1, 4.0), (False, 0.0, 2.0)])
