@@ -21,7 +21,7 @@ Scenarios (each file's header comment has the details):
 ``uac_no_ack``              INVITE, never ACK, wait up to 60 s for BYE             -
 ``uac_options``             OPTIONS, expect 200                                    -
 ``uas_answer``              answer 200 (PCMU + PT 101), stream, wait for BYE       stream
-``uas_ring``                100 + 180, wait for CANCEL, 200 + 487                  -
+``uas_ring``                180, wait for CANCEL, 200 + 487                        -
 ``uas_no_ack_bye``          answer, no ACK expected, BYE after ~1 s                -
 ==========================  =====================================================  ==========
 
