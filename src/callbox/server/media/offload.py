@@ -79,4 +79,4 @@ class ThreadJobs:
                 done.append((future, True, job(*args)))
             except BaseException as exc:  # handed to the awaiting task, as an executor does
                 done.append((future, False, exc))
-            del item, future, job, args
+            del item, future, job, args  # the idle thread holds no finished job (its audio)
