@@ -353,6 +353,44 @@ async def test_a_recording_started_while_the_database_is_down_keeps_the_whole_ca
         assert set(hooks.per_delivery().values()) == {1}
 
 
+async def test_a_database_that_hangs_does_not_hold_back_the_audio(
+        tmp_path: Path, postgres_url: str, postgres_cluster: PostgresCluster) -> None:
+    """The database stops answering (frozen: connections open, nothing answered) before a
+    call, and the platform does not know it: the recording starts at the answer all the same
+    (its audio does not wait for its row), its `recording` event goes ROW_WAIT later without
+    the row, and the row, its end and both webhooks follow once the database answers."""
+    tone = tone_file(tmp_path)
+    async with recording_node(tmp_path, postgres_url) as (hooks, node):
+        store = node.platform.recordings
+        assert store is not None and store.reachable
+        with postgres_cluster.frozen():
+            result = await place_call(node.uri("rec"), play=str(tone), hangup_after=4.0)
+            assert result.status == 200
+            recording = await started_recording(node)
+            answered_at = node.observed[0].call.answered_at
+            assert recording.start_time is not None and answered_at is not None
+            assert recording.start_time - answered_at < ROW_WAIT / 2  # did not wait for it
+            await until(lambda: recording.is_done, timeout=20, what="the end reported")
+            assert [event["state"] for event in recording.events] == ["recording"]
+            assert not recording.done.done()  # its row and its end wait for the database
+
+        event = await asyncio.wait_for(asyncio.shield(recording.done), 60)
+        assert event["state"] == "finished"
+        samples, rate = audio.decode_audio(recording.path)
+        assert recording.duration is not None and recording.duration > 3.0
+        assert len(samples) / rate == pytest.approx(recording.duration, abs=0.05)
+        (start, end), = audio.active_spans(samples, rate, threshold_dbfs=-30)
+        assert start < 0.2 and end == pytest.approx(len(samples) / rate, abs=0.1)
+        assert abs(audio.dominant_frequency(samples[int(start * rate):int(end * rate)]) - 700) < 5
+        row = await store.get(recording.id)
+        assert row is not None
+        assert (row.state, row.size, row.duration) == ("finished", recording.size,
+                                                       recording.duration)
+        await until(lambda: len(hooks.states()) >= 2, timeout=60,
+                    what="both webhooks delivered")
+        assert hooks.states() == ["recording", "finished"]
+
+
 async def test_a_node_repairs_only_its_own_unfinished_recordings(
         tmp_path: Path, postgres_url: str) -> None:
     """Another node's recording still running is in the shared table at this node's start:

@@ -5,17 +5,22 @@ directory under the system temp dir (as root, the cluster belongs to the ``postg
 server refuses to run as root, and pytest's own temp dirs are private to root), then
 ``pg_ctl start`` on a free port with its Unix socket in the cluster directory.
 :meth:`PostgresCluster.stop` / :meth:`PostgresCluster.start` take it down and back on the same
-port and data (for outage tests); :meth:`PostgresCluster.create_database` gives each test its own
+port and data (for outage tests); :meth:`PostgresCluster.frozen` stops its processes (SIGSTOP)
+for a while: connections stay open and nothing is answered, as when a database host hangs;
+:meth:`PostgresCluster.create_database` gives each test its own
 empty database (``CREATE DATABASE`` with a unique name) and returns its URL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -62,6 +67,28 @@ class PostgresCluster:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server and every backend stopped (SIGSTOP) inside the block, continued after."""
+        pids = self._processes()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+    def _processes(self) -> list[int]:
+        """The postmaster and its children (the backends, the background workers)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children: list[int] = []
+        for listing in Path(f"/proc/{postmaster}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                children += [int(pid) for pid in listing.read_text().split()]
+        return [postmaster, *children]
 
     def create_database(self) -> str:
         name = f"t_{uuid.uuid4().hex[:16]}"

@@ -12,8 +12,10 @@ crash left), `close()` closes them.
 
 Store writes are async. A recording's writes run one after another in the order of its states
 (each waits for the previous); while the database cannot be reached they wait and retry (see
-`persist`), the recording keeps writing its file meanwhile (its start waits ROW_WAIT at most for
-its first row), and its terminal event is emitted only after its end is stored.
+`persist`), the recording keeps writing its file meanwhile, and its terminal event is emitted
+only after its end is stored. With SQLite the first row is stored before the file is opened;
+with a network database the audio does not wait for it (the call's first words are recorded
+whatever the database does), its events do, ROW_WAIT at most.
 
 Rules every entry point (SWML, RELAY, agents) gets alike:
 - A recording with `beep` waits for the plays running (or still starting) on the call when it
@@ -58,8 +60,9 @@ from callbox.wire.recording import RecordParams, record_event_params
 log = logging.getLogger(__name__)
 
 MAX_RECORDINGS_PER_CALL = 10
-# Seconds a recording's audio waits for its first row: a database unreachable longer (a
-# PostgreSQL restart; its pool waits 5 s for a connection) does not hold the audio back.
+# Seconds a recording's first event waits for its first row in a network database: one
+# unreachable longer (a PostgreSQL restart; its pool waits 5 s for a connection) does not
+# hold the events back; the audio never waits for it.
 ROW_WAIT = 0.5
 EventListener = Callable[[dict[str, Any]], None]
 # Every recording's events, for observers of the whole engine: (project id, event params).
@@ -105,6 +108,9 @@ class Recording:
         self._pause_behavior: str | None = None  # of the last `paused`
         self._stored_state: RecState | None = None  # our row's state (or its next); None: no row
         self._writes: asyncio.Task[None] | None = None  # the last store write queued
+        # a network database: its events wait (ROW_WAIT at most) for its first row meanwhile
+        self._row_wait: asyncio.Task[None] | None = None
+        self._held: list[dict[str, Any]] = []  # events of the states reported meanwhile
         self._row_problem: str | None = None  # why the store refused its first row
         self._concluding = False  # its end is being stored and reported
         self._stop_requested = False  # stop() before it records
@@ -144,7 +150,7 @@ class Recording:
         if self._stop_requested or not self.call.is_active:
             await self._conclude(RecState.NO_INPUT, None)  # nothing recorded, no file
             return
-        await self._store_first_row()  # raises when the store refuses it: no file then
+        await self._store_first_row()  # SQLite: raises when it refuses the row, no file then
         media = self.call.record_media(self.id, self.engine.reports)
         # Without a beep between the file and the audio, the media half records as soon as
         # the file is open: one command to the worker and one answer, not two of each.
@@ -214,6 +220,9 @@ class Recording:
         if self._stored_state not in (None, state):  # the first `recording`: the row says so
             self._stored_state = state
             self._store_later(state=state.value)
+        if self._row_wait is not None and not self._row_wait.done():
+            self._held.append(self.event_params())  # sent once its row is stored
+            return
         self._emit()
         if not self._first_state.done():
             self._first_state.set_result(None)
@@ -255,6 +264,8 @@ class Recording:
             start_time=self.start_time, end_time=self.end_time, reason=self.reason)
         if self._writes is not None:
             await self._writes  # never raises: the writes log their errors
+        if self._row_wait is not None:
+            await self._row_wait  # the events it held go first
         problem = await (self._store_update(**fields) if self._stored_state is not None
                          else self._store_add(state))
         if problem is not None:
@@ -272,24 +283,34 @@ class Recording:
             self.engine.concluded(self)
 
     async def _store_first_row(self) -> None:
-        """Add its row (`recording`), first of its writes, before it records; raises when the
-        store refuses it. The audio waits ROW_WAIT at most, and not at all while the database
-        is known to be unreachable (a restart, a failover): the row follows in the background
-        and nothing of the call is lost to the outage."""
+        """Add its row (`recording`), first of its writes. SQLite answers in this turn (the
+        commands that follow share its write): raises when it refuses the row. A network
+        database may take long (a restart, a failover): the row is added in the background
+        and the audio does not wait for it; the recording's events do (`_hold_events`)."""
         self._stored_state = RecState.RECORDING
         adding = self._add_first_row()
-        if self.engine.store.remote:
-            self._writes = spawn(adding, name=f"recording-row-{self.id}")
-            wait = ROW_WAIT if self.engine.store.reachable else 0.0  # known down: no wait
-            done, _ = await asyncio.wait({self._writes}, timeout=wait)
-            if not done:
-                log.warning("recording %s records while its row waits for the database",
-                            self.id)
-                return
-        else:  # SQLite answers in this turn: the commands that follow share its write
+        if not self.engine.store.remote:
             await adding
-        if self._row_problem is not None:
-            raise RecordingError(self._row_problem)
+            if self._row_problem is not None:
+                raise RecordingError(self._row_problem)
+            return
+        self._writes = spawn(adding, name=f"recording-row-{self.id}")
+        wait = ROW_WAIT if self.engine.store.reachable else 0.0  # known down: no wait
+        self._row_wait = spawn(self._hold_events(self._writes, wait),
+                               name=f"recording-row-wait-{self.id}")
+
+    async def _hold_events(self, row: asyncio.Task[None], wait: float) -> None:
+        """Hold the events until `row` is stored or `wait` seconds have passed, then send
+        them: a listener that sees `recording` finds its row (unless the database is down).
+        A refused row does not stop the audio: its end tries again and reports why not."""
+        done, _ = await asyncio.wait({row}, timeout=wait)
+        if not done:
+            log.warning("recording %s records while its row waits for the database", self.id)
+        held, self._held = self._held, []
+        for params in held:
+            self._emit(params)
+        if held and not self._first_state.done():
+            self._first_state.set_result(None)
 
     async def _add_first_row(self) -> None:
         self._row_problem = await self._store_add(RecState.RECORDING)
@@ -347,8 +368,10 @@ class Recording:
             peer_call_id=self.call.peer_id,
         )
 
-    def _emit(self) -> None:
-        params = self.event_params()
+    def _emit(self, params: dict[str, Any] | None = None) -> None:
+        """Send `params` (by default the event of its state now) to every listener."""
+        if params is None:
+            params = self.event_params()
         self.events.append(params)
         self.engine.publish(self.project_id, params)
         for listener in tuple(self.listeners):
