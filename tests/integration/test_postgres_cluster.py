@@ -37,7 +37,7 @@ from callbox.server.database import open_database
 from callbox.server.recording.engine import ROW_WAIT, Recording
 from callbox.server.recording.writers import open_writer
 from callbox.server.store.postgres import PostgresRecordingStore
-from callbox.server.store.recordings import RecordingRow
+from callbox.server.store.recordings import RecordingRow, RecordingStore
 from callbox.server.webhooks import DELIVERY_HEADER, PostgresQueueDb, WebhookQueue
 
 AUTH = {"Authorization": aiohttp.encode_basic_auth("p1", "t1")}
@@ -310,6 +310,29 @@ async def test_a_database_restart_mid_recording_loses_nothing(
         assert set(hooks.per_delivery().values()) == {1}
 
 
+async def whole_call_kept_once_back(recording: Recording, store: RecordingStore,
+                                    hooks: Receiver) -> None:
+    """Once the database is back: the recording ends `finished`, its file holds the caller's
+    tone from the answer to the hang-up, its row says so, each webhook arrived once."""
+    event = await asyncio.wait_for(asyncio.shield(recording.done), 60)
+    assert event["state"] == "finished"
+    samples, rate = audio.decode_audio(recording.path)
+    assert rate == 8000 and samples.ndim == 1
+    assert recording.duration is not None and recording.duration > 3.0
+    assert len(samples) / rate == pytest.approx(recording.duration, abs=0.05)
+    (start, end), = audio.active_spans(samples, rate, threshold_dbfs=-30)
+    assert start < 0.2  # the tone from the answer on
+    assert end == pytest.approx(len(samples) / rate, abs=0.1)  # up to the hang-up
+    assert abs(audio.dominant_frequency(samples[int(start * rate):int(end * rate)]) - 700) < 5
+    row = await store.get(recording.id)
+    assert row is not None
+    assert (row.state, row.size, row.duration) == ("finished", recording.size,
+                                                   recording.duration)
+    await until(lambda: len(hooks.states()) >= 2, timeout=60, what="both webhooks delivered")
+    assert hooks.states() == ["recording", "finished"]
+    assert set(hooks.per_delivery().values()) == {1}
+
+
 async def test_a_recording_started_while_the_database_is_down_keeps_the_whole_call(
         tmp_path: Path, postgres_url: str, postgres_cluster: PostgresCluster) -> None:
     """Its row waits for the database, its audio does not: the file holds the call from the
@@ -333,24 +356,7 @@ async def test_a_recording_started_while_the_database_is_down_keeps_the_whole_ca
         finally:
             await asyncio.to_thread(postgres_cluster.start)
 
-        event = await asyncio.wait_for(asyncio.shield(recording.done), 60)
-        assert event["state"] == "finished"
-        samples, rate = audio.decode_audio(recording.path)
-        assert rate == 8000 and samples.ndim == 1
-        assert recording.duration is not None and recording.duration > 3.0
-        assert len(samples) / rate == pytest.approx(recording.duration, abs=0.05)
-        (start, end), = audio.active_spans(samples, rate, threshold_dbfs=-30)
-        assert start < 0.5  # the tone from the answer on: the start did not wait
-        assert end == pytest.approx(len(samples) / rate, abs=0.1)  # up to the hang-up
-        assert abs(audio.dominant_frequency(samples[int(start * rate):int(end * rate)]) - 700) < 5
-        row = await store.get(recording.id)
-        assert row is not None
-        assert (row.state, row.size, row.duration) == ("finished", recording.size,
-                                                       recording.duration)
-        await until(lambda: len(hooks.states()) >= 2, timeout=60,
-                    what="both webhooks delivered")
-        assert hooks.states() == ["recording", "finished"]
-        assert set(hooks.per_delivery().values()) == {1}
+        await whole_call_kept_once_back(recording, store, hooks)
 
 
 async def test_a_database_that_hangs_does_not_hold_back_the_audio(
@@ -374,21 +380,7 @@ async def test_a_database_that_hangs_does_not_hold_back_the_audio(
             assert [event["state"] for event in recording.events] == ["recording"]
             assert not recording.done.done()  # its row and its end wait for the database
 
-        event = await asyncio.wait_for(asyncio.shield(recording.done), 60)
-        assert event["state"] == "finished"
-        samples, rate = audio.decode_audio(recording.path)
-        assert recording.duration is not None and recording.duration > 3.0
-        assert len(samples) / rate == pytest.approx(recording.duration, abs=0.05)
-        (start, end), = audio.active_spans(samples, rate, threshold_dbfs=-30)
-        assert start < 0.2 and end == pytest.approx(len(samples) / rate, abs=0.1)
-        assert abs(audio.dominant_frequency(samples[int(start * rate):int(end * rate)]) - 700) < 5
-        row = await store.get(recording.id)
-        assert row is not None
-        assert (row.state, row.size, row.duration) == ("finished", recording.size,
-                                                       recording.duration)
-        await until(lambda: len(hooks.states()) >= 2, timeout=60,
-                    what="both webhooks delivered")
-        assert hooks.states() == ["recording", "finished"]
+        await whole_call_kept_once_back(recording, store, hooks)
 
 
 async def test_a_node_repairs_only_its_own_unfinished_recordings(
