@@ -17,6 +17,11 @@ main process (SIP, the route, the recordings' metadata) and for each media worke
 recording's file); stime alone gives the part of setup + teardown spent in the kernel (system
 calls).
 
+`--rates R1,R2` measures at fixed call rates instead (calls begun per second, the same for both
+lengths: `R x L` calls at a time): a call's setup + teardown depends on the rate, because at a
+low one every SIP message and worker event wakes a process whose caches the other processes
+have emptied since its last wake-up, and at a high one a wake-up serves several calls.
+
 `--compare-with DIR` runs a second copy of the platform (a `src` directory, e.g. a worktree of
 another commit) in turn with this one, round after round, so that the two are compared on the
 same machine minutes apart (this machine's speed varies by 2x between days).
@@ -24,6 +29,7 @@ same machine minutes apart (this machine's speed varies by 2x between days).
     .venv/bin/python bench/call_setup_cost.py                        # 600 calls of 2 s and 6 s
     .venv/bin/python bench/call_setup_cost.py --rounds 3 --compare-with /tmp/base/src
     .venv/bin/python bench/call_setup_cost.py --rounds 3 --routes recorded,unrecorded
+    .venv/bin/python bench/call_setup_cost.py --rounds 3 --rates 15,50,100 --lengths 2,4
 """
 
 from __future__ import annotations
@@ -148,15 +154,25 @@ def kernel_setup(short: Run, long: Run) -> tuple[float, float]:
             setup_term(l1, short.worker_sys_ms, l2, long.worker_sys_ms))
 
 
+def case_name(code: str, route: str, rate: float | None) -> str:
+    return f"{code}, {route}" if rate is None else f"{code}, {route}, {rate:g} calls per s"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", default="2,6", help="two call lengths in seconds")
     parser.add_argument("--calls", type=int, default=600, help="calls of each length")
     parser.add_argument("--at-once", type=int, default=60)
+    parser.add_argument("--rates", help="comma-separated calls begun per second, run in turn "
+                        "(each length then has rate x length calls at a time); "
+                        "replaces --at-once")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--routes", default="recorded",
                         help=f"comma-separated, run in turn: {', '.join(ROUTES)}")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the recordings (deleting thousands of files slows this "
+                        "VM's next file creates for minutes: see RESULTS.md)")
     parser.add_argument("--compare-with", metavar="SRC",
                         help="another callbox source tree, run in turn with this one")
     args = parser.parse_args(argv)
@@ -169,26 +185,35 @@ def main(argv: list[str] | None = None) -> int:
     codes: list[tuple[str, str | None]] = [("this", None)]
     if args.compare_with:
         codes.append(("other", str(Path(args.compare_with).resolve())))
-    cases = [(code, src, route) for code, src in codes for route in routes]
+    rates: list[float | None] = ([float(v) for v in args.rates.split(",")] if args.rates
+                                 else [None])
+    cases = [(code, src, route, rate)
+             for rate in rates for code, src in codes for route in routes]
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"call-setup-{os.getpid()}"
     print(f"# call_setup_cost: {cr.machine_description()}; commit {cr.git_commit()}; "
-          f"{args.calls} calls of {short_s:g} s and of {long_s:g} s, {args.at_once} at a time, "
+          f"{args.calls} calls of {short_s:g} s and of {long_s:g} s, "
+          f"{f'{args.rates} calls per second' if args.rates else f'{args.at_once} at a time'}, "
           f"{args.workers} media workers; workdir {workdir}", flush=True)
-    print("| code | route | round | setup + teardown ms per call: main / workers / all "
+    print("| code | route | calls per s | round "
+          "| setup + teardown ms per call: main / workers / all "
           "| of which in the kernel: main / workers "
           "| media ms per call-s: main / workers | recordings finished |")
-    print("|---|---|---|---|---|---|---|")
-    totals: dict[str, list[float]] = {f"{code}, {route}": [] for code, _, route in cases}
+    print("|---|---|---|---|---|---|---|---|")
+    totals: dict[str, list[float]] = {case_name(code, route, rate): []
+                                      for code, _, route, rate in cases}
     for round_number in range(1, args.rounds + 1):
-        for code, src, route in cases:
-            runs = [asyncio.run(run_calls(code, src, seconds, args.calls, args.at_once,
-                                          args.workers, workdir, route))
-                    for seconds in (short_s, long_s)]
+        for code, src, route, rate in cases:
+            runs = [asyncio.run(run_calls(
+                code, src, seconds, args.calls,
+                args.at_once if rate is None else max(1, round(rate * seconds)),
+                args.workers, workdir, route)) for seconds in (short_s, long_s)]
             main_setup, worker_setup, main_media, worker_media = solve(*runs)
             main_kernel, worker_kernel = kernel_setup(*runs)
-            totals[f"{code}, {route}"].append(main_setup + worker_setup)
+            totals[case_name(code, route, rate)].append(main_setup + worker_setup)
             finished = "/".join(str(r.finished) for r in runs)
-            print(f"| {code}{'' if src is None else f' ({src})'} | {route} | {round_number} "
+            shown_rate = "-" if rate is None else f"{rate:g}"
+            print(f"| {code}{'' if src is None else f' ({src})'} | {route} | {shown_rate} "
+                  f"| {round_number} "
                   f"| {main_setup:.2f} / {worker_setup:.2f} / {main_setup + worker_setup:.2f} "
                   f"| {main_kernel:.2f} / {worker_kernel:.2f} "
                   f"| {main_media:.3f} / {worker_media:.3f} | {finished} of {args.calls} each |",
@@ -196,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     for code, values in totals.items():
         print(f"- {code}: setup + teardown {statistics.median(values):.2f} ms per call "
               f"(median of {len(values)})")
-    shutil.rmtree(workdir, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
