@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 from tests.peers.ports import free_port_range, release
@@ -152,6 +155,27 @@ async def running_platform(tmp_path: Path, routes: Sequence[Route] = ROUTES, *,
     finally:
         await instance.stop()
         release(range(low, high + 1))  # its RTP sockets are closed
+
+
+def https(platform: Platform) -> ssl.SSLContext:
+    """Verifies the platform's own (self-signed) certificate."""
+    assert platform.listening is not None
+    return ssl.create_default_context(cafile=str(platform.listening.cert))
+
+
+async def console_json(platform: Platform, path: str, *, project: str = "p1",
+                       token: str = "t1") -> Any:
+    """The console's JSON API at `/console/api/{path}`, signed in as `project` (as the browser
+    does: a session cookie, no Basic auth)."""
+    base = platform.config.http.public_url
+    jar = aiohttp.CookieJar(unsafe=True)  # the cookie of an IP address host
+    async with aiohttp.ClientSession(cookie_jar=jar) as http:
+        async with http.post(base + "/console/signin", data={"project": project, "token": token},
+                             ssl=https(platform), allow_redirects=False) as response:
+            assert response.status == 303, await response.text()
+        async with http.get(f"{base}/console/api/{path}", ssl=https(platform)) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
 
 
 @pytest.fixture

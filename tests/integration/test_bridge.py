@@ -1,6 +1,7 @@
 """Bridging on the platform (`callbox.server.bridge.connect`): a sipp caller connected to a sipp
 callee, each streaming its own tone; the inbound leg's stereo recording holds the caller left and
-the callee right, each without the other; hangups end the other leg; serial and parallel dials.
+the callee right, each without the other, and the console still says so after a restart;
+hangups end the other leg; serial and parallel dials.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.integration.conftest import RunningPlatform, running_platform
+from tests.integration.conftest import RunningPlatform, console_json, running_platform
 from tests.peers import audio
 from tests.peers.kamailio import start_kamailio
 from tests.peers.poll import until, until_async
@@ -20,10 +21,11 @@ from tests.peers.sipp import SippResult, g711_stream, require_pass, run_sipp, st
 
 from callbox.server.bridge import BridgeEnd, connect
 from callbox.server.call import Call
-from callbox.server.config import Trunk
+from callbox.server.config import Project, Trunk
 from callbox.server.dialing import Device, DialFailed, DialLeg
 from callbox.server.outbound import OutboundError
 from callbox.server.recording.engine import Recording
+from callbox.server.store.recordings import Parties
 from callbox.wire.recording import RecordParams
 
 pytestmark = pytest.mark.peers
@@ -54,10 +56,10 @@ async def inbound_call(running: RunningPlatform) -> Call:
     return running.observed[0].call
 
 
-async def record(running: RunningPlatform, call: Call) -> Recording:
+async def record(running: RunningPlatform, call: Call, project_id: str = "") -> Recording:
     assert running.platform.recorder is not None
     recording = await running.platform.recorder.start_recording(
-        call, RecordParams.parse(STEREO, "relay"))
+        call, RecordParams.parse(STEREO, "relay"), project_id=project_id)
     assert isinstance(recording, Recording)
     return recording
 
@@ -149,6 +151,43 @@ async def test_the_callees_bye_ends_the_caller_unless_asked_to_go_on(tmp_path: P
         assert audio.tone_level_dbfs(tail(samples[:, 0], 0.8, margin=0.1), CALLER_HZ) > -16
         await placing
         await uas.wait(timeout=20)
+
+
+async def test_who_each_channel_holds_is_stored_and_shown_after_a_restart(
+        tmp_path: Path) -> None:
+    """The recording starts before the bridge and the callee hangs up first: the legend
+    still names the callee on the right (noted while bridged), live, in the stored row, and
+    in the console of a platform restarted on the same data, whose memory is empty."""
+    async with start_sipp_uas("uas_answer", media_port=media_port()) as uas:
+        async with running_platform(tmp_path) as running:
+            running.platform.config.projects.append(Project("p1", "t1"))
+            placing = caller(running, tmp_path, seconds=10.0)
+            a = await inbound_call(running)
+            recording = await record(running, a, project_id="p1")
+            bridge = await connect(a, running.platform.outbound, [[Device(uas.uri())]],
+                                   end_caller_with_callee=False)
+            b = bridge.b
+            await b.hangup()
+            assert await asyncio.wait_for(asyncio.shield(bridge.done), 10) \
+                is BridgeEnd.CALLEE_HUNG_UP
+            assert a.peer is None and recording.state == "recording"
+            parties = Parties("the caller (sipp)", f"the callee ({b.to_user})", b.id)
+            legend = [f"Left: {parties.speaker}", f"Right: {parties.hearer}"]
+            live = await console_json(running.platform, f"recordings/{recording.id}")
+            assert (live["channel_legend"], live["peer_call_id"]) == (legend, b.id)
+            await a.hangup()
+            await asyncio.wait_for(asyncio.shield(recording.done), 10)
+            await placing
+            await uas.wait(timeout=20)
+            assert running.platform.recordings is not None
+            stored = await running.platform.recordings.get(recording.id)
+            assert stored is not None and stored.parties == parties
+        async with running_platform(tmp_path) as again:  # the same data dir
+            again.platform.config.projects.append(Project("p1", "t1"))
+            assert again.platform.recorder is not None and not again.platform.recorder.active
+            shown = await console_json(again.platform, f"recordings/{recording.id}")
+    assert shown["state"] == "finished" and b.to_user
+    assert (shown["channel_legend"], shown["peer_call_id"]) == (legend, b.id)
 
 
 async def test_serial_dial_busy_then_answer_and_parallel_dial_cancels_the_losers(

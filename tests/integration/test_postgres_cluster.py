@@ -25,7 +25,7 @@ import aiohttp
 import numpy as np
 import pytest
 from aiohttp import web
-from tests.integration.conftest import RunningPlatform, running_platform, swml
+from tests.integration.conftest import RunningPlatform, console_json, running_platform, swml
 from tests.peers import audio
 from tests.peers.poll import until, until_async
 from tests.peers.ports import free_tcp_port
@@ -170,6 +170,10 @@ async def test_two_nodes_list_every_recording_and_send_each_webhook_once(
             (recording.id, "finished", recording.size)
         assert listed["url"].startswith(a.platform.config.http.public_url)
         assert [r["id"] for r in await list_recordings(a)] == [recording.id]
+        # B's console says who the recording holds: A stored it with the recording's end
+        shown = await console_json(b.platform, f"recordings/{recording.id}")
+        caller = a.observed[0].call
+        assert f"the caller ({caller.from_user})" in shown["channel_legend"][0], shown
         async with aiohttp.ClientSession() as session, \
                 session.get(listed["url"], ssl=False) as response:  # served by A
             assert response.status == 200

@@ -13,14 +13,13 @@ import contextlib
 import hashlib
 import logging
 import secrets
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
-from tests.integration.conftest import FAST_TIMERS, make_config, swml
+from tests.integration.conftest import FAST_TIMERS, console_json, https, make_config, swml
 from tests.peers import audio
 from tests.peers.poll import until, until_async
 from tests.peers.seaweedfs import SeaweedFS, fetch_object, start_seaweedfs
@@ -121,22 +120,10 @@ def assert_holds_the_tone(tmp_path: Path, wav: bytes) -> None:
 
 async def console_peaks(platform: Platform, recording_id: str, bins: int) -> list[list[float]]:
     """The console's waveform peaks of a recording, signed in as the project."""
-    base = platform.config.http.public_url
-    jar = aiohttp.CookieJar(unsafe=True)  # the cookie of an IP address host
-    async with aiohttp.ClientSession(cookie_jar=jar) as http:
-        async with http.post(base + "/console/signin", data={"project": PROJECT, "token": TOKEN},
-                             ssl=https(platform), allow_redirects=False) as response:
-            assert response.status == 303
-        async with http.get(f"{base}/console/api/recordings/{recording_id}/peaks?bins={bins}",
-                            ssl=https(platform)) as response:
-            assert response.status == 200, await response.text()
-            channels: list[list[float]] = (await response.json())["channels"]
-            return channels
-
-
-def https(platform: Platform) -> ssl.SSLContext:
-    assert platform.listening is not None
-    return ssl.create_default_context(cafile=str(platform.listening.cert))
+    body = await console_json(platform, f"recordings/{recording_id}/peaks?bins={bins}",
+                              project=PROJECT, token=TOKEN)
+    channels: list[list[float]] = body["channels"]
+    return channels
 
 
 async def download(platform: Platform, url: str,

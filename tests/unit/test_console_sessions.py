@@ -26,6 +26,7 @@ from callbox.server.http.console.sessions import (
 from callbox.server.recording.writers import open_writer
 from callbox.server.services import Services
 from callbox.server.store import RecordingRow, SqliteRecordingStore
+from callbox.server.store.recordings import Parties
 
 T0 = 1_789_651_036.0
 
@@ -216,6 +217,31 @@ async def test_another_projects_recording_is_404(env: Env) -> None:
                                         params={"bins": bad}, headers=headers)
         assert response.status == 400, bad
         assert (await response.json())["errors"][0]["attribute"] == "bins"
+
+
+async def test_the_legend_comes_from_the_stored_parties_else_says_what_each_channel_is(
+        env: Env) -> None:
+    """No live call and no engine here (another node's recording, or after a restart): the
+    legend is what was stored with the recording's end."""
+    stored, unknown = await add_recording(env), await add_recording(env)
+    await env.store.update(stored.id, channels=2, direction="both", parties=Parties(
+        "the caller (alice)", "the callee (bob)", "call-2"))
+    await env.store.update(unknown.id, channels=2, direction="both")  # repaired after a crash
+    headers = await sign_in(env)
+
+    async def detail(rec_id: str) -> tuple[list[str], str | None]:
+        response = await env.client.get(f"/console/api/recordings/{rec_id}", headers=headers)
+        assert response.status == 200, await response.text()
+        body = await response.json()
+        assert "parties" not in body  # the REST fields and the console's own, as before
+        return body["channel_legend"], body["peer_call_id"]
+
+    assert await detail(stored.id) == (
+        ["Left: the caller (alice)", "Right: the callee (bob)"], "call-2")
+    assert await detail(unknown.id) == (
+        ["Left: the recorded party", "Right: what that party hears"], None)
+    rest = await env.client.get("/console/api/recordings", headers=headers)
+    assert [r for r in (await rest.json())["data"] if "parties" in r] == []
 
 
 async def test_changes_need_the_csrf_token(env: Env) -> None:

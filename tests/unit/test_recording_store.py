@@ -18,6 +18,7 @@ from callbox.server.store import RecordingRow, RecordingStore, SqliteRecordingSt
 from callbox.server.store.postgres import PostgresRecordingStore
 from callbox.server.store.recordings import (
     SCHEMA_VERSION,
+    Parties,
     RecordingFilter,
     decode_cursor,
     encode_cursor,
@@ -80,6 +81,26 @@ async def test_update(store: RecordingStore) -> None:
         await store.update(row.id, colour="blue")
     with pytest.raises(ValueError, match="id"):
         await store.update(row.id, id="x")
+
+
+BRIDGED = Parties("the caller (alice)", "the callee (bob)", "call-2")
+
+
+async def test_parties_roundtrip(store: RecordingStore) -> None:
+    """Who the channels hold: stored with a row or with its end, read back by get and list;
+    a row without them reads None."""
+    ended = make_row(state="finished", parties=BRIDGED)
+    await store.add(ended)
+    assert (await store.get(ended.id)) == ended
+    running = make_row(created_at=T0 + 1)
+    await store.add(running)
+    assert (await store.get(running.id)).parties is None  # type: ignore[union-attr]
+    unbridged = Parties("the called party (bob)", "what the platform plays")
+    assert await store.update(running.id, state="finished", parties=unbridged)
+    page, _ = await store.list("p1", page_size=10)
+    assert [(r.id, r.parties) for r in page] == [(running.id, unbridged), (ended.id, BRIDGED)]
+    assert await store.update(ended.id, parties=None)
+    assert (await store.get(ended.id)).parties is None  # type: ignore[union-attr]
 
 
 async def test_list_pages_newest_first(store: RecordingStore) -> None:
@@ -159,14 +180,14 @@ async def test_postgres_migrations_apply_once_and_refuse_a_newer_schema(
         async with first.connection() as conn:
             cursor = await conn.execute("SELECT version FROM schema_version ORDER BY version")
             assert [v for (v,) in await cursor.fetchall()] == \
-                [m.version for m in migrations()] == [1, 2]
+                [m.version for m in migrations()] == [1, 2, 3]
     finally:
         await first.close()
     second: Database = await open_database(postgres_url)  # nothing left to apply
     try:
         async with second.connection() as conn:
             cursor = await conn.execute("SELECT count(*) FROM schema_version")
-            assert (await cursor.fetchone()) == (2,)
+            assert (await cursor.fetchone()) == (3,)
             await conn.execute("INSERT INTO schema_version (version, name) VALUES (99, 'x')")
     finally:
         await second.close()
@@ -222,8 +243,9 @@ async def test_sqlite_concurrent_use_from_threads(tmp_path: Path) -> None:
 
 
 def test_to_api() -> None:
-    row = make_row(state="finished", duration=18.2, size=298284, end_time=T0 + 19.3)
-    api = row.to_api()
+    row = make_row(state="finished", duration=18.2, size=298284, end_time=T0 + 19.3,
+                   parties=BRIDGED)
+    api = row.to_api()  # SignalWire's REST shape: who the channels hold is the console's
     assert set(api) == {"id", "call_id", "control_id", "state", "format", "channels",
                         "direction", "duration", "size", "url", "created_at", "start_time",
                         "end_time"}
@@ -281,5 +303,48 @@ async def test_a_version_1_database_migrates_and_keeps_its_rows(tmp_path: Path) 
     finally:
         await store.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     conn.close()
+
+
+# The schema a version-2 callbox wrote (before it stored who a recording's channels hold).
+SCHEMA_V2 = SCHEMA_V1.replace("PRAGMA user_version = 1;", """
+ALTER TABLE recordings ADD COLUMN location TEXT NOT NULL DEFAULT '';
+PRAGMA user_version = 2;""")
+
+
+async def test_a_version_2_database_migrates_in_place_and_stores_parties(
+        tmp_path: Path) -> None:
+    path = tmp_path / "recordings.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_V2)
+    conn.execute(
+        "INSERT INTO recordings (id, project_id, call_id, control_id, state, format, channels,"
+        " direction, duration, size, url, path, created_at, location) VALUES"
+        " ('old', 'p1', 'c1', 'ctl', 'finished', 'wav', 2, 'both', 1.5, 48044,"
+        " 'https://h/recordings/old.wav', '/data/recordings/old.wav', 1.0, 'old.wav')")
+    conn.commit()
+    conn.close()
+
+    store = SqliteRecordingStore(path)
+    try:
+        old = await store.get("old")
+        assert old is not None and (old.size, old.location, old.parties) == \
+            (48044, "old.wav", None)  # kept; nobody noted who it holds
+        assert await store.update("old", parties=BRIDGED)
+        assert (await store.get("old")).parties == BRIDGED  # type: ignore[union-attr]
+        row = make_row(state="finished", parties=BRIDGED)
+        await store.add(row)
+        assert await store.get(row.id) == row
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT parties FROM recordings WHERE id = 'old'").fetchone()[0] \
+        is not None
+    conn.close()
+    again = SqliteRecordingStore(path)  # opened again: nothing left to migrate
+    try:
+        assert (await again.get("old")).parties == BRIDGED  # type: ignore[union-attr]
+    finally:
+        await again.close()

@@ -4,7 +4,7 @@
 the given media, else a ring tone - until a callee's early media (a 183 with SDP) replaces it.
 Once a callee answers, the two calls are bridged: `Bridge` joins their media in the one media
 clock of their media host (see media/bridge.py; the callee's media is opened on the caller's
-host), relays RFC 4733 digits each way and sets `Call.peer` on both.
+host), relays RFC 4733 digits each way and sets `Call.peer` on both (`Call.set_peer`).
 
 Recording keeps its rule on each leg: speak = this leg's party, listen = what that party hears
 (the other party plus any prompt played to it). A stereo recording of the inbound leg so has the
@@ -76,7 +76,8 @@ class Bridge:
                 raise CallGone(f"call {call.id} has ended")
             if call.peer is not None:
                 raise ValueError(f"call {call.id} is already bridged to {call.peer.id}")
-        self.a.peer, self.b.peer = self.b, self.a
+        self.a.set_peer(self.b)
+        self.b.set_peer(self.a)
         self.a.media.join(self.b.media)
         self._unsubscribe = [
             self.a.on_state(lambda call: self._on_state(call, BridgeEnd.CALLER_HUNG_UP)),
@@ -116,9 +117,9 @@ class Bridge:
             unsubscribe()
         self.a.media.split()
         if self.a.peer is self.b:
-            self.a.peer = None
+            self.a.set_peer(None)
         if self.b.peer is self.a:
-            self.b.peer = None
+            self.b.set_peer(None)
         self.done.set_result(end)
         log.info("call %s unbridged from %s (%s)", self.a.id, self.b.id, end.value)
 

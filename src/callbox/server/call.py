@@ -4,7 +4,9 @@ A `Call` owns its SIP leg, its media session and its running operations (plays, 
 SWML scripts, RELAY sessions and REST requests are different ways of commanding it; none of them
 owns audio. What others attach to a call goes through methods that return an unsubscribe
 function: `add_tap` (both streams, every 20 ms tick), `on_state`, `on_dtmf`, and
-`attach_recording` for the recording engine.
+`attach_recording` for the recording engine. The call tells each recording who it holds
+(`recording.parties`) when it is attached and whenever the bridge sets or clears `peer`
+(`set_peer`).
 
 Order of notification when the call ends (hangup from either side):
 1. `ending`: the call stops its own operations first - its recordings (oldest first), then its
@@ -35,6 +37,7 @@ import numpy as np
 from callbox.server.media.playback import PLAYING, REASON_DONE
 from callbox.server.media.session import FrameTap
 from callbox.server.media.sound import SHARED_SOUNDS, Sound, SoundCache
+from callbox.server.recording.parties import parties_of
 from callbox.server.recording.runtime import RuntimeReports
 from callbox.server.recording.target import AttachedRecording, RecordingMedia, Unsubscribe
 from callbox.server.sip.endpoint import InboundInvite, Leg
@@ -106,7 +109,7 @@ class Call:
         self.direction = "inbound"
         self.state = CallState.CREATED
         self.end_reason: str | None = None
-        self.peer: Call | None = None  # the other party while bridged (set by the bridge)
+        self._peer: Call | None = None  # the other party while bridged (set by the bridge)
         self.sounds: SoundCache = SHARED_SOUNDS  # where `play` gets its rendered prompts
         self.created_at = time.time()
         self.answered_at: float | None = None
@@ -128,6 +131,20 @@ class Call:
     @property
     def is_active(self) -> bool:
         return self.state not in (CallState.ENDING, CallState.ENDED)
+
+    @property
+    def peer(self) -> Call | None:
+        """The call this one is bridged to, None when not bridged."""
+        return self._peer
+
+    def set_peer(self, peer: Call | None) -> None:
+        """Bridged to `peer` now (None: no longer bridged; the bridge calls it); the running
+        recordings are told who they hold now."""
+        self._peer = peer
+        parties = parties_of(self)
+        for recording in tuple(self._recordings):
+            if not recording.is_done:
+                recording.note_parties(parties)
 
     @property
     def peer_id(self) -> str | None:
@@ -160,9 +177,11 @@ class Call:
 
     def attach_recording(self, recording: AttachedRecording) -> None:
         """Make `recording` one of the call's operations: it is stopped first when the call
-        ends, and `ended` waits for its terminal event. Raises CallGone after the end."""
+        ends, and `ended` waits for its terminal event; it is told who it holds now and at each
+        `set_peer`. Raises CallGone after the end."""
         self._require_active()
         self._recordings.append(recording)
+        recording.note_parties(parties_of(self))
 
     def _set_state(self, state: CallState) -> None:
         self.state = state

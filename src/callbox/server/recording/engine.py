@@ -6,6 +6,12 @@ or a media worker), beeps, starts it, and turns what the runtime reports into th
 state, its metadata row, its `calling.call.record` events for the listeners (SWML, RELAY) and,
 with `status_url`, signed webhooks. The engine knows nothing of SIP, RELAY or SWML.
 
+Its call tells a recording who its channels hold (`note_parties`) when it is attached and at
+each change of the call's peer; the recording keeps a bridged note over a later unbridged one
+(see `recording.parties`) and stores it with its end, so the console shows it after a restart
+and from every node. Its first row has none: a recording repaired after a crash (`recover`)
+has none.
+
 The engine owns its metadata store (SQLite in the data directory, or PostgreSQL when the
 platform gives it a `Database`) and its webhook queue; `start()` starts them (and repairs what a
 crash left), `close()` closes them.
@@ -47,6 +53,7 @@ from callbox.server.recording.machine import (
     check_pause_behavior,
 )
 from callbox.server.recording.notify import RecordWebhooks
+from callbox.server.recording.parties import Parties, noted
 from callbox.server.recording.persist import persist
 from callbox.server.recording.runtime import RuntimeEnd, RuntimeReports
 from callbox.server.recording.target import RecordedCall, RecordingMedia
@@ -99,6 +106,8 @@ class Recording:
         self.duration: float | None = None
         self.listeners: list[EventListener] = []
         self.events: list[dict[str, Any]] = []
+        # who its channels hold, the best its call told so far (stored with its end)
+        self.parties: Parties | None = None
         self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._media: RecordingMedia | None = None  # once its file is open
         # its first state from the media half (`recording`, or `paused` when asked before),
@@ -210,6 +219,12 @@ class Recording:
         elif self._media is not None and not self.is_done:
             self._media.stop()
 
+    def note_parties(self, parties: Parties) -> None:
+        """Who its channels hold now, from its call; a bridged note stays when the bridge ends.
+        Notes after its end is being stored are ignored."""
+        if not self._concluding:
+            self.parties = noted(self.parties, parties)
+
     # -- what the media half reports --------------------------------------------------------
 
     def media_transition(self, state: RecState, pause_behavior: str | None) -> None:
@@ -261,7 +276,8 @@ class Recording:
         self.end_time = time.time()
         fields: dict[str, Any] = dict(
             state=state.value, duration=self.duration, size=self.size,
-            start_time=self.start_time, end_time=self.end_time, reason=self.reason)
+            start_time=self.start_time, end_time=self.end_time, reason=self.reason,
+            parties=self.parties)
         if self._writes is not None:
             await self._writes  # never raises: the writes log their errors
         if self._row_wait is not None:
@@ -392,6 +408,7 @@ class Recording:
             duration=self.duration, size=self.size, url=self.url, path=str(self.path),
             created_at=time.time(), start_time=self.start_time, end_time=self.end_time,
             reason=self.reason, status_url=self.params.status_url, params=self.params.as_run(),
+            parties=self.parties if state in TERMINAL else None,
         )
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from callbox.server.recording.parties import Parties
 from callbox.server.recording.runtime import RuntimeReports
 from callbox.wire.recording import RecordParams
 
@@ -48,7 +49,8 @@ class Playing(Protocol):
 
 class AttachedRecording(Protocol):
     """What the call needs of a recording attached to it (the engine's `Recording`): the call
-    stops its recordings when it ends and waits for their end before it reports `ended`."""
+    stops its recordings when it ends and waits for their end before it reports `ended`, and
+    tells them who they hold when attached and at each change of its peer."""
 
     control_id: str
     done: asyncio.Future[Any]  # completes with the terminal event
@@ -57,6 +59,9 @@ class AttachedRecording(Protocol):
     def is_done(self) -> bool: ...
 
     def stop(self) -> None: ...
+
+    def note_parties(self, parties: Parties) -> None:
+        """Who the recording holds now (see `recording.parties`)."""
 
 
 class RecordedCall(Protocol):

@@ -17,6 +17,7 @@ from callbox.server.database import Database
 from callbox.server.store.recordings import (
     ACTIVE_STATES,
     COLUMNS,
+    Parties,
     RecordingFilter,
     RecordingRow,
     Rows,
@@ -31,11 +32,17 @@ _INSERT = sql.SQL("INSERT INTO recordings ({}) VALUES ({})").format(
 
 
 def _to_db(name: str, value: Any) -> Any:
-    return Jsonb(value) if name == "params" else value
+    if name == "params":
+        return Jsonb(value)
+    if name == "parties":
+        return None if value is None else Jsonb(value.as_json())
+    return value
 
 
 def _from_db(record: dict[str, Any]) -> RecordingRow:
-    return RecordingRow(**{name: record[name] for name in COLUMNS})
+    values = {name: record[name] for name in COLUMNS}
+    values["parties"] = Parties.parse(values["parties"])
+    return RecordingRow(**values)
 
 
 class PostgresRecordingStore:

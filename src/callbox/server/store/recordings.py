@@ -1,9 +1,9 @@
 """Recording metadata: the `RecordingStore` interface and its SQLite implementation.
 
 The store holds metadata only (ids, call, control_id, state, format, sizes, times, url, the file's
-path, where the audio lives now); the audio files are the recording engine's. The interface is
-async so that a network database (`store.postgres`) never blocks the event loop; the SQLite
-store runs its short local statements inline.
+path, where the audio lives now, who its channels hold); the audio files are the recording
+engine's. The interface is async so that a network database (`store.postgres`) never blocks the
+event loop; the SQLite store runs its short local statements inline.
 """
 
 from __future__ import annotations
@@ -24,7 +24,36 @@ from callbox.wire.recording import STATES, TERMINAL_STATES
 
 # States of a recording still running (to repair after a crash; not deletable).
 ACTIVE_STATES: Final = tuple(s for s in STATES if s not in TERMINAL_STATES)
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
+
+
+@dataclass(frozen=True)
+class Parties:
+    """Who a recording's channels hold (see `recording.parties`, which derives it from the live
+    call): `speaker` is the recorded leg's party (left, `speak`), `hearer` what that party hears
+    (right, `listen`), `peer_call_id` the call it was bridged to. Stored with the recording's
+    end, so the console shows it after a restart and on every node."""
+
+    speaker: str
+    hearer: str
+    peer_call_id: str | None = None
+
+    def as_json(self) -> dict[str, str | None]:
+        return {"speaker": self.speaker, "hearer": self.hearer,
+                "peer_call_id": self.peer_call_id}
+
+    @classmethod
+    def parse(cls, value: Any) -> Parties | None:
+        """The stored JSON object back (None for NULL, or for an object this version cannot
+        read: the console then shows its generic labels)."""
+        if not isinstance(value, dict):
+            return None
+        speaker, hearer, peer = value.get("speaker"), value.get("hearer"), \
+            value.get("peer_call_id")
+        if not (isinstance(speaker, str) and isinstance(hearer, str)
+                and (peer is None or isinstance(peer, str))):
+            return None
+        return cls(speaker, hearer, peer)
 
 
 @dataclass
@@ -51,13 +80,16 @@ class RecordingRow:
     params: dict[str, Any] = field(default_factory=dict)
     # Where the audio is: "" = the local file at `path`; else its key in the object storage.
     location: str = ""
+    # Who its channels hold, stored with its end (None while it runs, or repaired after a crash).
+    parties: Parties | None = None
 
     @property
     def is_active(self) -> bool:
         return self.state in ACTIVE_STATES
 
     def column_values(self) -> list[Any]:
-        """The values in `COLUMNS` order (as they are: a store encodes `params` itself)."""
+        """The values in `COLUMNS` order (as they are: a store encodes `params` and `parties`
+        itself)."""
         return [getattr(self, name) for name in COLUMNS]
 
     def to_api(self) -> dict[str, Any]:
@@ -225,6 +257,9 @@ _MIGRATIONS: Final = (
     """
     ALTER TABLE recordings ADD COLUMN location TEXT NOT NULL DEFAULT '';
     """,
+    """
+    ALTER TABLE recordings ADD COLUMN parties TEXT;
+    """,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -281,12 +316,17 @@ class SqliteRecordingStore:
 
     @staticmethod
     def _to_db(name: str, value: Any) -> Any:
-        return json.dumps(value) if name == "params" else value
+        if name == "params":
+            return json.dumps(value)
+        if name == "parties":
+            return None if value is None else json.dumps(value.as_json())
+        return value
 
     @staticmethod
     def _from_db(record: sqlite3.Row) -> RecordingRow:
         values = {name: record[name] for name in COLUMNS}
         values["params"] = json.loads(values["params"] or "{}")
+        values["parties"] = Parties.parse(json.loads(values["parties"] or "null"))
         return RecordingRow(**values)
 
     async def add(self, row: RecordingRow) -> None:

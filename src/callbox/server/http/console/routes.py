@@ -23,7 +23,7 @@ from aiohttp import hdrs, web
 from callbox.server.call import Call
 from callbox.server.http.bodies import read_json_object
 from callbox.server.http.console.csrf import require_csrf, same_origin
-from callbox.server.http.console.events import ConsoleEvents, Parties, parties_of, sse_stream
+from callbox.server.http.console.events import ConsoleEvents, sse_stream
 from callbox.server.http.console.peaks import MAX_BINS, MIN_BINS, PeaksCache, PeaksError
 from callbox.server.http.console.sessions import (
     COOKIE_NAME,
@@ -45,6 +45,7 @@ from callbox.server.http.recordings import (
 )
 from callbox.server.recording.engine import Recording, RecordingEngine, RecordingError
 from callbox.server.store.recordings import (
+    Parties,
     RecordingFilter,
     RecordingRow,
     iso_time,
@@ -195,9 +196,9 @@ async def api_recording(request: web.Request) -> web.Response:
     deliveries = (await recorder.webhooks.queue.deliveries(row.id) if recorder is not None
                   else [])
     playable = row.state in SERVABLE_STATES and file_of(row) is not None
-    call = services.calls.get(row.call_id)
-    parties = (parties_of(call, services.calls) if call is not None
-               else console_of(request).events.parties.get(row.id))
+    running = recorder.active.get(row.id) if recorder is not None else None
+    # running here: the engine's note so far; ended: the note stored with its end
+    parties = running.parties if running is not None else row.parties
     return web.json_response({
         **row.to_api(),
         "audio_url": f"{DOWNLOAD_PREFIX}{row.id}.{row.format}" if playable else None,
@@ -318,9 +319,9 @@ def console_of(request: web.Request) -> ConsoleState:
 
 def session_of(request: web.Request) -> Session | None:
     """The request's live session, else None. Also starts observing the recording engine
-    once it exists, so the console notes who each recording holds from then on."""
-    state, services = console_of(request), services_of(request)
-    state.events.attach(services.recorder, services.calls)
+    once it exists, so the console streams its events from then on."""
+    state = console_of(request)
+    state.events.attach(services_of(request).recorder)
     return state.sessions.get(request.cookies.get(COOKIE_NAME))
 
 
@@ -354,7 +355,9 @@ def parse_filter(query: Any) -> RecordingFilter:
 
 def channel_legend(row: RecordingRow, parties: Parties | None) -> list[str]:
     """Who each channel holds: left = the recorded leg's party (speak), right = what it hears
-    (listen); on the inbound leg of a bridged call, caller left and callee right."""
+    (listen); on the inbound leg of a bridged call, caller left and callee right. Without a
+    note (a recording repaired after a crash, or still running on another node) the labels
+    say what each channel is, not whom."""
     party = parties.speaker if parties is not None else "the recorded party"
     hears = parties.hearer if parties is not None else "what that party hears"
     if row.channels == 2:
