@@ -279,17 +279,22 @@ PRAGMA user_version = 1;
 """
 
 
+def write_old_database(path: Path, schema: str, insert: str) -> None:
+    """A database as an older callbox left it: its schema and one row."""
+    conn = sqlite3.connect(path)
+    conn.executescript(schema)
+    conn.execute(insert)
+    conn.commit()
+    conn.close()
+
+
 async def test_a_version_1_database_migrates_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "recordings.db"
-    conn = sqlite3.connect(path)
-    conn.executescript(SCHEMA_V1)
-    conn.execute(
+    write_old_database(path, SCHEMA_V1,
         "INSERT INTO recordings (id, project_id, call_id, control_id, state, format, channels,"
         " direction, duration, size, url, path, created_at) VALUES"
         " ('a' || hex(randomblob(15)), 'p1', 'c1', 'ctl', 'finished', 'wav', 1, 'speak', 1.5,"
         " 24044, 'https://h/recordings/x.wav', '/data/recordings/x.wav', 1.0)")
-    conn.commit()
-    conn.close()
 
     store = SqliteRecordingStore(path)
     try:
@@ -316,15 +321,11 @@ PRAGMA user_version = 2;""")
 async def test_a_version_2_database_migrates_in_place_and_stores_parties(
         tmp_path: Path) -> None:
     path = tmp_path / "recordings.db"
-    conn = sqlite3.connect(path)
-    conn.executescript(SCHEMA_V2)
-    conn.execute(
+    write_old_database(path, SCHEMA_V2,
         "INSERT INTO recordings (id, project_id, call_id, control_id, state, format, channels,"
         " direction, duration, size, url, path, created_at, location) VALUES"
         " ('old', 'p1', 'c1', 'ctl', 'finished', 'wav', 2, 'both', 1.5, 48044,"
         " 'https://h/recordings/old.wav', '/data/recordings/old.wav', 1.0, 'old.wav')")
-    conn.commit()
-    conn.close()
 
     store = SqliteRecordingStore(path)
     try:
