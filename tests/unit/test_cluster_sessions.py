@@ -81,3 +81,56 @@ def test_a_session_that_expired_forgets_its_remote_calls() -> None:
     calls.track("c2", "node-b", "s2")
     calls.session_gone("s1")
     assert set(calls.calls) == {"c2"}
+
+
+async def test_a_session_follows_its_client_to_another_node_and_back() -> None:
+    sent: list[tuple[str, dict[str, Any]]] = []
+    expired: list[Session] = []
+    sessions = RemoteSessions(lambda subject, message: sent.append((subject, message)),
+                              expired.append)
+    session = sessions.get("node-a", "s1", "p1")
+    sessions.move("node-x", "s1", "node-b")  # not a session of this node: nothing happens
+    session.emit(wire.CALL_STATE, {"n": 1})
+    sessions.move("node-a", "s1", "node-b")  # its client resumed on node B
+    session.emit(wire.CALL_STATE, {"n": 2})
+    assert [subject for subject, _ in sent] == ["callbox.events.node-a", "callbox.events.node-b"]
+    assert sessions.get("node-b", "s1", "p1") is session and len(sessions) == 1
+
+    # The client comes to this node: the session is its own again, bound to the same calls.
+    assert sessions.release("node-b", "s1") is session and len(sessions) == 0
+    session.resume_here(contexts=["default"], event_acks=True, agent="test",
+                        events=[("e1", "frame 1")], grace=60)
+    session.emit(wire.CALL_STATE, {"n": 3})
+    assert len(sent) == 2 and not session.relayed and not session.connected
+    assert session.unacked == 2 and session.pending_events()[0] == ("e1", "frame 1")
+    assert session.contexts == ["default"] and session.event_acks
+    session.expire()
+    assert not expired  # released: this node's hub decides now
+
+
+async def test_a_local_session_relayed_to_another_node_sends_there_and_keeps_nothing() -> None:
+    sent: list[tuple[str, dict[str, Any]]] = []
+    expired: list[Session] = []
+    sessions = RemoteSessions(lambda subject, message: sent.append((subject, message)),
+                              expired.append)
+    local = Session(protocol="s1", project_id="p1", contexts=["default"], event_acks=True)
+    local.emit(wire.CALL_STATE, {"n": 1})  # no socket: kept for the client
+    assert local.unacked == 1 and not local.connected
+    sessions.adopt("node-b", local)
+    local.emit(wire.CALL_STATE, {"n": 2})
+    assert local.unacked == 0 and local.connected and local.relayed
+    assert sent == [("callbox.events.node-b", event("s1", wire.CALL_STATE, {"n": 2}))]
+    sessions.expire("node-b", "s1")  # its client's session ended there
+    assert expired == [local] and len(sessions) == 0 and not local.connected
+
+
+def test_the_calls_a_session_holds_go_with_it_and_are_forgotten_here() -> None:
+    no_sessions: dict[str, Session] = {}
+    calls = RemoteCalls(no_sessions.get)
+    calls.track("c1", "node-b", "s1", state("c1", "answered"))
+    calls.track("c2", "node-c", "s1")
+    calls.track("c3", "node-b", "s2")
+    held = calls.release("s1")
+    assert [(c["call_id"], c["node"]) for c in held] == [("c1", "node-b"), ("c2", "node-c")]
+    assert held[0]["last_state"]["call_state"] == "answered" and held[1]["last_state"] is None
+    assert set(calls.calls) == {"c3"} and calls.release("s1") == []

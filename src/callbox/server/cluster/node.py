@@ -26,6 +26,8 @@ from callbox.server.call import Call
 from callbox.server.cluster.bus import (
     NODES,
     SESSIONS_GONE,
+    SESSIONS_MOVED,
+    SESSIONS_WANTED,
     Bus,
     Incoming,
     commands_subject,
@@ -41,6 +43,7 @@ from callbox.server.cluster.directory import (
     parse_heartbeat,
 )
 from callbox.server.cluster.forwarding import Forwarding
+from callbox.server.cluster.handover import Handover
 from callbox.server.cluster.offers import Offers
 from callbox.server.cluster.proxies import RemoteSessions
 from callbox.server.cluster.remote_calls import RemoteCalls
@@ -63,6 +66,8 @@ class Cluster:
         self.offers = Offers(self.bus, hub, self.node_id, self.remote_calls, self.proxies)
         self.forwarding = Forwarding(self.bus, hub, self.node_id, self.remote_calls,
                                      self.proxies, self.directory.alive)
+        self.handover = Handover(self.bus, hub, self.node_id, self.remote_calls, self.proxies,
+                                 lambda: self.directory.nodes)
         self.heartbeat_interval = HEARTBEAT_INTERVAL
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -76,6 +81,8 @@ class Cluster:
         await self.bus.subscribe(events_subject(self.node_id), self._on_event)
         await self.bus.subscribe(commands_subject(self.node_id), self.forwarding.on_command)
         await self.bus.subscribe(SESSIONS_GONE, self._on_session_gone)
+        await self.bus.subscribe(SESSIONS_WANTED, self.handover.on_wanted)
+        await self.bus.subscribe(SESSIONS_MOVED, self.handover.on_moved)
         await self.offers.update_subscriptions()
         await self.bus.flush()
         loop = asyncio.get_running_loop()
@@ -118,6 +125,9 @@ class Cluster:
     async def forward(self, session: Session, method: str, params: Mapping[str, Any]
                       ) -> Result | None:
         return await self.forwarding.forward(session, method, params)
+
+    async def resume(self, project_id: str, protocol: str) -> Session | None:
+        return await self.handover.want(project_id, protocol)
 
     # -- heartbeats -------------------------------------------------------------------------
 
@@ -176,9 +186,12 @@ class Cluster:
     def _on_event(self, message: Incoming) -> None:
         kind = message.data.get("kind")
         if kind == "event":
-            self.remote_calls.on_event(message.data)
+            if not self.handover.pass_on(message.data):
+                self.remote_calls.on_event(message.data)
         elif kind == "reply":
             self.forwarding.on_reply(message.data)
+        elif kind == "handover":
+            self.handover.on_answer(message.data)
         else:
             log.warning("cluster: unknown message kind %r on the events subject", kind)
 

@@ -32,9 +32,20 @@ class RemoteCalls:
         self._find_session = find_session
         self.calls: dict[str, RemoteCall] = {}
 
-    def track(self, call_id: str, node_id: str, protocol: str) -> None:
+    def track(self, call_id: str, node_id: str, protocol: str,
+              last_state: dict[str, Any] | None = None) -> None:
         if call_id not in self.calls:
-            self.calls[call_id] = RemoteCall(call_id, node_id, protocol)
+            self.calls[call_id] = RemoteCall(call_id, node_id, protocol,
+                                             last_state if isinstance(last_state, dict) else None)
+
+    def release(self, protocol: str) -> list[dict[str, Any]]:
+        """Forget the calls the session `protocol` holds (it moves to another node): each
+        call's id, node and last state, for that node to track."""
+        held = [c for c in self.calls.values() if c.protocol == protocol]
+        for call in held:
+            del self.calls[call.call_id]
+        return [{"call_id": c.call_id, "node": c.node_id, "last_state": c.last_state}
+                for c in held]
 
     def owner(self, call_id: str) -> str | None:
         call = self.calls.get(call_id)

@@ -17,8 +17,8 @@ frame gets a JSON-RPC error and the socket stays open. Bad credentials get an er
 the socket is closed.
 
 With a cluster (`RemoteNodes`, callbox.server.cluster), sessions may also be another node's
-(a `Session` whose events travel over the bus), and a command on a call of another node is
-run there.
+(a `Session` whose events travel over the bus), a command on a call of another node is run
+there, and a client may resume here a session another node held (the cluster moves it).
 """
 
 from __future__ import annotations
@@ -186,6 +186,21 @@ class RelayHub:
                 log.info("call %s: its RELAY client is gone, hanging up", call.id)
                 spawn(call.hangup("error"), name=f"relay-orphan-{call.id}")
 
+    def release_session(self, protocol: str) -> Session | None:
+        """Give up the session `protocol` without ending anything: its client resumes on
+        another node, which it follows (the cluster relays it there); None if unknown here."""
+        session = self.sessions.pop(protocol, None)
+        if session is not None:
+            session.on_expired = None
+            self._sessions_changed()
+        return session
+
+    def resumed_here(self, session: Session) -> None:
+        """`session`, another node's until now, waits here for its client (see
+        `Session.resume_here`)."""
+        session.on_expired = self.session_expired
+        self.sessions[session.protocol] = session
+
     def drop_connections(self, project_id: str | None = None) -> int:
         """Close client sockets abruptly (their sessions wait for a resume). For tests and
         operators; returns how many were dropped."""
@@ -236,7 +251,7 @@ class RelayHub:
             if not connection.closed:
                 await connection.close()
             session = connection.session
-            if session is not None and not self._closing:
+            if session is not None and not self._closing and session.connection is connection:
                 session.detach(connection, self.resume_grace)
                 log.info("RELAY session %s disconnected; kept %g s for a resume",
                          session.protocol, self.resume_grace)
@@ -343,6 +358,10 @@ class RelayHub:
             connection.close_after_flush()
             return
         session = self.sessions.get(params.protocol) if params.protocol else None
+        if session is None and params.protocol and self.cluster is not None:
+            session = await self.cluster.resume(params.project, params.protocol)
+            if connection.closed:  # the client gave up meanwhile; the session waits for it
+                return
         restored = session is not None and session.project_id == params.project
         if session is None or not restored:
             session = Session(protocol=f"signalwire_{secrets.token_hex(16)}",

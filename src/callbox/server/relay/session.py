@@ -5,6 +5,11 @@ string and an event queue. It outlives its WebSocket: when the socket goes away 
 kept for a grace period, events for its calls queue up, and a client that reconnects with the
 same `protocol` gets them (every event not acknowledged yet, in order).
 
+In a cluster a session can also stand here for a client of another node (`relay_to`): its
+events then go to that node, and the plays, recordings and calls that hold it need not know.
+That is how a node's calls report to a client elsewhere, and how a session follows its client
+when the client resumes on another node (callbox.server.cluster.handover).
+
 A `Connection` is one WebSocket: a writer task that drains an outgoing queue (so events can be
 sent from synchronous callbacks, in order), server-to-client requests awaiting their reply
 (pings, `signalwire.disconnect`), and the ping loop.
@@ -28,6 +33,8 @@ log = logging.getLogger(__name__)
 
 MAX_OUTGOING = 10_000  # frames waiting for a slow client before we drop its socket
 MAX_UNACKED = 10_000  # events kept per session for re-delivery
+
+Relay = Callable[[str, Mapping[str, Any]], None]  # (event type, params) to another node
 
 
 class Connection:
@@ -168,6 +175,7 @@ class Session:
         self.on_expired: Callable[[Session], None] | None = None
         self._unacked: OrderedDict[str, str] = OrderedDict()
         self._expiry: asyncio.TimerHandle | None = None
+        self._relay: Relay | None = None
         self.dropped_events = 0
 
     def __repr__(self) -> str:
@@ -176,7 +184,14 @@ class Session:
 
     @property
     def connected(self) -> bool:
+        if self._relay is not None:
+            return True
         return self.connection is not None and not self.connection.closed
+
+    @property
+    def relayed(self) -> bool:
+        """Its client is another node's: events go there (see `relay_to`)."""
+        return self._relay is not None
 
     @property
     def unacked(self) -> int:
@@ -186,6 +201,9 @@ class Session:
 
     def emit(self, event_type: str, params: Mapping[str, Any]) -> None:
         """Send one event to the client now, or keep it for when it comes back."""
+        if self._relay is not None:
+            self._relay(event_type, params)
+            return
         frame = wire.event(event_type, params, project_id=self.project_id,
                            channel=f"signalwire_{self.protocol}", timestamp=time.time())
         text = wire.dumps(frame)
@@ -206,6 +224,38 @@ class Session:
 
     def ack(self, event_id: Any) -> bool:
         return isinstance(event_id, str) and self._unacked.pop(event_id, None) is not None
+
+    def pending_events(self) -> list[tuple[str, str]]:
+        """(event id, frame) of what its client has not acknowledged (or not received), oldest
+        first."""
+        return list(self._unacked.items())
+
+    def relay_to(self, relay: Relay) -> None:
+        """From now on its client is another node's: every event goes to `relay` (nothing is
+        kept here), and a socket of this node that was bound to it is closed."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.connection is not None and not self.connection.closed:
+            self.connection.abort()
+        self.connection = None
+        self.detached_at = None
+        self._unacked.clear()
+        self._relay = relay
+
+    def resume_here(self, *, contexts: list[str], event_acks: bool, agent: str,
+                    events: list[tuple[str, str]], grace: float) -> None:
+        """Its client comes back to this node (it was another node's, or new here): keep the
+        client's `events` not acknowledged yet, and wait `grace` seconds for its socket."""
+        self._relay = None
+        self.contexts = list(contexts)
+        self.event_acks = event_acks
+        self.agent = agent
+        self._unacked.update(events)
+        self.detached_at = time.time()
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = asyncio.get_running_loop().call_later(grace, self.expire)
 
     # -- connection life cycle --------------------------------------------------------------
 
@@ -236,6 +286,7 @@ class Session:
         self._expiry = asyncio.get_running_loop().call_later(grace, self.expire)
 
     def expire(self) -> None:
+        self._relay = None
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
