@@ -11,8 +11,9 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || APT_PACKAGES+=(python3-venv)
 # Kamailio plays the carrier (registrar + authenticating proxy) in the trunk tests.
 # Chromium drives the console's browser tests (Playwright uses it; never `playwright install`).
 # nats-server is the bus of the RELAY-across-nodes tests; PostgreSQL 15 the shared metadata
-# database of the cluster tests (a throwaway cluster).
-[ "${1:-}" = "--test" ] && APT_PACKAGES+=(kamailio chromium nats-server postgresql)
+# database of the cluster tests (a throwaway cluster); HAProxy the load balancer in front of
+# the RELAY nodes.
+[ "${1:-}" = "--test" ] && APT_PACKAGES+=(kamailio chromium nats-server postgresql haproxy)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

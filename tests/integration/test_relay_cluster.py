@@ -30,6 +30,7 @@ import aiohttp
 import pytest
 from tests.integration.conftest import RunningPlatform, make_config, running_platform
 from tests.peers import audio
+from tests.peers.haproxy import running_haproxy
 from tests.peers.nats import NatsServer, running_nats
 from tests.peers.official_sdk import official_sdk_python
 from tests.peers.poll import until
@@ -41,6 +42,7 @@ from callbox.server.app import Platform
 from callbox.server.cluster.bus import BusError
 from callbox.server.cluster.directory import NodeInfo
 from callbox.server.config import Project, Route
+from callbox.server.tls import ensure_self_signed
 from callbox.wire.basic_auth import basic_auth_header
 
 pytestmark = pytest.mark.peers
@@ -59,11 +61,12 @@ def nats() -> Iterator[NatsServer]:
 
 
 @contextlib.asynccontextmanager
-async def node(tmp_path: Path, nats: NatsServer, node_id: str) -> AsyncIterator[RunningPlatform]:
+async def node(tmp_path: Path, nats: NatsServer, node_id: str, **overrides: Any
+               ) -> AsyncIterator[RunningPlatform]:
     """One node of the cluster: project p1/t1, plain WS, media in this process."""
     async with running_platform(tmp_path / node_id, ROUTES, http__plain_listen="127.0.0.1:0",
                                 server__workers=0, cluster__bus_url=nats.url,
-                                cluster__node_id=node_id) as running:
+                                cluster__node_id=node_id, **overrides) as running:
         running.platform.config.projects[:] = [Project(PROJECT, TOKEN)]
         yield running
 
@@ -559,3 +562,97 @@ async def test_a_session_no_node_holds_is_started_anew_once_every_node_said_so(
         finally:
             await client.disconnect()
     assert "not every node answered" not in caplog.text
+
+
+# The official SDK's program for a session that moves: a call answered and recorded; once the
+# test says the client is on the other node, the recording is stopped and the call hung up.
+SDK_MOVING_PROGRAM = '''\
+import asyncio
+from pathlib import Path
+from signalwire.relay import RelayClient
+
+client = RelayClient(project=PROJECT, token=TOKEN, host=HOST, contexts=["default"])
+
+@client.on_call
+async def handle_call(call):
+    await call.answer()
+    action = await call.record(audio=AUDIO)
+    while not Path("moved").exists():
+        await asyncio.sleep(0.1)
+    await action.stop()
+    event = await action.wait()
+    record = event.params.get("record", {})
+    print(f"Recording saved: {record.get('url', '')} {record.get('size', 0)}", flush=True)
+    await call.hangup()
+
+client.run()
+'''
+
+
+async def test_the_official_sdk_behind_haproxy_resumes_on_node_b_when_node_a_is_taken_out(
+        tmp_path, nats):
+    """The official SDK reaches two nodes through HAProxy (one certificate for both, as behind
+    any load balancer). It records a call of node A; the operator takes node A out of HAProxy
+    (maintenance: its connections are cut), the SDK reconnects, lands on node B and resumes its
+    session there; its stop and hangup, sent to B, run on A, where the call and the
+    recording are."""
+    cert, key = ensure_self_signed(tmp_path / "tls")
+    tls = {"http__tls_cert": str(cert), "http__tls_key": str(key)}
+    tone = tmp_path / "tone.wav"
+    audio.write_wav(tone, audio.tone(700, 20.0, dbfs=-12))
+    async with node(tmp_path, nats, "node-a", **tls) as a, \
+            node(tmp_path, nats, "node-b", **tls) as b:
+        ports = {}
+        for name, running in (("node-a", a), ("node-b", b)):
+            assert running.platform.listening is not None
+            ports[name] = running.platform.listening.https[1]
+        with running_haproxy(ports) as haproxy:
+            program = tmp_path / "sdk_program.py"
+            program.write_text(
+                f"PROJECT, TOKEN, HOST = {PROJECT!r}, {TOKEN!r}, '127.0.0.1:{haproxy.port}'\n"
+                f"AUDIO = {dict(format='wav', **NO_TIMEOUTS)!r}\n" + SDK_MOVING_PROGRAM)
+            env = dict(os.environ, SIGNALWIRE_RELAY_CA_FILE=str(cert))
+            proc = await asyncio.create_subprocess_exec(
+                str(official_sdk_python()), "-u", str(program), env=env, cwd=tmp_path,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            try:
+                await until(lambda: a.platform.relay.has_session_for(PROJECT, "default"), 20,
+                            "the SDK connects, through HAProxy, to node A")
+                (protocol,) = a.platform.relay.sessions
+                caller = asyncio.ensure_future(
+                    place_call(a.uri("voicemail"), play=str(tone), hangup_after=60))
+                await until(lambda: bool(a.observed and a.observed[0].call.recordings), 15,
+                            "the SDK's recording starts on node A")
+                await asyncio.sleep(1.0)  # a second of the tone in it
+                await asyncio.to_thread(haproxy.take_out, "node-a")
+
+                def resumed_on_b() -> bool:
+                    session = b.platform.relay.sessions.get(protocol)
+                    return session is not None and session.connected and not session.relayed
+
+                await until(resumed_on_b, 30, "the SDK resumes its session on node B")
+                (tmp_path / "moved").touch()
+                result = await asyncio.wait_for(caller, 30)
+                seen = await a.wait_call_ended(0)
+                assert protocol not in a.platform.relay.sessions
+            finally:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    out, err = await asyncio.wait_for(proc.communicate(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    out, err = await proc.communicate()
+    assert result.status == 200 and result.hung_up_by == "remote", err.decode()[-3000:]
+    (recording,) = seen.call.recordings
+    match = re.search(r"^Recording saved: (\S+) (\d+)$", out.decode(), re.M)
+    assert match, f"stdout: {out.decode()!r}\nstderr: {err.decode()[-3000:]}"
+    assert match.group(1) == recording.url
+    assert match.group(1).startswith(a.platform.config.http.public_url)
+    assert int(match.group(2)) == recording.size
+    samples, rate = audio.decode_audio(recording.path)
+    assert len(samples) / rate == pytest.approx(recording.duration, abs=0.1)
+    heard = samples[int(0.2 * rate):]  # past the first packets' way in
+    assert len(heard) >= rate // 2, len(samples)
+    assert audio.dominant_frequency(heard, rate) == pytest.approx(700, abs=10)
+    assert audio.tone_level_dbfs(heard, 700, rate) > -20
+    assert not b.observed  # the call never touched node B's SIP or media
