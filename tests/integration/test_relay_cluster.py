@@ -23,6 +23,7 @@ import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import aiohttp
 import pytest
 from tests.integration.conftest import RunningPlatform, make_config, running_platform
 from tests.peers import audio
-from tests.peers.haproxy import running_haproxy
+from tests.peers.haproxy import Haproxy, running_haproxy
 from tests.peers.nats import NatsServer, running_nats
 from tests.peers.official_sdk import official_sdk_python
 from tests.peers.poll import until
@@ -332,35 +333,19 @@ async def test_the_official_sdk_on_node_a_records_a_call_of_node_b(tmp_path, nat
     async with node(tmp_path, nats, "node-a") as a, node(tmp_path, nats, "node-b") as b:
         listening = a.platform.listening
         assert listening is not None
-        program = tmp_path / "sdk_program.py"
-        program.write_text(
-            f"PROJECT, TOKEN, HOST = {PROJECT!r}, {TOKEN!r}, '127.0.0.1:{listening.https[1]}'\n"
-            f"AUDIO = {dict(format='wav', **NO_TIMEOUTS)!r}\n" + SDK_PROGRAM)
-        env = dict(os.environ, SIGNALWIRE_RELAY_CA_FILE=str(listening.cert))
-        proc = await asyncio.create_subprocess_exec(
-            str(official_sdk_python()), "-u", str(program), env=env, cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        try:
+        async with official_sdk(tmp_path, SDK_PROGRAM, listening.https[1],
+                                listening.cert) as sdk:
             await knows_taker(b, "node B hears of the SDK's session on node A")
             tone = tmp_path / "tone.wav"
             audio.write_wav(tone, audio.tone(600, 10.0, dbfs=-12))
             result = await place_call(b.uri("voicemail"), play=str(tone), hangup_after=30)
             seen = await b.wait_call_ended(0)
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                out, err = await asyncio.wait_for(proc.communicate(), 10)
-            except TimeoutError:
-                proc.kill()
-                out, err = await proc.communicate()
-        assert result.status == 200 and result.hung_up_by == "remote", err.decode()[-3000:]
+        assert result.status == 200 and result.hung_up_by == "remote", sdk.err[-3000:]
         (recording,) = seen.call.recordings
         listed_on_b = await list_recordings(b)
-    match = re.search(r"^Recording saved: (\S+) (\d+)$", out.decode(), re.M)
-    assert match, f"stdout: {out.decode()!r}\nstderr: {err.decode()[-3000:]}"
-    assert match.group(1) == recording.url
-    assert match.group(1).startswith(b.platform.config.http.public_url)
-    assert int(match.group(2)) == recording.size > 8000
+    (saved,) = sdk.saved()
+    assert saved == (recording.url, recording.size) and recording.size > 8000
+    assert saved[0].startswith(b.platform.config.http.public_url)
     assert [r["id"] for r in listed_on_b] == [recording.id]
     assert not a.observed
 
@@ -564,8 +549,81 @@ async def test_a_session_no_node_holds_is_started_anew_once_every_node_said_so(
     assert "not every node answered" not in caplog.text
 
 
-# The official SDK's program for a session that moves: a call answered and recorded; once the
-# test says the client is on the other node, the recording is stopped and the call hung up.
+@dataclass
+class SdkRun:
+    """What the official SDK's program printed, once it has stopped."""
+
+    out: str = ""
+    err: str = ""
+
+    def saved(self) -> list[tuple[str, int]]:
+        """(url, size) of each "Recording saved" line, in order."""
+        found = re.findall(r"^Recording saved: (\S+) (\d+)$", self.out, re.M)
+        assert found, f"stdout: {self.out!r}\nstderr: {self.err[-3000:]}"
+        return [(url, int(size)) for url, size in found]
+
+
+@contextlib.asynccontextmanager
+async def official_sdk(tmp_path: Path, program: str, port: int, ca_file: Path
+                       ) -> AsyncIterator[SdkRun]:
+    """The official SDK running `program` (PROJECT, TOKEN, HOST, AUDIO filled in) against
+    127.0.0.1:`port`, trusting `ca_file`, in `tmp_path`; stopped (SIGINT) at the end."""
+    path = tmp_path / "sdk_program.py"
+    path.write_text(f"PROJECT, TOKEN, HOST = {PROJECT!r}, {TOKEN!r}, '127.0.0.1:{port}'\n"
+                    f"AUDIO = {dict(format='wav', **NO_TIMEOUTS)!r}\n" + program)
+    env = dict(os.environ, SIGNALWIRE_RELAY_CA_FILE=str(ca_file))
+    proc = await asyncio.create_subprocess_exec(
+        str(official_sdk_python()), "-u", str(path), env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    run = SdkRun()
+    try:
+        yield run
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 10)
+        except TimeoutError:
+            proc.kill()
+            out, err = await proc.communicate()
+        run.out, run.err = out.decode(), err.decode()
+
+
+@contextlib.asynccontextmanager
+async def two_nodes_behind_haproxy(tmp_path: Path, nats: NatsServer, *, health_checks: bool
+                                   ) -> AsyncIterator[tuple[RunningPlatform, RunningPlatform,
+                                                            Haproxy, Path]]:
+    """Nodes A and B with one certificate (as behind any load balancer), HAProxy in front of
+    their HTTPS port (A in service, B its backup); the certificate's path comes last."""
+    cert, key = ensure_self_signed(tmp_path / "tls")
+    tls = {"http__tls_cert": str(cert), "http__tls_key": str(key)}
+    async with node(tmp_path, nats, "node-a", **tls) as a, \
+            node(tmp_path, nats, "node-b", **tls) as b:
+        ports = {}
+        for name, running in (("node-a", a), ("node-b", b)):
+            assert running.platform.listening is not None
+            ports[name] = running.platform.listening.https[1]
+        with running_haproxy(ports, health_checks=health_checks) as haproxy:
+            yield a, b, haproxy, cert
+
+
+def resumed_on(running: RunningPlatform, protocol: str) -> bool:
+    """`running` holds the session `protocol` for its client, connected there."""
+    session = running.platform.relay.sessions.get(protocol)
+    return session is not None and session.connected and not session.relayed
+
+
+def assert_holds_the_tone(recording: Any, freq: float) -> None:
+    """The recording's file lasts its reported duration and holds the caller's tone."""
+    samples, rate = audio.decode_audio(recording.path)
+    assert len(samples) / rate == pytest.approx(recording.duration, abs=0.1)
+    heard = samples[int(0.2 * rate):]  # past the first packets' way in
+    assert len(heard) >= rate // 2, len(samples)
+    assert audio.dominant_frequency(heard, rate) == pytest.approx(freq, abs=10)
+    assert audio.tone_level_dbfs(heard, freq, rate) > -20
+
+
+# The official SDK's program for a session that moves: each call answered and recorded; once
+# the test says the client is on the other node, the recording is stopped and the call hung up.
 SDK_MOVING_PROGRAM = '''\
 import asyncio
 from pathlib import Path
@@ -579,6 +637,7 @@ async def handle_call(call):
     action = await call.record(audio=AUDIO)
     while not Path("moved").exists():
         await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)  # a second of the caller in the recording, at least
     await action.stop()
     event = await action.wait()
     record = event.params.get("record", {})
@@ -589,70 +648,115 @@ client.run()
 '''
 
 
+async def sdk_records_a_call_of(running: RunningPlatform, tone: Path) -> asyncio.Future[Any]:
+    """Once the SDK is connected to `running` (node A): a caller playing `tone` calls it, and
+    the SDK's recording of the call starts; the caller's result, to come."""
+    await until(lambda: running.platform.relay.has_session_for(PROJECT, "default"), 20,
+                "the SDK connects, through HAProxy, to node A")
+    caller = asyncio.ensure_future(place_call(running.uri("voicemail"), play=str(tone),
+                                              hangup_after=60))
+    await until(lambda: bool(running.observed and running.observed[0].call.recordings), 15,
+                "the SDK's recording starts on node A")
+    await asyncio.sleep(1.0)  # a second of the tone in it
+    return caller
+
+
 async def test_the_official_sdk_behind_haproxy_resumes_on_node_b_when_node_a_is_taken_out(
         tmp_path, nats):
-    """The official SDK reaches two nodes through HAProxy (one certificate for both, as behind
-    any load balancer). It records a call of node A; the operator takes node A out of HAProxy
-    (maintenance: its connections are cut), the SDK reconnects, lands on node B and resumes its
-    session there; its stop and hangup, sent to B, run on A, where the call and the
-    recording are."""
+    """The official SDK reaches two nodes through HAProxy. It records a call of node A; the
+    operator takes node A out of HAProxy (maintenance: its connections are cut), the SDK
+    reconnects, lands on node B and resumes its session there; its stop and hangup, sent to
+    B, run on A, where the call and the recording are."""
+    tone = audio.write_wav(tmp_path / "tone.wav", audio.tone(700, 20.0, dbfs=-12))
+    async with two_nodes_behind_haproxy(tmp_path, nats, health_checks=False) as (
+            a, b, haproxy, cert), official_sdk(tmp_path, SDK_MOVING_PROGRAM, haproxy.port,
+                                               cert) as sdk:
+        caller = await sdk_records_a_call_of(a, tone)
+        (protocol,) = a.platform.relay.sessions
+        await asyncio.to_thread(haproxy.take_out, "node-a")
+        await until(lambda: resumed_on(b, protocol), 30, "the SDK resumes its session on B")
+        (tmp_path / "moved").touch()
+        result = await asyncio.wait_for(caller, 30)
+        seen = await a.wait_call_ended(0)
+        assert protocol not in a.platform.relay.sessions
+    assert result.status == 200 and result.hung_up_by == "remote", sdk.err[-3000:]
+    (recording,) = seen.call.recordings
+    assert sdk.saved() == [(recording.url, recording.size)]
+    assert recording.url.startswith(a.platform.config.http.public_url)
+    assert_holds_the_tone(recording, 700)
+    assert not b.observed  # the call never touched node B's SIP or media
+
+
+async def test_a_draining_node_sends_the_official_sdk_to_node_b_which_gives_it_new_calls(
+        tmp_path, nats):
+    """Node A drains (SIGTERM with drain_seconds) while the official SDK, reaching it through
+    HAProxy, records a call there. A's /health says 503, HAProxy's checks take it out, and A
+    asks its RELAY client to reconnect: the SDK lands on node B and resumes its session
+    there. It gets B's new calls, and its stop and hangup of A's call, sent to B, run on A,
+    whose drain then ends: its last call is over."""
+    tones = {"node-a": 700, "node-b": 500}
+    for name, freq in tones.items():
+        audio.write_wav(tmp_path / f"{name}.wav", audio.tone(freq, 20.0, dbfs=-12))
+    async with two_nodes_behind_haproxy(tmp_path, nats, health_checks=True) as (
+            a, b, haproxy, cert), official_sdk(tmp_path, SDK_MOVING_PROGRAM, haproxy.port,
+                                               cert) as sdk:
+        first = await sdk_records_a_call_of(a, tmp_path / "node-a.wav")
+        (protocol,) = a.platform.relay.sessions
+        a.platform.relay_move_after = 0.5  # HAProxy checks every 100 ms
+        drain = asyncio.ensure_future(a.platform.drain(60))
+        await until(lambda: resumed_on(b, protocol), 30, "the SDK resumes its session on B")
+        (tmp_path / "moved").touch()
+        second = await place_call(b.uri("voicemail"), play=str(tmp_path / "node-b.wav"),
+                                  hangup_after=30)
+        results = {"node-a": await asyncio.wait_for(first, 30), "node-b": second}
+        await asyncio.wait_for(drain, 30)
+        assert not a.platform.calls and protocol not in a.platform.relay.sessions
+        recordings = {name: (await running.wait_call_ended(0)).call.recordings[0]
+                      for name, running in (("node-a", a), ("node-b", b))}
+    assert sorted(sdk.saved()) == sorted((r.url, r.size) for r in recordings.values())
+    for name, running in (("node-a", a), ("node-b", b)):
+        assert results[name].status == 200 and results[name].hung_up_by == "remote"
+        assert recordings[name].url.startswith(running.platform.config.http.public_url)
+        assert_holds_the_tone(recordings[name], tones[name])
+
+
+async def test_a_node_that_stops_hands_its_sdk_session_to_node_b_with_the_call_it_holds_there(
+        tmp_path, nats):
+    """The official SDK, through HAProxy on node A, records a call that came to node B. Node A
+    stops (SIGTERM, no drain): it asks the SDK to reconnect and waits for its session to be
+    taken over before it leaves. The SDK lands on node B and resumes there; its call, across
+    the bus until then, is now B's own: the stop and hangup run on B."""
     cert, key = ensure_self_signed(tmp_path / "tls")
     tls = {"http__tls_cert": str(cert), "http__tls_key": str(key)}
-    tone = tmp_path / "tone.wav"
-    audio.write_wav(tone, audio.tone(700, 20.0, dbfs=-12))
-    async with node(tmp_path, nats, "node-a", **tls) as a, \
-            node(tmp_path, nats, "node-b", **tls) as b:
+    tone = audio.write_wav(tmp_path / "tone.wav", audio.tone(500, 20.0, dbfs=-12))
+    async with contextlib.AsyncExitStack() as stack:
+        b = await stack.enter_async_context(node(tmp_path, nats, "node-b", **tls))
+        node_a = contextlib.AsyncExitStack()
+        stack.push_async_callback(node_a.aclose)
+        a = await node_a.enter_async_context(node(tmp_path, nats, "node-a", **tls))
         ports = {}
         for name, running in (("node-a", a), ("node-b", b)):
             assert running.platform.listening is not None
             ports[name] = running.platform.listening.https[1]
-        with running_haproxy(ports) as haproxy:
-            program = tmp_path / "sdk_program.py"
-            program.write_text(
-                f"PROJECT, TOKEN, HOST = {PROJECT!r}, {TOKEN!r}, '127.0.0.1:{haproxy.port}'\n"
-                f"AUDIO = {dict(format='wav', **NO_TIMEOUTS)!r}\n" + SDK_MOVING_PROGRAM)
-            env = dict(os.environ, SIGNALWIRE_RELAY_CA_FILE=str(cert))
-            proc = await asyncio.create_subprocess_exec(
-                str(official_sdk_python()), "-u", str(program), env=env, cwd=tmp_path,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            try:
-                await until(lambda: a.platform.relay.has_session_for(PROJECT, "default"), 20,
-                            "the SDK connects, through HAProxy, to node A")
-                (protocol,) = a.platform.relay.sessions
-                caller = asyncio.ensure_future(
-                    place_call(a.uri("voicemail"), play=str(tone), hangup_after=60))
-                await until(lambda: bool(a.observed and a.observed[0].call.recordings), 15,
-                            "the SDK's recording starts on node A")
-                await asyncio.sleep(1.0)  # a second of the tone in it
-                await asyncio.to_thread(haproxy.take_out, "node-a")
-
-                def resumed_on_b() -> bool:
-                    session = b.platform.relay.sessions.get(protocol)
-                    return session is not None and session.connected and not session.relayed
-
-                await until(resumed_on_b, 30, "the SDK resumes its session on node B")
-                (tmp_path / "moved").touch()
-                result = await asyncio.wait_for(caller, 30)
-                seen = await a.wait_call_ended(0)
-                assert protocol not in a.platform.relay.sessions
-            finally:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    out, err = await asyncio.wait_for(proc.communicate(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    out, err = await proc.communicate()
-    assert result.status == 200 and result.hung_up_by == "remote", err.decode()[-3000:]
+        haproxy = stack.enter_context(running_haproxy(ports, health_checks=True))
+        sdk = await stack.enter_async_context(
+            official_sdk(tmp_path, SDK_MOVING_PROGRAM, haproxy.port, cert))
+        await until(lambda: a.platform.relay.has_session_for(PROJECT, "default"), 20,
+                    "the SDK connects, through HAProxy, to node A")
+        (protocol,) = a.platform.relay.sessions
+        await knows_taker(b, "node B hears of the SDK's session on node A")
+        caller = asyncio.ensure_future(place_call(b.uri("voicemail"), play=str(tone),
+                                                  hangup_after=60))
+        await until(lambda: bool(b.observed and b.observed[0].call.recordings), 15,
+                    "the SDK's recording starts on node B")
+        await node_a.aclose()  # node A stops
+        assert resumed_on(b, protocol)  # taken over before node A left
+        (tmp_path / "moved").touch()
+        result = await asyncio.wait_for(caller, 30)
+        seen = await b.wait_call_ended(0)
+    assert result.status == 200 and result.hung_up_by == "remote", sdk.err[-3000:]
     (recording,) = seen.call.recordings
-    match = re.search(r"^Recording saved: (\S+) (\d+)$", out.decode(), re.M)
-    assert match, f"stdout: {out.decode()!r}\nstderr: {err.decode()[-3000:]}"
-    assert match.group(1) == recording.url
-    assert match.group(1).startswith(a.platform.config.http.public_url)
-    assert int(match.group(2)) == recording.size
-    samples, rate = audio.decode_audio(recording.path)
-    assert len(samples) / rate == pytest.approx(recording.duration, abs=0.1)
-    heard = samples[int(0.2 * rate):]  # past the first packets' way in
-    assert len(heard) >= rate // 2, len(samples)
-    assert audio.dominant_frequency(heard, rate) == pytest.approx(700, abs=10)
-    assert audio.tone_level_dbfs(heard, 700, rate) > -20
-    assert not b.observed  # the call never touched node B's SIP or media
+    assert sdk.saved() == [(recording.url, recording.size)]
+    assert recording.url.startswith(b.platform.config.http.public_url)
+    assert_holds_the_tone(recording, 500)
+    assert not a.observed

@@ -2,7 +2,8 @@
 
 :func:`running_haproxy` listens on a free loopback port and sends each new connection to the
 first of its backends that is in service (the others are HAProxy ``backup`` servers), until the
-``with`` block ends. :meth:`Haproxy.take_out` is what an operator does to take a node out for
+``with`` block ends; with health checks, a backend whose ``/health`` does not answer 200 is out
+of service. :meth:`Haproxy.take_out` is what an operator does to take a node out for
 maintenance: the server goes to ``maint`` and its open connections are cut, so the clients
 reconnect, to the next backend. It talks to HAProxy's admin socket, and blocks for a moment.
 """
@@ -35,7 +36,12 @@ def haproxy_binary() -> str:
     return found
 
 
-def config_text(port: int, backends: Mapping[str, int], admin_socket: Path) -> str:
+def config_text(port: int, backends: Mapping[str, int], admin_socket: Path, *,
+                health_checks: bool) -> str:
+    checks = ("    option httpchk GET /health\n"
+              "    http-check expect status 200\n"
+              "    default-server check check-ssl verify none inter 100ms fall 1 rise 1\n"
+              if health_checks else "")
     servers = "\n".join(
         f"    server {name} {LOOPBACK}:{backend_port}{' backup' if i else ''}"
         for i, (name, backend_port) in enumerate(backends.items()))
@@ -54,7 +60,7 @@ frontend relay
     default_backend {BACKEND}
 
 backend {BACKEND}
-{servers}
+{checks}{servers}
 """
 
 
@@ -90,12 +96,16 @@ class Haproxy:
 
 
 @contextlib.contextmanager
-def running_haproxy(backends: Mapping[str, int]) -> Iterator[Haproxy]:
-    """HAProxy in front of `backends` (server name -> loopback port, the first in service)."""
+def running_haproxy(backends: Mapping[str, int], *, health_checks: bool = False
+                    ) -> Iterator[Haproxy]:
+    """HAProxy in front of `backends` (server name -> loopback port, the first in service).
+    `health_checks`: a backend is in service while its `/health` (HTTPS) answers 200, checked
+    every 100 ms."""
     workdir = new_workdir("haproxy")
     port = free_tcp_port()
     config = workdir / "haproxy.cfg"
-    config.write_text(config_text(port, backends, workdir / "admin.sock"))
+    config.write_text(config_text(port, backends, workdir / "admin.sock",
+                                  health_checks=health_checks))
     with (workdir / "haproxy.log").open("ab") as log:
         process = subprocess.Popen([haproxy_binary(), "-db", "-f", str(config)], stdout=log,
                                    stderr=log, start_new_session=True)

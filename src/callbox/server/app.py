@@ -42,6 +42,13 @@ from callbox.server.worker.pool import MediaHosts
 
 log = logging.getLogger(__name__)
 
+# A draining node of a cluster asks its RELAY clients to reconnect after this many seconds (a
+# load balancer's health checks have taken it out by then: deploy/haproxy's take 4 s) ...
+RELAY_MOVE_AFTER = 5.0
+# ... and a node that stops waits at most this long for the other nodes to take its RELAY
+# sessions over (its clients reconnect: 1-2 s, longer when they land here again first).
+RELAY_MOVE_WAIT = 5.0
+
 ERROR_PROMPT = "say:Sorry, this number is not available right now. Goodbye."
 
 
@@ -89,6 +96,7 @@ class Platform:
         self.cluster = Cluster(config.cluster.bus_url, self.relay) if config.cluster.bus_url \
             else None
         self.relay.cluster = self.cluster
+        self.relay_move_after = RELAY_MOVE_AFTER
         media = CallMediaFactory(self.media)
         self.inbound = InboundCalls(
             config=config, media=media, calls=self.calls,
@@ -187,20 +195,34 @@ class Platform:
         waits = [asyncio.ensure_future(self._no_calls.wait())]
         if cut_short is not None:
             waits.append(asyncio.ensure_future(cut_short.wait()))
+        mover = spawn(self._send_relay_clients_away_later(), name="relay-clients-away") \
+            if self.cluster is not None else None
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiting in waits:
                 waiting.cancel()
+            if mover is not None:
+                mover.cancel()
         if self.calls:
             log.info("draining ended with %d calls in progress: hanging them up",
                      len(self.calls))
+
+    async def _send_relay_clients_away_later(self) -> None:
+        """Once a load balancer has seen this node draining (its /health answers 503), its
+        RELAY clients reconnect: to another node, which takes their sessions over (they keep
+        their calls here, commanded from there, and get new calls there)."""
+        await asyncio.sleep(self.relay_move_after)
+        moved = await self.relay.send_clients_away("node draining")
+        if moved:
+            log.info("draining: %d RELAY clients asked to reconnect elsewhere", moved)
 
     async def stop(self) -> None:
         """Graceful: refuse new calls (503), hang up the active ones (their recordings finish
         with complete files), deliver queued webhooks, then close everything."""
         self.refuse_new_calls()
-        await self.relay.close()
+        others = self.cluster is not None and bool(self.cluster.directory.nodes)
+        await self.relay.close(wait_for_moves=RELAY_MOVE_WAIT if others else 0.0)
         for call in list(self.calls.values()):
             await call.hangup()
         await self.trunks.stop()

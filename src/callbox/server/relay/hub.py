@@ -9,7 +9,9 @@ project authentication, node id, recorder; never the platform itself):
 - `offer(call, context)` - send `calling.call.receive` to one connected session of the context
   (round-robin across sessions; `pick_session` + `offer_to`);
 - `served_contexts()` - the (project, context) pairs its connected sessions receive;
-- `close()` - at shutdown: `signalwire.disconnect` to every client, then close the sockets.
+- `send_clients_away()` - `signalwire.disconnect` to every client, then close the sockets (a
+  draining node in a cluster: the clients resume on other nodes);
+- `close()` - at shutdown: the same, then the sessions end (once other nodes took them over).
 
 Frames are handled in order per socket; `calling.*` commands run as tasks so a slow one (media
 to render, a recording waiting for its prompt) never holds up acks and pings behind it. A bad
@@ -24,6 +26,7 @@ there, and a client may resume here a session another node held (the cluster mov
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -74,6 +77,8 @@ class RelayHub:
         self._ended: OrderedDict[str, str] = OrderedDict()  # call id -> project id
         self._round_robin: dict[tuple[str, str], int] = {}
         self._closing = False
+        self._moving: set[str] = set()  # sessions whose client close() sent away
+        self._all_moved = asyncio.Event()  # ... and none of them is here any more
 
     # -- what the platform asks -----------------------------------------------------------
 
@@ -116,16 +121,30 @@ class RelayHub:
         log.info("call %s offered to RELAY session %s (context %r)", call.id, session.protocol,
                  context)
 
-    async def close(self) -> None:
-        """Ask every client to reconnect later, then close every socket."""
-        self._closing = True
+    async def send_clients_away(self, why: str) -> int:
+        """Ask every client to reconnect (`signalwire.disconnect` with restart false: its
+        session waits for it), then close the sockets; how many there were. Behind a load
+        balancer that has taken this node out, a client lands on another node, which takes its
+        session over (a cluster); one that comes back here resumes here."""
         connections = list(self.connections)
         for connection in connections:
             connection.send(wire.request(wire.DISCONNECT, {"restart": False}))
         if connections:
             await asyncio.sleep(0.1)  # let the notices go out
         for connection in connections:
-            await connection.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+            await connection.close(code=WSCloseCode.GOING_AWAY, message=why.encode())
+        return len(connections)
+
+    async def close(self, wait_for_moves: float = 0.0) -> None:
+        """Ask every client to reconnect elsewhere and close every socket; then wait up to
+        `wait_for_moves` seconds for other nodes to take over the sessions of the clients that
+        were connected (a cluster), and end the sessions left."""
+        self._closing = True
+        self._moving = {p for p, s in self.sessions.items() if s.connected}
+        await self.send_clients_away("server shutdown")
+        if wait_for_moves > 0 and self._moving:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_moved.wait(), wait_for_moves)
         for session in list(self.sessions.values()):
             session.on_expired = None
             session.expire()
@@ -172,6 +191,7 @@ class RelayHub:
         """`session` is gone for good: its calls that were not answered yet are hung up."""
         if self.sessions.get(session.protocol) is session:
             del self.sessions[session.protocol]
+            self._moved(session.protocol)
             if self.cluster is not None:
                 self.cluster.session_expired(session)
                 self.cluster.sessions_changed()
@@ -193,7 +213,15 @@ class RelayHub:
         if session is not None:
             session.on_expired = None
             self._sessions_changed()
+        self._moved(protocol)
         return session
+
+    def _moved(self, protocol: str) -> None:
+        """`protocol` is no longer here: one less session `close()` waits for."""
+        if protocol in self._moving:
+            self._moving.discard(protocol)
+            if not self._moving:
+                self._all_moved.set()
 
     def resumed_here(self, session: Session) -> None:
         """`session`, another node's until now, waits here for its client (see
