@@ -6,8 +6,9 @@ with the session's protocol and project; the reply comes back on this node's eve
 after the events the command caused (one ordered stream from each node), and answers the
 client as if the command had run here.
 
-On the owning node: the command runs through the hub's `Commands.execute` with the
-`RemoteSession` of the client's session, so it is the very same code as for a local client.
+On the owning node: the command runs through the hub's `Commands.execute` with the client's
+session as this node relays it (`RemoteSessions`), so it is the very same code as for a local
+client.
 """
 
 from __future__ import annotations

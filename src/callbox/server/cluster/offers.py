@@ -6,9 +6,10 @@ picks one of its sessions (round-robin, as for its own calls), remembers the cal
 session's, and answers which session took it.
 
 Owner side (the node the call came to, with no session of its own for the context):
-`offer(call, context)` asks the group; a taker's answer binds a `RemoteSession` for the session
-that took it to the call, and the hub sends it `calling.call.receive` as to any session. No
-answer within OFFER_TIMEOUT, or a refusal: False (the platform rejects the call).
+`offer(call, context)` asks the group; a taker's answer binds the session that took it
+(relayed to its node, `RemoteSessions`) to the call, and the hub sends it
+`calling.call.receive` as to any session. No answer within OFFER_TIMEOUT, or a refusal: False
+(the platform rejects the call).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The calls of other nodes that this node's RELAY sessions hold, and their events.
 
 The owning node publishes each event for one of our sessions to this node (see
-`RemoteSession`); here it goes into the real session (acks, queueing while the client is away,
+`RemoteSessions`); here it goes into the real session (acks, queueing while the client is away,
 resume). Each call's last `calling.call.state` is kept, so that when its node is lost the
 client still hears the call end: `ended` with end_reason "error".
 """
