@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 import pytest
 from tests.integration.conftest import RunningPlatform, make_config, running_platform
+from tests.integration.test_relay import stop_program
 from tests.peers import audio
 from tests.peers.haproxy import Haproxy, running_haproxy
 from tests.peers.nats import NatsServer, running_nats
@@ -579,13 +580,7 @@ async def official_sdk(tmp_path: Path, program: str, port: int, ca_file: Path
     try:
         yield run
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), 10)
-        except TimeoutError:
-            proc.kill()
-            out, err = await proc.communicate()
-        run.out, run.err = out.decode(), err.decode()
+        _, run.out, run.err = await stop_program(proc)
 
 
 @contextlib.asynccontextmanager

@@ -233,14 +233,8 @@ class Session:
     def relay_to(self, relay: Relay) -> None:
         """From now on its client is another node's: every event goes to `relay` (nothing is
         kept here), and a socket of this node that was bound to it is closed."""
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        if self.connection is not None and not self.connection.closed:
-            self.connection.abort()
-        self.connection = None
+        self._let_go()
         self.detached_at = None
-        self._unacked.clear()
         self._relay = relay
 
     def resume_here(self, *, contexts: list[str], event_acks: bool, agent: str,
@@ -287,6 +281,12 @@ class Session:
 
     def expire(self) -> None:
         self._relay = None
+        self._let_go()
+        if self.on_expired is not None:
+            self.on_expired(self)
+
+    def _let_go(self) -> None:
+        """No timer, no socket, no event kept."""
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -294,5 +294,3 @@ class Session:
             self.connection.abort()
         self.connection = None
         self._unacked.clear()
-        if self.on_expired is not None:
-            self.on_expired(self)
