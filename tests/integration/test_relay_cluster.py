@@ -459,97 +459,6 @@ async def test_a_node_that_stops_gracefully_tells_the_client_elsewhere_its_calls
     assert event.params["end_reason"] == "hangup"
 
 
-async def test_a_client_that_resumes_on_another_node_keeps_its_session_and_its_calls(
-        tmp_path, nats):
-    """The client's socket to node A drops and it comes back on node B (as behind a load
-    balancer) with its session's protocol: B takes the session over from A. It holds two
-    recorded calls: one of A (its recording stopped on A while the client was away: the
-    `finished` event waits and is delivered on B; the client's hangup from B is run on A) and
-    one of B (held across the bus until then: the recording is stopped from B, where it now runs
-    locally)."""
-    moved = asyncio.Event()
-    started: dict[str, asyncio.Event] = {"node-a": asyncio.Event(), "node-b": asyncio.Event()}
-    outcome: dict[str, dict[str, Any]] = {}
-
-    async def handle(call: Call) -> None:
-        seen: dict[str, Any] = {"states": []}
-        outcome[call.node_id] = seen
-        call.on("calling.call.state", lambda e: seen["states"].append(e.state))
-        await call.answer()
-        action = await call.record(audio={"format": "wav", **NO_TIMEOUTS})
-        started[call.node_id].set()
-        await moved.wait()
-        if call.node_id == "node-b":
-            await action.stop()
-        seen["record"] = await action.wait(timeout=15)
-        await call.hangup()
-
-    tones = {"node-a": 700, "node-b": 500}
-    for name, freq in tones.items():
-        audio.write_wav(tmp_path / f"{name}.wav", audio.tone(freq, 12.0, dbfs=-12))
-    async with node(tmp_path, nats, "node-a") as a, node(tmp_path, nats, "node-b") as b, \
-            relay_client(a, handle) as client:
-        await knows_taker(b, "node B hears of node A's client")
-        callers = {name: asyncio.ensure_future(place_call(
-            running.uri("voicemail"), play=str(tmp_path / f"{name}.wav"), hangup_after=30))
-            for name, running in (("node-a", a), ("node-b", b))}
-        for event in started.values():
-            await asyncio.wait_for(event.wait(), 15)
-        await asyncio.sleep(1.0)  # a second of each tone in its recording
-        protocol = client.protocol
-        client.url = f"ws://127.0.0.1:{free_tcp_port()}/"  # away for a while: nothing there
-        assert a.platform.relay.drop_connections(PROJECT) == 1
-        (recording_a,) = a.observed[0].call.recordings
-        recording_a.stop()  # while the client is away: its `finished` event waits on node A
-        await asyncio.wait_for(asyncio.shield(recording_a.done), 5)
-        assert a.platform.relay.sessions[protocol].unacked >= 1
-        client.url = ws_url(b)  # the client's next attempt lands on node B
-        await until(lambda: client.reconnects == 1, 15, "the client reconnects, to node B")
-        moved.set()
-        results = {name: await asyncio.wait_for(caller, 20) for name, caller in callers.items()}
-        await until(lambda: all("ended" in o["states"] for o in outcome.values()), 10,
-                    "both calls' end, heard on node B")
-        (recording_b,) = b.observed[0].call.recordings
-        session_b = b.platform.relay.sessions.get(protocol)
-        assert session_b is not None and session_b.connected and not session_b.relayed
-        assert protocol not in a.platform.relay.sessions
-    assert client.protocol == protocol and client.session_restored
-    for name, running, recording in (("node-a", a, recording_a), ("node-b", b, recording_b)):
-        assert results[name].hung_up_by == "remote"  # the client's hangup, sent from node B
-        event = outcome[name]["record"]
-        assert event.state == "finished" and event.url == recording.url
-        assert event.url.startswith(running.platform.config.http.public_url)
-        assert event.duration == pytest.approx(recording.duration)
-        samples, rate = audio.decode_audio(recording.path)
-        assert len(samples) / rate == pytest.approx(recording.duration, abs=0.1)
-        heard = samples[int(0.2 * rate):]  # past the first packets' way in
-        assert len(heard) >= rate // 2, len(samples)
-        assert audio.dominant_frequency(heard, rate) == pytest.approx(tones[name], abs=10)
-        assert audio.tone_level_dbfs(heard, tones[name], rate) > -20
-
-
-async def test_a_session_no_node_holds_is_started_anew_once_every_node_said_so(
-        tmp_path, nats, caplog):
-    """A client comes back with a protocol no node holds (its session expired): node A asks,
-    node B says it does not hold it, and A starts a new session (without waiting out the
-    handover's timeout)."""
-    caplog.set_level(logging.INFO, logger="callbox.server.cluster.handover")
-    async with node(tmp_path, nats, "node-a") as a, node(tmp_path, nats, "node-b"):
-        cluster = a.platform.cluster
-        assert cluster is not None
-        await until(lambda: cluster.directory.alive("node-b"), 10, "node A hears of node B")
-        client = RelayClient(PROJECT, TOKEN, ws_url(a), ["default"])
-        forgotten = "signalwire_" + "0" * 32
-        client.protocol = forgotten
-        await client.connect()
-        try:
-            assert not client.session_restored and client.protocol != forgotten
-            assert client.protocol in a.platform.relay.sessions
-        finally:
-            await client.disconnect()
-    assert "not every node answered" not in caplog.text
-
-
 @dataclass
 class SdkRun:
     """What the official SDK's program printed, once it has stopped."""
@@ -615,6 +524,92 @@ def assert_holds_the_tone(recording: Any, freq: float) -> None:
     assert len(heard) >= rate // 2, len(samples)
     assert audio.dominant_frequency(heard, rate) == pytest.approx(freq, abs=10)
     assert audio.tone_level_dbfs(heard, freq, rate) > -20
+
+
+async def test_a_client_that_resumes_on_another_node_keeps_its_session_and_its_calls(
+        tmp_path, nats):
+    """The client's socket to node A drops and it comes back on node B (as behind a load
+    balancer) with its session's protocol: B takes the session over from A. It holds two
+    recorded calls: one of A (its recording stopped on A while the client was away: the
+    `finished` event waits and is delivered on B; the client's hangup from B is run on A) and
+    one of B (held across the bus until then: the recording is stopped from B, where it now runs
+    locally)."""
+    moved = asyncio.Event()
+    started: dict[str, asyncio.Event] = {"node-a": asyncio.Event(), "node-b": asyncio.Event()}
+    outcome: dict[str, dict[str, Any]] = {}
+
+    async def handle(call: Call) -> None:
+        seen: dict[str, Any] = {"states": []}
+        outcome[call.node_id] = seen
+        call.on("calling.call.state", lambda e: seen["states"].append(e.state))
+        await call.answer()
+        action = await call.record(audio={"format": "wav", **NO_TIMEOUTS})
+        started[call.node_id].set()
+        await moved.wait()
+        if call.node_id == "node-b":
+            await action.stop()
+        seen["record"] = await action.wait(timeout=15)
+        await call.hangup()
+
+    tones = {"node-a": 700, "node-b": 500}
+    for name, freq in tones.items():
+        audio.write_wav(tmp_path / f"{name}.wav", audio.tone(freq, 12.0, dbfs=-12))
+    async with node(tmp_path, nats, "node-a") as a, node(tmp_path, nats, "node-b") as b, \
+            relay_client(a, handle) as client:
+        await knows_taker(b, "node B hears of node A's client")
+        callers = {name: asyncio.ensure_future(place_call(
+            running.uri("voicemail"), play=str(tmp_path / f"{name}.wav"), hangup_after=30))
+            for name, running in (("node-a", a), ("node-b", b))}
+        for event in started.values():
+            await asyncio.wait_for(event.wait(), 15)
+        await asyncio.sleep(1.0)  # a second of each tone in its recording
+        protocol = client.protocol
+        client.url = f"ws://127.0.0.1:{free_tcp_port()}/"  # away for a while: nothing there
+        assert a.platform.relay.drop_connections(PROJECT) == 1
+        (recording_a,) = a.observed[0].call.recordings
+        recording_a.stop()  # while the client is away: its `finished` event waits on node A
+        await asyncio.wait_for(asyncio.shield(recording_a.done), 5)
+        assert a.platform.relay.sessions[protocol].unacked >= 1
+        client.url = ws_url(b)  # the client's next attempt lands on node B
+        await until(lambda: client.reconnects == 1, 15, "the client reconnects, to node B")
+        moved.set()
+        results = {name: await asyncio.wait_for(caller, 20) for name, caller in callers.items()}
+        await until(lambda: all("ended" in o["states"] for o in outcome.values()), 10,
+                    "both calls' end, heard on node B")
+        (recording_b,) = b.observed[0].call.recordings
+        session_b = b.platform.relay.sessions.get(protocol)
+        assert session_b is not None and session_b.connected and not session_b.relayed
+        assert protocol not in a.platform.relay.sessions
+    assert client.protocol == protocol and client.session_restored
+    for name, running, recording in (("node-a", a, recording_a), ("node-b", b, recording_b)):
+        assert results[name].hung_up_by == "remote"  # the client's hangup, sent from node B
+        event = outcome[name]["record"]
+        assert event.state == "finished" and event.url == recording.url
+        assert event.url.startswith(running.platform.config.http.public_url)
+        assert event.duration == pytest.approx(recording.duration)
+        assert_holds_the_tone(recording, tones[name])
+
+
+async def test_a_session_no_node_holds_is_started_anew_once_every_node_said_so(
+        tmp_path, nats, caplog):
+    """A client comes back with a protocol no node holds (its session expired): node A asks,
+    node B says it does not hold it, and A starts a new session (without waiting out the
+    handover's timeout)."""
+    caplog.set_level(logging.INFO, logger="callbox.server.cluster.handover")
+    async with node(tmp_path, nats, "node-a") as a, node(tmp_path, nats, "node-b"):
+        cluster = a.platform.cluster
+        assert cluster is not None
+        await until(lambda: cluster.directory.alive("node-b"), 10, "node A hears of node B")
+        client = RelayClient(PROJECT, TOKEN, ws_url(a), ["default"])
+        forgotten = "signalwire_" + "0" * 32
+        client.protocol = forgotten
+        await client.connect()
+        try:
+            assert not client.session_restored and client.protocol != forgotten
+            assert client.protocol in a.platform.relay.sessions
+        finally:
+            await client.disconnect()
+    assert "not every node answered" not in caplog.text
 
 
 # The official SDK's program for a session that moves: each call answered and recorded; once
