@@ -8,7 +8,9 @@ SIGKILL): the client on A hears its call end; the node holding the client killed
 call rings: the call ends. A draining node's client is offered no more calls. No client
 anywhere: 480 at once. The bus killed and restarted: calls
 cross again. No bus at start: a clear error. A client that drops off node A and comes back on
-node B resumes its session there, with its waiting events and its calls on both nodes.
+node B resumes its session there, with its waiting events and its calls on both nodes (and on a
+third node, which hears that the session moved); the official SDK does so behind HAProxy when
+node A is taken out, drains or stops.
 """
 
 from __future__ import annotations
@@ -589,6 +591,53 @@ async def test_a_client_that_resumes_on_another_node_keeps_its_session_and_its_c
         assert event.duration == pytest.approx(recording.duration)
         assert_holds_the_tone(recording, tones[name])
 
+
+async def test_a_third_node_sends_the_events_of_its_call_where_the_session_moved(
+        tmp_path, nats):
+    """The client on node A holds a recorded call of node C; it drops off A and resumes on
+    node B. C hears that the session moved: the stop the client sends from B runs on C, and
+    the recording's `finished` and the call's end come back to B."""
+    moved = asyncio.Event()
+    outcome: dict[str, Any] = {"states": []}
+
+    async def handle(call: Call) -> None:
+        call.on("calling.call.state", lambda e: outcome["states"].append(e.state))
+        await call.answer()
+        action = await call.record(audio={"format": "wav", **NO_TIMEOUTS})
+        outcome["recording"] = True
+        await moved.wait()
+        await action.stop()
+        outcome["record"] = await action.wait(timeout=15)
+        await call.hangup()
+
+    tone = audio.write_wav(tmp_path / "tone.wav", audio.tone(600, 12.0, dbfs=-12))
+    async with node(tmp_path, nats, "node-a") as a, node(tmp_path, nats, "node-b") as b, \
+            node(tmp_path, nats, "node-c") as c, relay_client(a, handle) as client:
+        await knows_taker(c, "node C hears of node A's client")
+        await until(lambda: a.platform.cluster is not None
+                    and a.platform.cluster.directory.alive("node-b"), 10, "A hears of B")
+        caller = asyncio.ensure_future(place_call(c.uri("voicemail"), play=str(tone),
+                                                  hangup_after=30))
+        await until(lambda: "recording" in outcome, 15, "the client records C's call")
+        await asyncio.sleep(1.0)  # a second of the tone in the recording
+        protocol = client.protocol
+        client.url = ws_url(b)
+        assert a.platform.relay.drop_connections(PROJECT) == 1
+        await until(lambda: resumed_on(b, protocol), 15, "the client resumes on node B")
+        moved.set()
+        result = await asyncio.wait_for(caller, 20)
+        await until(lambda: "ended" in outcome["states"], 10, "the call's end, heard on B")
+        (recording,) = (await c.wait_call_ended(0)).call.recordings
+        cluster_c = c.platform.cluster
+        # C stands in for the session once: A's stand-in became B's (the stop from B found it)
+        assert cluster_c is not None and len(cluster_c.proxies) == 1
+    assert result.hung_up_by == "remote"  # the client's hangup, from B, run on C
+    event = outcome["record"]
+    assert event.state == "finished" and event.url == recording.url
+    assert event.url.startswith(c.platform.config.http.public_url)
+    assert event.duration == pytest.approx(recording.duration)
+    assert_holds_the_tone(recording, 600)
+    assert not a.observed and not b.observed
 
 async def test_a_session_no_node_holds_is_started_anew_once_every_node_said_so(
         tmp_path, nats, caplog):
