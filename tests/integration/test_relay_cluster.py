@@ -307,6 +307,18 @@ async def test_a_node_killed_mid_call_ends_the_call_for_the_client_on_another_no
         assert not cluster.directory.alive("node-b") and not cluster.remote_calls.calls
 
 
+# How the official SDK's programs end a call: the recording stopped, its url and size printed,
+# hung up.
+SDK_STOP_AND_SAVE = '''\
+    await action.stop()
+    event = await action.wait()
+    record = event.params.get("record", {})
+    print(f"Recording saved: {record.get('url', '')} {record.get('size', 0)}", flush=True)
+    await call.hangup()
+
+client.run()
+'''
+
 # The official SDK's program: a call offered by another node, answered, a prompt played, a
 # message recorded for a second, then hung up. Only host/project/token are filled in.
 SDK_PROGRAM = '''\
@@ -322,14 +334,7 @@ async def handle_call(call):
     await play.wait()
     action = await call.record(audio=AUDIO)
     await asyncio.sleep(1.0)
-    await action.stop()
-    event = await action.wait()
-    record = event.params.get("record", {})
-    print(f"Recording saved: {record.get('url', '')} {record.get('size', 0)}", flush=True)
-    await call.hangup()
-
-client.run()
-'''
+''' + SDK_STOP_AND_SAVE
 
 
 async def test_the_official_sdk_on_node_a_records_a_call_of_node_b(tmp_path, nats):
@@ -677,14 +682,7 @@ async def handle_call(call):
     while not Path("moved").exists():
         await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)  # a second of the caller in the recording, at least
-    await action.stop()
-    event = await action.wait()
-    record = event.params.get("record", {})
-    print(f"Recording saved: {record.get('url', '')} {record.get('size', 0)}", flush=True)
-    await call.hangup()
-
-client.run()
-'''
+''' + SDK_STOP_AND_SAVE
 
 
 async def sdk_records_a_call_of(running: RunningPlatform, tone: Path) -> asyncio.Future[Any]:

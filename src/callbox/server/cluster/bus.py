@@ -84,6 +84,14 @@ def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
 
 
+def strings(data: dict[str, Any], *keys: str) -> list[str] | None:
+    """The values of `keys` in a message when each one is a string; None when one is not (a
+    malformed message)."""
+    values = [data.get(key) for key in keys]
+    found = [value for value in values if isinstance(value, str)]
+    return found if len(found) == len(keys) else None
+
+
 def decode(payload: bytes) -> dict[str, Any] | None:
     try:
         data = json.loads(payload)

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from callbox.server.cluster.bus import Bus, Incoming, commands_subject, events_subject
+from callbox.server.cluster.bus import Bus, Incoming, commands_subject, events_subject, strings
 from callbox.server.cluster.proxies import RemoteSessions
 from callbox.server.cluster.remote_calls import RemoteCalls
 from callbox.server.relay.hub import RelayHub
@@ -104,14 +104,12 @@ class Forwarding:
 
     def on_command(self, message: Incoming) -> None:
         data = message.data
-        request_id, origin, protocol, project, method, params = (
-            data.get("id"), data.get("node"), data.get("protocol"), data.get("project"),
-            data.get("method"), data.get("params"))
-        if not (isinstance(request_id, str) and isinstance(origin, str)
-                and isinstance(protocol, str) and isinstance(project, str)
-                and isinstance(method, str) and isinstance(params, dict)):
+        fields, params = strings(data, "id", "node", "protocol", "project", "method"), \
+            data.get("params")
+        if fields is None or not isinstance(params, dict):
             log.warning("cluster: malformed command message %.200r; ignored", data)
             return
+        request_id, origin, protocol, project, method = fields
         session = self.proxies.get(origin, protocol, project)
         spawn(self._execute(session, origin, request_id, method, params),
               name=f"cluster-{method}-{request_id}")

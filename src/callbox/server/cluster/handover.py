@@ -33,6 +33,7 @@ from callbox.server.cluster.bus import (
     Bus,
     Incoming,
     events_subject,
+    strings,
 )
 from callbox.server.cluster.proxies import RemoteSessions
 from callbox.server.cluster.remote_calls import RemoteCalls
@@ -101,13 +102,13 @@ class Handover:
             want.future.set_result(session)
 
     def _take(self, data: dict[str, Any]) -> Session | None:
-        holder, protocol, project = data.get("node"), data.get("protocol"), data.get("project")
+        fields = strings(data, "node", "protocol", "project")
         contexts, events, calls = data.get("contexts"), data.get("events"), data.get("calls")
-        if not (isinstance(holder, str) and isinstance(protocol, str)
-                and isinstance(project, str) and isinstance(contexts, list)
-                and isinstance(events, list) and isinstance(calls, list)):
+        if fields is None or not (isinstance(contexts, list) and isinstance(events, list)
+                                  and isinstance(calls, list)):
             log.warning("cluster: malformed session handover %.200r; ignored", data)
             return None
+        holder, protocol, project = fields
         session = self.proxies.release(holder, protocol) or Session(
             protocol=protocol, project_id=project, contexts=[], event_acks=False)
         session.resume_here(
@@ -130,13 +131,11 @@ class Handover:
     # -- the holder -----------------------------------------------------------------------
 
     def on_wanted(self, message: Incoming) -> None:
-        data = message.data
-        request_id, taker, project, protocol = (data.get("id"), data.get("node"),
-                                                data.get("project"), data.get("protocol"))
-        if not (isinstance(request_id, str) and isinstance(taker, str)
-                and isinstance(project, str) and isinstance(protocol, str)):
-            log.warning("cluster: malformed session request %.200r; ignored", data)
+        fields = strings(message.data, "id", "node", "project", "protocol")
+        if fields is None:
+            log.warning("cluster: malformed session request %.200r; ignored", message.data)
             return
+        request_id, taker, project, protocol = fields
         if taker == self.node_id:
             return
         answer: dict[str, Any] = {"kind": "handover", "id": request_id, "node": self.node_id}
@@ -175,11 +174,11 @@ class Handover:
     # -- every other node -------------------------------------------------------------------
 
     def on_moved(self, message: Incoming) -> None:
-        data = message.data
-        old, protocol, new = data.get("node"), data.get("protocol"), data.get("to")
-        if not (isinstance(old, str) and isinstance(protocol, str) and isinstance(new, str)):
-            log.warning("cluster: malformed session move %.200r; ignored", data)
+        fields = strings(message.data, "node", "protocol", "to")
+        if fields is None:
+            log.warning("cluster: malformed session move %.200r; ignored", message.data)
             return
+        old, protocol, new = fields
         if self.node_id not in (old, new):  # the two ends know it from the handover itself
             self.proxies.move(old, protocol, new)
 

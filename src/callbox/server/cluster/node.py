@@ -33,6 +33,7 @@ from callbox.server.cluster.bus import (
     commands_subject,
     events_subject,
     heartbeat_subject,
+    strings,
 )
 from callbox.server.cluster.directory import (
     HEARTBEAT_INTERVAL,
@@ -196,6 +197,6 @@ class Cluster:
             log.warning("cluster: unknown message kind %r on the events subject", kind)
 
     def _on_session_gone(self, message: Incoming) -> None:
-        node_id, protocol = message.data.get("node"), message.data.get("protocol")
-        if isinstance(node_id, str) and isinstance(protocol, str) and node_id != self.node_id:
-            self.proxies.expire(node_id, protocol)
+        fields = strings(message.data, "node", "protocol")
+        if fields is not None and fields[0] != self.node_id:
+            self.proxies.expire(*fields)

@@ -21,7 +21,7 @@ from typing import Any
 from nats.aio.subscription import Subscription
 
 from callbox.server.call import Call
-from callbox.server.cluster.bus import OFFER_QUEUE, Bus, Incoming, offer_subject
+from callbox.server.cluster.bus import OFFER_QUEUE, Bus, Incoming, offer_subject, strings
 from callbox.server.cluster.proxies import RemoteSessions
 from callbox.server.cluster.remote_calls import RemoteCalls
 from callbox.server.relay.hub import RelayHub
@@ -63,13 +63,11 @@ class Offers:
             return True
 
     def _on_offer(self, message: Incoming) -> None:
-        data = message.data
-        project, context, call_id, owner = (data.get("project"), data.get("context"),
-                                            data.get("call_id"), data.get("node"))
-        if not (isinstance(project, str) and isinstance(context, str)
-                and isinstance(call_id, str) and isinstance(owner, str)):
-            log.warning("cluster: malformed offer %.200r; ignored", data)
+        fields = strings(message.data, "project", "context", "call_id", "node")
+        if fields is None:
+            log.warning("cluster: malformed offer %.200r; ignored", message.data)
             return
+        project, context, call_id, owner = fields
         session = self.hub.pick_session(project, context)
         reply: dict[str, Any] = {"accepted": session is not None, "node": self.node_id}
         if session is not None:
@@ -92,10 +90,11 @@ class Offers:
         if reply is None or reply.get("accepted") is not True:
             log.info("call %s: no node took it for context %r", call.id, context)
             return False
-        taker, protocol = reply.get("node"), reply.get("protocol")
-        if not isinstance(taker, str) or not isinstance(protocol, str):
+        answer = strings(reply, "node", "protocol")
+        if answer is None:
             log.warning("cluster: malformed offer reply %.200r", reply)
             return False
+        taker, protocol = answer
         if not call.is_active:
             return True  # it ended while offered; its session hears nothing of it
         if taker == self.node_id:  # our own session joined meanwhile

@@ -246,10 +246,7 @@ class Session:
         self.event_acks = event_acks
         self.agent = agent
         self._unacked.update(events)
-        self.detached_at = time.time()
-        if self._expiry is not None:
-            self._expiry.cancel()
-        self._expiry = asyncio.get_running_loop().call_later(grace, self.expire)
+        self._wait_for_client(grace)
 
     # -- connection life cycle --------------------------------------------------------------
 
@@ -274,6 +271,10 @@ class Session:
         if self.connection is not connection:
             return
         self.connection = None
+        self._wait_for_client(grace)
+
+    def _wait_for_client(self, grace: float) -> None:
+        """No socket now: expire in `grace` seconds unless the client comes back."""
         self.detached_at = time.time()
         if self._expiry is not None:
             self._expiry.cancel()
