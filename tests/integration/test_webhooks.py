@@ -429,7 +429,9 @@ async def test_deliveries_log_shows_a_retry_in_progress(
     q = make(queues, backoff_initial=30.0, backoff_max=30.0)
     await q.start()
     await q.enqueue(receiver.url("/down"), event(0), KEY, ordering_key="rec-1", label="recording")
-    assert [d.status for d in await q.deliveries("rec-1")] == ["pending"]
+    # listed at once: still pending, or (a busy machine, a database round trip) already tried
+    assert [d.status for d in await q.deliveries("rec-1")] in (["pending"], ["retrying"])
+
     async def retrying() -> bool:
         return (await q.deliveries("rec-1"))[0].status == "retrying"
 
